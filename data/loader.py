@@ -1,0 +1,60 @@
+"""Batches for training: random windows of memory-mapped token files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from data.tokens import TokenFileError, load_tokens
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def dataset_dir(dataset: str, data_dir: str = "") -> str:
+    """Folder of a prepared dataset: data_dir if given, else data/<dataset> in this repo."""
+    return data_dir or os.path.join(REPO, "data", dataset)
+
+
+def read_meta(folder: str, prepare_if_missing: bool = False) -> dict:
+    """The dataset's meta.json; runs its prepare.py first when asked and the dataset has none yet."""
+    path = os.path.join(folder, "meta.json")
+    script = os.path.join(folder, "prepare.py")
+    if not os.path.exists(path) and prepare_if_missing and os.path.exists(script):
+        print(f"preparing {folder} (first use) ...", flush=True)
+        if subprocess.run([sys.executable, script]).returncode != 0:
+            raise TokenFileError(f"{script} failed; fix the error above and run it again.")
+    if not os.path.exists(path):
+        hint = f"python {os.path.relpath(script)}" if os.path.exists(script) else "the dataset's prepare script"
+        raise TokenFileError(f"no prepared dataset in {folder} (meta.json is missing); run {hint} first.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        raise TokenFileError(f"{path} is unreadable; re-run the dataset's prepare script.")
+
+
+class LMBatches:
+    """Next-token prediction: x is a window of block_size tokens, y the same window shifted by one."""
+
+    def __init__(self, folder: str, block_size: int, batch_size: int, device: str = "cpu"):
+        self.data = {split: load_tokens(os.path.join(folder, f"{split}.bin")) for split in ("train", "val")}
+        for split, tokens in self.data.items():
+            if len(tokens) <= block_size:
+                raise TokenFileError(f"{split}.bin in {folder} has {len(tokens)} tokens, fewer than "
+                                     f"block_size + 1 = {block_size + 1}; use a smaller block_size or more text.")
+        self.block_size, self.batch_size, self.device = block_size, batch_size, device
+
+    def get(self, split: str, generator: torch.Generator) -> dict:
+        """One batch {'idx': (B, T), 'targets': (B, T)} drawn with `generator`."""
+        data, T = self.data[split], self.block_size
+        starts = torch.randint(len(data) - T, (self.batch_size,), generator=generator).numpy()
+        windows = np.stack([data[i:i + T + 1] for i in starts]).astype(np.int64)
+        xy = torch.from_numpy(windows)
+        if self.device.startswith("cuda"):
+            xy = xy.pin_memory().to(self.device, non_blocking=True)
+        else:
+            xy = xy.to(self.device)
+        return {"idx": xy[:, :-1], "targets": xy[:, 1:]}

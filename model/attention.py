@@ -1,0 +1,246 @@
+"""The one multi-head attention of headscope: self-attention (causal or bidirectional) and cross-attention.
+
+Attention maps queries to a weighted sum of values. Everything here is shared by every variant;
+a variant from the literature changes only two plug points, each a small class in a registry:
+
+- a *score* compares each query with each key:        scores = score(q, k)          (B, nh, T, S)
+- a *weighting* turns a row of scores into weights:   weights = weighting(scores)   (B, nh, T, S)
+
+Self- and cross-attention differ only in where keys and values come from (the same sequence, or an
+encoder's output) and in the mask. When nobody asks for the weights and the variant allows it, the
+whole computation runs in ``F.scaled_dot_product_attention`` (the fast path); otherwise the explicit
+path below computes the weight matrix, runs the hook points and returns it on request.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.hooks import HookPoint
+
+SCORES: dict[str, type] = {}
+WEIGHTINGS: dict[str, type] = {}
+
+
+def register(registry: dict, name: str):
+    """Class decorator adding a score or weighting class to its registry under `name`."""
+
+    def add(cls):
+        registry[name] = cls
+        cls.name = name
+        return cls
+
+    return add
+
+
+def check_variant(score: str, weighting: str, prefix: str = "attn_") -> None:
+    """Raise a ConfigError unless `score` and `weighting` name registered, compatible variants."""
+    from model.config import ConfigError
+
+    if score not in SCORES:
+        raise ConfigError(f"{prefix}score must be one of {', '.join(SCORES)}, got {score!r}.")
+    if weighting not in WEIGHTINGS:
+        raise ConfigError(f"{prefix}weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Scores: how a query is compared with each key
+
+
+class Score(nn.Module):
+    """Base score: scale * q.k. `sdpa_scale` not None means SDPA can compute it (on prepare_q(q))."""
+
+    sdpa_scale: float | None = None
+
+    def __init__(self, n_head: int, head_dim: int):
+        super().__init__()
+
+    def prepare_q(self, q: torch.Tensor) -> torch.Tensor:
+        """Transform queries before the dot product (identity unless a variant folds a matrix in)."""
+        return q
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        # q (B, nh, T, hs), k (B, nh, S, hs) -> (B, nh, T, S)
+        return (self.prepare_q(q) @ k.transpose(-2, -1)) * self.sdpa_scale
+
+
+@register(SCORES, "scaled_dot")
+class ScaledDot(Score):
+    """q.k / sqrt(head_dim), as in the Transformer: keeps score variance near 1 as heads widen."""
+
+    def __init__(self, n_head: int, head_dim: int):
+        super().__init__(n_head, head_dim)
+        self.sdpa_scale = 1.0 / math.sqrt(head_dim)
+
+
+@register(SCORES, "dot")
+class Dot(Score):
+    """q.k without scaling (Luong's dot score)."""
+
+    sdpa_scale = 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Weightings: how a row of scores becomes weights over the keys
+
+
+class Weighting(nn.Module):
+    """Base weighting. `fast` means SDPA computes the same thing (only softmax does)."""
+
+    fast = False
+
+
+@register(WEIGHTINGS, "softmax")
+class Softmax(Weighting):
+    """Soft attention: a probability distribution over keys."""
+
+    fast = True
+
+    def forward(self, scores: torch.Tensor) -> torch.Tensor:
+        return F.softmax(scores, dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks and the KV cache
+
+
+def make_mask(q_len: int, k_len: int, causal: bool, key_padding_mask: torch.Tensor | None = None,
+              offset: int = 0, device=None) -> torch.Tensor | None:
+    """Boolean mask (B|1, 1, T, S), True where a query may attend, or None when nothing is masked.
+
+    `offset` is the number of keys before the first query (cached positions); `key_padding_mask`
+    is (B, S) with True at real tokens. Rows that would attend to nothing get zero weights.
+    """
+    mask = None
+    if causal:
+        q_pos = torch.arange(offset, offset + q_len, device=device)[:, None]
+        mask = (torch.arange(k_len, device=device)[None, :] <= q_pos)[None, None]  # (1, 1, T, S)
+    if key_padding_mask is not None:
+        pad = key_padding_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+        mask = pad if mask is None else mask & pad
+    return mask
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, for one attention layer.
+
+    A self-attention cache grows by the new positions at each call; a cross-attention cache is
+    filled once from the encoder output and then reused at every decoding step.
+    """
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.k = self.v = None
+        self.len = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hs) after the cached ones; return all keys and values so far."""
+        B, nh, T, hs = k.shape
+        if self.k is None:
+            self.k = k.new_empty(B, nh, self.max_len, hs)
+            self.v = v.new_empty(B, nh, self.max_len, hs)
+        if self.len + T > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {self.len + T} were asked for.")
+        self.k[:, :, self.len:self.len + T] = k
+        self.v[:, :, self.len:self.len + T] = v
+        self.len += T
+        return self.k[:, :, :self.len], self.v[:, :, :self.len]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep the batch rows in `index` (beam search)."""
+        if self.k is not None:
+            self.k, self.v = self.k[index], self.v[index]
+
+
+# ----------------------------------------------------------------------------------------------
+# The attention module
+
+
+class Attention(nn.Module):
+    """Multi-head attention; self-attention when `source` is None, cross-attention over `source` otherwise."""
+
+    def __init__(self, config, cross: bool = False, score: str | None = None, weighting: str | None = None):
+        super().__init__()
+        self.n_head, self.head_dim, self.cross = config.n_head, config.head_dim, cross
+        C = config.n_embd
+        if cross:  # queries from the decoder, keys and values from the encoder output
+            self.q_attn = nn.Linear(C, C, bias=config.bias)
+            self.kv_attn = nn.Linear(C, 2 * C, bias=config.bias)
+        else:
+            self.c_attn = nn.Linear(C, 3 * C, bias=config.bias)
+        self.c_proj = nn.Linear(C, C, bias=config.bias)
+        self.score = SCORES[score or config.attn_score](self.n_head, self.head_dim)
+        self.weighting = WEIGHTINGS[weighting or config.attn_weighting]()
+        self.dropout = config.dropout
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        # hook points, named after the tensor they carry
+        self.q, self.k, self.v = HookPoint(), HookPoint(), HookPoint()  # (B, nh, T|S, hs)
+        self.scores, self.pattern = HookPoint(), HookPoint()  # (B, nh, T, S)
+        self.z = HookPoint()  # per-head output (B, nh, T, hs)
+        self.out = HookPoint()  # (B, T, C)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, nh, T, hs)."""
+        B, T, C = x.shape
+        return x.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+
+    def project(self, x: torch.Tensor, source: torch.Tensor | None, cache: KVCache | None):
+        """Queries from x; keys and values from x (self) or source (cross), through the cache."""
+        if not self.cross:
+            q, k, v = self.c_attn(x).split(x.size(-1), dim=2)
+            q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
+            if cache is not None:
+                k, v = cache.append(k, v)
+            return q, k, v
+        q = self.split_heads(self.q_attn(x))
+        if cache is not None and cache.len > 0:  # encoder keys/values: computed once per sequence
+            return q, cache.k[:, :, :cache.len], cache.v[:, :, :cache.len]
+        k, v = self.kv_attn(source).split(x.size(-1), dim=2)
+        k, v = self.split_heads(k), self.split_heads(v)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, source: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                causal: bool = False, cache: KVCache | None = None, need_weights: bool = False):
+        """Attend from x (B, T, C) to itself or to `source` (B, S, C); return y (B, T, C) [, weights].
+
+        `mask` (bool, broadcastable to (B, nh, T, S), True = may attend) is complete when given;
+        otherwise `causal` asks for a causal mask, offset by the positions already in `cache`.
+        """
+        if self.cross and source is None and (cache is None or cache.len == 0):
+            raise ValueError("cross-attention needs a source sequence (the encoder output).")
+        offset = cache.len if cache is not None and not self.cross else 0
+        q, k, v = self.project(x, source, cache)
+        q, k, v = self.q(q), self.k(k), self.v(v)
+        T, S = q.size(2), k.size(2)
+        if mask is None and causal and T > 1 and offset > 0:
+            mask = make_mask(T, S, causal=True, offset=offset, device=x.device)
+        sdpa_causal = causal and mask is None and T > 1  # offset is 0 here, so T == S
+
+        explicit = need_weights or self.scores.active or self.pattern.active or not self.weighting.fast \
+            or self.score.sdpa_scale is None
+        if explicit:
+            scores = self.score(q, k)  # (B, nh, T, S)
+            if sdpa_causal:
+                mask = make_mask(T, S, causal=True, device=x.device)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            scores = self.scores(scores)
+            weights = self.weighting(scores)
+            if mask is not None:  # a row with every key masked has no weights, not NaN
+                weights = weights.masked_fill(~mask, 0.0)
+            weights = self.pattern(weights)
+            z = self.attn_dropout(weights) @ v  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
+        else:
+            weights = None
+            z = F.scaled_dot_product_attention(
+                self.score.prepare_q(q), k, v, attn_mask=mask, is_causal=sdpa_causal,
+                dropout_p=self.dropout if self.training else 0.0, scale=self.score.sdpa_scale)
+        z = self.z(z)
+        y = z.transpose(1, 2).contiguous().view(x.shape)  # re-assemble heads: (B, T, C)
+        y = self.out(self.resid_dropout(self.c_proj(y)))
+        return (y, weights) if need_weights else y

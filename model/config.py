@@ -1,0 +1,251 @@
+"""Typed configuration: model and training dataclasses, config files and --key=value overrides.
+
+A config file (``config/NAME.py``) is data, not code: every statement must be ``name = literal``
+(numbers, strings, booleans, None, lists, dicts). It is parsed with ``ast``, never executed.
+"""
+
+import ast
+import dataclasses
+import typing
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration mistake; its message is one sentence saying what to do."""
+
+
+@dataclass
+class TransformerConfig:
+    """Sizes and options shared by every model family (decoder, encoder, encoder-decoder)."""
+
+    # defaults: the small char-level model that `python train.py` trains on 2 CPU cores in minutes
+    block_size: int = 64  # longest sequence the position embedding covers
+    vocab_size: int = 65  # set from the dataset's meta.json by train.py
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False  # bias in Linear layers and LayerNorms (GPT-2 has them; faster without)
+    attn_score: str = "scaled_dot"  # how a query is compared with a key (see model/attention.py)
+    attn_weighting: str = "softmax"  # how scores become weights
+
+    def __post_init__(self):
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.n_embd % self.n_head != 0:
+            raise ConfigError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                f"pick n_head among {[h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0][:12]}."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}.")
+        from model.attention import check_variant  # late import: attention imports this module
+
+        check_variant(self.attn_score, self.attn_weighting, "attn_")
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.n_embd // self.n_head
+
+
+@dataclass
+class GPTConfig(TransformerConfig):
+    """A GPT-style decoder: causal self-attention, LM head tied to the token embedding."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything train.py needs besides the model's own sizes (nanoGPT's names where it has one)."""
+
+    # I/O
+    out_dir: str = "out"
+    init_from: str = "scratch"  # 'scratch' or 'resume'
+    overwrite: bool = False  # allow a fresh run to replace a checkpoint already in out_dir
+    eval_interval: int = 250
+    log_interval: int = 50
+    eval_iters: int = 20
+    eval_only: bool = False
+    always_save_checkpoint: bool = True
+    # data
+    model_type: str = "gpt"
+    dataset: str = "shakespeare_char"
+    data_dir: str = ""  # defaults to data/<dataset>
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    # optimizer and schedule
+    learning_rate: float = 1e-3
+    max_iters: int = 2500
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 disables clipping
+    decay_lr: bool = True
+    warmup_iters: int = 100
+    lr_decay_iters: int = 2500
+    min_lr: float = 1e-4
+    # system
+    device: str = "auto"  # 'auto' picks cuda, then mps, then cpu
+    dtype: str = "auto"  # 'auto': bfloat16 on CUDA where supported, else float32
+    compile: bool = False
+    seed: int = 1337
+    # logging
+    wandb_log: bool = False
+    wandb_project: str = "headscope"
+    wandb_run_name: str = "run"
+
+    def __post_init__(self):
+        if self.init_from not in ("scratch", "resume"):
+            raise ConfigError(f"init_from must be 'scratch' or 'resume', got {self.init_from!r}.")
+        for name in ("batch_size", "gradient_accumulation_steps", "eval_interval", "log_interval", "eval_iters"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.max_iters < 0 or self.warmup_iters < 0:
+            raise ConfigError("max_iters and warmup_iters must not be negative.")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be one of auto, float32, bfloat16, float16, got {self.dtype!r}.")
+        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}.")
+
+
+@dataclass
+class SampleConfig:
+    """Options of sample.py."""
+
+    out_dir: str = "out"  # folder holding ckpt.pt
+    start: str = "\n"  # the prompt, or FILE:path to read it from a file
+    num_samples: int = 2
+    max_new_tokens: int = 500
+    temperature: float = 0.8  # 0 is greedy
+    top_k: typing.Optional[int] = 200  # 1 is greedy; None keeps every token
+    top_p: typing.Optional[float] = None  # nucleus sampling: keep the smallest set of tokens with this mass
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "auto"
+    use_cache: bool = True
+
+    def __post_init__(self):
+        if self.num_samples < 1 or self.max_new_tokens < 0:
+            raise ConfigError("num_samples must be at least 1 and max_new_tokens not negative.")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}.")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"top_k must be a positive integer or None, got {self.top_k}.")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}.")
+
+
+MODEL_CONFIGS: dict[str, type] = {"gpt": GPTConfig}
+
+
+def field_types(cls) -> dict[str, type]:
+    """Map each dataclass field name to its resolved type."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def coerce(key: str, value, typ):
+    """Return value converted to typ (from a string when it came from the command line), or raise."""
+    origin = typing.get_origin(typ)
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        return coerce(key, value, args[0])
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{key} expects a value of type {typ.__name__}, got {value!r}.")
+
+
+def read_config_file(path: str) -> dict:
+    """Read `name = literal` assignments from a config file without executing it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+    except OSError:
+        raise ConfigError(f"config file {path} cannot be read; pass an existing file such as config/shakespeare_char.py.")
+    try:
+        tree = ast.parse(source, filename=path)
+    except SyntaxError as e:
+        raise ConfigError(f"{path} line {e.lineno}: syntax error; a config file holds only `name = value` lines.")
+    values = {}
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # a docstring
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise ConfigError(f"{path} line {node.lineno}: only `name = value` assignments are allowed in a config file.")
+        try:
+            values[node.targets[0].id] = ast.literal_eval(node.value)
+        except ValueError:
+            raise ConfigError(f"{path} line {node.lineno}: the value must be a literal (number, string, True/False, None).")
+    return values
+
+
+def parse_args(argv: list[str]) -> dict:
+    """Turn `[config/NAME.py] [--key=value ...]` into one dict of raw values, the file read first."""
+    values = {}
+    for arg in argv:
+        if arg.startswith("--"):
+            key, sep, value = arg[2:].partition("=")
+            if not sep:
+                value = "True"  # `--compile` alone means --compile=True
+            values[key] = value
+        elif arg.endswith(".py") or "/" in arg:
+            values.update(read_config_file(arg))
+        else:
+            raise ConfigError(f"unexpected argument {arg!r}; use a config file path or --key=value.")
+    return values
+
+
+def build(values: dict, *classes: type) -> list:
+    """Split raw values among dataclasses by field name, type-check them and build each one."""
+    types = [field_types(cls) for cls in classes]
+    known = set().union(*types)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r}; valid keys are: {', '.join(sorted(known))}.")
+    built = []
+    for cls, typs in zip(classes, types):
+        kwargs = {k: coerce(k, v, typs[k]) for k, v in values.items() if k in typs}
+        built.append(cls(**kwargs))
+    return built
+
+
+def to_dict(cfg) -> dict:
+    """A dataclass as a plain dict (safe to store in a weights_only checkpoint)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls, values: dict):
+    """Rebuild a dataclass from a stored dict, ignoring keys this version no longer has."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+__all__ = ["ConfigError", "TransformerConfig", "GPTConfig", "TrainConfig", "SampleConfig", "MODEL_CONFIGS",
+           "read_config_file", "parse_args", "build", "to_dict", "from_dict", "coerce"]

@@ -1,0 +1,34 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def char_data(tmp_path_factory):
+    """A small char-level dataset (two plays of the built-in corpus) prepared in a temporary folder."""
+    from data.corpus import shakespeare_text
+
+    folder = tmp_path_factory.mktemp("chardata")
+    text_path = folder / "input.txt"
+    text_path.write_text(shakespeare_text(max_plays=2), encoding="utf-8")
+    run_script("data/shakespeare_char/prepare.py", "--input", str(text_path), "--out_dir", str(folder))
+    return folder
+
+
+def run_script(*args, check=True):
+    """Run a repo script in a fresh interpreter; return the CompletedProcess."""
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

@@ -1,0 +1,34 @@
+import pytest
+
+from model.config import ConfigError, GPTConfig, TrainConfig, build, parse_args, read_config_file
+
+
+def test_config_file_is_data_not_code(tmp_path):
+    good = tmp_path / "good.py"
+    good.write_text('"""doc"""\n# comment\nn_layer = 3\nlearning_rate = 1e-3\ndataset = "x"\ncompile = False\n')
+    assert read_config_file(str(good)) == {"n_layer": 3, "learning_rate": 1e-3, "dataset": "x", "compile": False}
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\nn_layer = 3\n")
+    with pytest.raises(ConfigError, match="line 1"):
+        read_config_file(str(bad))
+    sneaky = tmp_path / "sneaky.py"
+    sneaky.write_text("n_layer = __import__('os').system('echo hi')\n")
+    with pytest.raises(ConfigError, match="literal"):
+        read_config_file(str(sneaky))
+
+
+def test_overrides_are_typed_and_checked(tmp_path):
+    f = tmp_path / "c.py"
+    f.write_text("n_layer = 3\nbatch_size = 4\n")
+    cfg, model_cfg = build(parse_args([str(f), "--n_layer=5", "--compile", "--learning_rate=3e-4",
+                                       "--wandb_run_name=abc"]), TrainConfig, GPTConfig)
+    assert model_cfg.n_layer == 5 and cfg.batch_size == 4 and cfg.compile is True
+    assert cfg.learning_rate == 3e-4 and cfg.wandb_run_name == "abc"
+    with pytest.raises(ConfigError, match="valid keys are: .*n_layer"):
+        build(parse_args(["--n_layers=5"]), TrainConfig, GPTConfig)
+    with pytest.raises(ConfigError, match="n_layer expects a value of type int"):
+        build(parse_args(["--n_layer=2.5"]), TrainConfig, GPTConfig)
+    with pytest.raises(ConfigError, match="bool"):
+        build(parse_args(["--compile=maybe"]), TrainConfig, GPTConfig)
+    with pytest.raises(ConfigError, match="init_from"):
+        build(parse_args(["--init_from=gpt7"]), TrainConfig, GPTConfig)

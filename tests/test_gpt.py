@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from model import GPT, GPTConfig
+from model.sampling import sample_next
+
+
+def tiny(**kw):
+    cfg = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=23, dropout=0.0)
+    return GPT(GPTConfig(**{**cfg, **kw})).eval()
+
+
+def test_logits_and_loss_shapes():
+    model = tiny()
+    idx = torch.randint(0, 23, (3, 10))
+    logits = model(idx)
+    assert logits.shape == (3, 10, 23)
+    logits2, loss = model(idx, idx)
+    assert torch.equal(logits, logits2)
+    assert abs(loss.item() - torch.log(torch.tensor(23.0)).item()) < 0.5  # near-uniform at init
+
+
+def test_future_tokens_do_not_change_the_past():
+    model = tiny()
+    idx = torch.randint(0, 23, (2, 12))
+    changed = idx.clone()
+    changed[:, 7:] = (changed[:, 7:] + 5) % 23
+    a, b = model(idx), model(changed)
+    assert torch.allclose(a[:, :7], b[:, :7], atol=1e-6)
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+@pytest.mark.parametrize("prompt_len,new", [(1, 15), (5, 11), (9, 7)])
+def test_cached_greedy_equals_uncached(prompt_len, new):
+    model = tiny(bias=True)
+    idx = torch.randint(0, 23, (2, prompt_len))
+    cached = model.generate(idx, new, top_k=1, use_cache=True)
+    uncached = model.generate(idx, new, top_k=1, use_cache=False)
+    assert cached.shape == (2, prompt_len + new)
+    assert torch.equal(cached, uncached)
+
+
+def test_generation_past_the_context_window_and_long_prompts():
+    model = tiny()
+    out = model.generate(torch.randint(0, 23, (1, 40)), 30, top_k=5)  # prompt longer than block_size
+    assert out.shape == (1, 70)
+    assert ((out >= 0) & (out < 23)).all()
+
+
+def test_sampling_controls():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
+    assert sample_next(logits, temperature=0).item() == 1
+    assert sample_next(logits, top_k=1).item() == 1
+    gen = torch.Generator().manual_seed(0)
+    draws = {sample_next(logits, top_k=2, generator=gen).item() for _ in range(200)}
+    assert draws == {1, 3}
+    draws = {sample_next(logits, top_p=0.5, generator=gen).item() for _ in range(200)}
+    assert draws == {1}  # the top token alone has more than half of the mass
+
+
+def test_two_layer_model_overfits_one_batch():
+    torch.manual_seed(0)
+    model = tiny().train()
+    idx = torch.randint(0, 23, (4, 16))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+
+
+def test_sequence_longer_than_block_size_is_a_clear_error():
+    with pytest.raises(ValueError, match="block_size"):
+        tiny()(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_config_validation():
+    from model import ConfigError
+
+    with pytest.raises(ConfigError, match="divisible"):
+        GPTConfig(n_embd=30, n_head=4)
+    with pytest.raises(ConfigError, match="attn_score"):
+        GPTConfig(attn_score="nope")
+
+
+def test_odd_head_counts():
+    model = tiny(n_head=3, n_embd=24)
+    idx = torch.randint(0, 23, (2, 5))
+    assert torch.equal(model.generate(idx, 8, top_k=1), model.generate(idx, 8, top_k=1, use_cache=False))

@@ -1,0 +1,128 @@
+"""End-to-end: prepare, train, resume, sample and the user errors, through the real scripts."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import run_script
+from model import load_checkpoint, model_from_checkpoint
+
+SMALL = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8",
+         "--eval_iters=5", "--log_interval=10", "--warmup_iters=5", "--learning_rate=3e-3"]
+
+
+def metrics(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_prepare_tinyshakespeare_split(tmp_path):
+    text = "".join(chr(ord("a") + i % 26) for i in range(1000)) + "Z" * 1000
+    (tmp_path / "input.txt").write_text(text)
+    run_script("data/shakespeare_char/prepare.py", "--input", str(tmp_path / "input.txt"), "--out_dir", str(tmp_path))
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    from data.tokens import load_tokens
+
+    train, val = load_tokens(str(tmp_path / "train.bin")), load_tokens(str(tmp_path / "val.bin"))
+    assert (len(train), len(val)) == (1800, 200)  # first 90% / last 10% of the characters
+    assert meta["vocab_size"] == 27 and train.dtype.name == "uint16"
+    assert set(val.tolist()) == {meta["chars"].index("Z")}
+
+
+def test_train_loss_falls_then_sample(char_data, tmp_path):
+    out = tmp_path / "out"
+    run_script("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=150", "--eval_interval=50",
+               "--lr_decay_iters=150", *SMALL)
+    rows = metrics(out)
+    assert [r["iter"] for r in rows] == [0, 50, 100, 150]
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 1.0
+    assert {"train_loss", "lr", "tokens_per_s", "elapsed_s"} <= set(rows[-1])
+    proc = run_script("sample.py", f"--out_dir={out}", "--start=ROMEO:", "--num_samples=1", "--max_new_tokens=40")
+    assert proc.stdout.startswith("ROMEO:") and len(proc.stdout) >= 46
+
+
+def test_checkpoint_round_trip_gives_identical_logits(char_data, tmp_path):
+    out = tmp_path / "out"
+    run_script("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=20", "--eval_interval=20",
+               "--bias=True", "--dropout=0.1", *SMALL)
+    ckpt = load_checkpoint(str(out))
+    a, b = model_from_checkpoint(ckpt).eval(), model_from_checkpoint(load_checkpoint(str(out / "ckpt.pt"))).eval()
+    idx = torch.randint(0, a.config.vocab_size, (2, 32))
+    assert torch.equal(a(idx), b(idx))
+    assert ckpt["iter_num"] == 20 and ckpt["model_args"]["bias"] is True
+
+
+def test_resume_matches_uninterrupted_run(char_data, tmp_path):
+    common = [f"--data_dir={char_data}", "--eval_interval=10", "--lr_decay_iters=40", "--dropout=0.1", *SMALL]
+    run_script("train.py", f"--out_dir={tmp_path / 'full'}", "--max_iters=40", *common)
+    run_script("train.py", f"--out_dir={tmp_path / 'split'}", "--max_iters=20", *common)
+    proc = run_script("train.py", f"--out_dir={tmp_path / 'split'}", "--max_iters=40", "--init_from=resume")
+    assert "resuming" in proc.stdout
+    full, split = metrics(tmp_path / "full"), metrics(tmp_path / "split")
+    assert [r["iter"] for r in split] == [0, 10, 20, 30, 40]
+    for a, b in zip(full, split):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-6)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
+    wa, wb = (load_checkpoint(str(tmp_path / d))["model"] for d in ("full", "split"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def one_line_error(proc):
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+def test_user_errors_are_one_line_and_harmless(char_data, tmp_path):
+    out = tmp_path / "out"
+    run_script("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=10", "--eval_interval=10", *SMALL)
+    ckpt_bytes = (out / "ckpt.pt").read_bytes()
+
+    assert "prepare" in one_line_error(run_script("train.py", f"--data_dir={tmp_path / 'none'}",
+                                                  f"--out_dir={tmp_path / 'o2'}", check=False))
+    assert "valid keys" in one_line_error(run_script("train.py", "--n_layers=2", check=False))
+    assert "int" in one_line_error(run_script("train.py", "--batch_size=big", check=False))
+    assert "config" in one_line_error(run_script("train.py", "config/does_not_exist.py", check=False))
+    # a fresh run must not replace an existing checkpoint
+    assert "resume" in one_line_error(run_script("train.py", f"--data_dir={char_data}", f"--out_dir={out}", *SMALL,
+                                                 check=False))
+    assert "vocabulary" in one_line_error(run_script("sample.py", f"--out_dir={out}", "--start=\u00e9\u4e2d",
+                                                     check=False))
+    assert "no checkpoint" in one_line_error(run_script("sample.py", f"--out_dir={tmp_path / 'none'}", check=False))
+    assert (out / "ckpt.pt").read_bytes() == ckpt_bytes
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "ckpt.pt").write_bytes(ckpt_bytes[: len(ckpt_bytes) // 2])
+    assert "corrupt" in one_line_error(run_script("sample.py", f"--out_dir={bad}", check=False))
+    assert "corrupt" in one_line_error(run_script("train.py", f"--out_dir={bad}", "--init_from=resume", check=False))
+    assert (bad / "ckpt.pt").read_bytes() == ckpt_bytes[: len(ckpt_bytes) // 2]
+
+    (char_data / "val.bin").rename(char_data / "val.bin.keep")
+    try:
+        assert "val.bin" in one_line_error(run_script("train.py", f"--data_dir={char_data}",
+                                                      f"--out_dir={tmp_path / 'o3'}", check=False))
+    finally:
+        (char_data / "val.bin.keep").rename(char_data / "val.bin")
+
+
+def test_truncated_token_file_is_detected(tmp_path):
+    from data.tokens import TokenFileError, load_tokens, write_tokens
+
+    path = str(tmp_path / "t.bin")
+    write_tokens(path, list(range(100)), vocab_size=100)
+    assert load_tokens(path).tolist() == list(range(100))
+    with open(path, "r+b") as f:
+        f.truncate(64 + 2 * 50 + 1)
+    with pytest.raises(TokenFileError, match="truncated"):
+        load_tokens(path)
+    (tmp_path / "foreign.bin").write_bytes(b"\x00" * 300)
+    with pytest.raises(TokenFileError, match="not a headscope token file"):
+        load_tokens(str(tmp_path / "foreign.bin"))
+    write_tokens(str(tmp_path / "big.bin"), [70000, 1], vocab_size=70001)
+    assert load_tokens(str(tmp_path / "big.bin")).dtype.name == "uint32"
+    with pytest.raises(TokenFileError, match="must lie in"):
+        write_tokens(str(tmp_path / "bad.bin"), [5], vocab_size=5)
