@@ -26,15 +26,8 @@ def read_prompt(start: str) -> str:
         raise ConfigError(f"cannot read prompt file {path}; give an existing UTF-8 text file after FILE:.")
 
 
-def main(argv: list[str]) -> None:
-    cfg = build(parse_args(argv), SampleConfig)[0]
-    device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device)
-    ckpt = load_checkpoint(cfg.out_dir)
-    model = model_from_checkpoint(ckpt).to(device).eval()
-    tokenizer = from_meta(ckpt["tokenizer"])
-    del ckpt
-
+def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> None:
+    """Continue the prompt num_samples times, streaming each token as it comes."""
     prompt_ids = tokenizer.encode(read_prompt(cfg.start))
     if not prompt_ids:
         raise ConfigError("the prompt is empty; pass some text with --start.")
@@ -55,6 +48,21 @@ def main(argv: list[str]) -> None:
                 sys.stdout.write(tokenizer.decode(new_ids)[len(before):])  # whole characters only
                 sys.stdout.flush()
         sys.stdout.write("\n" + ("-" * 40 + "\n" if n + 1 < cfg.num_samples else ""))
+
+
+RUNNERS = {"gpt": sample_gpt}  # model_type -> what sample.py does with it
+
+
+def main(argv: list[str]) -> None:
+    cfg = build(parse_args(argv), SampleConfig)[0]
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    ckpt = load_checkpoint(cfg.out_dir)
+    model = model_from_checkpoint(ckpt).to(device).eval()
+    tokenizer = from_meta(ckpt["tokenizer"])
+    runner = RUNNERS[ckpt.get("model_type", "gpt")]
+    del ckpt
+    runner(model, tokenizer, cfg, device, dtype)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ import sys
 import time
 import torch
 
-from data.loader import LMBatches, dataset_dir, read_meta
-from data.tokenizer import TokenizerError
+from data.loader import BATCHES, dataset_dir, read_meta
+from data.tokenizer import TokenizerError, from_meta
 from data.tokens import TokenFileError
 from model import MODELS, CheckpointError, ConfigError, TrainConfig, load_checkpoint, save_checkpoint
 from model.config import MODEL_CONFIGS, build, from_dict, parse_args, to_dict
@@ -50,17 +50,26 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str) -> tor
 
 @torch.no_grad()
 def estimate_loss(model, batches, cfg: TrainConfig, autocast) -> dict:
-    """Mean loss over eval_iters batches of each split; the same batches at every evaluation."""
+    """Mean loss (and the batch maker's own metrics) over eval_iters batches of each split.
+
+    The same batches at every evaluation, drawn from a generator of their own so that training's
+    random state is untouched (exact resume).
+    """
     model.eval()
     out = {}
     for split in ("train", "val"):
-        gen = torch.Generator().manual_seed(cfg.seed + 1)  # own generator: training's RNG is untouched
-        losses = torch.zeros(cfg.eval_iters)
-        for i in range(cfg.eval_iters):
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        sums = {}
+        for _ in range(cfg.eval_iters):
+            batch = batches.get(split, gen)
             with autocast:
-                _, loss = model(**batches.get(split, gen))
-            losses[i] = loss.item()
-        out[f"{split}_loss"] = losses.mean().item()
+                logits, loss = model(**batch)
+            values = {"loss": loss.item()}
+            if hasattr(batches, "eval_metrics"):
+                values.update(batches.eval_metrics(logits, batch))
+            for name, value in values.items():
+                sums[name] = sums.get(name, 0.0) + value
+        out.update({f"{split}_{name}": total / cfg.eval_iters for name, total in sums.items()})
     model.train()
     return out
 
@@ -100,13 +109,14 @@ def main(argv: list[str]) -> None:
 
     # ---------------------------------------------------------------- data
     folder = dataset_dir(cfg.dataset, cfg.data_dir)
-    meta = read_meta(folder, prepare_if_missing=True)
+    batch_maker = BATCHES[cfg.model_type]
+    tokenizer = from_meta(read_meta(folder, prepare_if_missing=True)).with_specials(batch_maker.specials)
     if ckpt is None:
-        model_cfg = dataclasses.replace(model_cfg, vocab_size=meta["vocab_size"])
-    elif meta["vocab_size"] != model_cfg.vocab_size:
+        model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
+    elif tokenizer.vocab_size != model_cfg.vocab_size:
         raise ConfigError(f"the checkpoint's vocabulary ({model_cfg.vocab_size}) differs from dataset "
-                          f"{cfg.dataset} ({meta['vocab_size']}); resume on the dataset it was trained on.")
-    batches = LMBatches(folder, model_cfg.block_size, cfg.batch_size, device)
+                          f"{cfg.dataset} ({tokenizer.vocab_size}); resume on the dataset it was trained on.")
+    batches = batch_maker(folder, model_cfg, cfg.batch_size, device, tokenizer)
     data_gen = torch.Generator().manual_seed(cfg.seed)
     tokens_per_iter = cfg.batch_size * model_cfg.block_size * cfg.gradient_accumulation_steps
 
@@ -171,7 +181,7 @@ def main(argv: list[str]) -> None:
                 save_checkpoint({
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "model_type": cfg.model_type, "model_args": to_dict(model_cfg), "train_config": to_dict(cfg),
-                    "tokenizer": meta, "iter_num": iter_num, "best_val_loss": best_val_loss, "rng": rng,
+                    "tokenizer": tokenizer.meta(), "iter_num": iter_num, "best_val_loss": best_val_loss, "rng": rng,
                     "elapsed_s": elapsed, "wandb_id": wandb_id}, ckpt_path)
             window_start, window_iters = time.perf_counter(), 0  # evaluation time is not training time
         if iter_num >= cfg.max_iters:

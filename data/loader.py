@@ -39,7 +39,10 @@ def read_meta(folder: str, prepare_if_missing: bool = False) -> dict:
 class LMBatches:
     """Next-token prediction: x is a window of block_size tokens, y the same window shifted by one."""
 
-    def __init__(self, folder: str, block_size: int, batch_size: int, device: str = "cpu"):
+    specials = ()
+
+    def __init__(self, folder: str, model_config, batch_size: int, device: str = "cpu", tokenizer=None):
+        block_size = model_config.block_size
         self.data = {split: load_tokens(os.path.join(folder, f"{split}.bin")) for split in ("train", "val")}
         for split, tokens in self.data.items():
             if len(tokens) <= block_size:
@@ -58,3 +61,10 @@ class LMBatches:
         else:
             xy = xy.to(self.device)
         return {"idx": xy[:, :-1], "targets": xy[:, 1:]}
+
+
+BATCHES: dict[str, type] = {"gpt": LMBatches}
+"""model_type -> batch maker. A batch maker is built as cls(folder, model_config, batch_size, device,
+tokenizer); declares the special tokens its family adds (`specials`); has `get(split, generator) -> dict`
+(the model's keyword arguments, targets included); and may have `eval_metrics(logits, batch) ->
+dict[str, float]`, which train.py averages over its evaluation batches."""

@@ -1,46 +1,111 @@
-"""Tokenizers shared by every model family. A tokenizer is rebuilt from its `meta` dict, which
-prepare scripts write to meta.json and train.py stores in each checkpoint."""
+"""Tokenizers shared by every model family.
+
+A tokenizer is rebuilt from its `meta` dict, which prepare scripts write to meta.json and train.py
+stores in each checkpoint. Special tokens (`[PAD]`, `[MASK]`, `[BOS]`, ...) that the encoder and the
+encoder-decoder need get the ids after the base vocabulary, so the base ids never move (GPT-2's
+0..50256 stay GPT-2's).
+"""
+
+import re
+
+SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[CLS]", "[SEP]", "[BOS]", "[EOS]", "[UNK]")
 
 
 class TokenizerError(ValueError):
     """Text that the tokenizer cannot encode, or a meta dict it does not understand."""
 
 
-class CharTokenizer:
+class Tokenizer:
+    """Base: base-vocabulary encoding (`_encode`/`_decode`) plus special tokens after it."""
+
+    kind = ""
+    base_vocab_size = 0
+
+    def __init__(self, specials: tuple[str, ...] = ()):
+        unknown = [s for s in specials if s not in SPECIAL_TOKENS]
+        if unknown:
+            raise TokenizerError(f"unknown special token {unknown[0]!r}; choose from {', '.join(SPECIAL_TOKENS)}.")
+        self.specials = tuple(dict.fromkeys(specials))
+        self.special_ids = {s: self.base_vocab_size + i for i, s in enumerate(self.specials)}
+        self._special_re = re.compile("(" + "|".join(map(re.escape, self.specials)) + ")") if specials else None
+
+    @property
+    def vocab_size(self) -> int:
+        """Base vocabulary plus special tokens."""
+        return self.base_vocab_size + len(self.specials)
+
+    def with_specials(self, specials: tuple[str, ...]):
+        """A copy of this tokenizer with these special tokens added after the base vocabulary."""
+        return from_meta({**self.meta(), "specials": list(dict.fromkeys(self.specials + tuple(specials)))})
+
+    def encode(self, text: str, allow_specials: bool = False) -> list[int]:
+        """Text -> ids. With allow_specials, literal `[MASK]` etc. in the text become their ids."""
+        if not (allow_specials and self._special_re):
+            return self._encode(text)
+        ids = []
+        for piece in self._special_re.split(text):
+            if piece in self.special_ids:
+                ids.append(self.special_ids[piece])
+            elif piece:
+                ids.extend(self._encode(piece))
+        return ids
+
+    def decode(self, ids) -> str:
+        """Ids -> text; special tokens print as their names."""
+        names = {i: s for s, i in self.special_ids.items()}
+        out, run = [], []
+        for i in ids:
+            i = int(i)
+            if i in names:
+                out.append(self._decode(run))
+                out.append(names[i])
+                run = []
+            else:
+                run.append(i)
+        out.append(self._decode(run))
+        return "".join(out)
+
+    def meta(self) -> dict:
+        """What rebuilds this tokenizer."""
+        return {"tokenizer": self.kind, "vocab_size": self.vocab_size, "specials": list(self.specials)}
+
+
+class CharTokenizer(Tokenizer):
     """Character-level: one id per distinct character of the corpus, in sorted order."""
 
     kind = "char"
 
-    def __init__(self, chars: str):
+    def __init__(self, chars: str, specials: tuple[str, ...] = ()):
         self.chars = chars
         self.stoi = {ch: i for i, ch in enumerate(chars)}
-        self.vocab_size = len(chars)
+        self.base_vocab_size = len(chars)
+        super().__init__(specials)
 
     @classmethod
     def from_text(cls, text: str) -> "CharTokenizer":
         """Vocabulary of every distinct character in text."""
         return cls("".join(sorted(set(text))))
 
-    def encode(self, text: str) -> list[int]:
-        """Text -> ids; a character outside the vocabulary is a TokenizerError naming it."""
+    def _encode(self, text: str) -> list[int]:
         try:
             return [self.stoi[ch] for ch in text]
         except KeyError as e:
             raise TokenizerError(f"character {e.args[0]!r} is not in this model's vocabulary of "
-                                 f"{self.vocab_size} characters; remove it from the prompt.") from None
+                                 f"{self.base_vocab_size} characters; remove it from the prompt.") from None
 
-    def decode(self, ids) -> str:
-        """Ids -> text."""
+    def _decode(self, ids) -> str:
         return "".join(self.chars[i] for i in ids)
 
     def meta(self) -> dict:
-        """What rebuilds this tokenizer."""
-        return {"tokenizer": self.kind, "vocab_size": self.vocab_size, "chars": self.chars}
+        return {**super().meta(), "chars": self.chars}
 
 
-def from_meta(meta: dict):
-    """Rebuild the tokenizer described by a meta dict."""
+TOKENIZERS: dict[str, type] = {"char": CharTokenizer}
+
+
+def from_meta(meta: dict) -> Tokenizer:
+    """Rebuild the tokenizer described by a meta dict (from meta.json or a checkpoint)."""
     kind = meta.get("tokenizer")
     if kind == "char":
-        return CharTokenizer(meta["chars"])
+        return CharTokenizer(meta["chars"], tuple(meta.get("specials", ())))
     raise TokenizerError(f"unknown tokenizer {kind!r} in meta; re-run the dataset's prepare.py.")
