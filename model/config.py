@@ -28,6 +28,10 @@ class TransformerConfig:
     bias: bool = False  # bias in Linear layers and LayerNorms (GPT-2 has them; faster without)
     attn_score: str = "scaled_dot"  # how a query is compared with a key (see model/attention.py)
     attn_weighting: str = "softmax"  # how scores become weights
+    activation: str = "gelu"  # MLP non-linearity (model/layers.py ACTIVATIONS); GPT-2 uses gelu_tanh
+    norm: str = "layernorm"  # normalisation layer (model/layers.py NORMS)
+    norm_eps: float = 1e-5
+    post_norm: bool = False  # False: pre-norm blocks (GPT-2); True: norm after each residual add (BERT)
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -40,9 +44,14 @@ class TransformerConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}.")
-        from model.attention import check_variant  # late import: attention imports this module
+        from model.attention import check_variant  # late imports: those modules import this one
+        from model.layers import ACTIVATIONS, NORMS
 
         check_variant(self.attn_score, self.attn_weighting, "attn_")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}.")
+        if self.norm not in NORMS:
+            raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}.")
 
     @property
     def head_dim(self) -> int:

@@ -12,7 +12,7 @@ from torch import nn
 
 from model.attention import KVCache
 from model.config import GPTConfig
-from model.layers import Block, init_weights
+from model.layers import Block, init_weights, make_norm
 from model.sampling import sample_next
 
 
@@ -26,7 +26,7 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
         init_weights(self, config.n_layer)

@@ -7,32 +7,50 @@ from model.attention import Attention, KVCache
 from model.hooks import HookPoint
 
 
+ACTIVATIONS = {
+    "gelu": lambda: nn.GELU(),  # exact (erf) GELU, as nanoGPT and BERT
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # GPT-2's approximation
+}
+NORMS = {
+    "layernorm": lambda config: nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias),
+}
+
+
+def make_norm(config) -> nn.Module:
+    """The normalisation layer named by config.norm."""
+    return NORMS[config.norm](config)
+
+
 class MLP(nn.Module):
-    """Position-wise feed-forward network: n_embd -> 4 n_embd -> GELU -> n_embd."""
+    """Position-wise feed-forward network: n_embd -> 4 n_embd -> activation -> n_embd."""
 
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU
+        self.act = ACTIVATIONS[config.activation]()
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):
-    """Pre-norm block: self-attention, optional cross-attention over a source sequence, MLP."""
+    """Self-attention, optional cross-attention over a source sequence, MLP; each a residual branch.
+
+    Pre-norm (GPT-2): x + f(norm(x)). Post-norm (original Transformer, BERT): norm(x + f(x)).
+    """
 
     def __init__(self, config, cross: bool = False):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.post_norm = config.post_norm
+        self.ln_1 = make_norm(config)
         self.attn = Attention(config)
         if cross:
-            self.ln_cross = nn.LayerNorm(config.n_embd, bias=config.bias)
+            self.ln_cross = make_norm(config)
             self.cross_attn = Attention(config, cross=True, score=getattr(config, "cross_attn_score", None),
                                         weighting=getattr(config, "cross_attn_weighting", None))
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
         self.resid_pre, self.resid_mid, self.resid_post = HookPoint(), HookPoint(), HookPoint()
 
@@ -41,12 +59,17 @@ class Block(nn.Module):
                 cache: KVCache | None = None, cross_cache: KVCache | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C). `mask`/`causal` shape self-attention; `source_mask` cross-attention."""
         x = self.resid_pre(x)
-        x = x + self.attn(self.ln_1(x), mask=mask, causal=causal, cache=cache)
+        x = self.residual(x, self.ln_1, lambda h: self.attn(h, mask=mask, causal=causal, cache=cache))
         x = self.resid_mid(x)
         if hasattr(self, "cross_attn"):
-            x = x + self.cross_attn(self.ln_cross(x), source=source, mask=source_mask, cache=cross_cache)
-        x = x + self.mlp(self.ln_2(x))
+            x = self.residual(x, self.ln_cross,
+                              lambda h: self.cross_attn(h, source=source, mask=source_mask, cache=cross_cache))
+        x = self.residual(x, self.ln_2, self.mlp)
         return self.resid_post(x)
+
+    def residual(self, x: torch.Tensor, norm: nn.Module, branch) -> torch.Tensor:
+        """One residual branch, its norm before (pre-norm) or after the addition (post-norm)."""
+        return norm(x + branch(x)) if self.post_norm else x + branch(norm(x))
 
 
 def init_weights(module: nn.Module, n_layer: int) -> None:
@@ -60,5 +83,5 @@ def init_weights(module: nn.Module, n_layer: int) -> None:
         elif p.dim() >= 2:
             nn.init.normal_(p, mean=0.0, std=0.02)
     for m in module.modules():
-        if isinstance(m, nn.LayerNorm):
+        if isinstance(m, nn.LayerNorm) and m.weight is not None:
             nn.init.ones_(m.weight)
