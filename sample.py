@@ -2,15 +2,20 @@
 
     python sample.py --out_dir=out --start="ROMEO:" --num_samples=2 --max_new_tokens=300
     python sample.py --start=FILE:prompt.txt --temperature=0.8 --top_k=200 --top_p=0.95 --seed=1
+    python sample.py --start="ROMEO:" --max_new_tokens=40 --attention_dir=attn  # maps: PNG, HTML, npz
+    python sample.py --start="ROMEO:" --ablate=0.1,1.3 --ablate_mode=mean        # knock heads out
 """
 
 import sys
+from contextlib import nullcontext
 
 import torch
 
 from data.tokenizer import TokenizerError, from_meta
 from model import CheckpointError, ConfigError, load_checkpoint, model_from_checkpoint
+from model.attention_maps import AttentionRecorder, head_stats_all, stats_table
 from model.config import SampleConfig, build, parse_args
+from model.interventions import ablate_heads, head_means, parse_heads
 from model.system import autocast, pick_device, pick_dtype
 
 
@@ -37,17 +42,45 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
               file=sys.stderr)
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    interventions = []
+    if cfg.ablate:
+        heads = parse_heads(cfg.ablate, model)
+        means = head_means(model, idx[:, -block_size:], heads=heads) if cfg.ablate_mode == "mean" else None
+        interventions = ablate_heads(heads, cfg.ablate_mode, means)
+    recorder = AttentionRecorder(model) if cfg.attention_dir else None
+    samples = []
     for n in range(cfg.num_samples):
         sys.stdout.write(tokenizer.decode(prompt_ids))
         new_ids = []
-        with autocast(device, dtype):
+        record = recorder if n == 0 and recorder else nullcontext()  # maps of the first sample
+        with autocast(device, dtype), model.hooks(interventions), record:
             for token in model.generate_stream(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
                                                use_cache=cfg.use_cache, generator=generator):
                 before = tokenizer.decode(new_ids)
                 new_ids.append(token.item())
                 sys.stdout.write(tokenizer.decode(new_ids)[len(before):])  # whole characters only
                 sys.stdout.flush()
+            if n == 0 and recorder and not new_ids:  # nothing generated: record the prompt alone
+                model(idx[:, -block_size:])
         sys.stdout.write("\n" + ("-" * 40 + "\n" if n + 1 < cfg.num_samples else ""))
+        samples.append(new_ids)
+    if recorder:
+        first = max(0, len(prompt_ids) - block_size)  # tokens cropped from the prompt were never seen
+        maps = {name: m[..., first:, first:] for name, m in recorder.maps(start_len=len(prompt_ids)).items()}
+        write_maps(maps, tokenizer, (prompt_ids + samples[0])[first:], cfg.attention_dir)
+
+
+def write_maps(maps: dict, tokenizer, ids: list[int], out_dir: str) -> None:
+    """Write attention maps (PNG per layer, HTML viewer, npz) and print per-head statistics."""
+    from model.viz import views_from_maps, write_attention  # numpy/matplotlib only when asked for
+
+    tokens = [tokenizer.decode([i]) for i in ids[:next(iter(maps.values())).size(-1)]]  # the last one has no row
+    try:
+        paths = write_attention(out_dir, views_from_maps(maps, tokens), title=f"attention: {tokenizer.decode(ids)[:60]}")
+    except OSError as e:
+        raise ConfigError(f"cannot write attention maps to {out_dir} ({e.strerror}); pick a writable --attention_dir.")
+    print(stats_table(head_stats_all(maps)))
+    print(f"wrote {len(paths)} files to {out_dir} (open {out_dir}/attention.html in a browser)", file=sys.stderr)
 
 
 RUNNERS = {"gpt": sample_gpt}  # model_type -> what sample.py does with it

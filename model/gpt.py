@@ -12,11 +12,12 @@ from torch import nn
 
 from model.attention import KVCache
 from model.config import GPTConfig
+from model.hooks import HookedModel
 from model.layers import Block, init_weights, make_norm
 from model.sampling import sample_next
 
 
-class GPT(nn.Module):
+class GPT(HookedModel, nn.Module):
     """A decoder-only language model."""
 
     def __init__(self, config: GPTConfig):

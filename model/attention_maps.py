@@ -1,0 +1,112 @@
+"""Attention maps beyond a single forward pass: recorded during generation, and summarised per head.
+
+    recorder = AttentionRecorder(model)                 # hooks every `*attn.pattern`
+    with recorder:
+        out = model.generate(idx, max_new_tokens=20)    # KV cache on: one query row per step
+    maps = recorder.maps(start_len=idx.size(1))         # name -> (B, nh, N, N), N = tokens fed
+    print(stats_table(head_stats_all(maps)))
+"""
+
+import math
+
+import torch
+
+from model.attention import Attention
+
+STATS = ("entropy", "max", "distance")
+
+
+class AttentionRecorder:
+    """Captures every call's pattern and places its rows at absolute token positions.
+
+    Made for generation loops that feed the whole (cropped) prompt first and then one token per
+    call, with or without a KV cache: call k then ends at token start_len + k. Row n of a recorded
+    map is what token n attended to when it was fed; the last generated token is never fed back,
+    so it has no row. Beam search (which reorders rows) is not supported.
+    """
+
+    def __init__(self, model, names_filter="*attn.pattern"):
+        self.model, self.names = model, model.match_hooks(names_filter)
+        modules = dict(model.named_modules())
+        self.cross = {name: isinstance(modules.get(name.rsplit(".", 1)[0]), Attention)
+                      and modules[name.rsplit(".", 1)[0]].cross for name in self.names}
+        self.calls: dict[str, list[torch.Tensor]] = {}
+        self._context = None
+
+    def _record(self, pattern: torch.Tensor, name: str) -> None:
+        self.calls.setdefault(name, []).append(pattern.detach().float().cpu())
+
+    def __enter__(self):
+        self.calls = {}
+        self._context = self.model.hooks([(self.names, self._record)])
+        self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._context.__exit__(*exc)
+
+    def maps(self, start_len: int) -> dict[str, torch.Tensor]:
+        """name -> (B, nh, N, N) self-attention map or (B, nh, N, S) cross-attention map."""
+        out = {}
+        for name, calls in self.calls.items():
+            B, nh = calls[0].shape[:2]
+            N = start_len + len(calls) - 1  # tokens fed to the model
+            n_keys = calls[0].size(-1) if self.cross[name] else N
+            full = torch.zeros(B, nh, N, n_keys)
+            filled = torch.zeros(N, dtype=torch.bool)
+            for k, pattern in enumerate(calls):
+                end = start_len + k  # this call's queries end at token `end` (exclusive)
+                T, S = pattern.shape[-2:]
+                if end - T < 0:
+                    raise ValueError(f"{name}: call {k} has {T} queries but only {end} tokens were fed; "
+                                     "start_len must be the prompt length given to the generation loop.")
+                rows = torch.arange(end - T, end)
+                new = ~filled[rows]  # a row keeps the first time it was computed (no-cache reruns repeat it)
+                cols = slice(0, S) if self.cross[name] else slice(end - S, end)
+                full[:, :, rows[new], cols] = pattern[:, :, new]
+                filled[rows] = True
+            out[name] = full
+        return out
+
+
+def head_stats(pattern: torch.Tensor, cross: bool = False) -> dict[str, torch.Tensor]:
+    """Per-head summary of a pattern (B, nh, T, S) or (nh, T, S): each stat is (nh,).
+
+    entropy: nats per query row (0 = one key, log S = uniform); max: the largest weight of a row;
+    distance: mean |query position - key position| weighted by attention (NaN for cross-attention).
+    Queries are taken to be the last T of the S keys (true for self-attention with a cache).
+    Rows without weights (padding, positions never fed) are left out.
+    """
+    p = pattern.float()
+    if p.dim() == 3:
+        p = p[None]
+    B, nh, T, S = p.shape
+    valid = (p.sum(-1) > 0.5).float()  # (B, nh, T)
+    count = valid.sum(dim=(0, 2)).clamp(min=1)
+    mean = lambda per_row: (per_row * valid).sum(dim=(0, 2)) / count  # noqa: E731
+    entropy = -torch.special.xlogy(p, p).sum(-1)
+    stats = {"entropy": mean(entropy), "max": mean(p.max(-1).values)}
+    if cross:
+        stats["distance"] = torch.full((nh,), math.nan)
+    else:
+        q_pos = torch.arange(S - T, S, dtype=torch.float)[:, None]
+        k_pos = torch.arange(S, dtype=torch.float)[None, :]
+        stats["distance"] = mean((p * (q_pos - k_pos).abs()).sum(-1))
+    return stats
+
+
+def head_stats_all(maps: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """head_stats for every `...pattern` map, keyed by attention module name (cross-attention by its name)."""
+    return {name.removesuffix(".pattern"): head_stats(p, cross=name.endswith("cross_attn.pattern"))
+            for name, p in maps.items()}
+
+
+def stats_table(stats: dict[str, dict[str, torch.Tensor]]) -> str:
+    """A plain-text table: one row per head, columns entropy, max weight, mean distance."""
+    width = max([len("head")] + [len(f"{name}.{h}") for name, s in stats.items() for h in range(len(s["max"]))])
+    lines = [f"{'head':<{width}}  {'entropy':>8}  {'max':>6}  {'distance':>8}"]
+    for name, s in stats.items():
+        for h in range(len(s["max"])):
+            lines.append(f"{name + '.' + str(h):<{width}}  {s['entropy'][h]:8.3f}  {s['max'][h]:6.3f}  "
+                         f"{s['distance'][h]:8.2f}")
+    return "\n".join(lines)
