@@ -181,7 +181,8 @@ const $ = (id) => document.getElementById(id);
 const state = { view: 0, layer: 0, head: 0, mode: "lines", hover: null };
 
 function show(token) {  // spaces and control characters made visible; text only, never markup
-  return token.replace(/\\n/g, "\\\\n").replace(/\\t/g, "\\\\t").replace(/ /g, "\\u2423") || "\\u2205";
+  return token.replace(/\\n/g, "\\\\n").replace(/\\t/g, "\\\\t").replace(/\\r/g, "\\\\r")
+    .replace(/ /g, "\\u2423") || "\\u2205";
 }
 function decode(b64) {
   const bin = atob(b64), out = new Uint8Array(bin.length);
