@@ -103,6 +103,7 @@ class TrainConfig:
     wandb_log: bool = False
     wandb_project: str = "headscope"
     wandb_run_name: str = "run"
+    attn_stats_interval: int = 0  # every N iterations: per-head attention statistics (+ heatmaps to wandb); 0 = off
 
     def __post_init__(self):
         if self.init_from not in ("scratch", "resume"):
@@ -112,6 +113,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}.")
         if self.max_iters < 0 or self.warmup_iters < 0:
             raise ConfigError("max_iters and warmup_iters must not be negative.")
+        if self.attn_stats_interval < 0:
+            raise ConfigError(f"attn_stats_interval must be 0 (off) or positive, got {self.attn_stats_interval}.")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be one of auto, float32, bfloat16, float16, got {self.dtype!r}.")
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):

@@ -325,29 +325,39 @@ def write_attention(out_dir: str, views: list[AttentionView], title: str = "atte
     return paths + [html_path, npz_path]
 
 
-def wandb_attention(model, inputs: dict, tokens: list[str]) -> dict:
-    """Per-head statistics and one heatmap image per layer of the first example, for wandb.log."""
+def log_attention(model, batch: dict, tokenizer, step: int, wandb_log: bool = False) -> None:
+    """Per-head statistics on the first example of `batch`, printed as a table; with wandb_log, logged
+    to wandb too, with one heatmap image per layer (train.py --attn_stats_interval=N)."""
+    from model.attention_maps import head_stats_all, stats_table
+
+    first = {k: v[:1] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(**first, names_filter="*attn.pattern", device="cpu")
+    finally:
+        model.train(was_training)
+    stats = head_stats_all(cache)
+    print(f"attention at step {step}:\n{stats_table(stats)}")
+    if not wandb_log:
+        return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import wandb
 
-    from model.attention_maps import head_stats_all
+    record = {f"attn/{name}.{h}/{stat}": float(v) for name, s in stats.items()
+              for stat, values in s.items() for h, v in enumerate(values)}
+    ids = first["idx"][0].tolist() if "idx" in first else []
 
-    first = {k: v[:1] for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        _, cache = model.run_with_cache(**first, names_filter="*attn.pattern", device="cpu")
-    model.train(was_training)
-    record = {}
-    for name, stats in head_stats_all(cache).items():
-        for stat, values in stats.items():
-            record.update({f"attn/{name}.{h}/{stat}": float(v) for h, v in enumerate(values)})
-    for view in views_from_maps(cache, tokens, tokens):
-        for name, maps in view.layers.items():
-            fig = heatmap_figure(maps, view.query_tokens, view.key_tokens, name)
-            record[f"attn/{name}/pattern"] = wandb.Image(fig)
-            plt.close(fig)
-    return record
+    def labels(n: int) -> list[str]:  # token text where the map runs over idx, positions otherwise
+        return [tokenizer.decode([i]) for i in ids] if len(ids) == n else [str(i) for i in range(n)]
+
+    for name, pattern in cache.items():
+        maps = pattern[0].float().numpy()
+        fig = heatmap_figure(maps, labels(maps.shape[1]), labels(maps.shape[2]), name)
+        record[f"attn/{name.removesuffix('.pattern')}/pattern"] = wandb.Image(fig)
+        plt.close(fig)
+    wandb.log(record, step=step)

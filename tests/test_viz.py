@@ -156,5 +156,22 @@ def test_sample_writes_maps_for_prompt_and_generated_tokens(tmp_path):
     seen = load_in_browser((attn / "attention.html").read_text(encoding="utf-8"), tmp_path)
     assert seen["status"] == "ready" and seen["errors"] == "" and seen["images"] == 0
     assert seen["queries"] == [display_token(t) for t in tokens]
-    bad = run_script("sample.py", f"--out_dir={out}", "--ablate=4.0", check=False)
-    assert bad.returncode == 1 and bad.stderr.strip() == "error: head '4.0': there is no layer 4; the layers are 0..1."
+
+
+def test_log_attention_prints_stats_and_logs_images(monkeypatch, capsys):
+    import wandb
+    from model.viz import log_attention
+
+    logged = []
+    monkeypatch.setattr(wandb, "log", lambda record, step: logged.append((record, step)))
+    tokenizer = CharTokenizer("abcdefgh")
+    model = GPT(GPTConfig(n_layer=2, n_head=3, n_embd=24, block_size=8, vocab_size=8)).train()
+    batch = {"idx": torch.randint(0, 8, (4, 8)), "targets": torch.randint(0, 8, (4, 8))}
+    log_attention(model, batch, tokenizer, step=7, wandb_log=True)
+    assert model.training  # put back as it was
+    assert "blocks.1.attn.2" in capsys.readouterr().out
+    (record, step), = logged
+    assert step == 7
+    assert 0 < record["attn/blocks.0.attn.1/entropy"] <= np.log(8) and 0 < record["attn/blocks.1.attn.2/max"] <= 1
+    assert isinstance(record["attn/blocks.1.attn/pattern"], wandb.Image)
+    assert model.hook_names() and all(not p._forward_hooks for p in model.hook_points().values())
