@@ -76,7 +76,8 @@ def write_maps(maps: dict, tokenizer, ids: list[int], out_dir: str) -> None:
 
     tokens = [tokenizer.decode([i]) for i in ids[:next(iter(maps.values())).size(-1)]]  # the last one has no row
     try:
-        paths = write_attention(out_dir, views_from_maps(maps, tokens), title=f"attention: {tokenizer.decode(ids)[:60]}")
+        title = f"attention: {tokenizer.decode(ids)[:60]}"
+        paths = write_attention(out_dir, views_from_maps(maps, tokens), title=title)
     except OSError as e:
         raise ConfigError(f"cannot write attention maps to {out_dir} ({e.strerror}); pick a writable --attention_dir.")
     print(stats_table(head_stats_all(maps)))

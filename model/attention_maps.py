@@ -11,8 +11,6 @@ import math
 
 import torch
 
-from model.attention import Attention
-
 STATS = ("entropy", "max", "distance")
 
 
@@ -27,9 +25,8 @@ class AttentionRecorder:
 
     def __init__(self, model, names_filter="*attn.pattern"):
         self.model, self.names = model, model.match_hooks(names_filter)
-        modules = dict(model.named_modules())
-        self.cross = {name: isinstance(modules.get(name.rsplit(".", 1)[0]), Attention)
-                      and modules[name.rsplit(".", 1)[0]].cross for name in self.names}
+        modules = dict(model.named_modules())  # a cross-attention map's keys are the whole source
+        self.cross = {name: bool(getattr(modules[name.rsplit(".", 1)[0]], "cross", False)) for name in self.names}
         self.calls: dict[str, list[torch.Tensor]] = {}
         self._context = None
 

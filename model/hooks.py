@@ -34,6 +34,13 @@ class HookPoint(nn.Module):
         return bool(self._forward_hooks)
 
 
+class HookNameError(KeyError):
+    """A hook name or pattern that matches no hook point of the model."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class HookedModel:
     """Mixin for an nn.Module holding HookPoints: named hooks, run_with_cache, hook_names."""
 
@@ -59,7 +66,7 @@ class HookedModel:
             found = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
             if not found:
                 examples = ", ".join(names[:3] + names[-2:]) if names else "none"
-                raise KeyError(f"no hook point matches {pattern!r}; names look like {examples} "
+                raise HookNameError(f"no hook point matches {pattern!r}; names look like {examples} "
                                "(see model.hook_names()).")
             selected += [n for n in found if n not in selected]
         return selected

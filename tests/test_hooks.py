@@ -263,3 +263,28 @@ def test_head_stats_on_known_patterns():
     assert torch.allclose(head_stats(padded)["entropy"][0], stats["entropy"][1])
     table = stats_table({"blocks.0.attn": stats})
     assert "blocks.0.attn.1" in table and "entropy" in table and len(table.splitlines()) == 3
+
+
+def test_recorded_cross_attention_during_cached_decoding():
+    from model.attention import KVCache
+
+    model = TinyEncoderDecoder(GPTConfig(**CFG)).eval()
+    B, S, T = 2, 6, 4
+    source, target = torch.randn(B, S, 24), torch.randn(B, T, 24)
+    pad = torch.ones(B, S, dtype=torch.bool)
+    pad[0, -2:] = False
+    _, full = model.run_with_cache(source, target, pad, names_filter="decoder.*pattern")
+    encoded = source
+    for block in model.encoder.blocks:
+        encoded = block(encoded, mask=make_mask(S, S, causal=False, key_padding_mask=pad))
+    caches, cross_caches = [KVCache(T) for _ in range(2)], [KVCache(S) for _ in range(2)]
+    with AttentionRecorder(model, "decoder.*pattern") as recorder:
+        for t in range(T):  # one target position per step, as a decoder generates
+            x = target[:, t:t + 1]
+            for i, block in enumerate(model.decoder.blocks):
+                x = block(x, causal=True, source=encoded, source_mask=pad[:, None, None, :],
+                          cache=caches[i], cross_cache=cross_caches[i])
+    maps = recorder.maps(start_len=1)
+    assert maps["decoder.blocks.1.cross_attn.pattern"].shape == (B, 3, T, S)
+    for name, pattern in full.items():
+        assert torch.allclose(maps[name], pattern, atol=1e-5), name

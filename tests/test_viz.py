@@ -83,7 +83,8 @@ def fake_maps(T: int, S: int, n_head: int = 2) -> torch.Tensor:
 def test_views_group_self_and_cross_attention():
     T, S = 3, 4
     maps = {"encoder.blocks.0.attn.pattern": fake_maps(S, S), "decoder.blocks.0.attn.pattern": fake_maps(T, T),
-            "decoder.blocks.0.cross_attn.pattern": fake_maps(T, S), "decoder.blocks.1.cross_attn.pattern": fake_maps(T, S),
+            "decoder.blocks.0.cross_attn.pattern": fake_maps(T, S),
+            "decoder.blocks.1.cross_attn.pattern": fake_maps(T, S),
             "decoder.blocks.0.attn.q": torch.randn(1, 2, T, 4)}
     views = views_from_maps(maps, list("abc"), list("wxyz"))
     assert [v.title for v in views] == ["encoder self-attention", "decoder self-attention", "decoder cross-attention"]
