@@ -6,6 +6,7 @@
     python sample.py --start="ROMEO:" --ablate=0.1,1.3 --ablate_mode=mean        # knock heads out
 """
 
+import os
 import sys
 from contextlib import nullcontext
 
@@ -48,6 +49,11 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
         means = head_means(model, idx[:, -block_size:], heads=heads) if cfg.ablate_mode == "mean" else None
         interventions = ablate_heads(heads, cfg.ablate_mode, means)
     recorder = AttentionRecorder(model) if cfg.attention_dir else None
+    if recorder:  # fail before generating, not after
+        try:
+            os.makedirs(cfg.attention_dir, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create {cfg.attention_dir} ({e.strerror}); pick a writable --attention_dir.")
     samples = []
     for n in range(cfg.num_samples):
         sys.stdout.write(tokenizer.decode(prompt_ids))
@@ -61,7 +67,8 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
                 sys.stdout.write(tokenizer.decode(new_ids)[len(before):])  # whole characters only
                 sys.stdout.flush()
             if n == 0 and recorder and not new_ids:  # nothing generated: record the prompt alone
-                model(idx[:, -block_size:])
+                with torch.no_grad():
+                    model(idx[:, -block_size:])
         sys.stdout.write("\n" + ("-" * 40 + "\n" if n + 1 < cfg.num_samples else ""))
         samples.append(new_ids)
     if recorder:

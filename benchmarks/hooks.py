@@ -2,6 +2,7 @@
 
     python benchmarks/hooks.py                    # both sizes, CPU
     python benchmarks/hooks.py --size=small --repeats=5 --device=cuda
+    python benchmarks/hooks.py --threads=1 --clock=cpu   # on a shared, busy CPU: count CPU time, not wall time
 
 "bare" replaces every HookPoint call by a plain `return x` (no nn.Module dispatch): the model as
 if it had no hook points at all. "no hooks" is the model as shipped. Variants are measured in
@@ -63,7 +64,7 @@ def _with(model, hooks, idx):
         return model(idx)
 
 
-def measure(size: str, device: str, repeats: int, passes: int) -> list[tuple[str, float]]:
+def measure(size: str, device: str, repeats: int, passes: int, clock) -> list[tuple[str, float]]:
     """Median ms per forward pass of each variant."""
     config, batch = SIZES[size]
     torch.manual_seed(0)
@@ -78,11 +79,11 @@ def measure(size: str, device: str, repeats: int, passes: int) -> list[tuple[str
         for _ in range(repeats):
             for name, fn in runs.items():
                 sync()
-                start = time.perf_counter()
+                start = clock()
                 for _ in range(passes):
                     fn()
                 sync()
-                times[name].append((time.perf_counter() - start) / passes * 1000)
+                times[name].append((clock() - start) / passes * 1000)
     return [(name, statistics.median(ms)) for name, ms in times.items()]
 
 
@@ -92,14 +93,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--passes", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads; "
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, {args.clock} clock; "
           f"median of {args.repeats} rounds of {args.passes} forward passes")
     for size in SIZES if args.size == "all" else [args.size]:
         config, batch = SIZES[size]
         print(f"\n{size}: {config['n_layer']} layers, {config['n_head']} heads, {config['n_embd']} wide, "
               f"batch {batch} x {config['block_size']} tokens\n")
-        results = measure(size, args.device, args.repeats, args.passes)
+        results = measure(size, args.device, args.repeats, args.passes, clock)
         bare = results[0][1]
         print("| variant | ms / forward | vs bare |\n|---|---:|---:|")
         for name, ms in results:
