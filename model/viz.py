@@ -233,11 +233,18 @@ function drawLines() {
   const hover = state.hover, qSpans = $("queries").children, kSpans = $("keys").children;
   for (let q = 0; q < T; q++) qSpans[q].style.background = "";
   for (let k = 0; k < S; k++) kSpans[k].style.background = "";
+  let scale = 1;  // a hovered token's links are drawn relative to its strongest one
+  if (hover) {
+    let strongest = 0;
+    for (let j = 0; j < (hover.side === "q" ? S : T); j++)
+      strongest = Math.max(strongest, hover.side === "q" ? w(hover.index, j) : w(j, hover.index));
+    scale = strongest > 0 ? 1 / strongest : 1;
+  }
   for (let q = 0; q < T; q++) {
     if (hover && hover.side === "q" && hover.index !== q) continue;
     for (let k = 0; k < S; k++) {
       if (hover && hover.side === "k" && hover.index !== k) continue;
-      const a = w(q, k);
+      const a = w(q, k) * scale;
       if (a < 0.004) continue;
       ctx.strokeStyle = "rgba(31, 119, 180, " + a + ")"; ctx.lineWidth = hover ? 2 : 1;
       ctx.beginPath(); ctx.moveTo(0, q * ROW + ROW / 2); ctx.lineTo(WIRES, k * ROW + ROW / 2); ctx.stroke();
