@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from model.hooks import HookPoint
 
@@ -43,6 +44,22 @@ def check_variant(score: str, weighting: str, prefix: str = "attn_") -> None:
         raise ConfigError(f"{prefix}score must be one of {', '.join(SCORES)}, got {score!r}.")
     if weighting not in WEIGHTINGS:
         raise ConfigError(f"{prefix}weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}.")
+
+
+def check_variants(config) -> None:
+    """Raise a ConfigError unless the config's self- and cross-attention variants and their options are valid."""
+    from model.config import ConfigError
+
+    check_variant(config.attn_score, config.attn_weighting, "attn_")
+    check_variant(config.cross_attn_score, config.cross_attn_weighting, "cross_attn_")
+    if not config.hard_attention_temperature > 0:
+        raise ConfigError(f"hard_attention_temperature must be > 0, got {config.hard_attention_temperature}.")
+    if config.hard_attention_estimator not in Hard.estimators:
+        raise ConfigError(f"hard_attention_estimator must be one of {', '.join(Hard.estimators)}, "
+                          f"got {config.hard_attention_estimator!r}.")
+    if config.hard_attention_eval not in Hard.eval_modes:
+        raise ConfigError(f"hard_attention_eval must be one of {', '.join(Hard.eval_modes)}, "
+                          f"got {config.hard_attention_eval!r}.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -82,6 +99,82 @@ class Dot(Score):
     sdpa_scale = 1.0
 
 
+@register(SCORES, "general")
+class General(Score):
+    """q^T W k with a learned (hs, hs) matrix W per head (Luong's general / bilinear score).
+
+    q^T W k = (q^T W) . k, so W is folded into the queries and SDPA computes the rest (scale 1).
+    W starts as I / sqrt(hs): the score begins as the scaled dot product and learns from there.
+    """
+
+    sdpa_scale = 1.0
+
+    def __init__(self, n_head: int, head_dim: int):
+        super().__init__(n_head, head_dim)
+        self.weight = nn.Parameter(torch.empty(n_head, head_dim, head_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """W = I / sqrt(head_dim) in every head."""
+        hs = self.weight.size(-1)
+        with torch.no_grad():
+            self.weight.copy_(torch.eye(hs).expand_as(self.weight) / math.sqrt(hs))
+
+    def prepare_q(self, q: torch.Tensor) -> torch.Tensor:
+        return q @ self.weight.to(q.dtype)  # (B, nh, T, hs) @ (nh, hs, hs) -> (B, nh, T, hs)
+
+
+@register(SCORES, "additive")
+class Additive(Score):
+    """v^T tanh(W_q q + W_k k) with a small learned network per head (Bahdanau's additive score).
+
+    The tanh features of every (query, key) pair, (B, nh, T, S, hidden), would not fit in memory at
+    block_size 256, so they are computed for `chunk_elements` at a time over the queries; in training
+    each chunk is recomputed in the backward pass (activation checkpointing) instead of being stored.
+    Only the (B, nh, T, S) scores stay, as for every other score. No SDPA path: it is not a dot product.
+    """
+
+    chunk_elements = 1 << 24  # tanh features per chunk: 64 MiB in float32
+
+    def __init__(self, n_head: int, head_dim: int, hidden: int | None = None):
+        super().__init__(n_head, head_dim)
+        hidden = hidden or head_dim
+        self.w_q = nn.Parameter(torch.empty(n_head, head_dim, hidden))
+        self.w_k = nn.Parameter(torch.empty(n_head, head_dim, hidden))
+        self.v = nn.Parameter(torch.empty(n_head, hidden))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-like: the tanh inputs keep the queries' scale; v sums the hidden units to order-1 scores."""
+        hs, hidden = self.w_q.shape[1:]
+        nn.init.normal_(self.w_q, std=1.0 / math.sqrt(hs))
+        nn.init.normal_(self.w_k, std=1.0 / math.sqrt(hs))
+        nn.init.normal_(self.v, std=1.0 / math.sqrt(hidden))
+
+    @staticmethod
+    def pair_scores(a: torch.Tensor, b: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """(B, nh, t, h) and (B, nh, S, h) -> v . tanh(a_t + b_s): (B, nh, t, S)."""
+        features = torch.tanh(a.unsqueeze(3) + b.unsqueeze(2))  # (B, nh, t, S, h)
+        return features @ v[None, :, None, :, None]  # ... (nh, 1, h, 1) -> (B, nh, t, S, 1)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        a = q @ self.w_q.to(q.dtype)  # (B, nh, T, h)
+        b = k @ self.w_k.to(k.dtype)  # (B, nh, S, h)
+        v = self.v.to(q.dtype)
+        B, nh, T, h = a.shape
+        S = b.size(2)
+        step = max(1, self.chunk_elements // max(1, B * nh * S * h))  # queries per chunk
+        recompute = torch.is_grad_enabled() and step < T
+        chunks = []
+        for start in range(0, T, step):
+            a_chunk = a[:, :, start:start + step]
+            if recompute:
+                chunks.append(checkpoint(self.pair_scores, a_chunk, b, v, use_reentrant=False))
+            else:
+                chunks.append(self.pair_scores(a_chunk, b, v))
+        return torch.cat(chunks, dim=2).squeeze(-1)  # (B, nh, T, S)
+
+
 # ----------------------------------------------------------------------------------------------
 # Weightings: how a row of scores becomes weights over the keys
 
@@ -90,6 +183,9 @@ class Weighting(nn.Module):
     """Base weighting. `fast` means SDPA computes the same thing (only softmax does)."""
 
     fast = False
+
+    def __init__(self, config=None):
+        super().__init__()
 
 
 @register(WEIGHTINGS, "softmax")
@@ -100,6 +196,41 @@ class Softmax(Weighting):
 
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
         return F.softmax(scores, dim=-1)
+
+
+@register(WEIGHTINGS, "hard")
+class Hard(Weighting):
+    """Hard attention: each query takes the value of exactly one key (a one-hot row of weights).
+
+    Choosing is not differentiable, so training uses an estimator (temperature tau):
+    - `gumbel`: straight-through Gumbel-softmax. The forward pass picks argmax(scores + Gumbel noise),
+      a sample from softmax(scores); the backward pass uses the gradient of softmax((scores + noise) / tau).
+    - `straight_through`: the forward pass picks argmax(scores); the backward pass uses softmax(scores / tau).
+    At evaluation `eval_mode` picks the argmax or a sample (Gumbel-max). Masked keys (score -inf) are
+    never chosen; a row whose keys are all masked gets zero weights.
+    """
+
+    estimators = ("gumbel", "straight_through")
+    eval_modes = ("argmax", "sample")
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.temperature = getattr(config, "hard_attention_temperature", 1.0)
+        self.estimator = getattr(config, "hard_attention_estimator", "gumbel")
+        self.eval_mode = getattr(config, "hard_attention_eval", "argmax")
+
+    def forward(self, scores: torch.Tensor) -> torch.Tensor:
+        has_key = scores.isfinite().any(dim=-1, keepdim=True)  # False for rows with every key masked
+        dtype, scores = scores.dtype, scores.float().masked_fill(~has_key, 0.0)
+        noisy = self.training and self.estimator == "gumbel" or not self.training and self.eval_mode == "sample"
+        if noisy:  # Gumbel(0, 1) noise: argmax(scores + noise) is a sample from softmax(scores)
+            uniform = torch.rand_like(scores).clamp_(min=torch.finfo(scores.dtype).tiny)
+            scores = scores - torch.log(-torch.log(uniform))
+        choice = F.one_hot(scores.argmax(dim=-1), scores.size(-1)).to(scores.dtype)  # (B, nh, T, S)
+        if self.training and torch.is_grad_enabled():
+            soft = F.softmax(scores / self.temperature, dim=-1)
+            choice = choice + (soft - soft.detach())  # the value of the choice, the gradient of soft
+        return (choice * has_key).to(dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,7 +303,7 @@ class Attention(nn.Module):
             self.c_attn = nn.Linear(C, 3 * C, bias=config.bias)
         self.c_proj = nn.Linear(C, C, bias=config.bias)
         self.score = SCORES[score or config.attn_score](self.n_head, self.head_dim)
-        self.weighting = WEIGHTINGS[weighting or config.attn_weighting]()
+        self.weighting = WEIGHTINGS[weighting or config.attn_weighting](config)
         self.dropout = config.dropout
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)

@@ -28,6 +28,11 @@ class TransformerConfig:
     bias: bool = False  # bias in Linear layers and LayerNorms (GPT-2 has them; faster without)
     attn_score: str = "scaled_dot"  # how a query is compared with a key (see model/attention.py)
     attn_weighting: str = "softmax"  # how scores become weights
+    cross_attn_score: str = "scaled_dot"  # the same two choices for cross-attention (encoder-decoder only)
+    cross_attn_weighting: str = "softmax"
+    hard_attention_temperature: float = 1.0  # tau of the hard weighting's training estimator
+    hard_attention_estimator: str = "gumbel"  # 'gumbel' (straight-through Gumbel-softmax) or 'straight_through'
+    hard_attention_eval: str = "argmax"  # hard attention at evaluation: 'argmax' or 'sample'
     activation: str = "gelu"  # MLP non-linearity (model/layers.py ACTIVATIONS); GPT-2 uses gelu_tanh
     norm: str = "layernorm"  # normalisation layer (model/layers.py NORMS)
     norm_eps: float = 1e-5
@@ -44,10 +49,10 @@ class TransformerConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}.")
-        from model.attention import check_variant  # late imports: those modules import this one
+        from model.attention import check_variants  # late imports: those modules import this one
         from model.layers import ACTIVATIONS, NORMS
 
-        check_variant(self.attn_score, self.attn_weighting, "attn_")
+        check_variants(self)
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}.")
         if self.norm not in NORMS:

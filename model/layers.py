@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from model.attention import Attention, KVCache
+from model.attention import Attention, KVCache, Score
 from model.hooks import HookPoint
 
 
@@ -85,3 +85,5 @@ def init_weights(module: nn.Module, n_layer: int) -> None:
     for m in module.modules():
         if isinstance(m, nn.LayerNorm) and m.weight is not None:
             nn.init.ones_(m.weight)
+        elif isinstance(m, Score) and hasattr(m, "reset_parameters"):
+            m.reset_parameters()  # learned scores (general, additive) have their own scales
