@@ -65,6 +65,24 @@ class GPTConfig(TransformerConfig):
 
 
 @dataclass
+class BERTConfig(TransformerConfig):
+    """A BERT-style encoder: bidirectional self-attention, MLM head tied to the token embedding.
+
+    Defaults follow BERT: post-norm blocks, exact GELU, LayerNorm eps 1e-12, biases everywhere.
+    """
+
+    bias: bool = True
+    norm_eps: float = 1e-12
+    post_norm: bool = True
+    type_vocab_size: int = 2  # segment (sentence A/B) embeddings; 0 leaves them out
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.type_vocab_size < 0:
+            raise ConfigError(f"type_vocab_size must be 0 (no segment embeddings) or more, got {self.type_vocab_size}.")
+
+
+@dataclass
 class TrainConfig:
     """Everything train.py needs besides the model's own sizes (nanoGPT's names where it has one)."""
 
@@ -153,7 +171,7 @@ class SampleConfig:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}.")
 
 
-MODEL_CONFIGS: dict[str, type] = {"gpt": GPTConfig}
+MODEL_CONFIGS: dict[str, type] = {"gpt": GPTConfig, "bert": BERTConfig}
 
 
 def field_types(cls) -> dict[str, type]:
@@ -264,5 +282,5 @@ def from_dict(cls, values: dict):
     return cls(**{k: v for k, v in values.items() if k in names})
 
 
-__all__ = ["ConfigError", "TransformerConfig", "GPTConfig", "TrainConfig", "SampleConfig", "MODEL_CONFIGS",
+__all__ = ["ConfigError", "TransformerConfig", "GPTConfig", "BERTConfig", "TrainConfig", "SampleConfig", "MODEL_CONFIGS",
            "read_config_file", "parse_args", "build", "to_dict", "from_dict", "coerce"]
