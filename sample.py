@@ -4,6 +4,7 @@
     python sample.py --start=FILE:prompt.txt --temperature=0.8 --top_k=200 --top_p=0.95 --seed=1
     python sample.py --start="ROMEO:" --max_new_tokens=40 --attention_dir=attn  # maps: PNG, HTML, npz
     python sample.py --start="ROMEO:" --ablate=0.1,1.3 --ablate_mode=mean        # knock heads out
+    python sample.py --out_dir=out-bert --start="To be, or not to [MASK]"   # a BERT fills its masks
 """
 
 import os
@@ -91,7 +92,40 @@ def write_maps(maps: dict, tokenizer, ids: list[int], out_dir: str) -> None:
     print(f"wrote {len(paths)} files to {out_dir} (open {out_dir}/attention.html in a browser)", file=sys.stderr)
 
 
-RUNNERS = {"gpt": sample_gpt}  # model_type -> what sample.py does with it
+@torch.no_grad()
+def fill_mask(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> None:
+    """Fill every [MASK] of the prompt, most confident first, printing each one's top candidates."""
+    ids = tokenizer.encode(read_prompt(cfg.start), allow_specials=True)
+    mask_id, cls_id, sep_id = (tokenizer.special_ids.get(s) for s in ("[MASK]", "[CLS]", "[SEP]"))
+    if mask_id is None or mask_id not in ids:
+        raise ConfigError('the prompt has no [MASK]; put one where a token is missing, e.g. '
+                          '--start="To be, or not to [MASK]".')
+    # frame the prompt as the training windows were: [CLS] text [SEP]
+    head = [cls_id] if cls_id is not None and ids[0] != cls_id else []
+    tail = [sep_id] if sep_id is not None and ids[-1] != sep_id else []
+    ids = head + ids + tail
+    if len(ids) > model.config.block_size:
+        raise ConfigError(f"the prompt is {len(ids)} tokens with [CLS] and [SEP]; this model reads at most "
+                          f"{model.config.block_size}; shorten it.")
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    masks = (idx[0] == mask_id).nonzero().flatten().tolist()  # positions, left to right
+    numbers = {pos: n + 1 for n, pos in enumerate(masks)}
+    remaining = list(masks)
+    while remaining:
+        with autocast(device, dtype):
+            logits = model(idx)[0, remaining].float()  # (M, V)
+        logits[:, tokenizer.base_vocab_size:] = float("-inf")  # propose text, never special tokens
+        top = torch.softmax(logits, dim=-1).topk(min(cfg.candidates, tokenizer.base_vocab_size), dim=-1)
+        best = top.values[:, 0].argmax().item()  # the mask the model is surest about goes first
+        pos = remaining.pop(best)
+        shown = "  ".join(f"{tokenizer.decode([t])!r} {p:.3f}"
+                          for t, p in zip(top.indices[best].tolist(), top.values[best].tolist()))
+        print(f"[MASK] {numbers[pos]} of {len(masks)}: {shown}")
+        idx[0, pos] = top.indices[best, 0]
+    print(tokenizer.decode(idx[0, len(head):idx.size(1) - len(tail)].tolist()))
+
+
+RUNNERS = {"gpt": sample_gpt, "bert": fill_mask}  # model_type -> what sample.py does with it
 
 
 def main(argv: list[str]) -> None:

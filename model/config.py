@@ -157,10 +157,13 @@ class SampleConfig:
     attention_dir: str = ""  # write attention maps (PNG, HTML, npz) of the first sample here
     ablate: str = ""  # heads to knock out while sampling: LAYER.HEAD,... e.g. 0.1,2.3
     ablate_mode: str = "zero"  # 'zero' or 'mean' (each head's mean output over the prompt)
+    candidates: int = 5  # fill-mask (BERT): candidates printed for each [MASK]
 
     def __post_init__(self):
         if self.ablate_mode not in ("zero", "mean"):
             raise ConfigError(f"ablate_mode must be 'zero' or 'mean', got {self.ablate_mode!r}.")
+        if self.candidates < 1:
+            raise ConfigError(f"candidates must be a positive integer, got {self.candidates}.")
         if self.num_samples < 1 or self.max_new_tokens < 0:
             raise ConfigError("num_samples must be at least 1 and max_new_tokens not negative.")
         if self.temperature < 0:

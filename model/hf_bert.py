@@ -7,6 +7,7 @@ Hugging Face keeps query, key and value as three Linear layers; headscope fuses 
 import dataclasses
 import json
 import os
+import re
 
 import torch
 
@@ -74,6 +75,9 @@ def read_hf_folder(name_or_dir: str) -> tuple[dict, dict]:
     """(config.json as a dict, every tensor of the weights) of a Hugging Face model folder or Hub id."""
     if os.path.isfile(name_or_dir):
         raise CheckpointError(f"{name_or_dir} is a file; pass the folder that holds config.json and the weights.")
+    if not os.path.isdir(name_or_dir) and not re.fullmatch(r"[\w-][\w.-]*(/[\w-][\w.-]*)?", name_or_dir):
+        raise CheckpointError(f"there is no folder {name_or_dir}; pass a folder holding a BertForMaskedLM's "
+                              "config.json and weights (or a Hugging Face Hub id such as bert-base-uncased).")
     folder = name_or_dir if os.path.isdir(name_or_dir) else download(name_or_dir)
     try:
         with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
