@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import one_line_error, run_script
 from data.mlm import MLMBatches, mask_tokens
 from data.tokenizer import from_meta
 from model import BERTConfig, load_checkpoint, model_from_checkpoint
@@ -90,13 +90,6 @@ def test_eval_metrics(char_data):
 
 SMALL = ["--model_type=bert", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=16",
          "--eval_iters=5", "--log_interval=20", "--warmup_iters=10", "--learning_rate=3e-3"]
-
-
-def one_line_error(proc):
-    assert proc.returncode == 1, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    return lines[0]
 
 
 def test_train_then_fill_masks(char_data, tmp_path):
