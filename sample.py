@@ -94,26 +94,32 @@ def write_maps(maps: dict, tokenizer, ids: list[int], out_dir: str) -> None:
 
 @torch.no_grad()
 def fill_mask(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> None:
-    """Fill every [MASK] of the prompt, most confident first, printing each one's top candidates."""
+    """Fill every [MASK] of the prompt, most confident first, printing each one's top candidates.
+
+    The model reads each mask in a window of the prompt framed as in training ([CLS] text [SEP]),
+    centred on the mask when the prompt is longer than the context window.
+    """
     ids = tokenizer.encode(read_prompt(cfg.start), allow_specials=True)
     mask_id, cls_id, sep_id = (tokenizer.special_ids.get(s) for s in ("[MASK]", "[CLS]", "[SEP]"))
     if mask_id is None or mask_id not in ids:
         raise ConfigError('the prompt has no [MASK]; put one where a token is missing, e.g. '
                           '--start="To be, or not to [MASK]".')
-    # frame the prompt as the training windows were: [CLS] text [SEP]
-    head = [cls_id] if cls_id is not None and ids[0] != cls_id else []
-    tail = [sep_id] if sep_id is not None and ids[-1] != sep_id else []
-    ids = head + ids + tail
-    if len(ids) > model.config.block_size:
-        raise ConfigError(f"the prompt is {len(ids)} tokens with [CLS] and [SEP]; this model reads at most "
-                          f"{model.config.block_size}; shorten it.")
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    masks = (idx[0] == mask_id).nonzero().flatten().tolist()  # positions, left to right
+    ids = ids[1:] if ids[0] == cls_id else ids
+    ids = ids[:-1] if ids[-1] == sep_id else ids
+    head, tail = [t for t in (cls_id,) if t is not None], [t for t in (sep_id,) if t is not None]
+    width = model.config.block_size - len(head) - len(tail)  # prompt tokens the model sees at once
+    if width < 1:
+        raise ConfigError(f"block_size {model.config.block_size} leaves no room for text; this model cannot fill masks.")
+    masks = [pos for pos, t in enumerate(ids) if t == mask_id]
     numbers = {pos: n + 1 for n, pos in enumerate(masks)}
     remaining = list(masks)
     while remaining:
+        starts = [min(max(0, pos - width // 2), max(0, len(ids) - width)) for pos in remaining]
+        windows = torch.tensor([head + ids[s:s + width] + tail for s in starts], dtype=torch.long, device=device)
         with autocast(device, dtype):
-            logits = model(idx)[0, remaining].float()  # (M, V)
+            logits = model(windows).float()  # (M, L, V): one window per remaining mask
+        rows = torch.arange(len(remaining), device=device)
+        logits = logits[rows, torch.tensor([len(head) + p - s for p, s in zip(remaining, starts)], device=device)]
         logits[:, tokenizer.base_vocab_size:] = float("-inf")  # propose text, never special tokens
         top = torch.softmax(logits, dim=-1).topk(min(cfg.candidates, tokenizer.base_vocab_size), dim=-1)
         best = top.values[:, 0].argmax().item()  # the mask the model is surest about goes first
@@ -121,8 +127,8 @@ def fill_mask(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> N
         shown = "  ".join(f"{tokenizer.decode([t])!r} {p:.3f}"
                           for t, p in zip(top.indices[best].tolist(), top.values[best].tolist()))
         print(f"[MASK] {numbers[pos]} of {len(masks)}: {shown}")
-        idx[0, pos] = top.indices[best, 0]
-    print(tokenizer.decode(idx[0, len(head):idx.size(1) - len(tail)].tolist()))
+        ids[pos] = top.indices[best, 0].item()
+    print(tokenizer.decode(ids))
 
 
 RUNNERS = {"gpt": sample_gpt, "bert": fill_mask}  # model_type -> what sample.py does with it
