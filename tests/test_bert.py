@@ -84,7 +84,7 @@ def test_small_encoder_overfits_one_masked_batch():
     ids, labels = mask_tokens(text, torch.ones_like(text, dtype=torch.bool), mask_id=23, n_random=23,
                               generator=torch.Generator().manual_seed(0), mask_prob=0.25)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(150):
+    for _ in range(100):
         _, loss = model(ids, labels=labels)
         opt.zero_grad()
         loss.backward()

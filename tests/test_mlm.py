@@ -107,17 +107,23 @@ def test_train_then_fill_masks(char_data, tmp_path):
     model = model_from_checkpoint(ckpt).eval()
     assert type(model).__name__ == "BERT"
 
-    proc = run_script("sample.py", f"--out_dir={out}", "--start=To be, or [MASK]ot to [MASK]e", "--candidates=3")
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 3
-    assert sorted(line.split(":")[0] for line in lines[:2]) == ["[MASK] 1 of 2", "[MASK] 2 of 2"]
-    probs = [float(p) for p in lines[0].split()[-5::2]]
+    masks, text = fill(out, "To be, or [MASK]ot to [MASK]e", n_masks=2, candidates=3)
+    assert sorted(line.split(":")[0] for line in masks) == ["[MASK] 1 of 2", "[MASK] 2 of 2"]
+    probs = [float(p) for p in masks[0].split()[-5::2]]
     assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
-    assert len(lines[2]) == len("To be, or not to be") and "[MASK]" not in lines[2]
-    assert lines[2].startswith("To be, or ") and lines[2][11:17] == "ot to "
+    assert len(text) == len("To be, or not to be") and "[MASK]" not in text
+    assert text.startswith("To be, or ") and text[11:17] == "ot to " and text.endswith("e")
 
     assert "[MASK]" in one_line_error(run_script("sample.py", f"--out_dir={out}", "--start=no mask here", check=False))
     # a prompt longer than the context window: each mask is read in a window around it
-    proc = run_script("sample.py", f"--out_dir={out}", "--start=[MASK]" + "a" * 60 + "[MASK]", "--candidates=1")
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 3 and len(lines[2]) == 62 and lines[2][1:61] == "a" * 60
+    masks, text = fill(out, "[MASK]" + "a" * 60 + "[MASK]", n_masks=2, candidates=1)
+    assert len(text) == 62 and text[1:61] == "a" * 60
+
+
+def fill(out_dir, prompt, n_masks, candidates):
+    """Run sample.py's fill-mask: (one line per mask, the filled text)."""
+    proc = run_script("sample.py", f"--out_dir={out_dir}", f"--start={prompt}", f"--candidates={candidates}")
+    lines = proc.stdout.split("\n")
+    assert all(line.startswith("[MASK] ") for line in lines[:n_masks]), proc.stdout
+    assert proc.stdout.endswith("\n")
+    return lines[:n_masks], "\n".join(lines[n_masks:])[:-1]
