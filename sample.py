@@ -4,6 +4,7 @@
     python sample.py --start=FILE:prompt.txt --temperature=0.8 --top_k=200 --top_p=0.95 --seed=1
     python sample.py --start="ROMEO:" --max_new_tokens=40 --attention_dir=attn  # maps: PNG, HTML, npz
     python sample.py --start="ROMEO:" --ablate=0.1,1.3 --ablate_mode=mean        # knock heads out
+    python sample.py --out_dir=out-bert --start="To be, or not to [MASK]"   # a BERT fills its masks
 """
 
 import os
@@ -91,7 +92,46 @@ def write_maps(maps: dict, tokenizer, ids: list[int], out_dir: str) -> None:
     print(f"wrote {len(paths)} files to {out_dir} (open {out_dir}/attention.html in a browser)", file=sys.stderr)
 
 
-RUNNERS = {"gpt": sample_gpt}  # model_type -> what sample.py does with it
+@torch.no_grad()
+def fill_mask(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> None:
+    """Fill every [MASK] of the prompt, most confident first, printing each one's top candidates.
+
+    The model reads each mask in a window of the prompt framed as in training ([CLS] text [SEP]),
+    centred on the mask when the prompt is longer than the context window.
+    """
+    ids = tokenizer.encode(read_prompt(cfg.start), allow_specials=True)
+    mask_id, cls_id, sep_id = (tokenizer.special_ids.get(s) for s in ("[MASK]", "[CLS]", "[SEP]"))
+    if mask_id is None or mask_id not in ids:
+        raise ConfigError('the prompt has no [MASK]; put one where a token is missing, e.g. '
+                          '--start="To be, or not to [MASK]".')
+    ids = ids[1:] if ids[0] == cls_id else ids
+    ids = ids[:-1] if ids[-1] == sep_id else ids
+    head, tail = [t for t in (cls_id,) if t is not None], [t for t in (sep_id,) if t is not None]
+    width = model.config.block_size - len(head) - len(tail)  # prompt tokens the model sees at once
+    if width < 1:
+        raise ConfigError(f"block_size {model.config.block_size} leaves no room for text; this model cannot fill masks.")
+    masks = [pos for pos, t in enumerate(ids) if t == mask_id]
+    numbers = {pos: n + 1 for n, pos in enumerate(masks)}
+    remaining = list(masks)
+    while remaining:
+        starts = [min(max(0, pos - width // 2), max(0, len(ids) - width)) for pos in remaining]
+        windows = torch.tensor([head + ids[s:s + width] + tail for s in starts], dtype=torch.long, device=device)
+        with autocast(device, dtype):
+            logits = model(windows).float()  # (M, L, V): one window per remaining mask
+        rows = torch.arange(len(remaining), device=device)
+        logits = logits[rows, torch.tensor([len(head) + p - s for p, s in zip(remaining, starts)], device=device)]
+        logits[:, tokenizer.base_vocab_size:] = float("-inf")  # propose text, never special tokens
+        top = torch.softmax(logits, dim=-1).topk(min(cfg.candidates, tokenizer.base_vocab_size), dim=-1)
+        best = top.values[:, 0].argmax().item()  # the mask the model is surest about goes first
+        pos = remaining.pop(best)
+        shown = "  ".join(f"{tokenizer.decode([t])!r} {p:.3f}"
+                          for t, p in zip(top.indices[best].tolist(), top.values[best].tolist()))
+        print(f"[MASK] {numbers[pos]} of {len(masks)}: {shown}")
+        ids[pos] = top.indices[best, 0].item()
+    print(tokenizer.decode(ids))
+
+
+RUNNERS = {"gpt": sample_gpt, "bert": fill_mask}  # model_type -> what sample.py does with it
 
 
 def main(argv: list[str]) -> None:

@@ -164,7 +164,8 @@ def main(argv: list[str]) -> None:
                 iter_num == start_iter and start_iter > 0):
             losses = estimate_loss(train_model, batches, cfg, autocast)
             elapsed = elapsed_before + time.perf_counter() - t_start
-            print(f"step {iter_num}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f}")
+            extra = "".join(f", {k[4:]} {v:.4f}" for k, v in losses.items() if k.startswith("val_") and k != "val_loss")
+            print(f"step {iter_num}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f}{extra}")
             record = {"iter": iter_num, **losses, "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
                       "elapsed_s": round(elapsed, 2), "tokens": iter_num * tokens_per_iter}
             if cfg.eval_only:

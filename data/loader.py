@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import torch
 
+from data.mlm import MLMBatches
 from data.tokens import TokenFileError, load_tokens
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +64,7 @@ class LMBatches:
         return {"idx": xy[:, :-1], "targets": xy[:, 1:]}
 
 
-BATCHES: dict[str, type] = {"gpt": LMBatches}
+BATCHES: dict[str, type] = {"gpt": LMBatches, "bert": MLMBatches}
 """model_type -> batch maker. A batch maker is built as cls(folder, model_config, batch_size, device,
 tokenizer); declares the special tokens its family adds (`specials`); has `get(split, generator) -> dict`
 (the model's keyword arguments, targets included); and may have `eval_metrics(logits, batch) ->

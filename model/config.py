@@ -70,6 +70,24 @@ class GPTConfig(TransformerConfig):
 
 
 @dataclass
+class BERTConfig(TransformerConfig):
+    """A BERT-style encoder: bidirectional self-attention, MLM head tied to the token embedding.
+
+    Defaults follow BERT: post-norm blocks, exact GELU, LayerNorm eps 1e-12, biases everywhere.
+    """
+
+    bias: bool = True
+    norm_eps: float = 1e-12
+    post_norm: bool = True
+    type_vocab_size: int = 2  # segment (sentence A/B) embeddings; 0 leaves them out
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.type_vocab_size < 0:
+            raise ConfigError(f"type_vocab_size must be 0 (no segment embeddings) or more, got {self.type_vocab_size}.")
+
+
+@dataclass
 class TrainConfig:
     """Everything train.py needs besides the model's own sizes (nanoGPT's names where it has one)."""
 
@@ -144,10 +162,13 @@ class SampleConfig:
     attention_dir: str = ""  # write attention maps (PNG, HTML, npz) of the first sample here
     ablate: str = ""  # heads to knock out while sampling: LAYER.HEAD,... e.g. 0.1,2.3
     ablate_mode: str = "zero"  # 'zero' or 'mean' (each head's mean output over the prompt)
+    candidates: int = 5  # fill-mask (BERT): candidates printed for each [MASK]
 
     def __post_init__(self):
         if self.ablate_mode not in ("zero", "mean"):
             raise ConfigError(f"ablate_mode must be 'zero' or 'mean', got {self.ablate_mode!r}.")
+        if self.candidates < 1:
+            raise ConfigError(f"candidates must be a positive integer, got {self.candidates}.")
         if self.num_samples < 1 or self.max_new_tokens < 0:
             raise ConfigError("num_samples must be at least 1 and max_new_tokens not negative.")
         if self.temperature < 0:
@@ -158,7 +179,7 @@ class SampleConfig:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}.")
 
 
-MODEL_CONFIGS: dict[str, type] = {"gpt": GPTConfig}
+MODEL_CONFIGS: dict[str, type] = {"gpt": GPTConfig, "bert": BERTConfig}
 
 
 def field_types(cls) -> dict[str, type]:
@@ -269,5 +290,5 @@ def from_dict(cls, values: dict):
     return cls(**{k: v for k, v in values.items() if k in names})
 
 
-__all__ = ["ConfigError", "TransformerConfig", "GPTConfig", "TrainConfig", "SampleConfig", "MODEL_CONFIGS",
+__all__ = ["ConfigError", "TransformerConfig", "GPTConfig", "BERTConfig", "TrainConfig", "SampleConfig", "MODEL_CONFIGS",
            "read_config_file", "parse_args", "build", "to_dict", "from_dict", "coerce"]

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import one_line_error, run_script
 from model import load_checkpoint, model_from_checkpoint
 
 SMALL = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8",
@@ -67,13 +67,6 @@ def test_resume_matches_uninterrupted_run(char_data, tmp_path):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
     wa, wb = (load_checkpoint(str(tmp_path / d))["model"] for d in ("full", "split"))
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
-
-
-def one_line_error(proc):
-    assert proc.returncode == 1, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    return lines[0]
 
 
 def test_user_errors_are_one_line_and_harmless(char_data, tmp_path):

@@ -1,0 +1,94 @@
+"""Masked-language-model batches: windows of the prepared token files, with BERT's dynamic masking.
+
+Each row is `[CLS] window [SEP]` (block_size tokens). A tenth of the rows are cut short and padded,
+as BERT trained on some shorter sequences, so that the model also meets padding and short inputs
+(fill-mask prompts). Masks are drawn afresh for every batch (dynamic masking, as RoBERTa).
+"""
+
+import os
+
+import numpy as np
+import torch
+
+from data.tokenizer import TokenizerError
+from data.tokens import TokenFileError, load_tokens
+from model.bert import IGNORE_INDEX
+from model.config import ConfigError
+
+
+def mask_tokens(ids: torch.Tensor, eligible: torch.Tensor, mask_id: int, n_random: int,
+                generator: torch.Generator, mask_prob: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking of ids (B, T) -> (input_ids, labels).
+
+    In each row, round(mask_prob x its eligible tokens) positions (at least one) are selected among the
+    `eligible` ones (B, T, bool: never special tokens or padding). A selected token becomes [MASK] 80%
+    of the time, a random token id below n_random 10%, and stays itself 10%. labels hold the original
+    token at selected positions and IGNORE_INDEX elsewhere, so the loss counts only the selected ones.
+    """
+    n_eligible = eligible.sum(dim=1)  # (B,)
+    n_select = (n_eligible * mask_prob).round().clamp(min=1).minimum(n_eligible)
+    # a random order of the eligible positions in each row; the first n_select of it are selected
+    scores = torch.rand(ids.shape, generator=generator).masked_fill(~eligible, 2.0)
+    rank = scores.argsort(dim=1).argsort(dim=1)
+    selected = rank < n_select[:, None]
+    labels = ids.masked_fill(~selected, IGNORE_INDEX)
+    action = torch.rand(ids.shape, generator=generator)
+    random_ids = torch.randint(n_random, ids.shape, generator=generator)
+    input_ids = ids.masked_fill(selected & (action < 0.8), mask_id)
+    swap = selected & (action >= 0.8) & (action < 0.9)
+    input_ids = torch.where(swap, random_ids, input_ids)
+    return input_ids, labels
+
+
+class MLMBatches:
+    """Masked-LM batches {'input_ids', 'attention_mask', 'labels'} for BERT (model_type 'bert')."""
+
+    specials = ("[PAD]", "[MASK]", "[CLS]", "[SEP]")
+    mask_prob = 0.15
+    short_prob = 0.1  # fraction of rows cut to a random shorter length and padded
+
+    def __init__(self, folder: str, model_config, batch_size: int, device: str = "cpu", tokenizer=None):
+        if tokenizer is None or any(s not in tokenizer.special_ids for s in self.specials):
+            raise TokenizerError(f"MLM batches need a tokenizer with the special tokens {', '.join(self.specials)}.")
+        if model_config.block_size < 3:
+            raise ConfigError(f"block_size must be at least 3 for MLM ([CLS], a token, [SEP]); "
+                              f"got {model_config.block_size}.")
+        self.block_size, self.batch_size, self.device = model_config.block_size, batch_size, device
+        self.window = self.block_size - 2  # room for [CLS] and [SEP]
+        self.data = {split: load_tokens(os.path.join(folder, f"{split}.bin")) for split in ("train", "val")}
+        for split, tokens in self.data.items():
+            if len(tokens) < self.window:
+                raise TokenFileError(f"{split}.bin in {folder} has {len(tokens)} tokens, fewer than block_size - 2 "
+                                     f"= {self.window}; use a smaller block_size or more text.")
+        ids = tokenizer.special_ids
+        self.pad_id, self.mask_id, self.cls_id, self.sep_id = (ids[s] for s in self.specials)
+        self.n_random = tokenizer.base_vocab_size  # random replacements come from the base vocabulary only
+        # the unigram baseline predicts the training split's most frequent token at every masked position
+        self.most_frequent = int(np.bincount(self.data["train"]).argmax())
+
+    def get(self, split: str, generator: torch.Generator) -> dict:
+        """One batch drawn with `generator`: input_ids, attention_mask (1 = real token) and labels (B, T)."""
+        data, B, T, n = self.data[split], self.batch_size, self.block_size, self.window
+        starts = torch.randint(len(data) - n + 1, (B,), generator=generator).numpy()
+        windows = torch.from_numpy(np.stack([data[i:i + n] for i in starts]).astype(np.int64))  # (B, n)
+        short = torch.rand(B, generator=generator) < self.short_prob
+        lengths = torch.where(short, torch.randint(1, n + 1, (B,), generator=generator), n)  # tokens kept per row
+        pos = torch.arange(T)[None, :]
+        text = (pos >= 1) & (pos <= lengths[:, None])  # (B, T): positions holding the window's tokens
+        ids = torch.full((B, T), self.pad_id, dtype=torch.long)
+        ids[:, 0] = self.cls_id
+        ids[:, 1:n + 1] = windows
+        ids = ids.masked_fill(~text & (pos > 0), self.pad_id)
+        ids[torch.arange(B), lengths + 1] = self.sep_id
+        attention_mask = pos <= lengths[:, None] + 1  # [CLS], the text and [SEP]
+        input_ids, labels = mask_tokens(ids, text, self.mask_id, self.n_random, generator, self.mask_prob)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def eval_metrics(self, logits: torch.Tensor, batch: dict) -> dict:
+        """Masked-token accuracy of the model, and of always predicting the most frequent training token."""
+        labels = batch["labels"]
+        selected = labels != IGNORE_INDEX
+        targets = labels[selected]
+        return {"mlm_accuracy": (logits.argmax(dim=-1)[selected] == targets).float().mean().item(),
+                "unigram_accuracy": (targets == self.most_frequent).float().mean().item()}
