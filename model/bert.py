@@ -15,6 +15,7 @@ from torch import nn
 from model.attention import make_mask
 from model.checkpoint import CheckpointError
 from model.config import BERTConfig
+from model.hooks import HookedModel
 from model.layers import ACTIVATIONS, Block, init_weights, make_norm
 
 IGNORE_INDEX = -100  # label of positions the MLM loss skips (Hugging Face's convention)
@@ -34,7 +35,7 @@ class MLMHead(nn.Module):
         return self.decoder(self.ln(self.act(self.dense(x))))  # (B, T, C) -> (B, T, V)
 
 
-class BERT(nn.Module):
+class BERT(HookedModel, nn.Module):
     """A bidirectional encoder trained with the masked-language-model objective."""
 
     def __init__(self, config: BERTConfig):

@@ -207,3 +207,19 @@ def test_from_pretrained_errors(hf_models, tmp_path):
     (bad / "model.safetensors").write_bytes(b"not a weights file")
     with pytest.raises(CheckpointError, match="corrupt"):
         BERT.from_pretrained(str(bad))
+
+
+def test_bert_patterns_are_bidirectional_and_respect_padding():
+    from model import BERT, BERTConfig
+    from model.attention import make_mask
+
+    model = BERT(BERTConfig(vocab_size=20, n_layer=2, n_head=2, n_embd=16, block_size=8)).eval()
+    ids = torch.randint(0, 20, (2, 6))
+    attention_mask = torch.ones(2, 6, dtype=torch.long)
+    attention_mask[1, 4:] = 0
+    _, cache = model.run_with_cache(ids, attention_mask=attention_mask, names_filter="*.attn.pattern")
+    pattern = cache["blocks.1.attn.pattern"]
+    assert pattern.shape == (2, 2, 6, 6)
+    assert (pattern[0].triu(1) > 0).any()  # later positions are attended to: not causal
+    assert (pattern[1, :, :, 4:] == 0).all()  # padding never is
+    assert torch.allclose(pattern.sum(-1), torch.ones(2, 2, 6), atol=1e-5)
