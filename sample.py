@@ -5,6 +5,8 @@
     python sample.py --start="ROMEO:" --max_new_tokens=40 --attention_dir=attn  # maps: PNG, HTML, npz
     python sample.py --start="ROMEO:" --ablate=0.1,1.3 --ablate_mode=mean        # knock heads out
     python sample.py --out_dir=out-bert --start="To be, or not to [MASK]"   # a BERT fills its masks
+    python sample.py --out_dir=out-seq2seq --start="a line of text"      # encoder-decoder: greedy
+    python sample.py --out_dir=out-seq2seq --start="a line" --decoding=beam --beam_size=4
 """
 
 import os
@@ -131,7 +133,36 @@ def fill_mask(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> N
     print(tokenizer.decode(ids))
 
 
+def sample_seq2seq(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> None:
+    """Decode each line of the prompt as a source sequence; print one output line per source
+    (num_samples of them with --decoding=sample)."""
+    sources = [line for line in read_prompt(cfg.start).splitlines() if line.strip()]
+    if not sources:
+        raise ConfigError("the prompt is empty; pass a line of text with --start.")
+    ids = [tokenizer.encode(line) for line in sources]
+    limit = model.config.source_len
+    if max(map(len, ids)) > limit:
+        raise ConfigError(f"a source line has {max(map(len, ids))} tokens; this model reads at most {limit}.")
+    pad, bos, eos = (tokenizer.special_ids[s] for s in ("[PAD]", "[BOS]", "[EOS]"))
+    src = torch.tensor([row + [pad] * (max(map(len, ids)) - len(row)) for row in ids], device=device)
+    src_mask = torch.tensor([[True] * len(row) + [False] * (src.size(1) - len(row)) for row in ids], device=device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    with autocast(device, dtype):
+        if cfg.decoding == "beam":
+            outputs = [model.beam_search(src, bos, eos, src_mask, cfg.beam_size, cfg.max_new_tokens,
+                                         cfg.length_penalty, cfg.use_cache)]
+        elif cfg.decoding == "sample":
+            outputs = [model.generate(src, bos, eos, src_mask, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
+                                      cfg.top_p, cfg.use_cache, generator) for _ in range(cfg.num_samples)]
+        else:
+            outputs = [model.generate(src, bos, eos, src_mask, cfg.max_new_tokens, use_cache=cfg.use_cache)]
+    for row in range(len(sources)):
+        for out in outputs:
+            print(tokenizer.decode(out[row]))
+
+
 RUNNERS = {"gpt": sample_gpt, "bert": fill_mask}  # model_type -> what sample.py does with it
+RUNNERS["seq2seq"] = sample_seq2seq
 
 
 def main(argv: list[str]) -> None:

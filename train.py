@@ -70,6 +70,9 @@ def estimate_loss(model, batches, cfg: TrainConfig, autocast) -> dict:
             for name, value in values.items():
                 sums[name] = sums.get(name, 0.0) + value
         out.update({f"{split}_{name}": total / cfg.eval_iters for name, total in sums.items()})
+    if hasattr(batches, "evaluate"):  # metrics that need more than one forward pass (e.g. decoding)
+        with autocast:
+            out.update(batches.evaluate(model))
     model.train()
     return out
 

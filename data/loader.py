@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from data.mlm import MLMBatches
+from data.pairs import PairBatches
 from data.tokens import TokenFileError, load_tokens
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,4 +69,6 @@ BATCHES: dict[str, type] = {"gpt": LMBatches, "bert": MLMBatches}
 """model_type -> batch maker. A batch maker is built as cls(folder, model_config, batch_size, device,
 tokenizer); declares the special tokens its family adds (`specials`); has `get(split, generator) -> dict`
 (the model's keyword arguments, targets included); and may have `eval_metrics(logits, batch) ->
-dict[str, float]`, which train.py averages over its evaluation batches."""
+dict[str, float]`, which train.py averages over its evaluation batches, and `evaluate(model) ->
+dict[str, float]`, called once per evaluation for metrics that need more than a forward pass."""
+BATCHES["seq2seq"] = PairBatches  # data/pairs.py: source/target pairs grouped by length

@@ -2,10 +2,13 @@
 
 from model.bert import BERT
 from model.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from model.config import BERTConfig, ConfigError, GPTConfig, TrainConfig, TransformerConfig
+from model.config import BERTConfig, ConfigError, GPTConfig, Seq2SeqConfig, TrainConfig, TransformerConfig
 from model.gpt import GPT
+from model.seq2seq import Seq2Seq
 
 MODELS = {"gpt": GPT, "bert": BERT}  # model_type -> class; MODEL_CONFIGS in model.config holds their configs
+MODELS["seq2seq"] = Seq2Seq
 
-__all__ = ["GPT", "GPTConfig", "BERT", "BERTConfig", "TransformerConfig", "TrainConfig", "ConfigError", "MODELS",
+__all__ = ["GPT", "GPTConfig", "BERT", "BERTConfig", "Seq2Seq", "Seq2SeqConfig", "TransformerConfig", "TrainConfig",
+           "ConfigError", "MODELS",
            "CheckpointError", "load_checkpoint", "save_checkpoint", "model_from_checkpoint"]

@@ -85,6 +85,43 @@ class BERTConfig(TransformerConfig):
         super().__post_init__()
         if self.type_vocab_size < 0:
             raise ConfigError(f"type_vocab_size must be 0 (no segment embeddings) or more, got {self.type_vocab_size}.")
+class Seq2SeqConfig(TransformerConfig):
+    """An encoder-decoder: bidirectional encoder, decoder with causal self- and cross-attention.
+
+    block_size and vocab_size are the decoder's (target side); the source side has its own sizes,
+    0 meaning "the same as the target's". Equal vocabularies share one token embedding.
+    """
+
+    n_encoder_layer: int = 0  # 0: n_layer
+    source_block_size: int = 0  # longest source sequence; 0: block_size
+    source_vocab_size: int = 0  # 0: one vocabulary (and embedding) for source and target
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("n_encoder_layer", "source_block_size", "source_vocab_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be a positive integer, or 0 for the target side's value.")
+
+    # resolved sizes (properties, so that dataclasses.replace(vocab_size=...) keeps "same as target")
+    @property
+    def encoder_layers(self) -> int:
+        """Number of encoder blocks."""
+        return self.n_encoder_layer or self.n_layer
+
+    @property
+    def source_len(self) -> int:
+        """Longest source sequence the encoder's position embedding covers."""
+        return self.source_block_size or self.block_size
+
+    @property
+    def source_vocab(self) -> int:
+        """Size of the source vocabulary."""
+        return self.source_vocab_size or self.vocab_size
+
+    @property
+    def shared_vocab(self) -> bool:
+        """True when source and target use one vocabulary and one embedding table."""
+        return self.source_vocab == self.vocab_size
 
 
 @dataclass
@@ -163,12 +200,20 @@ class SampleConfig:
     ablate: str = ""  # heads to knock out while sampling: LAYER.HEAD,... e.g. 0.1,2.3
     ablate_mode: str = "zero"  # 'zero' or 'mean' (each head's mean output over the prompt)
     candidates: int = 5  # fill-mask (BERT): candidates printed for each [MASK]
+    # encoder-decoder only: how the output is chosen
+    decoding: str = "greedy"  # greedy, sample (temperature, top_k, top_p) or beam
+    beam_size: int = 4
+    length_penalty: float = 1.0  # beam scores are log-probability / length ** length_penalty
 
     def __post_init__(self):
         if self.ablate_mode not in ("zero", "mean"):
             raise ConfigError(f"ablate_mode must be 'zero' or 'mean', got {self.ablate_mode!r}.")
         if self.candidates < 1:
             raise ConfigError(f"candidates must be a positive integer, got {self.candidates}.")
+        if self.decoding not in ("greedy", "sample", "beam"):
+            raise ConfigError(f"decoding must be greedy, sample or beam, got {self.decoding!r}.")
+        if self.beam_size < 1:
+            raise ConfigError(f"beam_size must be a positive integer, got {self.beam_size}.")
         if self.num_samples < 1 or self.max_new_tokens < 0:
             raise ConfigError("num_samples must be at least 1 and max_new_tokens not negative.")
         if self.temperature < 0:
@@ -180,6 +225,7 @@ class SampleConfig:
 
 
 MODEL_CONFIGS: dict[str, type] = {"gpt": GPTConfig, "bert": BERTConfig}
+MODEL_CONFIGS["seq2seq"] = Seq2SeqConfig
 
 
 def field_types(cls) -> dict[str, type]:
@@ -290,5 +336,6 @@ def from_dict(cls, values: dict):
     return cls(**{k: v for k, v in values.items() if k in names})
 
 
-__all__ = ["ConfigError", "TransformerConfig", "GPTConfig", "BERTConfig", "TrainConfig", "SampleConfig", "MODEL_CONFIGS",
+__all__ = ["ConfigError", "TransformerConfig", "GPTConfig", "BERTConfig", "Seq2SeqConfig", "TrainConfig", "SampleConfig",
+           "MODEL_CONFIGS",
            "read_config_file", "parse_args", "build", "to_dict", "from_dict", "coerce"]

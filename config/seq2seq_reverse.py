@@ -1,0 +1,23 @@
+"""Encoder-decoder on the built-in reversal task: each line of Shakespeare (up to 40 characters) reversed
+character by character. Reaches >= 95% exact match on held-out lines in about 5 minutes on 2 CPU cores
+(see docs/benchmarks.md). Then: python sample.py --out_dir=out-seq2seq --start="a line of text"."""
+out_dir = "out-seq2seq"
+model_type = "seq2seq"
+dataset = "reverse"
+device = "cpu"
+block_size = 42
+source_block_size = 40
+n_layer = 2
+n_encoder_layer = 2
+n_head = 4
+n_embd = 128
+dropout = 0.0
+batch_size = 64
+learning_rate = 2e-3
+max_iters = 1000
+lr_decay_iters = 1000
+warmup_iters = 50
+min_lr = 1e-4
+eval_interval = 200
+eval_iters = 10
+log_interval = 25
