@@ -149,6 +149,28 @@ def write_atomic(path: str, text: str) -> None:
             os.remove(tmp)
 
 
+def task_parser(doc: str, out_dir: str) -> argparse.ArgumentParser:
+    """Command-line options shared by the built-in tasks' prepare scripts."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max_len", type=int, default=40, help="cut each line to this many characters")
+    parser.add_argument("--n_val", type=int, default=2000, help="held-out lines")
+    parser.add_argument("--max_plays", type=int, default=None, help="use only the first N plays")
+    parser.add_argument("--out_dir", default=out_dir)
+    return parser
+
+
+def run_task(prepare, args: argparse.Namespace, **options) -> None:
+    """Call a task's prepare(out_dir, max_len, n_val, max_plays, **options) and report; one-line errors."""
+    if args.max_len < 1 or args.n_val < 1:
+        sys.exit("error: --max_len and --n_val must be positive.")
+    try:
+        meta = prepare(args.out_dir, max_len=args.max_len, n_val=args.n_val, max_plays=args.max_plays, **options)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    print(f"{meta['task']}: {meta['train_pairs']:,} train and {meta['val_pairs']:,} val pairs, "
+          f"vocab {meta['vocab_size']} -> {args.out_dir}")
+
+
 # ----------------------------------------------------------------------------------------------
 # Batches
 
@@ -172,7 +194,8 @@ class PairBatches:
         for split in SPLITS:
             path = os.path.join(folder, f"{split}.jsonl")
             if not os.path.exists(path):
-                raise TokenFileError(f"{path} is missing; prepare the pairs dataset again (python data/pairs.py).")
+                raise TokenFileError(f"{path} is missing; the encoder-decoder trains on a pairs dataset: "
+                                     "--dataset=reverse, --dataset=denoise, or one made by python data/pairs.py.")
             pairs, dropped = [], 0
             for source, target in read_pairs(path):
                 src, tgt = tokenizer.encode(source), tokenizer.encode(target)
