@@ -220,7 +220,7 @@ def test_train_and_sample_scripts(tmp_path):
     assert [r["iter"] for r in rows] == [0, 10, 20]
     assert {"val_loss", "val_exact_match", "val_token_accuracy"} <= set(rows[-1])
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] and 0.0 <= rows[-1]["val_exact_match"] <= 1.0
-    for decoding in ("greedy", "beam", "sample"):
+    for decoding in ("greedy", "beam"):  # sampling: test_sampling_is_seeded_and_respects_top_k
         proc = run_script("sample.py", f"--out_dir={out}", "--start=tide 7\nsword 1", f"--decoding={decoding}",
                           "--num_samples=1")
         assert len(proc.stdout.splitlines()) == 2
