@@ -3,7 +3,6 @@ character by character. NOT yet tuned: 1,000 iterations (about 400 s of single-t
 94.8% teacher-forced token accuracy but only 16.9% exact match on held-out lines (see docs/benchmarks.md);
 the >= 95% target of issue #6 needs a longer or better schedule.
 Then: python sample.py --out_dir=out-seq2seq --start="a line of text"."""
-out_dir=out-seq2seq --start="a line of text"."""
 out_dir = "out-seq2seq"
 model_type = "seq2seq"
 dataset = "reverse"
