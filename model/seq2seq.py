@@ -18,6 +18,7 @@ from torch import nn
 
 from model.attention import KVCache, make_mask
 from model.config import Seq2SeqConfig
+from model.hooks import HookedModel
 from model.layers import Block, init_weights, make_norm
 from model.sampling import sample_next
 
@@ -84,7 +85,7 @@ class Decoder(nn.Module):
         return self.ln_f(x)
 
 
-class Seq2Seq(nn.Module):
+class Seq2Seq(HookedModel, nn.Module):
     """Encoder-decoder with cross-attention; the LM head is tied to the target embedding."""
 
     def __init__(self, config: Seq2SeqConfig):
@@ -226,14 +227,7 @@ def cross_attention(model: Seq2Seq, src: torch.Tensor, tgt: torch.Tensor,
                     src_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Each decoder layer's cross-attention weights (B, nh, T, S) for a teacher-forced pass.
 
-    A forward hook on each `cross_attn.pattern` hook point switches that layer to the explicit path.
+    Capturing a `cross_attn.pattern` hook point switches that layer to the explicit path.
     """
-    maps, handles = [], []
-    for block in model.decoder.blocks:
-        handles.append(block.cross_attn.pattern.register_forward_hook(lambda m, i, out: maps.append(out)))
-    try:
-        model(src, tgt, src_mask=src_mask)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return maps
+    _, cache = model.run_with_cache(src, tgt, src_mask=src_mask, names_filter="decoder.blocks.*.cross_attn.pattern")
+    return [cache[f"decoder.blocks.{i}.cross_attn.pattern"] for i in range(len(model.decoder.blocks))]

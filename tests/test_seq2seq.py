@@ -153,6 +153,7 @@ def test_reversal_is_learnt_and_cross_attention_shows_the_alignment():
     assert exact >= 0.9, exact
 
     maps = cross_attention(model, batch["src"], batch["tgt"], batch["src_mask"])  # per layer (B, nh, T, S)
+    assert {"encoder.blocks.0.attn.pattern", "decoder.blocks.1.cross_attn.pattern"} <= set(model.hook_names())
     hits = {}
     for layer, weights in enumerate(maps):
         for head in [None, *range(weights.size(1))]:
