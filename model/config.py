@@ -85,6 +85,9 @@ class BERTConfig(TransformerConfig):
         super().__post_init__()
         if self.type_vocab_size < 0:
             raise ConfigError(f"type_vocab_size must be 0 (no segment embeddings) or more, got {self.type_vocab_size}.")
+
+
+@dataclass
 class Seq2SeqConfig(TransformerConfig):
     """An encoder-decoder: bidirectional encoder, decoder with causal self- and cross-attention.
 
