@@ -104,6 +104,10 @@ def load_config(argv: list[str]):
 def main(argv: list[str]) -> None:
     # ---------------------------------------------------------------- configuration
     cfg, model_cfg, ckpt = load_config(argv)
+    world_size = distributed.world_size()
+    if cfg.gradient_accumulation_steps % world_size:
+        raise ConfigError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) counts micro-batches "
+                          f"over all {world_size} processes; make it a multiple of {world_size}.")
     ranks = distributed.setup(pick_device(cfg.device))  # one process, or one of torchrun's
     device, master = ranks.device, ranks.master
     dtype = pick_dtype(cfg.dtype, device)
@@ -112,9 +116,6 @@ def main(argv: list[str]) -> None:
     if ckpt is None and os.path.exists(ckpt_path) and not cfg.overwrite and not cfg.eval_only:
         raise ConfigError(f"{ckpt_path} already exists; continue it with --init_from=resume, "
                           "pick another --out_dir, or pass --overwrite=True to replace it.")
-    if cfg.gradient_accumulation_steps % ranks.world_size:
-        raise ConfigError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) counts micro-batches "
-                          f"over all {ranks.world_size} processes; make it a multiple of {ranks.world_size}.")
     micro_steps = cfg.gradient_accumulation_steps // ranks.world_size  # on this rank
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     if device_type == "cuda":
@@ -124,7 +125,10 @@ def main(argv: list[str]) -> None:
     # ---------------------------------------------------------------- data
     folder = dataset_dir(cfg.dataset, cfg.data_dir)
     batch_maker = BATCHES[cfg.model_type]
-    tokenizer = from_meta(read_meta(folder, prepare_if_missing=True)).with_specials(batch_maker.specials)
+    if master:
+        read_meta(folder, prepare_if_missing=True)  # one rank prepares the dataset on first use
+    distributed.barrier(ranks)
+    tokenizer = from_meta(read_meta(folder)).with_specials(batch_maker.specials)
     if ckpt is None:
         model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
     elif tokenizer.vocab_size != model_cfg.vocab_size:

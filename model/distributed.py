@@ -37,6 +37,11 @@ class Ranks:
         return dist.is_available() and dist.is_initialized()
 
 
+def world_size() -> int:
+    """The number of training processes torchrun started (1 without torchrun); no process group needed."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup(device: str) -> Ranks:
     """Join the process group torchrun set up (NCCL for CUDA, gloo otherwise); return this rank's place."""
     if "RANK" not in os.environ:
@@ -52,6 +57,12 @@ def setup(device: str) -> Ranks:
     else:
         dist.init_process_group("gloo")
     return Ranks(rank, local_rank, world_size, device)
+
+
+def barrier(ranks: Ranks) -> None:
+    """Wait until every rank gets here (e.g. for rank 0 to prepare a dataset)."""
+    if ranks.launched:
+        dist.barrier()
 
 
 def teardown() -> None:
