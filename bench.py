@@ -82,7 +82,8 @@ def bench_one(name: str, args) -> dict:
     peak, gpu = device_peak(device)
     if device_type == "cuda":
         memory = torch.cuda.max_memory_allocated() / 2**30
-        utilisation = f"{100 * mfu(tokens_per_s, flops_per_token(model, T), peak):.1f}%" if peak else f"unknown for {gpu}"
+        utilisation = f"{100 * mfu(tokens_per_s, flops_per_token(model, T), peak):.1f}%" if peak \
+            else f"unknown for {gpu}"
     else:
         memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
         utilisation = "-"

@@ -228,7 +228,8 @@ def main(argv: list[str]) -> None:
         # micro-batch j of the global batch is drawn from its own generator: rank r takes j = r, r + N, ...
         loss_sum = torch.zeros((), device=device)
         for micro in range(micro_steps):
-            batch = batches.get("train", batch_generator(cfg.seed, "train", iter_num, micro * ranks.world_size + ranks.rank))
+            j = micro * ranks.world_size + ranks.rank
+            batch = batches.get("train", batch_generator(cfg.seed, "train", iter_num, j))
             with distributed.grad_sync(train_model, sync=micro == micro_steps - 1):  # all-reduce on the last only
                 with autocast:
                     _, loss = train_model(**batch)
@@ -255,10 +256,11 @@ def main(argv: list[str]) -> None:
                 if cfg.wandb_log:
                     wandb.log({"nonfinite_steps": nonfinite_in_a_row}, step=iter_num)
             if nonfinite_in_a_row >= cfg.max_nonfinite_steps:
-                raise TrainingDiverged(
-                    f"the loss was non-finite for {nonfinite_in_a_row} steps in a row (iter {iter_num}); the last "
-                    f"good checkpoint in {cfg.out_dir} is intact: resume it with a lower --learning_rate or "
-                    "--grad_clip, or raise --max_nonfinite_steps.")
+                kept = (f"the last good checkpoint {ckpt_path} is intact: resume it" if os.path.exists(ckpt_path)
+                        else "no checkpoint was saved: start again")
+                raise TrainingDiverged(f"the loss was non-finite for {nonfinite_in_a_row} steps in a row (iter "
+                                       f"{iter_num}); {kept} with a lower --learning_rate or --grad_clip, or raise "
+                                       "--max_nonfinite_steps.")
 
         if iter_num % cfg.log_interval == 0 and master:
             dt = (time.perf_counter() - window_start) / window_iters

@@ -87,7 +87,9 @@ def wrap(model: torch.nn.Module, ranks: Ranks, fsdp: bool, compile: bool, dtype:
 
         if not ranks.launched:
             raise ConfigError("--fsdp=True shards the model across processes; launch with "
-                              "torchrun --nproc_per_node=N train.py ...")
+                              "torchrun --nproc_per_node=N train.py ..., or pass --fsdp=False for one process.")
+        if dtype == "float16":  # GradScaler would decide to skip a step per shard, not for the whole model
+            raise ConfigError("--fsdp=True trains in bfloat16 or float32; pass --dtype=bfloat16 (or float32).")
         mesh = init_device_mesh(ranks.device.split(":")[0], (ranks.world_size,))
         # bf16 all-gathers halve the traffic; gradients are still reduced in float32
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \

@@ -3,8 +3,8 @@
     python tools/plot_metrics.py out/metrics.jsonl out-big/metrics.jsonl -o loss.png
     python tools/plot_metrics.py out out-big            # a run folder stands for its metrics.jsonl
 
-Left: loss against iterations; right: against wall-clock seconds of training (elapsed_s). Each run
-has one colour; val loss is drawn solid, train loss dashed. Needs matplotlib.
+Left: loss against iterations; right: against wall-clock seconds since the run began (elapsed_s).
+Each run has one colour; val loss is drawn solid, train loss dashed. Needs matplotlib.
 """
 
 import argparse
@@ -63,7 +63,7 @@ def plot(runs: dict[str, list[dict]], out_path: str) -> None:
             timed = [r for r in rows if "elapsed_s" in r]
             by_time.plot([r["elapsed_s"] for r in timed], [r[key] for r in timed], style, color=colour)
     by_iter.set_xlabel("iteration")
-    by_time.set_xlabel("training time (s)")
+    by_time.set_xlabel("wall-clock seconds since the run began (elapsed_s)")
     by_iter.set_ylabel("loss")
     for ax in (by_iter, by_time):
         ax.grid(alpha=0.3)
