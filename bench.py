@@ -103,8 +103,8 @@ def bench_one(name: str, args) -> dict:
     return {"config": name, "params": f"{model.num_params() / 1e6:.1f}M", "device": gpu if device_type == "cuda"
             else "cpu", "dtype": dtype, "compile": args.compile, "batch x T": f"{batch} x {T}",
             "ms/step": f"{dt * 1000:.0f}", "train tokens/s": f"{tokens_per_s:,.0f}", "MFU": utilisation,
-            "peak memory": f"{memory:.2f} GiB", "sample tok/s (KV cache)": f"{sampling[True]:.0f}",
-            "sample tok/s (no cache)": f"{sampling[False]:.0f}"}
+            "peak memory": f"{memory:.2f} GiB", "sample tok/s (KV cache)": f"{sampling[True]:.3g}",
+            "sample tok/s (no cache)": f"{sampling[False]:.3g}"}
 
 
 def main(argv: list[str]) -> None:
@@ -127,18 +127,16 @@ def main(argv: list[str]) -> None:
     if unknown or args.steps < 1 or args.warmup < 0 or args.new_tokens < 1:
         sys.exit(f"error: unknown config {unknown[0]!r}; pick from {', '.join(CONFIGS)}." if unknown else
                  "error: --steps and --new_tokens must be at least 1, --warmup at least 0.")
-    rows = []
-    for name in names:
+    for n, name in enumerate(names):
         print(f"{name}: {CONFIGS[name]['about']} ...", file=sys.stderr, flush=True)
         proc = subprocess.run([sys.executable, __file__, f"--one={name}", *argv], capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"error: {name} failed:\n{proc.stderr[-2000:]}")
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    columns = list(rows[0])
-    print("| " + " | ".join(columns) + " |")
-    print("|" + "---|" * len(columns))
-    for row in rows:
-        print("| " + " | ".join(str(row[c]) for c in columns) + " |")
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        if n == 0:  # the table grows a row per config, as each finishes
+            print("| " + " | ".join(row) + " |")
+            print("|" + "---|" * len(row))
+        print("| " + " | ".join(str(v) for v in row.values()) + " |", flush=True)
 
 
 if __name__ == "__main__":
