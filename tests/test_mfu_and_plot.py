@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from conftest import run_script
 from model import GPT, GPTConfig
@@ -10,7 +11,8 @@ from model.mfu import flops_per_token, mfu, peak_flops
 
 
 def test_flops_per_token_of_gpt2_124m():
-    model = GPT(GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768))
+    with torch.device("meta"):  # shapes only: no memory, no initialisation time
+        model = GPT(GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768))
     d, L, V, T = 768, 12, 50257, 1024
     matmul_weights = L * 12 * d * d + V * d  # qkv 3d^2, proj d^2, MLP 8d^2 per layer; the tied head once
     assert flops_per_token(model, T) == 6 * matmul_weights + 12 * L * T * d
