@@ -215,7 +215,8 @@ def main(argv: list[str]) -> None:
                         "tokenizer": tokenizer.meta(), "iter_num": iter_num, "best_val_loss": best_val_loss,
                         "rng": rng, "elapsed_s": elapsed, "wandb_id": wandb_id}, ckpt_path)
             window_start, window_iters = time.perf_counter(), 0  # evaluation time is not training time
-        if cfg.attn_stats_interval and iter_num % cfg.attn_stats_interval == 0 and not cfg.eval_only:
+        if cfg.attn_stats_interval and iter_num % cfg.attn_stats_interval == 0 and not cfg.eval_only \
+                and master and not cfg.fsdp:  # rank 0 alone; a sharded model would need every rank's forward
             from model.viz import log_attention  # matplotlib and wandb only when asked for
 
             t_attn = time.perf_counter()
