@@ -4,6 +4,7 @@
     python train.py config/shakespeare_char_cpu.py     # nanoGPT's documented CPU settings
     python train.py config/shakespeare_char.py --device=cuda --compile=True
     python train.py --out_dir=out --init_from=resume   # continue exactly where a run stopped
+    torchrun --standalone --nproc_per_node=8 train.py config/NAME.py [--fsdp=True]   # data-parallel
 
 A config file holds `name = value` lines; --key=value overrides it. An unknown key or a value of the
 wrong type is an error that lists the valid keys.
@@ -17,14 +18,21 @@ import sys
 import time
 import torch
 
-from data.loader import BATCHES, dataset_dir, read_meta
+from data.loader import BATCHES, batch_generator, dataset_dir, read_meta
 from data.tokenizer import TokenizerError, from_meta
 from data.tokens import TokenFileError
 from model import MODELS, CheckpointError, ConfigError, TrainConfig, load_checkpoint, save_checkpoint
+from model import distributed
 from model.config import MODEL_CONFIGS, build, from_dict, parse_args, to_dict
-from model.system import autocast as autocast_for, pick_device, pick_dtype
+from model.mfu import device_peak, flops_per_token, mfu
+from model.system import autocast as autocast_for, enable_tf32, pick_device, pick_dtype
 
-USER_ERRORS = (ConfigError, CheckpointError, TokenFileError, TokenizerError, FileNotFoundError)
+
+class TrainingDiverged(RuntimeError):
+    """The loss stayed non-finite for max_nonfinite_steps steps in a row."""
+
+
+USER_ERRORS = (ConfigError, CheckpointError, TokenFileError, TokenizerError, FileNotFoundError, TrainingDiverged)
 
 
 def lr_at(it: int, cfg: TrainConfig) -> float:
@@ -49,26 +57,28 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str) -> tor
 
 
 @torch.no_grad()
-def estimate_loss(model, batches, cfg: TrainConfig, autocast) -> dict:
+def estimate_loss(model, batches, cfg: TrainConfig, autocast, ranks) -> dict:
     """Mean loss (and the batch maker's own metrics) over eval_iters batches of each split.
 
-    The same batches at every evaluation, drawn from a generator of their own so that training's
-    random state is untouched (exact resume).
+    The same batches at every evaluation, each from a generator of its own (training's random state
+    is untouched). The ranks share the batches and sum their results; every rank runs the same
+    number of forward passes (FSDP gathers weights in each), padding ones counting zero.
     """
     model.eval()
     out = {}
+    per_rank = -(-cfg.eval_iters // ranks.world_size)
     for split in ("train", "val"):
-        gen = torch.Generator().manual_seed(cfg.seed + 1)
         sums = {}
-        for _ in range(cfg.eval_iters):
-            batch = batches.get(split, gen)
+        for i in range(ranks.rank, per_rank * ranks.world_size, ranks.world_size):
+            batch = batches.get(split, batch_generator(cfg.seed, "eval", split, i))
             with autocast:
                 logits, loss = model(**batch)
             values = {"loss": loss.item()}
             if hasattr(batches, "eval_metrics"):
                 values.update(batches.eval_metrics(logits, batch))
             for name, value in values.items():
-                sums[name] = sums.get(name, 0.0) + value
+                sums[name] = sums.get(name, 0.0) + (value if i < cfg.eval_iters else 0.0)
+        sums = distributed.all_reduce_sums(sums, ranks)
         out.update({f"{split}_{name}": total / cfg.eval_iters for name, total in sums.items()})
     if hasattr(batches, "evaluate"):  # metrics that need more than one forward pass (e.g. decoding)
         with autocast:
@@ -97,58 +107,74 @@ def load_config(argv: list[str]):
 def main(argv: list[str]) -> None:
     # ---------------------------------------------------------------- configuration
     cfg, model_cfg, ckpt = load_config(argv)
-    device = pick_device(cfg.device)
+    world_size = distributed.world_size()
+    if cfg.gradient_accumulation_steps % world_size:
+        raise ConfigError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) counts micro-batches "
+                          f"over all {world_size} processes; make it a multiple of {world_size}.")
+    ranks = distributed.setup(pick_device(cfg.device))  # one process, or one of torchrun's
+    device, master = ranks.device, ranks.master
     dtype = pick_dtype(cfg.dtype, device)
     device_type = "cuda" if device.startswith("cuda") else device
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     if ckpt is None and os.path.exists(ckpt_path) and not cfg.overwrite and not cfg.eval_only:
         raise ConfigError(f"{ckpt_path} already exists; continue it with --init_from=resume, "
                           "pick another --out_dir, or pass --overwrite=True to replace it.")
-    torch.manual_seed(cfg.seed)
+    micro_steps = cfg.gradient_accumulation_steps // ranks.world_size  # on this rank
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        enable_tf32()
     autocast = autocast_for(device, dtype)
 
     # ---------------------------------------------------------------- data
     folder = dataset_dir(cfg.dataset, cfg.data_dir)
     batch_maker = BATCHES[cfg.model_type]
-    tokenizer = from_meta(read_meta(folder, prepare_if_missing=True)).with_specials(batch_maker.specials)
+    if master:
+        read_meta(folder, prepare_if_missing=True)  # one rank prepares the dataset on first use
+    distributed.barrier(ranks)
+    tokenizer = from_meta(read_meta(folder)).with_specials(batch_maker.specials)
     if ckpt is None:
         model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
     elif tokenizer.vocab_size != model_cfg.vocab_size:
         raise ConfigError(f"the checkpoint's vocabulary ({model_cfg.vocab_size}) differs from dataset "
                           f"{cfg.dataset} ({tokenizer.vocab_size}); resume on the dataset it was trained on.")
     batches = batch_maker(folder, model_cfg, cfg.batch_size, device, tokenizer)
-    data_gen = torch.Generator().manual_seed(cfg.seed)
-    tokens_per_iter = cfg.batch_size * model_cfg.block_size * cfg.gradient_accumulation_steps
+    tokens_per_iter = cfg.batch_size * model_cfg.block_size * cfg.gradient_accumulation_steps  # all ranks
 
     # ---------------------------------------------------------------- model and optimizer
     model = MODELS[cfg.model_type](model_cfg).to(device)
+    if master:
+        print(f"{cfg.model_type}: {model.num_params() / 1e6:.2f}M parameters, device {device}, dtype {dtype}, "
+              f"{tokens_per_iter:,} tokens per iteration, {ranks.world_size} process(es)"
+              + (", FSDP" if cfg.fsdp else ", DDP" if ranks.launched else ""))
+    token_flops = flops_per_token(model, model_cfg.block_size)
+    peak, gpu_name = device_peak(device)
+    if master and device_type == "cuda" and peak is None:
+        print(f"MFU unknown for {gpu_name} (not in model/mfu.py's table of peak FLOP/s)")
+    train_model = distributed.wrap(model, ranks, cfg.fsdp, cfg.compile, dtype)  # DDP, FSDP or model itself
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+    torch.manual_seed(cfg.seed + ranks.rank)  # dropout differs between ranks
     iter_num, best_val_loss, elapsed_before, wandb_id = 0, float("inf"), 0.0, None
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            distributed.load_full_state(model, optimizer, ckpt["model"], ckpt["optimizer"])
+        except (RuntimeError, KeyError, ValueError):
+            raise CheckpointError(f"{ckpt_path} does not match this model and optimizer; it is damaged "
+                                  "or from an older headscope.") from None
         iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
         elapsed_before, wandb_id = ckpt.get("elapsed_s", 0.0), ckpt.get("wandb_id")
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        data_gen.set_state(ckpt["rng"]["data"])
-        if device_type == "cuda" and "cuda" in ckpt["rng"]:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
-        print(f"resuming from {ckpt_path} at iter {iter_num}")
+        exact = distributed.restore_rng(ckpt["rng"], ranks)
+        if master:
+            print(f"resuming from {ckpt_path} at iter {iter_num}" + ("" if exact else
+                  " (saved by another number of processes: same data, new dropout randomness)"))
     del ckpt
-    print(f"{cfg.model_type}: {model.num_params() / 1e6:.2f}M parameters, device {device}, dtype {dtype}, "
-          f"{tokens_per_iter:,} tokens per iteration")
-    train_model = torch.compile(model) if cfg.compile else model
 
-    os.makedirs(cfg.out_dir, exist_ok=True)
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     start_iter = iter_num
-    if not cfg.eval_only:
+    if master and not cfg.eval_only:
+        os.makedirs(cfg.out_dir, exist_ok=True)
         keep_metrics(metrics_path, iter_num if start_iter > 0 else -1)
-    if cfg.wandb_log:
+    if cfg.wandb_log and master:
         import wandb
 
         run = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, id=wandb_id, resume="allow",
@@ -158,6 +184,7 @@ def main(argv: list[str]) -> None:
     # ---------------------------------------------------------------- training loop
     t_start = time.perf_counter()
     window_start, window_iters, tokens_per_s, loss_value = time.perf_counter(), 0, 0.0, float("nan")
+    nonfinite_in_a_row = 0
     while True:
         lr = lr_at(iter_num, cfg)
         for group in optimizer.param_groups:
@@ -165,30 +192,34 @@ def main(argv: list[str]) -> None:
 
         if (iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters) and not (
                 iter_num == start_iter and start_iter > 0):
-            losses = estimate_loss(train_model, batches, cfg, autocast)
+            losses = estimate_loss(model, batches, cfg, autocast, ranks)  # every rank takes part
             elapsed = elapsed_before + time.perf_counter() - t_start
             extra = "".join(f", {k[4:]} {v:.4f}" for k, v in losses.items() if k.startswith("val_") and k != "val_loss")
-            print(f"step {iter_num}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f}{extra}")
+            if master:
+                print(f"step {iter_num}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f}{extra}")
             record = {"iter": iter_num, **losses, "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
                       "elapsed_s": round(elapsed, 2), "tokens": iter_num * tokens_per_iter}
             if cfg.eval_only:
                 break
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if cfg.wandb_log:
-                wandb.log(record, step=iter_num)
-            if iter_num > 0 and (losses["val_loss"] < best_val_loss or cfg.always_save_checkpoint):
+            if master:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                if cfg.wandb_log:
+                    wandb.log(record, step=iter_num)
+            good = math.isfinite(losses["val_loss"])  # never replace a good checkpoint with a broken model
+            if iter_num > 0 and good and (losses["val_loss"] < best_val_loss or cfg.always_save_checkpoint):
                 best_val_loss = min(best_val_loss, losses["val_loss"])
-                rng = {"torch": torch.get_rng_state(), "data": data_gen.get_state()}
-                if device_type == "cuda":
-                    rng["cuda"] = torch.cuda.get_rng_state()
-                save_checkpoint({
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "model_type": cfg.model_type, "model_args": to_dict(model_cfg), "train_config": to_dict(cfg),
-                    "tokenizer": tokenizer.meta(), "iter_num": iter_num, "best_val_loss": best_val_loss, "rng": rng,
-                    "elapsed_s": elapsed, "wandb_id": wandb_id}, ckpt_path)
+                model_state, optim_state = distributed.full_state(model, optimizer)  # collective
+                rng = distributed.rng_states(ranks)  # collective
+                if master:
+                    save_checkpoint({
+                        "model": model_state, "optimizer": optim_state,
+                        "model_type": cfg.model_type, "model_args": to_dict(model_cfg), "train_config": to_dict(cfg),
+                        "tokenizer": tokenizer.meta(), "iter_num": iter_num, "best_val_loss": best_val_loss,
+                        "rng": rng, "elapsed_s": elapsed, "wandb_id": wandb_id}, ckpt_path)
             window_start, window_iters = time.perf_counter(), 0  # evaluation time is not training time
-        if cfg.attn_stats_interval and iter_num % cfg.attn_stats_interval == 0 and not cfg.eval_only:
+        if cfg.attn_stats_interval and iter_num % cfg.attn_stats_interval == 0 and not cfg.eval_only \
+                and master and not cfg.fsdp:  # rank 0 alone; a sharded model would need every rank's forward
             from model.viz import log_attention  # matplotlib and wandb only when asked for
 
             t_attn = time.perf_counter()
@@ -198,33 +229,53 @@ def main(argv: list[str]) -> None:
         if iter_num >= cfg.max_iters:
             break
 
-        loss_sum = 0.0
-        for _ in range(cfg.gradient_accumulation_steps):
-            batch = batches.get("train", data_gen)
-            with autocast:
-                _, loss = train_model(**batch)
-            loss = loss / cfg.gradient_accumulation_steps
-            scaler.scale(loss).backward()
-            loss_sum = loss_sum + loss.detach()
+        # micro-batch j of the global batch is drawn from its own generator: rank r takes j = r, r + N, ...
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(micro_steps):
+            j = micro * ranks.world_size + ranks.rank
+            batch = batches.get("train", batch_generator(cfg.seed, "train", iter_num, j))
+            with distributed.grad_sync(train_model, sync=micro == micro_steps - 1):  # all-reduce on the last only
+                with autocast:
+                    _, loss = train_model(**batch)
+                loss = loss / micro_steps  # DDP/FSDP average over ranks: the mean over the global batch
+                scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        loss_value = distributed.mean_over_ranks(loss_sum, ranks).item()  # the same on every rank
+        grad_norm = 0.0
         if cfg.grad_clip > 0:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
+            grad_norm = distributed.scalar(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+        finite = math.isfinite(loss_value) and (math.isfinite(grad_norm) or scaler.is_enabled())
+        if finite or scaler.is_enabled():  # with float16 the scaler itself skips non-finite gradients
+            scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         iter_num += 1
         window_iters += 1
+        nonfinite_in_a_row = 0 if finite else nonfinite_in_a_row + 1
+        if not finite:
+            if master:
+                print(f"iter {iter_num}: non-finite loss {loss_value} (gradient norm {grad_norm}); step skipped, "
+                      f"{nonfinite_in_a_row} in a row", flush=True)
+                if cfg.wandb_log:
+                    wandb.log({"nonfinite_steps": nonfinite_in_a_row}, step=iter_num)
+            if nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+                kept = (f"the last good checkpoint {ckpt_path} is intact: resume it" if os.path.exists(ckpt_path)
+                        else "no checkpoint was saved: start again")
+                raise TrainingDiverged(f"the loss was non-finite for {nonfinite_in_a_row} steps in a row (iter "
+                                       f"{iter_num}); {kept} with a lower --learning_rate or --grad_clip, or raise "
+                                       "--max_nonfinite_steps.")
 
-        if iter_num % cfg.log_interval == 0:
-            loss_value = loss_sum.item()  # waits for the device: timing below is real
+        if iter_num % cfg.log_interval == 0 and master:
             dt = (time.perf_counter() - window_start) / window_iters
             tokens_per_s = tokens_per_iter / dt
+            utilisation = f", MFU {100 * mfu(tokens_per_s, token_flops, peak, ranks.world_size):.1f}%" if peak else ""
             print(f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
-                  f"{tokens_per_s / 1000:.1f}k tokens/s", flush=True)
+                  f"{tokens_per_s / 1000:.1f}k tokens/s{utilisation}", flush=True)
             if cfg.wandb_log:
                 wandb.log({"train/loss": loss_value, "lr": lr, "tokens_per_s": tokens_per_s}, step=iter_num)
             window_start, window_iters = time.perf_counter(), 0
-    if cfg.wandb_log:
+    if cfg.wandb_log and master:
         wandb.finish()
 
 
@@ -246,9 +297,13 @@ def keep_metrics(path: str, upto_iter: int) -> None:
 
 
 if __name__ == "__main__":
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun, rank N > 0 tags its messages
+    tag = f"[rank {rank}] " if rank else ""
     try:
         main(sys.argv[1:])
     except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"{tag}error: {e}")
     except KeyboardInterrupt:
-        sys.exit("interrupted; the last checkpoint in out_dir is intact (continue with --init_from=resume).")
+        sys.exit(f"{tag}interrupted; the last checkpoint in out_dir is intact (continue with --init_from=resume).")
+    finally:
+        distributed.teardown()

@@ -1,5 +1,6 @@
 """Batches for training: random windows of memory-mapped token files."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -72,3 +73,14 @@ tokenizer); declares the special tokens its family adds (`specials`); has `get(s
 dict[str, float]`, which train.py averages over its evaluation batches, and `evaluate(model) ->
 dict[str, float]`, called once per evaluation for metrics that need more than a forward pass."""
 BATCHES["seq2seq"] = PairBatches  # data/pairs.py: source/target pairs grouped by length
+
+
+def batch_generator(*keys) -> torch.Generator:
+    """A generator seeded by `keys` (e.g. seed, split, iteration, micro-batch index).
+
+    Seeding each micro-batch by its place in the run makes the data a function of the iteration
+    alone: a resumed run draws what the uninterrupted one would have, and a global batch is the same
+    set of windows however it is split among ranks and micro-steps.
+    """
+    digest = hashlib.blake2b(repr(keys).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)

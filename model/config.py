@@ -145,6 +145,8 @@ class TrainConfig:
     dataset: str = "shakespeare_char"
     data_dir: str = ""  # defaults to data/<dataset>
     batch_size: int = 16
+    # micro-batches per optimizer step, summed over all ranks (global): a step sees batch_size *
+    # gradient_accumulation_steps sequences however many processes share it; divisible by their number
     gradient_accumulation_steps: int = 1
     # optimizer and schedule
     learning_rate: float = 1e-3
@@ -161,7 +163,9 @@ class TrainConfig:
     device: str = "auto"  # 'auto' picks cuda, then mps, then cpu
     dtype: str = "auto"  # 'auto': bfloat16 on CUDA where supported, else float32
     compile: bool = False
+    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (else DDP)
     seed: int = 1337
+    max_nonfinite_steps: int = 5  # stop after this many steps in a row with a NaN/inf loss (each is skipped)
     # logging
     wandb_log: bool = False
     wandb_project: str = "headscope"
@@ -171,7 +175,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.init_from not in ("scratch", "resume"):
             raise ConfigError(f"init_from must be 'scratch' or 'resume', got {self.init_from!r}.")
-        for name in ("batch_size", "gradient_accumulation_steps", "eval_interval", "log_interval", "eval_iters"):
+        for name in ("batch_size", "gradient_accumulation_steps", "eval_interval", "log_interval", "eval_iters",
+                     "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}.")
         if self.max_iters < 0 or self.warmup_iters < 0:

@@ -36,3 +36,13 @@ def autocast(device: str, dtype: str):
     if dtype == "float32":
         return nullcontext()
     return torch.autocast("cuda" if device.startswith("cuda") else device, dtype=DTYPES[dtype])
+
+
+def enable_tf32() -> None:
+    """Let float32 matmuls and convolutions use TF32 tensor cores (Ampere and later GPUs)."""
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9 deprecates allow_tf32
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
