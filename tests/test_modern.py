@@ -26,6 +26,17 @@ def tiny(**kw):
     return GPT(GPTConfig(**{**TINY, **kw}))
 
 
+def overfit(model, opt, steps: int) -> float:
+    """Train on one fixed batch; return the last loss."""
+    idx = torch.randint(0, 23, (4, 16))
+    for _ in range(steps):
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return loss.item()
+
+
 def test_preset_changes_model_options():
     assert PRESET and PRESET != CLASSIC
     assert read_config_file("config/shakespeare_char_cpu_modern.py")["optimizer"] == "muon"
@@ -225,14 +236,8 @@ def test_muon_takes_block_matrices_and_adamw_the_rest():
 def test_muon_trains_a_small_model_and_its_state_round_trips():
     torch.manual_seed(0)
     model = tiny(**PRESET).train()
-    idx = torch.randint(0, 23, (4, 16))
     opt = make_muon_adamw(model, muon_lr=0.02, adamw_lr=3e-3, betas=(0.9, 0.99), weight_decay=0.0)
-    for _ in range(60):
-        _, loss = model(idx[:, :-1], idx[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.5
+    assert overfit(model, opt, 60) < 0.5
     again = make_muon_adamw(model, muon_lr=0.02, adamw_lr=3e-3, betas=(0.9, 0.99), weight_decay=0.0)
     again.load_state_dict(opt.state_dict())
     p = block_matrices(model)[0]
@@ -257,17 +262,11 @@ def combinations():
 def test_every_option_combination_overfits_one_batch(options, optimizer):
     torch.manual_seed(0)
     model = tiny(**options).train()
-    idx = torch.randint(0, 23, (4, 16))
     if optimizer == "muon":
         opt = make_muon_adamw(model, muon_lr=0.03, adamw_lr=1e-2, betas=(0.9, 0.99), weight_decay=0.0)
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(80):
-        _, loss = model(idx[:, :-1], idx[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.1
+    assert overfit(model, opt, 80) < 0.1
 
 
 # ---------------------------------------------------------------------------------------------- config and train.py
