@@ -43,13 +43,13 @@ def lr_at(it: int, cfg: TrainConfig) -> float:
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str):
     """AdamW with weight decay on matrices and embeddings only (not on biases and norm gains);
     with optimizer='muon', Muon for the blocks' matrices and AdamW for the rest (model/muon.py)."""
+    fused = device.startswith("cuda") or device == "cpu"  # one kernel for the whole update (CPU too since torch 2.4)
     if cfg.optimizer == "muon":
         return make_muon_adamw(model, cfg.muon_lr, cfg.learning_rate, (cfg.beta1, cfg.beta2), cfg.weight_decay,
-                               cfg.muon_momentum, cfg.muon_weight_decay, fused=device.startswith("cuda"))
+                               cfg.muon_momentum, cfg.muon_weight_decay, fused=fused)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    fused = device.startswith("cuda") or device == "cpu"  # one kernel for the whole update (CPU too since torch 2.4)
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
