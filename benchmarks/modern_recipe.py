@@ -35,10 +35,12 @@ def at_time(rows: list[dict], seconds: float) -> dict:
 
 
 def table(runs: dict[str, str], target: float, iters: list[int]) -> str:
-    """Markdown table: per recipe, time to target, val loss at fixed iterations and at fixed times."""
+    """Markdown table: per recipe, time to target, val loss at fixed iterations and at fixed times
+    (when a run reached the target, or else when the shortest run ended)."""
     rows = {name: read_metrics(d) for name, d in runs.items()}
     reach = {name: first_reaching(r, target) for name, r in rows.items()}
     times = sorted({round(r["elapsed_s"]) for r in reach.values() if r is not None})
+    times = times or [round(min(r[-1]["elapsed_s"] for r in rows.values()))]
     head = (["recipe", "iterations", "wall s", f"iter to {target}", f"s to {target}"]
             + [f"val @ it {i}" for i in iters] + [f"val @ {t} s" for t in times])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -77,7 +79,7 @@ def main() -> None:
             procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env))
         if any(p.wait() != 0 for p in procs):
             sys.exit(f"error: a run failed; see the logs in {args.out}.")
-    iters = sorted({500, 1000, 1500, 2000} & {r["iter"] for d in runs.values() for r in read_metrics(d)})
+    iters = sorted({250, 500, 1000, 1500, 2000} & {r["iter"] for d in runs.values() for r in read_metrics(d)})
     print(table(runs, args.target, iters))
 
 
