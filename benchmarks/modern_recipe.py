@@ -39,10 +39,10 @@ def table(runs: dict[str, str], target: float, iters: list[int]) -> str:
     (when a run reached the target, or else when the shortest run ended)."""
     rows = {name: read_metrics(d) for name, d in runs.items()}
     reach = {name: first_reaching(r, target) for name, r in rows.items()}
-    times = sorted({round(r["elapsed_s"]) for r in reach.values() if r is not None})
-    times = times or [round(min(r[-1]["elapsed_s"] for r in rows.values()))]
+    times = sorted({r["elapsed_s"] for r in reach.values() if r is not None})
+    times = times or [min(r[-1]["elapsed_s"] for r in rows.values())]
     head = (["recipe", "iterations", "wall s", f"iter to {target}", f"s to {target}"]
-            + [f"val @ it {i}" for i in iters] + [f"val @ {t} s" for t in times])
+            + [f"val @ it {i}" for i in iters] + [f"val @ {t:.0f} s" for t in times])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
         hit = reach[name]
