@@ -25,6 +25,7 @@ from model import MODELS, CheckpointError, ConfigError, TrainConfig, load_checkp
 from model import distributed
 from model.config import MODEL_CONFIGS, build, from_dict, parse_args, to_dict
 from model.mfu import device_peak, flops_per_token, mfu
+from model.muon import make_muon_adamw
 from model.system import autocast as autocast_for, enable_tf32, pick_device, pick_dtype
 
 
@@ -47,12 +48,16 @@ def lr_at(it: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices and embeddings only (not on biases and norm gains)."""
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str):
+    """AdamW with weight decay on matrices and embeddings only (not on biases and norm gains);
+    with optimizer='muon', Muon for the blocks' matrices and AdamW for the rest (model/muon.py)."""
+    fused = device.startswith("cuda") or device == "cpu"  # one kernel for the whole update (CPU too since torch 2.4)
+    if cfg.optimizer == "muon":
+        return make_muon_adamw(model, cfg.muon_lr, cfg.learning_rate, (cfg.beta1, cfg.beta2), cfg.weight_decay,
+                               cfg.muon_momentum, cfg.muon_weight_decay, fused=fused)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    fused = device.startswith("cuda") or device == "cpu"  # one kernel for the whole update (CPU too since torch 2.4)
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
@@ -100,6 +105,9 @@ def load_config(argv: list[str]):
         # the stored run's settings, then whatever this command line sets explicitly (e.g. a longer max_iters)
         saved = {**ckpt["train_config"], **{k: v for k, v in values.items() if k in ckpt["train_config"]}}
         cfg = build(saved, TrainConfig)[0]
+        if cfg.optimizer != ckpt["train_config"].get("optimizer", "adamw"):
+            raise ConfigError(f"{cfg.out_dir} was trained with optimizer={ckpt['train_config'].get('optimizer', 'adamw')}; "
+                              "resume it with that optimizer, or start a new run in another out_dir.")
         model_cfg = from_dict(MODEL_CONFIGS[ckpt["model_type"]], ckpt["model_args"])
     return cfg, model_cfg, ckpt
 
@@ -188,7 +196,7 @@ def main(argv: list[str]) -> None:
     while True:
         lr = lr_at(iter_num, cfg)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups have their own peak rate
 
         if (iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters) and not (
                 iter_num == start_iter and start_iter > 0):

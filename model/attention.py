@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from model.hooks import HookPoint
+from model.rotary import Rotary
 
 SCORES: dict[str, type] = {}
 WEIGHTINGS: dict[str, type] = {}
@@ -304,6 +305,13 @@ class Attention(nn.Module):
         self.c_proj = nn.Linear(C, C, bias=config.bias)
         self.score = SCORES[score or config.attn_score](self.n_head, self.head_dim)
         self.weighting = WEIGHTINGS[weighting or config.attn_weighting](config)
+        # QK-norm: RMS-normalise each head's queries and keys (identity unless config.qk_norm)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
+        # rotary positions in self-attention only: a decoder position and an encoder position are in
+        # different sequences, so cross-attention has no relative distance to encode
+        rope = config.pos_emb == "rope" and not cross
+        self.rotary = Rotary(self.head_dim, config.block_size, config.rope_base) if rope else None
         self.dropout = config.dropout
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -318,19 +326,25 @@ class Attention(nn.Module):
         B, T, C = x.shape
         return x.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
 
-    def project(self, x: torch.Tensor, source: torch.Tensor | None, cache: KVCache | None):
-        """Queries from x; keys and values from x (self) or source (cross), through the cache."""
+    def project(self, x: torch.Tensor, source: torch.Tensor | None, cache: KVCache | None, offset: int = 0):
+        """Queries from x; keys and values from x (self) or source (cross), through the cache.
+
+        QK-norm and rotary positions (queries and new keys at offset ..) apply before keys are cached.
+        """
         if not self.cross:
             q, k, v = self.c_attn(x).split(x.size(-1), dim=2)
             q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
+            q, k = self.q_norm(q), self.k_norm(k)
+            if self.rotary is not None:
+                q, k = self.rotary(q, offset), self.rotary(k, offset)
             if cache is not None:
                 k, v = cache.append(k, v)
             return q, k, v
-        q = self.split_heads(self.q_attn(x))
+        q = self.q_norm(self.split_heads(self.q_attn(x)))
         if cache is not None and cache.len > 0:  # encoder keys/values: computed once per sequence
             return q, cache.k[:, :, :cache.len], cache.v[:, :, :cache.len]
         k, v = self.kv_attn(source).split(x.size(-1), dim=2)
-        k, v = self.split_heads(k), self.split_heads(v)
+        k, v = self.k_norm(self.split_heads(k)), self.split_heads(v)
         if cache is not None:
             k, v = cache.append(k, v)
         return q, k, v
@@ -345,7 +359,7 @@ class Attention(nn.Module):
         if self.cross and source is None and (cache is None or cache.len == 0):
             raise ValueError("cross-attention needs a source sequence (the encoder output).")
         offset = cache.len if cache is not None and not self.cross else 0
-        q, k, v = self.project(x, source, cache)
+        q, k, v = self.project(x, source, cache, offset)
         q, k, v = self.q(q), self.k(k), self.v(v)
         T, S = q.size(2), k.size(2)
         if mask is None and causal and T > 1 and offset > 0:

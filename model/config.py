@@ -37,6 +37,13 @@ class TransformerConfig:
     norm: str = "layernorm"  # normalisation layer (model/layers.py NORMS)
     norm_eps: float = 1e-5
     post_norm: bool = False  # False: pre-norm blocks (GPT-2); True: norm after each residual add (BERT)
+    # options of the modern recipe (config/shakespeare_char_cpu_modern.py); the defaults are GPT-2's
+    pos_emb: str = "learned"  # 'learned' (a wpe table added to the tokens) or 'rope' (rotary q and k)
+    rope_base: float = 10000.0  # rotary angle base: position m turns feature pair i by m * base^(-2i/head_dim)
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys before the scores
+    zero_init: bool = False  # residual output projections (and an untied head) start at zero
+    tie_embeddings: bool = True  # LM head shares the token embedding's weights
+    logit_softcap: float = 0.0  # logits -> cap * tanh(logits / cap); 0 disables
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -57,6 +64,15 @@ class TransformerConfig:
             raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}.")
         if self.norm not in NORMS:
             raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}.")
+        if self.pos_emb not in ("learned", "rope"):
+            raise ConfigError(f"pos_emb must be 'learned' or 'rope', got {self.pos_emb!r}.")
+        if self.pos_emb == "rope" and self.head_dim % 2:
+            raise ConfigError(f"rope rotates pairs of features, so head_dim (n_embd / n_head = {self.head_dim}) "
+                              "must be even; change n_embd or n_head.")
+        if not self.rope_base > 1.0:
+            raise ConfigError(f"rope_base must be greater than 1, got {self.rope_base}.")
+        if not self.logit_softcap >= 0.0:
+            raise ConfigError(f"logit_softcap must be >= 0 (0 disables it), got {self.logit_softcap}.")
 
     @property
     def head_dim(self) -> int:
@@ -159,6 +175,10 @@ class TrainConfig:
     warmup_iters: int = 100
     lr_decay_iters: int = 2500
     min_lr: float = 1e-4
+    optimizer: str = "adamw"  # 'adamw', or 'muon': Muon for the blocks' matrices, AdamW for the rest
+    muon_lr: float = 0.02  # Muon's peak learning rate (the schedule scales it like learning_rate)
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
     # system
     device: str = "auto"  # 'auto' picks cuda, then mps, then cpu
     dtype: str = "auto"  # 'auto': bfloat16 on CUDA where supported, else float32
@@ -183,6 +203,11 @@ class TrainConfig:
             raise ConfigError("max_iters and warmup_iters must not be negative.")
         if self.attn_stats_interval < 0:
             raise ConfigError(f"attn_stats_interval must be 0 (off) or positive, got {self.attn_stats_interval}.")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ConfigError(f"optimizer must be 'adamw' or 'muon', got {self.optimizer!r}.")
+        if self.optimizer == "muon" and not (self.muon_lr > 0 and 0 <= self.muon_momentum < 1
+                                             and self.muon_weight_decay >= 0):
+            raise ConfigError("muon needs muon_lr > 0, muon_momentum in [0, 1) and muon_weight_decay >= 0.")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be one of auto, float32, bfloat16, float16, got {self.dtype!r}.")
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):

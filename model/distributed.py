@@ -184,7 +184,8 @@ def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tupl
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_state_dict(model, optimizers_of(optimizer),
+                          options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
@@ -192,5 +193,10 @@ def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, mo
     """Load full state dicts written by full_state into a plain, DDP or FSDP model (each rank shards its part)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+    set_state_dict(model, optimizers_of(optimizer), model_state_dict=model_state, optim_state_dict=optim_state,
                    options=StateDictOptions(full_state_dict=True))
+
+
+def optimizers_of(optimizer):
+    """The torch optimizers behind `optimizer`: itself, or the parts of a Muon + AdamW pair (model/muon.py)."""
+    return tuple(optimizer.optimizers.values()) if hasattr(optimizer, "optimizers") else optimizer

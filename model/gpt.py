@@ -1,5 +1,8 @@
 """GPT-style decoder: token + learned position embeddings, causal blocks, LM head tied to the embedding.
 
+Options of the modern recipe: rotary positions instead of `wpe` (pos_emb='rope'), an untied head,
+soft-capped logits (see TransformerConfig).
+
 Parameter names follow GPT-2 (`wte`, `wpe`, `ln_1`, `attn.c_attn`, `mlp.c_fc`, ...) with the blocks
 under `blocks.N` (GPT-2 checkpoints call them `transformer.h.N`), so weight import is a rename loop.
 """
@@ -13,7 +16,7 @@ from torch import nn
 from model.attention import KVCache
 from model.config import GPTConfig
 from model.hooks import HookedModel
-from model.layers import Block, init_weights, make_norm
+from model.layers import Block, init_weights, make_norm, softcap
 from model.sampling import sample_next
 
 
@@ -24,18 +27,21 @@ class GPT(HookedModel, nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # weight tying
+        elif config.zero_init:
+            self.lm_head.zero_init = True
         init_weights(self, config.n_layer)
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; position embeddings excluded by default (as GPT-2's paper counts)."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if non_embedding else n
+        return n - self.wpe.weight.numel() if non_embedding and self.wpe is not None else n
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 caches: list[KVCache] | None = None, last_only: bool = False):
@@ -49,14 +55,16 @@ class GPT(HookedModel, nn.Module):
         if offset + T > self.config.block_size:
             raise ValueError(f"sequence of {offset + T} tokens exceeds block_size {self.config.block_size}; "
                              "crop it or train with a larger block_size.")
-        pos = torch.arange(offset, offset + T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:  # with rope, positions enter inside attention instead
+            x = x + self.wpe(torch.arange(offset, offset + T, device=idx.device))
+        x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, causal=True, cache=caches[i] if caches else None)
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:]
-        logits = self.lm_head(x)  # (B, T, V)
+        logits = softcap(self.lm_head(x), self.config.logit_softcap)  # (B, T, V)
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)

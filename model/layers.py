@@ -1,19 +1,47 @@
 """Building blocks shared by every model family: MLP and the pre-norm Transformer block."""
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.attention import Attention, KVCache, Score
 from model.hooks import HookPoint
 
 
+class ReLUSquared(nn.Module):
+    """relu(x)^2 (So et al., 2021, "Primer"): as cheap as ReLU, trains faster than GELU in small models."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
+class SwiGLU(nn.Module):
+    """Gated unit silu(a) * b (Shazeer, 2020) over the two halves [a, b] of a doubled hidden layer."""
+
+    gated = True  # the MLP's c_fc produces both halves
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=-1)
+        return F.silu(a) * b
+
+
 ACTIVATIONS = {
     "gelu": lambda: nn.GELU(),  # exact (erf) GELU, as nanoGPT and BERT
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # GPT-2's approximation
+    "relu2": ReLUSquared,
+    "swiglu": SwiGLU,
 }
 NORMS = {
     "layernorm": lambda config: nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias),
+    "rmsnorm": lambda config: nn.RMSNorm(config.n_embd, eps=config.norm_eps),  # x / rms(x) * g: no mean, no bias
 }
+
+
+def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(logits / cap): logits bounded by +-cap, nearly unchanged well inside (0 disables)."""
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
 
 def make_norm(config) -> nn.Module:
@@ -22,13 +50,19 @@ def make_norm(config) -> nn.Module:
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward network: n_embd -> 4 n_embd -> activation -> n_embd."""
+    """Position-wise feed-forward network: n_embd -> 4 n_embd -> activation -> n_embd.
+
+    A gated activation (SwiGLU) gets two hidden halves of 2/3 that width (rounded up to a multiple
+    of 8), which keeps the parameter count of the plain MLP.
+    """
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.act = ACTIVATIONS[config.activation]()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        gated = getattr(self.act, "gated", False)
+        hidden = 8 * math.ceil(8 * config.n_embd / 3 / 8) if gated else 4 * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, 2 * hidden if gated else hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,6 +86,9 @@ class Block(nn.Module):
                                         weighting=getattr(config, "cross_attn_weighting", None))
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
+        if config.zero_init:  # each residual branch starts as the identity
+            for proj in (self.attn.c_proj, self.mlp.c_proj, getattr(self, "cross_attn", self.attn).c_proj):
+                proj.zero_init = True
         self.resid_pre, self.resid_mid, self.resid_post = HookPoint(), HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False,
@@ -74,7 +111,8 @@ class Block(nn.Module):
 
 def init_weights(module: nn.Module, n_layer: int) -> None:
     """GPT-2 initialisation: N(0, 0.02) for weights and embeddings, zero biases, and residual
-    projections (c_proj) scaled by 1/sqrt(2 n_layer) so the residual stream's variance stays put."""
+    projections (c_proj) scaled by 1/sqrt(2 n_layer) so the residual stream's variance stays put.
+    Linear layers marked `zero_init` (config.zero_init) start at zero instead."""
     for name, p in module.named_parameters():
         if name.endswith("c_proj.weight"):
             nn.init.normal_(p, mean=0.0, std=0.02 / (2 * n_layer) ** 0.5)
@@ -83,7 +121,9 @@ def init_weights(module: nn.Module, n_layer: int) -> None:
         elif p.dim() >= 2:
             nn.init.normal_(p, mean=0.0, std=0.02)
     for m in module.modules():
-        if isinstance(m, nn.LayerNorm) and m.weight is not None:
+        if isinstance(m, (nn.LayerNorm, nn.RMSNorm)) and m.weight is not None:
             nn.init.ones_(m.weight)
         elif isinstance(m, Score) and hasattr(m, "reset_parameters"):
             m.reset_parameters()  # learned scores (general, additive) have their own scales
+        if getattr(m, "zero_init", False):  # marked by Block (and heads) when config.zero_init
+            nn.init.zeros_(m.weight)

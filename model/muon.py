@@ -1,0 +1,142 @@
+"""Muon: momentum SGD whose update for each weight matrix is orthogonalised (Jordan et al., 2024).
+
+For a matrix W with momentum M = U S V^T, Muon steps along U V^T: every singular direction of the
+update moves by the same amount, so the few directions that dominate a raw gradient no longer drown
+the rest. U V^T is approximated by a few Newton-Schulz iterations (matrix products only, no SVD).
+Muon is meant for the hidden matrices of the Transformer blocks; embeddings, the LM head, norm
+gains and biases keep AdamW (`make_muon_adamw`).
+"""
+
+import torch
+
+from model.layers import Block
+
+# quintic Newton-Schulz coefficients from Keller Jordan's Muon write-up: they push every singular value
+# in (0, 1] into roughly [0.7, 1.2] within 5 steps (faster than converging exactly to 1)
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(G: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """Approximate U V^T for G = U S V^T (a matrix, or a batch of them) by Newton-Schulz iteration.
+
+    Each step maps X -> a X + b (X X^T) X + c (X X^T)^2 X, i.e. each singular value s to
+    a s + b s^3 + c s^5 with the singular vectors unchanged; X starts as G / ||G||_F so that s <= 1.
+    """
+    a, b, c = NS_COEFFS
+    X = G.to(torch.bfloat16 if G.is_cuda else torch.float32)  # CPUs have no fast bfloat16 matmul
+    transposed = X.size(-2) > X.size(-1)
+    if transposed:  # iterate on the short side: X X^T is then the smaller Gram matrix
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
+    for _ in range(steps):
+        A = X @ X.mT  # (m, m)
+        X = a * X + (b * A + c * A @ A) @ X
+    return (X.mT if transposed else X).to(G.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Orthogonalised momentum for 2-D parameters: W <- W - lr * sqrt(max(1, rows/cols)) * NS(momentum).
+
+    The sqrt(rows/cols) factor gives tall and wide matrices the same per-entry update size. Weight
+    decay is decoupled (W <- W (1 - lr wd)), as in AdamW.
+    """
+
+    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
+                 ns_steps: int = 5, weight_decay: float = 0.0):
+        if lr <= 0 or not 0.0 <= momentum < 1.0 or ns_steps < 1 or weight_decay < 0:
+            raise ValueError("Muon needs lr > 0, momentum in [0, 1), ns_steps >= 1 and weight_decay >= 0.")
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+                                      weight_decay=weight_decay))
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.dim() != 2:
+                    raise ValueError(f"Muon updates matrices only; got a parameter of shape {tuple(p.shape)} "
+                                     "(give embeddings, norms and biases to AdamW).")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"]
+                buf.mul_(momentum).add_(p.grad)
+                direction = p.grad.add(buf, alpha=momentum) if group["nesterov"] else buf
+                update = orthogonalize(direction, group["ns_steps"])
+                if group["weight_decay"] > 0:
+                    p.mul_(1.0 - lr * group["weight_decay"])
+                p.add_(update, alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+        return loss
+
+
+class Optimizers:
+    """Several optimizers stepped as one (what train.py and GradScaler need: param_groups, step, state)."""
+
+    def __init__(self, **optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        """Every group of every optimizer (the dicts themselves: setting a group's lr sets it)."""
+        return [g for opt in self.optimizers.values() for g in opt.param_groups]
+
+    def step(self, closure=None):
+        """Step each optimizer."""
+        for opt in self.optimizers.values():
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients of all parameters."""
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        """One state dict per optimizer, under its name."""
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict returned; the optimizer names must match."""
+        if set(state) != set(self.optimizers):
+            raise ValueError(f"optimizer state holds {sorted(state)}, expected {sorted(self.optimizers)}.")
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state[name])
+
+
+def block_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The 2-D parameters inside Transformer blocks (attention and MLP weights): what Muon trains."""
+    seen, out = set(), []
+    for module in model.modules():
+        if isinstance(module, Block):
+            for p in module.parameters():
+                if p.dim() == 2 and p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+    return out
+
+
+def make_muon_adamw(model: torch.nn.Module, muon_lr: float, adamw_lr: float, betas: tuple[float, float],
+                    weight_decay: float, muon_momentum: float = 0.95, muon_weight_decay: float = 0.0,
+                    fused: bool = False) -> Optimizers:
+    """Muon for block matrices; AdamW for the rest (embeddings and head with weight decay, 1-D without).
+
+    Each group carries `lr_scale`, its peak learning rate over adamw_lr, for train.py's schedule.
+    """
+    matrices = block_matrices(model)
+    ids = {id(p) for p in matrices}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    adamw = torch.optim.AdamW(
+        [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": 1.0},
+         {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0}],
+        lr=adamw_lr, betas=betas, fused=fused)
+    muon = Muon([{"params": matrices, "lr_scale": muon_lr / adamw_lr}], lr=muon_lr, momentum=muon_momentum,
+                weight_decay=muon_weight_decay)
+    return Optimizers(adamw=adamw, muon=muon)
