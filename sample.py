@@ -58,18 +58,21 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
     samples = []
     for n in range(cfg.num_samples):
         sys.stdout.write(tokenizer.decode(prompt_ids))
-        new_ids = []
+        new_ids, printed = [], ""
         record = recorder if n == 0 and recorder else nullcontext()  # maps of the first sample
         with autocast(device, dtype), model.hooks(interventions), record:
             for token in model.generate_stream(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
                                                use_cache=cfg.use_cache, generator=generator):
-                before = tokenizer.decode(new_ids)
                 new_ids.append(token.item())
-                sys.stdout.write(tokenizer.decode(new_ids)[len(before):])  # whole characters only
-                sys.stdout.flush()
+                text = tokenizer.decode(new_ids)
+                if not text.endswith("\ufffd"):  # BPE may split a character: wait for its last bytes
+                    sys.stdout.write(text[len(printed):])
+                    sys.stdout.flush()
+                    printed = text
             if n == 0 and recorder and not new_ids:  # nothing generated: record the prompt alone
                 with torch.no_grad():
                     model(idx[:, -block_size:])
+        sys.stdout.write(tokenizer.decode(new_ids)[len(printed):])
         sys.stdout.write("\n" + ("-" * 40 + "\n" if n + 1 < cfg.num_samples else ""))
         samples.append(new_ids)
     if recorder:
