@@ -5,6 +5,7 @@ Files are written to a temporary name and renamed into place, so a crash never l
 under the real name.
 """
 
+import json
 import os
 import struct
 
@@ -77,3 +78,13 @@ def load_tokens(path: str) -> np.ndarray:
     if count == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+def write_json(path: str, obj: dict) -> None:
+    """Write a JSON file atomically (a temporary file, then a rename)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
