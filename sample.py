@@ -5,6 +5,7 @@
     python sample.py --start="ROMEO:" --max_new_tokens=40 --attention_dir=attn  # maps: PNG, HTML, npz
     python sample.py --start="ROMEO:" --ablate=0.1,1.3 --ablate_mode=mean        # knock heads out
     python sample.py --out_dir=out-bert --start="To be, or not to [MASK]"   # a BERT fills its masks
+    python sample.py --init_from=gpt2 --start="The meaning of life is"    # OpenAI's GPT-2 (or a HF folder)
 """
 
 import os
@@ -13,8 +14,8 @@ from contextlib import nullcontext
 
 import torch
 
-from data.tokenizer import TokenizerError, from_meta
-from model import CheckpointError, ConfigError, load_checkpoint, model_from_checkpoint
+from data.tokenizer import GPT2Tokenizer, TokenizerError, from_meta
+from model import GPT, CheckpointError, ConfigError, load_checkpoint, model_from_checkpoint
 from model.attention_maps import AttentionRecorder, head_stats_all, stats_table
 from model.config import SampleConfig, build, parse_args
 from model.interventions import ablate_heads, head_means, parse_heads
@@ -141,11 +142,18 @@ def main(argv: list[str]) -> None:
     cfg = build(parse_args(argv), SampleConfig)[0]
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    ckpt = load_checkpoint(cfg.out_dir)
-    model = model_from_checkpoint(ckpt).to(device).eval()
-    tokenizer = from_meta(ckpt["tokenizer"])
-    runner = RUNNERS[ckpt.get("model_type", "gpt")]
-    del ckpt
+    if cfg.init_from == "resume":
+        ckpt = load_checkpoint(cfg.out_dir)
+        model = model_from_checkpoint(ckpt).to(device).eval()
+        tokenizer = from_meta(ckpt["tokenizer"])
+        runner = RUNNERS[ckpt.get("model_type", "gpt")]
+        del ckpt
+    else:  # OpenAI's GPT-2 (or a Hugging Face GPT-2 folder) with GPT-2's tokenizer
+        model = GPT.from_pretrained(cfg.init_from).to(device).eval()
+        tokenizer, runner = GPT2Tokenizer(), RUNNERS["gpt"]
+        if model.config.vocab_size != tokenizer.vocab_size:
+            raise ConfigError(f"{cfg.init_from} has {model.config.vocab_size} token ids, not GPT-2's "
+                              f"{tokenizer.vocab_size}; sample from it with a checkpoint of ours instead.")
     runner(model, tokenizer, cfg, device, dtype)
 
 

@@ -4,6 +4,8 @@
     python train.py config/shakespeare_char_cpu.py     # nanoGPT's documented CPU settings
     python train.py config/shakespeare_char.py --device=cuda --compile=True
     python train.py --out_dir=out --init_from=resume   # continue exactly where a run stopped
+    python train.py config/finetune_shakespeare.py     # fine-tune OpenAI's GPT-2 on BPE Shakespeare
+    python train.py --out_dir=out --init_from=resume --eval_only   # val loss of a checkpoint
 
 A config file holds `name = value` lines; --key=value overrides it. An unknown key or a value of the
 wrong type is an error that lists the valid keys.
@@ -21,7 +23,8 @@ from data.loader import BATCHES, dataset_dir, read_meta
 from data.tokenizer import TokenizerError, from_meta
 from data.tokens import TokenFileError
 from model import MODELS, CheckpointError, ConfigError, TrainConfig, load_checkpoint, save_checkpoint
-from model.config import MODEL_CONFIGS, build, from_dict, parse_args, to_dict
+from model.config import MODEL_CONFIGS, build, field_types, from_dict, parse_args, to_dict
+from model.pretrained import pretrained_config
 from model.system import autocast as autocast_for, pick_device, pick_dtype
 
 USER_ERRORS = (ConfigError, CheckpointError, TokenFileError, TokenizerError, FileNotFoundError)
@@ -88,6 +91,13 @@ def load_config(argv: list[str]):
         saved = {**ckpt["train_config"], **{k: v for k, v in values.items() if k in ckpt["train_config"]}}
         cfg = build(saved, TrainConfig)[0]
         model_cfg = from_dict(MODEL_CONFIGS[ckpt["model_type"]], ckpt["model_args"])
+    elif cfg.init_from != "scratch":  # pretrained GPT-2: its sizes, with this command line's dropout/block_size
+        fixed = sorted(set(values) & set(field_types(type(model_cfg))) - {"dropout", "block_size"})
+        if fixed or cfg.model_type != "gpt":
+            raise ConfigError(f"init_from={cfg.init_from} fixes the model (a GPT-2); remove "
+                              f"{fixed[0] if fixed else 'model_type'} (only dropout and block_size may be set).")
+        model_cfg = pretrained_config(cfg.init_from, model_cfg.dropout,
+                                      model_cfg.block_size if "block_size" in values else None)
     return cfg, model_cfg, ckpt
 
 
@@ -111,6 +121,9 @@ def main(argv: list[str]) -> None:
     folder = dataset_dir(cfg.dataset, cfg.data_dir)
     batch_maker = BATCHES[cfg.model_type]
     tokenizer = from_meta(read_meta(folder, prepare_if_missing=True)).with_specials(batch_maker.specials)
+    if cfg.init_from not in ("scratch", "resume") and tokenizer.vocab_size != model_cfg.vocab_size:
+        raise ConfigError(f"dataset {cfg.dataset} is tokenized with {tokenizer.kind} ({tokenizer.vocab_size} ids), not "
+                          f"GPT-2 BPE; fine-tune GPT-2 on a GPT-2 BPE dataset (python data/shakespeare/prepare.py).")
     if ckpt is None:
         model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
     elif tokenizer.vocab_size != model_cfg.vocab_size:
@@ -121,7 +134,11 @@ def main(argv: list[str]) -> None:
     tokens_per_iter = cfg.batch_size * model_cfg.block_size * cfg.gradient_accumulation_steps
 
     # ---------------------------------------------------------------- model and optimizer
-    model = MODELS[cfg.model_type](model_cfg).to(device)
+    if cfg.init_from in ("scratch", "resume"):
+        model = MODELS[cfg.model_type](model_cfg).to(device)
+    else:
+        model = MODELS[cfg.model_type].from_pretrained(cfg.init_from, model_cfg.dropout, model_cfg.block_size).to(device)
+        print(f"initialised from {cfg.init_from}")
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
     iter_num, best_val_loss, elapsed_before, wandb_id = 0, float("inf"), 0.0, None
@@ -160,8 +177,8 @@ def main(argv: list[str]) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        if (iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters) and not (
-                iter_num == start_iter and start_iter > 0):
+        if (iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only) and not (
+                iter_num == start_iter and start_iter > 0 and not cfg.eval_only):
             losses = estimate_loss(train_model, batches, cfg, autocast)
             elapsed = elapsed_before + time.perf_counter() - t_start
             extra = "".join(f", {k[4:]} {v:.4f}" for k, v in losses.items() if k.startswith("val_") and k != "val_loss")
