@@ -209,8 +209,9 @@ def build_shards(out_dir: str, documents: Callable[[int], Iterator[str]], tokeni
         bar.update(docs, committed, final=True)
     count = totals()
     if count["train"] == 0:
-        raise PrepareError(f"no training tokens: the input gave {count['val']:,} tokens, all taken by "
-                           f"val_tokens={val_tokens:,}; give more text or a smaller --val_tokens."
+        raise PrepareError(f"no training tokens: the input's {docs:,} documents ({count['val']:,} tokens) were all "
+                           f"taken by val_tokens={val_tokens:,} (documents are never split; a .txt file is one); "
+                           "give more documents or a smaller --val_tokens."
                            if count["val"] else "the input holds no text (every document is empty).")
     exhausted = not limited
     write_json(os.path.join(out_dir, PROGRESS), {"settings": settings, "shards": shards, "exhausted": exhausted})
