@@ -7,6 +7,7 @@
     python sample.py --out_dir=out-bert --start="To be, or not to [MASK]"   # a BERT fills its masks
     python sample.py --out_dir=out-seq2seq --start="a line of text"      # encoder-decoder: greedy
     python sample.py --out_dir=out-seq2seq --start="a line" --decoding=beam --beam_size=4
+    python sample.py --init_from=gpt2 --start="The meaning of life is"    # OpenAI's GPT-2 (or a HF folder)
 """
 
 import os
@@ -15,8 +16,8 @@ from contextlib import nullcontext
 
 import torch
 
-from data.tokenizer import TokenizerError, from_meta
-from model import CheckpointError, ConfigError, load_checkpoint, model_from_checkpoint
+from data.tokenizer import GPT2Tokenizer, TokenizerError, from_meta
+from model import GPT, CheckpointError, ConfigError, load_checkpoint, model_from_checkpoint
 from model.attention_maps import AttentionRecorder, head_stats_all, stats_table
 from model.config import SampleConfig, build, parse_args
 from model.interventions import ablate_heads, head_means, parse_heads
@@ -60,18 +61,21 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
     samples = []
     for n in range(cfg.num_samples):
         sys.stdout.write(tokenizer.decode(prompt_ids))
-        new_ids = []
+        new_ids, printed = [], ""
         record = recorder if n == 0 and recorder else nullcontext()  # maps of the first sample
         with autocast(device, dtype), model.hooks(interventions), record:
             for token in model.generate_stream(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
                                                use_cache=cfg.use_cache, generator=generator):
-                before = tokenizer.decode(new_ids)
                 new_ids.append(token.item())
-                sys.stdout.write(tokenizer.decode(new_ids)[len(before):])  # whole characters only
-                sys.stdout.flush()
+                text = tokenizer.decode(new_ids)
+                if not text.endswith("\ufffd"):  # BPE may split a character: wait for its last bytes
+                    sys.stdout.write(text[len(printed):])
+                    sys.stdout.flush()
+                    printed = text
             if n == 0 and recorder and not new_ids:  # nothing generated: record the prompt alone
                 with torch.no_grad():
                     model(idx[:, -block_size:])
+        sys.stdout.write(tokenizer.decode(new_ids)[len(printed):])
         sys.stdout.write("\n" + ("-" * 40 + "\n" if n + 1 < cfg.num_samples else ""))
         samples.append(new_ids)
     if recorder:
@@ -169,11 +173,18 @@ def main(argv: list[str]) -> None:
     cfg = build(parse_args(argv), SampleConfig)[0]
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    ckpt = load_checkpoint(cfg.out_dir)
-    model = model_from_checkpoint(ckpt).to(device).eval()
-    tokenizer = from_meta(ckpt["tokenizer"])
-    runner = RUNNERS[ckpt.get("model_type", "gpt")]
-    del ckpt
+    if cfg.init_from == "resume":
+        ckpt = load_checkpoint(cfg.out_dir)
+        model = model_from_checkpoint(ckpt).to(device).eval()
+        tokenizer = from_meta(ckpt["tokenizer"])
+        runner = RUNNERS[ckpt.get("model_type", "gpt")]
+        del ckpt
+    else:  # OpenAI's GPT-2 (or a Hugging Face GPT-2 folder) with GPT-2's tokenizer
+        model = GPT.from_pretrained(cfg.init_from).to(device).eval()
+        tokenizer, runner = GPT2Tokenizer(), RUNNERS["gpt"]
+        if model.config.vocab_size != tokenizer.vocab_size:
+            raise ConfigError(f"{cfg.init_from} has {model.config.vocab_size} token ids, not GPT-2's "
+                              f"{tokenizer.vocab_size}; sample from it with a checkpoint of ours instead.")
     runner(model, tokenizer, cfg, device, dtype)
 
 

@@ -5,6 +5,8 @@
     python train.py config/shakespeare_char.py --device=cuda --compile=True
     python train.py --out_dir=out --init_from=resume   # continue exactly where a run stopped
     torchrun --standalone --nproc_per_node=8 train.py config/NAME.py [--fsdp=True]   # data-parallel
+    python train.py config/finetune_shakespeare.py     # fine-tune OpenAI's GPT-2 on BPE Shakespeare
+    python train.py --out_dir=out --init_from=resume --eval_only   # val loss of a checkpoint
 
 A config file holds `name = value` lines; --key=value overrides it. An unknown key or a value of the
 wrong type is an error that lists the valid keys.
@@ -23,9 +25,10 @@ from data.tokenizer import TokenizerError, from_meta
 from data.tokens import TokenFileError
 from model import MODELS, CheckpointError, ConfigError, TrainConfig, load_checkpoint, save_checkpoint
 from model import distributed
-from model.config import MODEL_CONFIGS, build, from_dict, parse_args, to_dict
+from model.config import MODEL_CONFIGS, build, field_types, from_dict, parse_args, to_dict
 from model.mfu import device_peak, flops_per_token, mfu
 from model.muon import make_muon_adamw
+from model.pretrained import pretrained_config
 from model.system import autocast as autocast_for, enable_tf32, pick_device, pick_dtype
 
 
@@ -109,6 +112,13 @@ def load_config(argv: list[str]):
             raise ConfigError(f"{cfg.out_dir} was trained with optimizer={ckpt['train_config'].get('optimizer', 'adamw')}; "
                               "resume it with that optimizer, or start a new run in another out_dir.")
         model_cfg = from_dict(MODEL_CONFIGS[ckpt["model_type"]], ckpt["model_args"])
+    elif cfg.init_from != "scratch":  # pretrained GPT-2: its sizes, with this command line's dropout/block_size
+        fixed = sorted(set(values) & set(field_types(type(model_cfg))) - {"dropout", "block_size"})
+        if fixed or cfg.model_type != "gpt":
+            raise ConfigError(f"init_from={cfg.init_from} fixes the model (a GPT-2); remove "
+                              f"{fixed[0] if fixed else 'model_type'} (only dropout and block_size may be set).")
+        model_cfg = pretrained_config(cfg.init_from, model_cfg.dropout,
+                                      model_cfg.block_size if "block_size" in values else None)
     return cfg, model_cfg, ckpt
 
 
@@ -140,6 +150,9 @@ def main(argv: list[str]) -> None:
         read_meta(folder, prepare_if_missing=True)  # one rank prepares the dataset on first use
     distributed.barrier(ranks)
     tokenizer = from_meta(read_meta(folder)).with_specials(batch_maker.specials)
+    if cfg.init_from not in ("scratch", "resume") and tokenizer.vocab_size != model_cfg.vocab_size:
+        raise ConfigError(f"dataset {cfg.dataset} is tokenized with {tokenizer.kind} ({tokenizer.vocab_size} ids), not "
+                          f"GPT-2 BPE; fine-tune GPT-2 on a GPT-2 BPE dataset (python data/shakespeare/prepare.py).")
     if ckpt is None:
         model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
     elif tokenizer.vocab_size != model_cfg.vocab_size:
@@ -149,7 +162,12 @@ def main(argv: list[str]) -> None:
     tokens_per_iter = cfg.batch_size * model_cfg.block_size * cfg.gradient_accumulation_steps  # all ranks
 
     # ---------------------------------------------------------------- model and optimizer
-    model = MODELS[cfg.model_type](model_cfg).to(device)
+    if cfg.init_from in ("scratch", "resume"):
+        model = MODELS[cfg.model_type](model_cfg).to(device)
+    else:
+        model = MODELS[cfg.model_type].from_pretrained(cfg.init_from, model_cfg.dropout, model_cfg.block_size).to(device)
+        if master:
+            print(f"initialised from {cfg.init_from}")
     if master:
         print(f"{cfg.model_type}: {model.num_params() / 1e6:.2f}M parameters, device {device}, dtype {dtype}, "
               f"{tokens_per_iter:,} tokens per iteration, {ranks.world_size} process(es)"
@@ -198,8 +216,8 @@ def main(argv: list[str]) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups have their own peak rate
 
-        if (iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters) and not (
-                iter_num == start_iter and start_iter > 0):
+        if (iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only) and not (
+                iter_num == start_iter and start_iter > 0 and not cfg.eval_only):
             losses = estimate_loss(model, batches, cfg, autocast, ranks)  # every rank takes part
             elapsed = elapsed_before + time.perf_counter() - t_start
             extra = "".join(f", {k[4:]} {v:.4f}" for k, v in losses.items() if k.startswith("val_") and k != "val_loss")

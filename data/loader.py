@@ -1,5 +1,6 @@
 """Batches for training: random windows of memory-mapped token files."""
 
+import glob
 import hashlib
 import json
 import os
@@ -39,26 +40,54 @@ def read_meta(folder: str, prepare_if_missing: bool = False) -> dict:
         raise TokenFileError(f"{path} is unreadable; re-run the dataset's prepare script.")
 
 
+def split_files(folder: str, split: str) -> list[str]:
+    """A split's token files: `split.bin`, else its shards `split_*.bin` in order."""
+    single = os.path.join(folder, f"{split}.bin")
+    if os.path.exists(single):
+        return [single]
+    return sorted(glob.glob(os.path.join(folder, f"{split}_*.bin"))) or [single]  # [single]: load_tokens names it
+
+
+class Windows:
+    """Windows of T + 1 tokens drawn uniformly from one split's memory-mapped files (uint16 or uint32).
+
+    A window never crosses from one file into the next; a file shorter than T + 1 gives none.
+    """
+
+    def __init__(self, files: list[str], T: int):
+        self.files, self.T = files, T
+        self.parts = [load_tokens(path) for path in files]
+        counts = [max(0, len(part) - T) for part in self.parts]  # window starts per file
+        if sum(counts) == 0:
+            n = sum(len(p) for p in self.parts)
+            raise TokenFileError(f"{os.path.basename(files[0])} in {os.path.dirname(files[0])} has {n} tokens, "
+                                 f"fewer than block_size + 1 = {T + 1}; use a smaller block_size or more text.")
+        self.ends = np.cumsum(counts)
+
+    def sample(self, n: int, generator: torch.Generator) -> np.ndarray:
+        """(n, T + 1) int64 windows; with a single file the random draws equal `randint(len - T)`."""
+        starts = torch.randint(int(self.ends[-1]), (n,), generator=generator).numpy()
+        which = np.searchsorted(self.ends, starts, side="right")
+        offsets = starts - np.concatenate([[0], self.ends[:-1]])[which]
+        return np.stack([self.parts[f][i:i + self.T + 1] for f, i in zip(which, offsets)]).astype(np.int64)
+
+
 class LMBatches:
-    """Next-token prediction: x is a window of block_size tokens, y the same window shifted by one."""
+    """Next-token prediction: x is a window of block_size tokens, y the same window shifted by one.
+
+    A split is one file (`train.bin`) or several shards (`train_000000.bin`, ...), all memory-mapped.
+    """
 
     specials = ()
 
     def __init__(self, folder: str, model_config, batch_size: int, device: str = "cpu", tokenizer=None):
         block_size = model_config.block_size
-        self.data = {split: load_tokens(os.path.join(folder, f"{split}.bin")) for split in ("train", "val")}
-        for split, tokens in self.data.items():
-            if len(tokens) <= block_size:
-                raise TokenFileError(f"{split}.bin in {folder} has {len(tokens)} tokens, fewer than "
-                                     f"block_size + 1 = {block_size + 1}; use a smaller block_size or more text.")
+        self.data = {split: Windows(split_files(folder, split), block_size) for split in ("train", "val")}
         self.block_size, self.batch_size, self.device = block_size, batch_size, device
 
     def get(self, split: str, generator: torch.Generator) -> dict:
         """One batch {'idx': (B, T), 'targets': (B, T)} drawn with `generator`."""
-        data, T = self.data[split], self.block_size
-        starts = torch.randint(len(data) - T, (self.batch_size,), generator=generator).numpy()
-        windows = np.stack([data[i:i + T + 1] for i in starts]).astype(np.int64)
-        xy = torch.from_numpy(windows)
+        xy = torch.from_numpy(self.data[split].sample(self.batch_size, generator))
         if self.device.startswith("cuda"):
             xy = xy.pin_memory().to(self.device, non_blocking=True)
         else:

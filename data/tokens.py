@@ -5,6 +5,7 @@ Files are written to a temporary name and renamed into place, so a crash never l
 under the real name.
 """
 
+import json
 import os
 import struct
 
@@ -77,3 +78,27 @@ def load_tokens(path: str) -> np.ndarray:
     if count == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+def write_json(path: str, obj: dict) -> None:
+    """Write a JSON file atomically (a temporary file, then a rename)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_split_dataset(out_dir: str, ids, vocab_size: int, meta: dict, val_fraction: float = 0.1) -> dict:
+    """train.bin (the first 1 - val_fraction of ids), val.bin (the rest), then meta.json; return the meta."""
+    n_train = int(len(ids) * (1 - val_fraction))
+    os.makedirs(out_dir, exist_ok=True)
+    meta_path = os.path.join(out_dir, "meta.json")
+    if os.path.exists(meta_path):  # meta.json marks a complete dataset: drop it until the new one is whole
+        os.remove(meta_path)
+    write_tokens(os.path.join(out_dir, "train.bin"), ids[:n_train], vocab_size)
+    write_tokens(os.path.join(out_dir, "val.bin"), ids[n_train:], vocab_size)
+    meta = {**meta, "train_tokens": n_train, "val_tokens": len(ids) - n_train}
+    write_json(meta_path, meta)  # written last: its presence means "prepared"
+    return meta

@@ -6,6 +6,7 @@ A config file (``config/NAME.py``) is data, not code: every statement must be ``
 
 import ast
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass
 
@@ -149,7 +150,7 @@ class TrainConfig:
 
     # I/O
     out_dir: str = "out"
-    init_from: str = "scratch"  # 'scratch' or 'resume'
+    init_from: str = "scratch"  # 'scratch', 'resume', a GPT-2 name (gpt2, gpt2-medium, ...) or a Hugging Face folder
     overwrite: bool = False  # allow a fresh run to replace a checkpoint already in out_dir
     eval_interval: int = 250
     log_interval: int = 50
@@ -193,8 +194,7 @@ class TrainConfig:
     attn_stats_interval: int = 0  # every N iterations: per-head attention statistics (+ heatmaps to wandb); 0 = off
 
     def __post_init__(self):
-        if self.init_from not in ("scratch", "resume"):
-            raise ConfigError(f"init_from must be 'scratch' or 'resume', got {self.init_from!r}.")
+        check_init_from(self.init_from, ("scratch", "resume"))
         for name in ("batch_size", "gradient_accumulation_steps", "eval_interval", "log_interval", "eval_iters",
                      "max_nonfinite_steps"):
             if getattr(self, name) < 1:
@@ -219,6 +219,7 @@ class SampleConfig:
     """Options of sample.py."""
 
     out_dir: str = "out"  # folder holding ckpt.pt
+    init_from: str = "resume"  # 'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face folder
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
     num_samples: int = 2
     max_new_tokens: int = 500
@@ -247,6 +248,7 @@ class SampleConfig:
             raise ConfigError(f"decoding must be greedy, sample or beam, got {self.decoding!r}.")
         if self.beam_size < 1:
             raise ConfigError(f"beam_size must be a positive integer, got {self.beam_size}.")
+        check_init_from(self.init_from, ("resume",))
         if self.num_samples < 1 or self.max_new_tokens < 0:
             raise ConfigError("num_samples must be at least 1 and max_new_tokens not negative.")
         if self.temperature < 0:
@@ -259,6 +261,15 @@ class SampleConfig:
 
 MODEL_CONFIGS: dict[str, type] = {"gpt": GPTConfig, "bert": BERTConfig}
 MODEL_CONFIGS["seq2seq"] = Seq2SeqConfig
+
+
+def check_init_from(init_from: str, own: tuple[str, ...]) -> None:
+    """init_from must be one of `own`, a GPT-2 name or an existing folder (of Hugging Face weights)."""
+    from model.pretrained import HUB_MODELS  # late import: that module imports this one
+
+    if init_from not in own + HUB_MODELS and not os.path.isdir(init_from):
+        raise ConfigError(f"init_from must be {', '.join(own)}, one of {', '.join(HUB_MODELS)} or a folder with "
+                          f"Hugging Face GPT-2 weights, got {init_from!r}.")
 
 
 def field_types(cls) -> dict[str, type]:

@@ -38,6 +38,14 @@ class GPT(HookedModel, nn.Module):
             self.lm_head.zero_init = True
         init_weights(self, config.n_layer)
 
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str, dropout: float = 0.0, block_size: int | None = None) -> "GPT":
+        """OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local Hugging Face GPT-2 folder;
+        a block_size below GPT-2's 1024 keeps the first position embeddings."""
+        from model.pretrained import load_gpt2  # late import: only weight import needs it
+
+        return load_gpt2(cls, name_or_dir, dropout, block_size)
+
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; position embeddings excluded by default (as GPT-2's paper counts)."""
         n = sum(p.numel() for p in self.parameters())

@@ -25,10 +25,10 @@ def char_data(tmp_path_factory):
     return folder
 
 
-def run_script(*args, check=True):
-    """Run a repo script in a fresh interpreter; return the CompletedProcess."""
+def run_script(*args, check=True, env=None):
+    """Run a repo script in a fresh interpreter (with extra environment variables); return the CompletedProcess."""
     proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "WANDB_MODE": "disabled"})
+                          env={**os.environ, "WANDB_MODE": "disabled", **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

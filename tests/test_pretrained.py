@@ -1,0 +1,139 @@
+"""GPT-2 weight import against Hugging Face transformers (a small random GPT-2 saved locally; no download)."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import run_script
+from model import GPT, ConfigError, TrainConfig
+from model.pretrained import PretrainedError
+
+transformers = pytest.importorskip("transformers")  # in requirements-test.txt; never a runtime dependency
+
+
+def save_hf_gpt2(folder, vocab_size=97, n_positions=48, seed=0, **overrides):
+    """A randomly initialised Hugging Face GPT-2 (2 layers, 32 wide) saved in HF format; returns the model."""
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=32, n_layer=2, n_head=4,
+                                     initializer_range=0.3, bos_token_id=0, eos_token_id=0, **overrides)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # non-trivial norms and biases, so that a wrong mapping cannot hide
+        for name, p in hf.named_parameters():
+            if "ln" in name or name.endswith("bias"):
+                p.add_(0.2 * torch.randn_like(p))
+    hf.save_pretrained(folder)
+    return hf
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hf_gpt2")
+    return folder, save_hf_gpt2(folder)
+
+
+def test_logits_and_greedy_generation_match_huggingface(hf_dir):
+    folder, hf = hf_dir
+    model = GPT.from_pretrained(str(folder)).eval()
+    assert model.config.bias and model.config.activation == "gelu_tanh" and model.config.block_size == 48
+    idx = torch.randint(0, 97, (3, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = hf(idx).logits
+        assert torch.allclose(model(idx), expected, atol=1e-4, rtol=0)
+        with_targets = model(idx[:, :-1], targets=idx[:, 1:])[1]
+        assert with_targets.item() == pytest.approx(hf(idx, labels=idx).loss.item(), abs=1e-4)
+    prompt = idx[:1, :6]
+    theirs = hf.generate(prompt, max_new_tokens=30, do_sample=False, pad_token_id=0)
+    for use_cache in (True, False):
+        ours = model.generate(prompt, max_new_tokens=30, top_k=1, use_cache=use_cache)
+        assert ours.tolist() == theirs.tolist()
+    assert len(set(theirs[0, 6:].tolist())) >= 5  # a varied continuation, not one repeated token
+
+
+def test_pytorch_bin_and_cropped_block_size(hf_dir, tmp_path):
+    folder, hf = hf_dir
+    (tmp_path / "config.json").write_text((folder / "config.json").read_text())
+    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")  # the older format, with the lm_head copy
+    model = GPT.from_pretrained(str(tmp_path), block_size=16).eval()
+    assert model.config.block_size == 16 and model.wpe.weight.shape == (16, 32)
+    idx = torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(model(idx), hf(idx).logits, atol=1e-4, rtol=0)
+
+
+def test_bad_pretrained_inputs(hf_dir, tmp_path):
+    folder, _ = hf_dir
+    with pytest.raises(PretrainedError, match="neither a folder nor one of gpt2"):
+        GPT.from_pretrained("gpt5")
+    with pytest.raises(PretrainedError, match="config.json"):
+        GPT.from_pretrained(str(tmp_path))
+    (tmp_path / "config.json").write_text((folder / "config.json").read_text())
+    with pytest.raises(PretrainedError, match="holds no model.safetensors"):
+        GPT.from_pretrained(str(tmp_path))
+    data = (folder / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(PretrainedError, match="corrupt"):
+        GPT.from_pretrained(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(data)
+    config = json.loads((folder / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "n_layer": 3}))
+    with pytest.raises(PretrainedError, match="do not fit"):
+        GPT.from_pretrained(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({**config, "activation_function": "relu"}))
+    with pytest.raises(PretrainedError, match="relu"):
+        GPT.from_pretrained(str(tmp_path))
+    with pytest.raises(PretrainedError, match="block_size"):
+        GPT.from_pretrained(str(folder), block_size=49)
+
+
+@pytest.fixture(scope="module")
+def bpe_data(tmp_path_factory):
+    """Two plays of the built-in Shakespeare as GPT-2 BPE tokens."""
+    from data.corpus import shakespeare_text
+
+    folder = tmp_path_factory.mktemp("bpe")
+    (folder / "input.txt").write_text(shakespeare_text(max_plays=2), encoding="utf-8")
+    run_script("data/shakespeare/prepare.py", "--input", str(folder / "input.txt"), "--out_dir", str(folder))
+    return folder
+
+
+def test_finetune_eval_only_and_sample_from_a_gpt2_folder(bpe_data, tmp_path):
+    hf_folder = tmp_path / "gpt2-tiny"
+    save_hf_gpt2(hf_folder, vocab_size=50257, n_positions=64)
+    meta = json.loads((bpe_data / "meta.json").read_text())
+    assert meta["tokenizer"] == "gpt2" and meta["vocab_size"] == 50257
+
+    out = tmp_path / "out"
+    common = [f"--data_dir={bpe_data}", f"--out_dir={out}", "--batch_size=4", "--eval_iters=2", "--block_size=16"]
+    proc = run_script("train.py", f"--init_from={hf_folder}", "--max_iters=8", "--eval_interval=4",
+                      "--lr_decay_iters=8", "--warmup_iters=0", "--learning_rate=1e-2", "--log_interval=4", *common)
+    assert "initialised from" in proc.stdout
+    with open(out / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["iter"] for r in rows] == [0, 4, 8] and rows[-1]["val_loss"] < rows[0]["val_loss"] - 1.0
+
+    # --eval_only: the stored model's losses, nothing trained or written
+    before = (out / "ckpt.pt").read_bytes()
+    proc = run_script("train.py", f"--out_dir={out}", "--init_from=resume", "--eval_only=True")
+    line = [x for x in proc.stdout.splitlines() if "val loss" in x][-1]
+    assert float(line.rsplit(" ", 1)[-1]) == pytest.approx(rows[-1]["val_loss"], abs=1e-4)
+    assert (out / "ckpt.pt").read_bytes() == before
+    proc = run_script("train.py", f"--init_from={hf_folder}", "--eval_only=True", *common)
+    assert float(proc.stdout.strip().splitlines()[-1].rsplit(" ", 1)[-1]) == pytest.approx(rows[0]["val_loss"],
+                                                                                            abs=1e-4)
+
+    proc = run_script("sample.py", f"--init_from={hf_folder}", "--start=To be, or not", "--num_samples=1",
+                      "--max_new_tokens=20", "--seed=3")
+    assert proc.stdout.startswith("To be, or not") and len(proc.stdout) > len("To be, or not") + 20
+    proc = run_script("sample.py", f"--out_dir={out}", "--start=ROMEO:", "--num_samples=1", "--max_new_tokens=10")
+    assert proc.stdout.startswith("ROMEO:")
+
+    # one-line errors: a model key that GPT-2 fixes; an unknown name
+    proc = run_script("train.py", f"--init_from={hf_folder}", "--n_layer=2", f"--data_dir={bpe_data}",
+                      f"--out_dir={tmp_path / 'o2'}", check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ") and "n_layer" in lines[0]
+    assert not os.path.exists(tmp_path / "o2")
+    with pytest.raises(ConfigError, match="init_from must be"):
+        TrainConfig(init_from="gpt5")
