@@ -81,17 +81,17 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
     if recorder:
         first = max(0, len(prompt_ids) - block_size)  # tokens cropped from the prompt were never seen
         maps = {name: m[..., first:, first:] for name, m in recorder.maps(start_len=len(prompt_ids)).items()}
-        write_maps(maps, tokenizer, (prompt_ids + samples[0])[first:], cfg.attention_dir)
+        ids = (prompt_ids + samples[0])[first:]
+        tokens = [tokenizer.decode([i]) for i in ids[:next(iter(maps.values())).size(-1)]]  # the last has no row
+        write_maps(maps, tokens, cfg.attention_dir, f"attention: {tokenizer.decode(ids)[:60]}")
 
 
-def write_maps(maps: dict, tokenizer, ids: list[int], out_dir: str) -> None:
+def write_maps(maps: dict, tokens: list[str], out_dir: str, title: str, source_tokens: list[str] | None = None) -> None:
     """Write attention maps (PNG per layer, HTML viewer, npz) and print per-head statistics."""
     from model.viz import views_from_maps, write_attention  # numpy/matplotlib only when asked for
 
-    tokens = [tokenizer.decode([i]) for i in ids[:next(iter(maps.values())).size(-1)]]  # the last one has no row
     try:
-        title = f"attention: {tokenizer.decode(ids)[:60]}"
-        paths = write_attention(out_dir, views_from_maps(maps, tokens), title=title)
+        paths = write_attention(out_dir, views_from_maps(maps, tokens, source_tokens), title=title)
     except OSError as e:
         raise ConfigError(f"cannot write attention maps to {out_dir} ({e.strerror}); pick a writable --attention_dir.")
     print(stats_table(head_stats_all(maps)))
@@ -163,6 +163,13 @@ def sample_seq2seq(model, tokenizer, cfg: SampleConfig, device: str, dtype: str)
     for row in range(len(sources)):
         for out in outputs:
             print(tokenizer.decode(out[row]))
+    if cfg.attention_dir:  # the first source and its first output, teacher-forced: encoder, decoder, cross maps
+        target = [bos] + [int(i) for i in outputs[0][0]][:model.config.block_size - 1]
+        with torch.no_grad(), autocast(device, dtype):
+            _, maps = model.run_with_cache(src[:1, :len(ids[0])], torch.tensor([target], device=device),
+                                           names_filter="*.pattern", device="cpu")
+        write_maps(maps, [tokenizer.decode([i]) for i in target], cfg.attention_dir,
+                   f"attention: {sources[0][:60]}", source_tokens=[tokenizer.decode([i]) for i in ids[0]])
 
 
 RUNNERS = {"gpt": sample_gpt, "bert": fill_mask}  # model_type -> what sample.py does with it
