@@ -135,6 +135,12 @@ def fill_mask(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> N
         print(f"[MASK] {numbers[pos]} of {len(masks)}: {shown}")
         ids[pos] = top.indices[best, 0].item()
     print(tokenizer.decode(ids))
+    if cfg.attention_dir:  # the filled text's maps (its first window when it is longer than the context)
+        window = head + ids[:width] + tail
+        with autocast(device, dtype):
+            _, maps = model.run_with_cache(torch.tensor([window], device=device), names_filter="*.pattern", device="cpu")
+        write_maps(maps, [tokenizer.decode([i]) for i in window], cfg.attention_dir,
+                   f"attention: {tokenizer.decode(ids)[:60]}")
 
 
 def sample_seq2seq(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> None:

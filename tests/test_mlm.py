@@ -119,6 +119,11 @@ def test_train_then_fill_masks(char_data, tmp_path):
     masks, text = fill(out, "[MASK]" + "a" * 60 + "[MASK]", n_masks=2, candidates=1)
     assert len(text) == 62 and text[1:61] == "a" * 60
 
+    attn = tmp_path / "attn"
+    run_script("sample.py", f"--out_dir={out}", "--start=To be, or not to [MASK]", f"--attention_dir={attn}")
+    html = (attn / "attention.html").read_text(encoding="utf-8")
+    assert "self-attention" in html and "[CLS]" in html and (attn / "attention.npz").exists()
+
 
 def fill(out_dir, prompt, n_masks, candidates):
     """Run sample.py's fill-mask: (one line per mask, the filled text)."""
