@@ -62,6 +62,7 @@ class Muon(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, momentum = group["lr"], group["momentum"]
+            buckets: dict[tuple, list] = {}  # matrices of one shape are orthogonalised together, as a batch
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -71,10 +72,13 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.mul_(momentum).add_(p.grad)
                 direction = p.grad.add(buf, alpha=momentum) if group["nesterov"] else buf
-                update = orthogonalize(direction, group["ns_steps"])
-                if group["weight_decay"] > 0:
-                    p.mul_(1.0 - lr * group["weight_decay"])
-                p.add_(update, alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+                buckets.setdefault((p.shape, p.dtype, p.device), []).append((p, direction))
+            for pairs in buckets.values():
+                updates = orthogonalize(torch.stack([d for _, d in pairs]), group["ns_steps"])
+                for (p, _), update in zip(pairs, updates):
+                    if group["weight_decay"] > 0:
+                        p.mul_(1.0 - lr * group["weight_decay"])
+                    p.add_(update, alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
         return loss
 
 
