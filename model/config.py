@@ -115,7 +115,6 @@ class Seq2SeqConfig(TransformerConfig):
     n_encoder_layer: int = 0  # 0: n_layer
     source_block_size: int = 0  # longest source sequence; 0: block_size
     source_vocab_size: int = 0  # 0: one vocabulary (and embedding) for source and target
-    source_end_positions: bool = False  # also embed each source token's distance to the source's last token
 
     def __post_init__(self):
         super().__post_init__()

@@ -31,8 +31,6 @@ class Encoder(nn.Module):
         self.config = config
         self.wte = nn.Embedding(config.source_vocab, config.n_embd)
         self.wpe = nn.Embedding(config.source_len, config.n_embd)
-        # distance to the last real token (n-1-j): lets outputs be placed relative to the source's end
-        self.wpe_end = nn.Embedding(config.source_len, config.n_embd) if config.source_end_positions else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.encoder_layers))
         self.ln_f = make_norm(config)
@@ -43,12 +41,7 @@ class Encoder(nn.Module):
         if S > self.config.source_len:
             raise ValueError(f"source of {S} tokens exceeds source_block_size {self.config.source_len}; "
                              "shorten it or train with a larger source_block_size.")
-        positions = torch.arange(S, device=src.device)
-        x = self.wte(src) + self.wpe(positions)
-        if self.wpe_end is not None:
-            lengths = src_mask.sum(1, keepdim=True) if src_mask is not None else torch.full_like(src[:, :1], S)
-            x = x + self.wpe_end((lengths - 1 - positions).clamp(min=0))  # (B, S): padding gets 0, unseen
-        x = self.drop(x)
+        x = self.drop(self.wte(src) + self.wpe(torch.arange(S, device=src.device)))
         mask = make_mask(S, S, causal=False, key_padding_mask=src_mask)  # (B, 1, 1, S) or None
         for block in self.blocks:
             x = block(x, mask=mask)
@@ -109,8 +102,7 @@ class Seq2Seq(HookedModel, nn.Module):
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; position embeddings excluded by default."""
         n = sum(p.numel() for p in self.parameters())
-        positions = [self.encoder.wpe, self.decoder.wpe] + ([self.encoder.wpe_end] if self.encoder.wpe_end is not None else [])
-        return n - sum(e.weight.numel() for e in positions) if non_embedding else n
+        return n - self.encoder.wpe.weight.numel() - self.decoder.wpe.weight.numel() if non_embedding else n
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor, targets: torch.Tensor | None = None,
                 src_mask: torch.Tensor | None = None, tgt_mask: torch.Tensor | None = None):

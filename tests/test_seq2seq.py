@@ -67,27 +67,6 @@ def test_source_padding_changes_nothing_and_target_is_causal():
                           atol=1e-5)
 
 
-def test_source_end_positions_embed_the_distance_to_the_last_real_token():
-    assert scrambled().encoder.wpe_end is None  # off by default: the plain model is unchanged
-    model = scrambled(source_end_positions=True)
-    with torch.no_grad():
-        model.encoder.wpe_end.weight.mul_(4.0)  # let the distance dominate the outputs
-    src, src_mask = padded(ROWS)
-    tgt = torch.randint(0, 12, (4, 5))
-    batch_logits = model(src, tgt, src_mask=src_mask)
-    for b, row in enumerate(ROWS):  # padding does not move the end: each row alone gives the same
-        assert torch.allclose(batch_logits[b], model(torch.tensor([row]), tgt[b:b + 1])[0], atol=1e-4)
-    encoder, row = model.encoder, torch.tensor([[1, 2, 3]])
-    seen = []
-    encoder.wpe_end.register_forward_hook(lambda m, args, out: seen.append(args[0]))
-    encoder(row)
-    encoder(src, src_mask)
-    assert seen[0].tolist() == [[2, 1, 0]]
-    assert seen[1][0].tolist() == [6, 5, 4, 3, 2, 1, 0] and seen[1][1, :2].tolist() == [1, 0]
-    assert model.num_params() == scrambled().num_params()  # position tables are not counted
-    assert model.num_params(False) == scrambled().num_params(False) + encoder.wpe_end.weight.numel()
-
-
 def test_cached_decoding_equals_uncached_and_reads_the_encoder_once():
     model = scrambled(n_head=3, n_embd=24)  # an odd head count
     src, src_mask = padded(ROWS)
