@@ -140,7 +140,7 @@ def test_reversal_is_learnt_and_cross_attention_shows_the_alignment():
     model = Seq2Seq(Seq2SeqConfig(n_layer=2, n_head=2, n_embd=32, block_size=10, vocab_size=V, dropout=0.0))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(250):
+    for _ in range(400):  # 250 steps was on the edge: 1 vs 2 threads decided whether it passed
         _, batch = reversal_batch(gen, 32)
         _, loss = model(**batch)
         opt.zero_grad()
