@@ -2,6 +2,7 @@
 
     python benchmarks/attention_variants.py                       # all 8 variants, 300 iterations each
     python benchmarks/attention_variants.py --max_iters=2000 --variants=scaled_dot/softmax,additive/hard
+    python benchmarks/attention_variants.py --max_iters=0 --seq2seq_iters=450   # the reversal task only
 
 Each variant trains a char-level GPT on the built-in Shakespeare corpus with train.py in a fresh
 process (nanoGPT's CPU settings, config/shakespeare_char_cpu.py, cut to --max_iters), so the peak
@@ -88,7 +89,7 @@ def seq2seq_available() -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(ALL_VARIANTS), help="comma-separated score/weighting")
-    parser.add_argument("--max_iters", type=int, default=300, help="training iterations per variant (GPT); 0 skips the training runs")
+    parser.add_argument("--max_iters", type=int, default=300, help="training iterations per variant (GPT); 0 skips the GPT runs")
     parser.add_argument("--config", default="config/shakespeare_char_cpu.py")
     parser.add_argument("--seq2seq_iters", type=int, default=0,
                         help="iterations of the reversal task (0: the config's own max_iters)")
@@ -111,14 +112,16 @@ def main() -> None:
     load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory(prefix="variants-bench-") as tmp:
-        for v in variants if args.max_iters > 0 else []:
+        for v in variants if args.max_iters > 0 or with_seq2seq else []:
             score, weighting = v.split("/")
-            gpt = run_train([args.config, f"--attn_score={score}", f"--attn_weighting={weighting}",
-                             f"--max_iters={args.max_iters}", f"--lr_decay_iters={args.max_iters}",
-                             f"--eval_interval={args.max_iters}", "--log_interval=10", *args.extra],
-                            os.path.join(tmp, v.replace("/", "-")), args.threads)
-            row = {"variant": v, "val_loss": gpt["val_loss"], "tokens_per_s": gpt["median_tokens_per_s"],
-                   "peak_rss_mib": gpt["peak_rss_mib"], "exact_match": None}
+            row = {"variant": v, "val_loss": None, "tokens_per_s": None, "peak_rss_mib": None, "exact_match": None}
+            if args.max_iters > 0:
+                gpt = run_train([args.config, f"--attn_score={score}", f"--attn_weighting={weighting}",
+                                 f"--max_iters={args.max_iters}", f"--lr_decay_iters={args.max_iters}",
+                                 f"--eval_interval={args.max_iters}", "--log_interval=10", *args.extra],
+                                os.path.join(tmp, v.replace("/", "-")), args.threads)
+                row.update(val_loss=gpt["val_loss"], tokens_per_s=gpt["median_tokens_per_s"],
+                           peak_rss_mib=gpt["peak_rss_mib"])
             if with_seq2seq:
                 s2s_args = ["config/seq2seq_reverse.py", f"--attn_score={score}", f"--attn_weighting={weighting}",
                             f"--cross_attn_score={score}", f"--cross_attn_weighting={weighting}"]
@@ -126,7 +129,8 @@ def main() -> None:
                     s2s_args += [f"--max_iters={args.seq2seq_iters}", f"--lr_decay_iters={args.seq2seq_iters}",
                                  f"--eval_interval={args.seq2seq_iters}"]
                 s2s = run_train(s2s_args, os.path.join(tmp, "s2s-" + v.replace("/", "-")), args.threads)
-                row["exact_match"] = s2s.get("val_exact_match")
+                row.update(exact_match=s2s.get("val_exact_match"), s2s_val_loss=s2s["val_loss"],
+                           s2s_tokens_per_s=s2s["median_tokens_per_s"], s2s_wall_s=s2s["elapsed_s"])
             rows.append(row)
             print(json.dumps(row), flush=True)
     load_after = os.getloadavg()
@@ -148,17 +152,26 @@ def main() -> None:
 
 
 def print_table(rows: list[dict], args, load_before, load_after) -> None:
-    """The training runs' table (markdown)."""
-    base = rows[0]["tokens_per_s"]
-    print(f"\n{args.max_iters} iterations of {args.config} {' '.join(args.extra)} per variant; "
-          f"{args.threads} thread(s); load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
-          f"({os.cpu_count()} CPUs)\n")
-    print("| variant (score/weighting) | val loss | tokens/s | speed vs first | peak RSS (MiB) | reversal exact match |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        em = "not run" if r["exact_match"] is None else f"{100 * r['exact_match']:.1f}%"
-        print(f"| {r['variant']} | {r['val_loss']:.4f} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / base:.2f} "
-              f"| {r['peak_rss_mib']:,.0f} | {em} |")
+    """The training runs' tables (markdown): the char-level GPT, then the reversal task."""
+    print(f"\n{args.threads} thread(s); load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
+          f"({os.cpu_count()} CPUs)")
+    if rows[0]["val_loss"] is not None:
+        base = rows[0]["tokens_per_s"]
+        print(f"\n{args.max_iters} iterations of {args.config} {' '.join(args.extra)} per variant\n")
+        print("| variant (score/weighting) | val loss | tokens/s | speed vs first | peak RSS (MiB) |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['variant']} | {r['val_loss']:.4f} | {r['tokens_per_s']:,.0f} | "
+                  f"{r['tokens_per_s'] / base:.2f} | {r['peak_rss_mib']:,.0f} |")
+    if rows[0]["exact_match"] is not None:
+        iters = args.seq2seq_iters or "the config's"
+        print(f"\nReversal task: config/seq2seq_reverse.py, {iters} iterations, the variant in the encoder's and "
+              "decoder's self-attention and in the cross-attention; exact match (greedy) on 1,000 held-out lines\n")
+        print("| variant (score/weighting) | exact match | val loss | tokens/s | wall s |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['variant']} | {100 * r['exact_match']:.1f}% | {r['s2s_val_loss']:.4f} | "
+                  f"{r['s2s_tokens_per_s']:,.0f} | {r['s2s_wall_s']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,12 @@
     python data/shakespeare_char/prepare.py --input input.txt --out_dir /tmp/tsc
     python benchmarks/modern_recipe.py --data_dir=/tmp/tsc                 # both runs at once, then the table
     python benchmarks/modern_recipe.py --table /tmp/bench/classic /tmp/bench/modern   # table of finished runs
+    # other settings: extra --key=value go to both runs; --target=classic times the modern run to the
+    # classic run's final val loss (the built-in BPE corpus, 300 iterations):
+    python benchmarks/modern_recipe.py --dataset=shakespeare --max_iters=300 --lr_decay_iters=300 --target=classic
+    # the default char size (6 layers, 384 wide, context 256), a short run at a CPU-sized batch:
+    python benchmarks/modern_recipe.py --classic=config/shakespeare_char.py --modern=config/shakespeare_char_modern.py \
+        --device=cpu --batch_size=8 --max_iters=200 --lr_decay_iters=200 --eval_iters=10 --target=classic
 
 Both runs train at the same time (one thread each), so on a shared machine they see the same load
 and their wall-clock times compare as a ratio. Extra --key=value arguments go to both runs.
@@ -57,30 +63,43 @@ def table(runs: dict[str, str], target: float, iters: list[int]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", help="prepared char-level tiny shakespeare")
+    parser.add_argument("--data_dir", default="", help="a prepared dataset folder (default: the configs' built-in one)")
     parser.add_argument("--out", default="bench-modern", help="folder for the runs' out_dirs")
     parser.add_argument("--eval_interval", type=int, default=50, help="finer than the configs' 250, for time to target")
-    parser.add_argument("--target", type=float, default=1.886, help="val loss nanoGPT's CPU config reaches at iteration 2000")
+    parser.add_argument("--target", default="1.886",
+                        help="val loss to time (default: what nanoGPT's CPU config reaches at iteration 2000), "
+                             "or 'classic': the classic run's final val loss")
+    parser.add_argument("--classic", default=RECIPES["classic"], help="the classic recipe's config file")
+    parser.add_argument("--modern", default=RECIPES["modern"], help="the modern recipe's config file")
     parser.add_argument("--table", nargs="+", metavar="OUT_DIR", help="only print the table of finished runs")
     args, extra = parser.parse_known_args()
     if args.table:
         runs = {os.path.basename(os.path.normpath(d)): d for d in args.table}
     else:
-        if not args.data_dir:
-            sys.exit("error: pass --data_dir=<folder made by data/shakespeare_char/prepare.py>, or --table OUT_DIR ...")
         runs = {name: os.path.join(args.out, name) for name in RECIPES}
         env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
         procs = []
-        for name, config in RECIPES.items():
-            cmd = [sys.executable, "train.py", config, f"--data_dir={args.data_dir}", f"--out_dir={runs[name]}",
+        for name, config in {"classic": args.classic, "modern": args.modern}.items():
+            data = [f"--data_dir={args.data_dir}"] if args.data_dir else []
+            cmd = [sys.executable, "train.py", config, *data, f"--out_dir={runs[name]}",
                    f"--eval_interval={args.eval_interval}", "--always_save_checkpoint=False", "--overwrite=True", *extra]
             print(" ".join(cmd[1:]))
             log = open(os.path.join(args.out, f"{name}.log"), "w") if os.makedirs(args.out, exist_ok=True) is None else None
             procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env))
         if any(p.wait() != 0 for p in procs):
             sys.exit(f"error: a run failed; see the logs in {args.out}.")
-    iters = sorted({250, 500, 1000, 1500, 2000} & {r["iter"] for d in runs.values() for r in read_metrics(d)})
-    print(table(runs, args.target, iters))
+    common = sorted(set.intersection(*({r["iter"] for r in read_metrics(d)} for d in runs.values())) - {0})
+    # val loss at 1/8, 1/4, 1/2, 3/4 and all of the run (250, 500, 1000, 1500, 2000 for 2000 iterations)
+    iters = sorted({min(common, key=lambda i: abs(i - f * common[-1])) for f in (1 / 8, 1 / 4, 1 / 2, 3 / 4, 1)}
+                   if common else set())
+    if args.target == "classic":
+        target = read_metrics(runs["classic"] if "classic" in runs else next(iter(runs.values())))[-1]["val_loss"]
+    else:
+        try:
+            target = float(args.target)
+        except ValueError:
+            sys.exit(f"error: --target must be a number or 'classic', got {args.target!r}.")
+    print(table(runs, round(target, 4), iters))
 
 
 if __name__ == "__main__":
