@@ -32,3 +32,13 @@ def test_overrides_are_typed_and_checked(tmp_path):
         build(parse_args(["--compile=maybe"]), TrainConfig, GPTConfig)
     with pytest.raises(ConfigError, match="init_from"):
         build(parse_args(["--init_from=gpt7"]), TrainConfig, GPTConfig)
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("--learning_rate=-1", "learning_rate must be > 0"), ("--learning_rate=0", "learning_rate must be > 0"),
+    ("--min_lr=-1e-4", "min_lr >= 0"), ("--beta2=1.0", "beta2 must be in"), ("--weight_decay=-0.1", "weight_decay"),
+    ("--grad_clip=-1", "grad_clip >= 0"), ("--batch_size=0", "batch_size must be a positive"),
+    ("--max_iters=-5", "must not be negative")])
+def test_out_of_range_optimizer_values_are_config_errors(arg, message):
+    with pytest.raises(ConfigError, match=message):
+        build(parse_args([arg]), TrainConfig, GPTConfig)
