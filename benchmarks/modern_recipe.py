@@ -47,7 +47,7 @@ def table(runs: dict[str, str], target: float, iters: list[int]) -> str:
     reach = {name: first_reaching(r, target) for name, r in rows.items()}
     times = sorted({r["elapsed_s"] for r in reach.values() if r is not None})
     times = times or [min(r[-1]["elapsed_s"] for r in rows.values())]
-    head = (["recipe", "iterations", "wall s", f"iter to {target}", f"s to {target}"]
+    head = (["recipe", "iterations", "wall s", f"iter to {target:.4g}", f"s to {target:.4g}"]
             + [f"val @ it {i}" for i in iters] + [f"val @ {t:.0f} s" for t in times])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
@@ -99,7 +99,7 @@ def main() -> None:
             target = float(args.target)
         except ValueError:
             sys.exit(f"error: --target must be a number or 'classic', got {args.target!r}.")
-    print(table(runs, round(target, 4), iters))
+    print(table(runs, target, iters))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
+import glob
+import os
+
 import pytest
 
 from model.config import ConfigError, GPTConfig, TrainConfig, build, parse_args, read_config_file
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_config_file_is_data_not_code(tmp_path):
@@ -42,3 +47,12 @@ def test_overrides_are_typed_and_checked(tmp_path):
 def test_out_of_range_optimizer_values_are_config_errors(arg, message):
     with pytest.raises(ConfigError, match=message):
         build(parse_args([arg]), TrainConfig, GPTConfig)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "config", "*.py"))), ids=os.path.basename)
+def test_every_shipped_config_builds(path):
+    from model.config import MODEL_CONFIGS
+
+    values = parse_args([path])
+    cfg, model_cfg = build(values, TrainConfig, MODEL_CONFIGS[str(values.get("model_type", "gpt"))])
+    assert cfg.max_iters > 0 and model_cfg.n_embd % model_cfg.n_head == 0
