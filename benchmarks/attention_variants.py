@@ -1,8 +1,8 @@
 """Compare the attention variants: the same training budget for each, one table.
 
-    python benchmarks/attention_variants.py                       # all 8 variants, 300 iterations each
+    python benchmarks/attention_variants.py                       # all 8 variants, 300 iterations each (both tasks)
     python benchmarks/attention_variants.py --max_iters=2000 --variants=scaled_dot/softmax,additive/hard
-    python benchmarks/attention_variants.py --max_iters=0 --seq2seq_iters=450   # the reversal task only
+    python benchmarks/attention_variants.py --max_iters=0        # the reversal task only
 
 Each variant trains a char-level GPT on the built-in Shakespeare corpus with train.py in a fresh
 process (nanoGPT's CPU settings, config/shakespeare_char_cpu.py, cut to --max_iters), so the peak
@@ -91,8 +91,8 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(ALL_VARIANTS), help="comma-separated score/weighting")
     parser.add_argument("--max_iters", type=int, default=300, help="training iterations per variant (GPT); 0 skips the GPT runs")
     parser.add_argument("--config", default="config/shakespeare_char_cpu.py")
-    parser.add_argument("--seq2seq_iters", type=int, default=0,
-                        help="iterations of the reversal task (0: the config's own max_iters)")
+    parser.add_argument("--seq2seq_iters", type=int, default=300,
+                        help="iterations of the reversal task (0: the config's own 900; docs/attention_variants.md used 300)")
     parser.add_argument("--no_seq2seq", action="store_true", help="skip the reversal task")
     parser.add_argument("--speed_rounds", type=int, default=10,
                         help="rounds of the interleaved step timing (0 skips it)")
