@@ -73,6 +73,11 @@ def main() -> None:
     parser.add_argument("--modern", default=RECIPES["modern"], help="the modern recipe's config file")
     parser.add_argument("--table", nargs="+", metavar="OUT_DIR", help="only print the table of finished runs")
     args, extra = parser.parse_known_args()
+    if args.target != "classic":  # checked before the runs, not after them
+        try:
+            float(args.target)
+        except ValueError:
+            sys.exit(f"error: --target must be a number or 'classic', got {args.target!r}.")
     if args.table:
         runs = {os.path.basename(os.path.normpath(d)): d for d in args.table}
     else:
@@ -92,13 +97,10 @@ def main() -> None:
     # val loss at 1/8, 1/4, 1/2, 3/4 and all of the run (250, 500, 1000, 1500, 2000 for 2000 iterations)
     iters = sorted({min(common, key=lambda i: abs(i - f * common[-1])) for f in (1 / 8, 1 / 4, 1 / 2, 3 / 4, 1)}
                    if common else set())
-    if args.target == "classic":
-        target = read_metrics(runs["classic"] if "classic" in runs else next(iter(runs.values())))[-1]["val_loss"]
+    if args.target == "classic":  # the run named classic, or the first one given to --table
+        target = read_metrics(runs.get("classic", next(iter(runs.values()))))[-1]["val_loss"]
     else:
-        try:
-            target = float(args.target)
-        except ValueError:
-            sys.exit(f"error: --target must be a number or 'classic', got {args.target!r}.")
+        target = float(args.target)
     print(table(runs, target, iters))
 
 

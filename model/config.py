@@ -201,10 +201,12 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}.")
         if self.max_iters < 0 or self.warmup_iters < 0:
             raise ConfigError("max_iters and warmup_iters must not be negative.")
-        if not (self.learning_rate > 0 and self.min_lr >= 0):
-            raise ConfigError(f"learning_rate must be > 0 and min_lr >= 0, got {self.learning_rate} and {self.min_lr}.")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.weight_decay >= 0 and self.grad_clip >= 0):
-            raise ConfigError("beta1 and beta2 must be in [0, 1), weight_decay and grad_clip >= 0 (0 = no clipping).")
+        for name, ok, rule in (("learning_rate", self.learning_rate > 0, "> 0"), ("min_lr", self.min_lr >= 0, ">= 0"),
+                               ("beta1", 0 <= self.beta1 < 1, "in [0, 1)"), ("beta2", 0 <= self.beta2 < 1, "in [0, 1)"),
+                               ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                               ("grad_clip", self.grad_clip >= 0, ">= 0 (0 = no clipping)")):
+            if not ok:
+                raise ConfigError(f"{name} must be {rule}, got {getattr(self, name)}.")
         if self.attn_stats_interval < 0:
             raise ConfigError(f"attn_stats_interval must be 0 (off) or positive, got {self.attn_stats_interval}.")
         if self.optimizer not in ("adamw", "muon"):

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from model.config import ConfigError, GPTConfig, TrainConfig, build, parse_args, read_config_file
+from model.config import MODEL_CONFIGS, ConfigError, GPTConfig, TrainConfig, build, parse_args, read_config_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,8 +41,9 @@ def test_overrides_are_typed_and_checked(tmp_path):
 
 @pytest.mark.parametrize("arg, message", [
     ("--learning_rate=-1", "learning_rate must be > 0"), ("--learning_rate=0", "learning_rate must be > 0"),
-    ("--min_lr=-1e-4", "min_lr >= 0"), ("--beta2=1.0", "beta2 must be in"), ("--weight_decay=-0.1", "weight_decay"),
-    ("--grad_clip=-1", "grad_clip >= 0"), ("--batch_size=0", "batch_size must be a positive"),
+    ("--min_lr=-1e-4", "min_lr must be >= 0"), ("--beta1=-0.1", "beta1 must be in"), ("--beta2=1.0", "beta2 must be in"),
+    ("--weight_decay=-0.1", "weight_decay must be >= 0"), ("--grad_clip=-1", "grad_clip must be >= 0"),
+    ("--batch_size=0", "batch_size must be a positive"),
     ("--max_iters=-5", "must not be negative")])
 def test_out_of_range_optimizer_values_are_config_errors(arg, message):
     with pytest.raises(ConfigError, match=message):
@@ -51,8 +52,6 @@ def test_out_of_range_optimizer_values_are_config_errors(arg, message):
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "config", "*.py"))), ids=os.path.basename)
 def test_every_shipped_config_builds(path):
-    from model.config import MODEL_CONFIGS
-
     values = parse_args([path])
     cfg, model_cfg = build(values, TrainConfig, MODEL_CONFIGS[str(values.get("model_type", "gpt"))])
     assert cfg.max_iters > 0 and model_cfg.n_embd % model_cfg.n_head == 0
