@@ -257,7 +257,7 @@ class SampleConfig:
         check_init_from(self.init_from, ("resume",))
         if self.num_samples < 1 or self.max_new_tokens < 0:
             raise ConfigError("num_samples must be at least 1 and max_new_tokens not negative.")
-        if self.temperature < 0:
+        if not self.temperature >= 0:  # also rejects nan
             raise ConfigError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}.")
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"top_k must be a positive integer or None, got {self.top_k}.")

@@ -58,6 +58,18 @@ def test_sampling_controls():
     assert draws == {1}  # the top token alone has more than half of the mass
 
 
+
+def test_extreme_temperatures_sample_valid_tokens():
+    logits = torch.tensor([[0.0, 30.0, 1.0, 2.0], [5.0, 0.0, 0.0, 0.0]])
+    gen = torch.Generator().manual_seed(0)
+    for temperature in (1e-40, 1e-8):  # logits / temperature would overflow float32 to inf - inf = nan
+        assert sample_next(logits, temperature, generator=gen).flatten().tolist() == [1, 0]
+    assert set(sample_next(logits.repeat(100, 1), 1e30, generator=gen).flatten().tolist()) == {0, 1, 2, 3}
+    from model.config import ConfigError, SampleConfig
+
+    with pytest.raises(ConfigError, match="temperature"):
+        SampleConfig(temperature=float("nan"))
+
 def test_two_layer_model_overfits_one_batch():
     torch.manual_seed(0)
     model = tiny().train()
