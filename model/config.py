@@ -326,12 +326,14 @@ def read_config_file(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             source = f.read()
-    except OSError:
-        raise ConfigError(f"config file {path} cannot be read; pass an existing file such as config/shakespeare_char.py.")
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError(f"config file {path} cannot be read; pass an existing UTF-8 file such as "
+                          "config/shakespeare_char.py.")
     try:
         tree = ast.parse(source, filename=path)
-    except SyntaxError as e:
-        raise ConfigError(f"{path} line {e.lineno}: syntax error; a config file holds only `name = value` lines.")
+    except (SyntaxError, ValueError) as e:  # a NUL byte: SyntaxError without a line, or ValueError
+        line = f" line {e.lineno}" if getattr(e, "lineno", None) else ""
+        raise ConfigError(f"{path}{line}: syntax error; a config file holds only `name = value` lines.")
     values = {}
     for node in tree.body:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
@@ -340,7 +342,7 @@ def read_config_file(path: str) -> dict:
             raise ConfigError(f"{path} line {node.lineno}: only `name = value` assignments are allowed in a config file.")
         try:
             values[node.targets[0].id] = ast.literal_eval(node.value)
-        except ValueError:
+        except (ValueError, TypeError):  # TypeError: an unhashable key, e.g. {[1]: 2}
             raise ConfigError(f"{path} line {node.lineno}: the value must be a literal (number, string, True/False, None).")
     return values
 

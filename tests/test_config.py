@@ -22,6 +22,16 @@ def test_config_file_is_data_not_code(tmp_path):
         read_config_file(str(sneaky))
 
 
+
+@pytest.mark.parametrize("content, message", [(b"\xff\xfen_layer = 3\n", "cannot be read"),
+                                              (b"n_layer = {[1]: 2}\n", "line 1: the value must be a literal"),
+                                              (b"n_layer = 3\x00\n", "syntax error")])
+def test_hostile_config_files_are_config_errors(tmp_path, content, message):
+    path = tmp_path / "c.py"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        read_config_file(str(path))
+
 def test_overrides_are_typed_and_checked(tmp_path):
     f = tmp_path / "c.py"
     f.write_text("n_layer = 3\nbatch_size = 4\n")
