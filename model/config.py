@@ -354,7 +354,7 @@ def parse_args(argv: list[str]) -> dict:
         if arg.startswith("--"):
             key, sep, value = arg[2:].partition("=")
             if not sep:
-                value = "True"  # `--compile` alone means --compile=True
+                value = True  # `--compile` alone means --compile=True; a non-boolean key then fails its type check
             values[key] = value
         elif arg.endswith(".py") or "/" in arg:
             values.update(read_config_file(arg))

@@ -38,6 +38,9 @@ def test_overrides_are_typed_and_checked(tmp_path):
     cfg, model_cfg = build(parse_args([str(f), "--n_layer=5", "--compile", "--learning_rate=3e-4",
                                        "--wandb_run_name=abc"]), TrainConfig, GPTConfig)
     assert model_cfg.n_layer == 5 and cfg.batch_size == 4 and cfg.compile is True
+    for key in ("--out_dir", "--n_layer", "--learning_rate"):  # a value forgotten, not a string "True"
+        with pytest.raises(ConfigError, match=key[2:] + " expects"):
+            build(parse_args([key]), TrainConfig, GPTConfig)
     assert cfg.learning_rate == 3e-4 and cfg.wandb_run_name == "abc"
     with pytest.raises(ConfigError, match="valid keys are: .*n_layer"):
         build(parse_args(["--n_layers=5"]), TrainConfig, GPTConfig)
