@@ -25,7 +25,7 @@ from data.tokenizer import TokenizerError, from_meta
 from data.tokens import TokenFileError
 from model import MODELS, CheckpointError, ConfigError, TrainConfig, load_checkpoint, save_checkpoint
 from model import distributed
-from model.config import MODEL_CONFIGS, build, field_types, from_dict, parse_args, to_dict
+from model.config import MODEL_CONFIGS, build, coerce, field_types, from_dict, parse_args, to_dict
 from model.mfu import device_peak, flops_per_token, mfu
 from model.muon import make_muon_adamw
 from model.pretrained import pretrained_config
@@ -111,7 +111,15 @@ def load_config(argv: list[str]):
         if cfg.optimizer != ckpt["train_config"].get("optimizer", "adamw"):
             raise ConfigError(f"{cfg.out_dir} was trained with optimizer={ckpt['train_config'].get('optimizer', 'adamw')}; "
                               "resume it with that optimizer, or start a new run in another out_dir.")
+        if cfg.model_type != ckpt["model_type"]:
+            raise ConfigError(f"{cfg.out_dir} holds a {ckpt['model_type']} model; resume it with that model_type, "
+                              "or start a new run in another out_dir.")
         model_cfg = from_dict(MODEL_CONFIGS[ckpt["model_type"]], ckpt["model_args"])
+        types = field_types(type(model_cfg))
+        for key in sorted(set(values) & set(types)):  # the model is the checkpoint's: a different size is a mistake
+            if coerce(key, values[key], types[key]) != getattr(model_cfg, key):
+                raise ConfigError(f"{cfg.out_dir} holds a model with {key}={getattr(model_cfg, key)!r}; a resumed run "
+                                  f"keeps its model: drop --{key}, or start a new run in another out_dir.")
     elif cfg.init_from != "scratch":  # pretrained GPT-2: its sizes, with this command line's dropout/block_size
         fixed = sorted(set(values) & set(field_types(type(model_cfg))) - {"dropout", "block_size"})
         if fixed or cfg.model_type != "gpt":
@@ -155,9 +163,10 @@ def main(argv: list[str]) -> None:
                           f"GPT-2 BPE; fine-tune GPT-2 on a GPT-2 BPE dataset (python data/shakespeare/prepare.py).")
     if ckpt is None:
         model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
-    elif tokenizer.vocab_size != model_cfg.vocab_size:
+    elif tokenizer.vocab_size != model_cfg.vocab_size or tokenizer.meta() != ckpt.get("tokenizer", tokenizer.meta()):
+        theirs = tokenizer.vocab_size if tokenizer.vocab_size != model_cfg.vocab_size else "as many, other tokens"
         raise ConfigError(f"the checkpoint's vocabulary ({model_cfg.vocab_size}) differs from dataset "
-                          f"{cfg.dataset} ({tokenizer.vocab_size}); resume on the dataset it was trained on.")
+                          f"{cfg.dataset} ({theirs}); resume on the dataset it was trained on.")
     batches = batch_maker(folder, model_cfg, cfg.batch_size, device, tokenizer)
     tokens_per_iter = cfg.batch_size * model_cfg.block_size * cfg.gradient_accumulation_steps  # all ranks
 
@@ -198,8 +207,11 @@ def main(argv: list[str]) -> None:
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     start_iter = iter_num
     if master and not cfg.eval_only:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        keep_metrics(metrics_path, iter_num if start_iter > 0 else -1)
+        try:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            keep_metrics(metrics_path, iter_num if start_iter > 0 else -1)
+        except OSError as e:
+            raise ConfigError(f"cannot write to out_dir {cfg.out_dir!r} ({e.strerror}); pick a writable --out_dir.")
     if cfg.wandb_log and master:
         import wandb
 
@@ -309,12 +321,12 @@ def keep_metrics(path: str, upto_iter: int) -> None:
     """Start metrics.jsonl afresh (upto_iter < 0) or keep only its lines up to a resumed iteration."""
     lines = []
     if upto_iter >= 0 and os.path.exists(path):
-        with open(path) as f:
+        with open(path, errors="replace") as f:
             for line in f:
                 try:
                     if json.loads(line).get("iter", 0) <= upto_iter:
-                        lines.append(line)
-                except (json.JSONDecodeError, AttributeError):
+                        lines.append(line.rstrip("\n") + "\n")  # the next record starts a line of its own
+                except (json.JSONDecodeError, AttributeError, TypeError):
                     pass  # a line cut by a crash
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

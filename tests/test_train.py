@@ -102,6 +102,41 @@ def test_user_errors_are_one_line_and_harmless(char_data, tmp_path):
         (char_data / "val.bin.keep").rename(char_data / "val.bin")
 
 
+
+def test_resume_refuses_another_model_or_vocabulary_and_out_dir_must_be_writable(char_data, tmp_path):
+    from data.shakespeare_char.prepare import prepare
+    from model import ConfigError
+    from train import main
+
+    out = tmp_path / "out"
+    run_script("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=10", "--eval_interval=10", *SMALL)
+    ckpt_bytes = (out / "ckpt.pt").read_bytes()
+    resume = [f"--out_dir={out}", "--init_from=resume", "--max_iters=20"]
+    with pytest.raises(ConfigError, match="n_layer=2"):  # was silently ignored
+        main([*resume, "--n_layer=3"])
+    with pytest.raises(ConfigError, match="model_type"):
+        main([*resume, "--model_type=bert"])
+    text = (char_data / "input.txt").read_text(encoding="utf-8")
+    (tmp_path / "other.txt").write_text(text.replace("a", "\u00a7"), encoding="utf-8")  # as many characters
+    prepare(str(tmp_path / "other"), str(tmp_path / "other.txt"))
+    with pytest.raises(ConfigError, match="other tokens"):
+        main([*resume, f"--data_dir={tmp_path / 'other'}"])
+    assert (out / "ckpt.pt").read_bytes() == ckpt_bytes
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="writable --out_dir"):
+        main([f"--data_dir={char_data}", f"--out_dir={tmp_path / 'file'}", "--max_iters=0", *SMALL])
+
+
+def test_resume_repairs_metrics_cut_by_a_crash(tmp_path):
+    from train import keep_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"iter": 0}\n\xff\xfe garbage\n{"iter": "x"}\n{"iter": 10}\n{"iter": 20}')  # no final newline
+    keep_metrics(str(path), 20)
+    with open(path, "a") as f:
+        f.write('{"iter": 30}\n')  # what the resumed run appends
+    assert [json.loads(line)["iter"] for line in path.read_text().splitlines()] == [0, 10, 20, 30]
+
 def test_truncated_token_file_is_detected(tmp_path):
     from data.tokens import TokenFileError, load_tokens, write_tokens
 
