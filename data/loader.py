@@ -35,9 +35,12 @@ def read_meta(folder: str, prepare_if_missing: bool = False) -> dict:
         raise TokenFileError(f"no prepared dataset in {folder} (meta.json is missing); run {hint} first.")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
+            meta = json.load(f)
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+        meta = None
+    if not isinstance(meta, dict):
         raise TokenFileError(f"{path} is unreadable; re-run the dataset's prepare script.")
+    return meta
 
 
 def split_files(folder: str, split: str) -> list[str]:

@@ -148,6 +148,8 @@ def from_meta(meta: dict) -> Tokenizer:
     """Rebuild the tokenizer described by a meta dict (from meta.json or a checkpoint)."""
     kind = meta.get("tokenizer")
     if kind == "char":
+        if not isinstance(meta.get("chars"), str):
+            raise TokenizerError("the meta of a char tokenizer has no list of characters; re-run the dataset's prepare.py.")
         return CharTokenizer(meta["chars"], tuple(meta.get("specials", ())))
     if kind == "gpt2":
         return GPT2Tokenizer(tuple(meta.get("specials", ())))

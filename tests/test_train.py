@@ -156,6 +156,17 @@ def test_truncated_token_file_is_detected(tmp_path):
         write_tokens(str(tmp_path / "bad.bin"), [5], vocab_size=5)
 
 
+
+@pytest.mark.parametrize("content", [b"[]", b"null", b"\xff{}", b'{"tokenizer": "char"}', b'{"tokenizer": "char", "chars": 5}'])
+def test_damaged_meta_json_is_a_clear_error(tmp_path, content):
+    from data.loader import read_meta
+    from data.tokenizer import TokenizerError, from_meta
+    from data.tokens import TokenFileError
+
+    (tmp_path / "meta.json").write_bytes(content)
+    with pytest.raises((TokenFileError, TokenizerError), match="prepare"):
+        from_meta(read_meta(str(tmp_path)))
+
 def test_wandb_offline_logging(char_data, tmp_path):
     import subprocess
     import sys
