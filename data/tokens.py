@@ -93,12 +93,15 @@ def write_json(path: str, obj: dict) -> None:
 def write_split_dataset(out_dir: str, ids, vocab_size: int, meta: dict, val_fraction: float = 0.1) -> dict:
     """train.bin (the first 1 - val_fraction of ids), val.bin (the rest), then meta.json; return the meta."""
     n_train = int(len(ids) * (1 - val_fraction))
-    os.makedirs(out_dir, exist_ok=True)
     meta_path = os.path.join(out_dir, "meta.json")
-    if os.path.exists(meta_path):  # meta.json marks a complete dataset: drop it until the new one is whole
-        os.remove(meta_path)
-    write_tokens(os.path.join(out_dir, "train.bin"), ids[:n_train], vocab_size)
-    write_tokens(os.path.join(out_dir, "val.bin"), ids[n_train:], vocab_size)
-    meta = {**meta, "train_tokens": n_train, "val_tokens": len(ids) - n_train}
-    write_json(meta_path, meta)  # written last: its presence means "prepared"
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        if os.path.exists(meta_path):  # meta.json marks a complete dataset: drop it until the new one is whole
+            os.remove(meta_path)
+        write_tokens(os.path.join(out_dir, "train.bin"), ids[:n_train], vocab_size)
+        write_tokens(os.path.join(out_dir, "val.bin"), ids[n_train:], vocab_size)
+        meta = {**meta, "train_tokens": n_train, "val_tokens": len(ids) - n_train}
+        write_json(meta_path, meta)  # written last: its presence means "prepared"
+    except OSError as e:
+        raise TokenFileError(f"cannot write the dataset to {out_dir} ({e.strerror}); pick a writable --out_dir.")
     return meta

@@ -138,7 +138,7 @@ def test_resume_repairs_metrics_cut_by_a_crash(tmp_path):
     assert [json.loads(line)["iter"] for line in path.read_text().splitlines()] == [0, 10, 20, 30]
 
 def test_truncated_token_file_is_detected(tmp_path):
-    from data.tokens import TokenFileError, load_tokens, write_tokens
+    from data.tokens import TokenFileError, load_tokens, write_split_dataset, write_tokens
 
     path = str(tmp_path / "t.bin")
     write_tokens(path, list(range(100)), vocab_size=100)
@@ -154,6 +154,8 @@ def test_truncated_token_file_is_detected(tmp_path):
     assert load_tokens(str(tmp_path / "big.bin")).dtype.name == "uint32"
     with pytest.raises(TokenFileError, match="must lie in"):
         write_tokens(str(tmp_path / "bad.bin"), [5], vocab_size=5)
+    with pytest.raises(TokenFileError, match="writable --out_dir"):  # out_dir is a file
+        write_split_dataset(str(tmp_path / "t.bin"), list(range(100)), 100, {})
 
 
 
