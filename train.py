@@ -106,7 +106,8 @@ def load_config(argv: list[str]):
     if cfg.init_from == "resume":
         ckpt = load_checkpoint(cfg.out_dir)
         # the stored run's settings, then whatever this command line sets explicitly (e.g. a longer max_iters)
-        saved = {**ckpt["train_config"], **{k: v for k, v in values.items() if k in ckpt["train_config"]}}
+        train_keys = field_types(TrainConfig)  # a key stored by an older headscope, or new since, is no error
+        saved = {k: v for k, v in {**ckpt["train_config"], **values}.items() if k in train_keys}
         cfg = build(saved, TrainConfig)[0]
         if cfg.optimizer != ckpt["train_config"].get("optimizer", "adamw"):
             raise ConfigError(f"{cfg.out_dir} was trained with optimizer={ckpt['train_config'].get('optimizer', 'adamw')}; "

@@ -106,7 +106,7 @@ def test_user_errors_are_one_line_and_harmless(char_data, tmp_path):
 def test_resume_refuses_another_model_or_vocabulary_and_out_dir_must_be_writable(char_data, tmp_path):
     from data.shakespeare_char.prepare import prepare
     from model import ConfigError
-    from train import main
+    from train import load_config, main
 
     out = tmp_path / "out"
     run_script("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=10", "--eval_interval=10", *SMALL)
@@ -122,6 +122,14 @@ def test_resume_refuses_another_model_or_vocabulary_and_out_dir_must_be_writable
     with pytest.raises(ConfigError, match="other tokens"):
         main([*resume, f"--data_dir={tmp_path / 'other'}"])
     assert (out / "ckpt.pt").read_bytes() == ckpt_bytes
+    old = torch.load(out / "ckpt.pt", weights_only=True)  # as an older headscope wrote it
+    del old["train_config"]["max_nonfinite_steps"]
+    old["train_config"]["retired_key"] = 1
+    torch.save(old, tmp_path / "old.pt")
+    (tmp_path / "old").mkdir()
+    os.replace(tmp_path / "old.pt", tmp_path / "old" / "ckpt.pt")
+    cfg, _, _ = load_config([f"--out_dir={tmp_path / 'old'}", "--init_from=resume", "--max_nonfinite_steps=3"])
+    assert cfg.max_nonfinite_steps == 3 and cfg.max_iters == 10
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="writable --out_dir"):
         main([f"--data_dir={char_data}", f"--out_dir={tmp_path / 'file'}", "--max_iters=0", *SMALL])
