@@ -117,6 +117,8 @@ def load_config(argv: list[str]):
                               "or start a new run in another out_dir.")
         model_cfg = from_dict(MODEL_CONFIGS[ckpt["model_type"]], ckpt["model_args"])
         types = field_types(type(model_cfg))
+        if "dropout" in values:  # a training setting, not part of the weights (nanoGPT also takes it on resume)
+            model_cfg = dataclasses.replace(model_cfg, dropout=coerce("dropout", values["dropout"], types["dropout"]))
         for key in sorted(set(values) & set(types)):  # the model is the checkpoint's: a different size is a mistake
             if coerce(key, values[key], types[key]) != getattr(model_cfg, key):
                 raise ConfigError(f"{cfg.out_dir} holds a model with {key}={getattr(model_cfg, key)!r}; a resumed run "

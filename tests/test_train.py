@@ -116,6 +116,7 @@ def test_resume_refuses_another_model_or_vocabulary_and_out_dir_must_be_writable
         main([*resume, "--n_layer=3"])
     with pytest.raises(ConfigError, match="model_type"):
         main([*resume, "--model_type=bert"])
+    assert load_config([*resume, "--dropout=0.3"])[1].dropout == 0.3  # dropout may change, as in nanoGPT
     text = (char_data / "input.txt").read_text(encoding="utf-8")
     (tmp_path / "other.txt").write_text(text.replace("a", "\u00a7"), encoding="utf-8")  # as many characters
     prepare(str(tmp_path / "other"), str(tmp_path / "other.txt"))
