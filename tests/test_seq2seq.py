@@ -109,6 +109,20 @@ def test_beam_size_one_is_greedy_and_wider_beams_score_no_worse():
     assert all(d >= -1e-4 for d in better) and any(d > 1e-3 for d in better)
 
 
+def test_a_beam_wider_than_the_vocabulary_never_goes_on_after_eos():
+    torch.manual_seed(0)
+    model = Seq2Seq(Seq2SeqConfig(n_layer=2, n_head=3, n_embd=18, block_size=6, vocab_size=4)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 1.0)
+    src = torch.randint(0, 4, (2, 1))
+    greedy = model.generate(src, 2, 3, max_new_tokens=4)
+    for beam_size in (3, 4, 50):  # 4 or more: the first step has fewer than beam_size candidates that go on
+        outputs = model.beam_search(src, 2, 3, beam_size=beam_size, max_new_tokens=4)
+        assert all(3 not in out for out in outputs), (beam_size, outputs)  # nothing after (or of) EOS
+        assert outputs == greedy  # this model's best outputs: EOS right after one token
+
+
 def test_sampling_is_seeded_and_respects_top_k():
     model = scrambled()
     src, src_mask = padded(ROWS)
