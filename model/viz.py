@@ -112,7 +112,8 @@ def heatmap_figure(maps: np.ndarray, query_tokens: list[str], key_tokens: list[s
             step = math.ceil(len(tokens) / max_labels)
             ticks = list(range(0, len(tokens), step))
             set_ticks(ticks)
-            set_labels([display_token(tokens[i]) for i in ticks], fontsize=font, rotation=90 if axis else 0)
+            set_labels([display_token(tokens[i]) for i in ticks], fontsize=font, rotation=90 if axis else 0,
+                       parse_math=False)  # a token such as "$$" is text, not a formula
         ax.set_xlabel("key", fontsize=8)
         ax.set_ylabel("query", fontsize=8)
     fig.suptitle(title)

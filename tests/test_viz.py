@@ -112,6 +112,19 @@ def test_write_attention_files(tmp_path):
     assert list(saved["view0.query_tokens"]) == ["a", " ", "\n", "<b>", "d"]
 
 
+def test_heatmap_labels_with_dollar_signs_are_plain_text(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from model.viz import heatmap_figure
+
+    tokens = ["$$", "$\\frac$", "$x$", " $"]  # BPE tokens: matplotlib would parse them as (broken) formulas
+    fig = heatmap_figure(fake_maps(4, 4)[0].numpy(), tokens, tokens, "title")
+    fig.savefig(tmp_path / "labels.png")  # drawing parses the labels
+    labels = [label.get_text() for label in fig.axes[0].get_xticklabels()]
+    assert labels == [display_token(t) for t in tokens]
+
+
 def test_viewer_loads_in_chromium_and_escapes_tokens(tmp_path):
     source = ["src", *HOSTILE]
     T, S = len(HOSTILE), len(source)
