@@ -218,7 +218,8 @@ def test_parse_heads_errors():
     model = tiny()
     assert parse_heads("1.2, 0.0", model) == [("blocks.1.attn", 2), ("blocks.0.attn", 0)]
     assert parse_heads("blocks.1.attn.1", model) == [("blocks.1.attn", 1)]
-    for bad, message in [("3.0", "no layer 3"), ("0.3", "heads 0..2"), ("zero", "LAYER.HEAD"), ("", "no heads")]:
+    for bad, message in [("3.0", "no layer 3"), ("0.3", "heads 0..2"), ("zero", "LAYER.HEAD"), ("", "no heads"),
+                         ("0.\u00b2", "LAYER.HEAD"), ("\u00b2.0", "LAYER.HEAD")]:  # a superscript 2 is no number
         with pytest.raises(ConfigError, match=message):
             parse_heads(bad, model)
 
