@@ -110,9 +110,10 @@ def replace_pattern(head: Head, pattern: torch.Tensor) -> list:
 
     def hook(weights: torch.Tensor, hook_name: str) -> torch.Tensor:
         B, nh, T, S = weights.shape
-        if pattern.shape[-2:] != (T, S) or pattern.dim() not in (2, 3):
-            raise ValueError(f"{hook_name} head {idx} has a ({T}, {S}) pattern here; the replacement is "
-                             f"{tuple(pattern.shape)}; give (T, S) or (B, T, S).")
+        rows = len(pattern) if pattern.dim() == 3 else 1
+        if pattern.shape[-2:] != (T, S) or pattern.dim() not in (2, 3) or rows not in (1, B):
+            raise ValueError(f"{hook_name} head {idx} has a ({T}, {S}) pattern here for {B} batch rows; the "
+                             f"replacement is {tuple(pattern.shape)}; give (T, S) or ({B}, T, S).")
         weights = weights.clone()
         weights[:, idx] = pattern.to(weights)
         return weights

@@ -212,6 +212,8 @@ def test_replace_pattern_sets_the_weights_used_for_z():
     assert torch.allclose(cache["blocks.1.attn.z"][:, 2], cache["blocks.1.attn.v"][:, 2, :1].expand(2, 6, 8))
     with pytest.raises(ValueError, match="replacement"):
         model.run_with_cache(torch.randint(0, 19, (1, 4)), fwd_hooks=replace_pattern((1, 2), first_token))
+    with pytest.raises(ValueError, match="replacement"):  # one pattern per batch row: 3 rows for a batch of 2
+        model.run_with_cache(idx, fwd_hooks=replace_pattern((1, 2), first_token.expand(3, 6, 6)))
 
 
 def test_parse_heads_errors():
