@@ -37,7 +37,7 @@ def read_pairs(path: str) -> list[tuple[str, str]]:
     """Pairs from a TSV file (`source<TAB>target` a line) or JSONL (`{"source": ..., "target": ...}`)."""
     try:
         with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            lines = f.read().split("\n")  # not splitlines(): text may hold U+2028, form feeds, ...
     except OSError:
         raise PairsError(f"cannot read {path}; pass an existing TSV or JSONL file of source/target pairs.")
     except UnicodeDecodeError:
@@ -204,11 +204,12 @@ class PairBatches:
                 else:
                     dropped += 1
             if not pairs:
-                raise TokenFileError(f"no {split} pair fits source_block_size {self.max_source} and block_size "
-                                     f"{self.max_target + 1}; raise them to cover the pairs in {folder}.")
+                raise TokenFileError(f"no {split} pair has a non-empty source that fits source_block_size "
+                                     f"{self.max_source} and a target that fits block_size {self.max_target + 1}; "
+                                     f"raise them to cover the pairs in {folder}.")
             if dropped:
-                print(f"{split}: skipped {dropped} of {dropped + len(pairs)} pairs longer than source_block_size "
-                      f"{self.max_source} or block_size - 1 = {self.max_target}", file=sys.stderr)
+                print(f"{split}: skipped {dropped} of {dropped + len(pairs)} pairs with an empty source or longer "
+                      f"than source_block_size {self.max_source} or block_size - 1 = {self.max_target}", file=sys.stderr)
             self.pairs[split] = pairs
             self.groups[split] = self.length_groups(pairs, batch_size * self.group_batches)
 

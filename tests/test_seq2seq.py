@@ -189,12 +189,23 @@ def test_reversal_is_learnt_and_cross_attention_shows_the_alignment():
 def test_pairs_files_tasks_and_batches(tmp_path):
     from data.pairs import PairBatches, PairsError, denoise_pairs, read_pairs, reverse_pairs, split_pairs, \
         write_pairs_dataset
+    from data.loader import read_meta
     from data.tokenizer import from_meta
+    from data.tokens import TokenFileError
 
     (tmp_path / "p.tsv").write_text("abc\tcba\n\nhello there\tthere hello\n", encoding="utf-8")
     (tmp_path / "p.jsonl").write_text(json.dumps({"source": "x y", "target": "y x"}) + "\n", encoding="utf-8")
     assert read_pairs(str(tmp_path / "p.tsv")) == [("abc", "cba"), ("hello there", "there hello")]
     assert read_pairs(str(tmp_path / "p.jsonl")) == [("x y", "y x")]
+    odd = [("a\u2028b", "page\x0cbreak"), ("next\x85line", "c")]  # characters str.splitlines() breaks at
+    (tmp_path / "odd.tsv").write_bytes("".join(f"{s}\t{t}\r\n" for s, t in odd).encode("utf-8"))  # CRLF too
+    assert read_pairs(str(tmp_path / "odd.tsv")) == odd
+    write_pairs_dataset(str(tmp_path / "odd"), odd, odd, {})  # and the JSONL the dataset is written as
+    assert read_pairs(str(tmp_path / "odd" / "train.jsonl")) == odd
+    write_pairs_dataset(str(tmp_path / "empty"), odd, [("", "x")], {})
+    with pytest.raises(TokenFileError, match="non-empty source"):  # not "raise block_size": that would not help
+        PairBatches(str(tmp_path / "empty"), Seq2SeqConfig(vocab_size=40), 2,
+                    tokenizer=from_meta(read_meta(str(tmp_path / "empty"))).with_specials(PairBatches.specials))
     (tmp_path / "bad.tsv").write_text("a\tb\tc\n", encoding="utf-8")
     with pytest.raises(PairsError, match="line 1"):
         read_pairs(str(tmp_path / "bad.tsv"))
