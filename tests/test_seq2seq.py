@@ -48,6 +48,13 @@ def test_shapes_loss_and_vocabularies():
         separate(torch.zeros(1, 10, dtype=torch.long), tgt[:1])
 
 
+def test_rotary_positions_cover_a_source_longer_than_the_target():
+    model = scrambled(pos_emb="rope", block_size=6, source_block_size=12)
+    src = torch.randint(0, 12, (2, 12))
+    assert model(src, torch.randint(0, 12, (2, 6))).shape == (2, 6, V)
+    assert model.generate(src, BOS, EOS) == model.generate(src, BOS, EOS, use_cache=False)
+
+
 def test_source_padding_changes_nothing_and_target_is_causal():
     model = scrambled()
     src, src_mask = padded(ROWS)
