@@ -138,7 +138,8 @@ def viewer_html(views: list[AttentionView], title: str = "attention") -> str:
     payload = json.dumps(data, ensure_ascii=True)
     # inside <script>, "</script>" or "<!--" in a token would end or confuse the element: escape the brackets
     payload = payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return VIEWER.replace("__TITLE__", html.escape(title)).replace("__DATA__", payload)
+    fields = {"__TITLE__": html.escape(title), "__DATA__": payload}  # one pass: a title may say "__DATA__"
+    return re.sub("__TITLE__|__DATA__", lambda m: fields[m.group()], VIEWER)
 
 
 VIEWER = """<!DOCTYPE html>

@@ -125,6 +125,14 @@ def test_heatmap_labels_with_dollar_signs_are_plain_text(tmp_path):
     assert labels == [display_token(t) for t in tokens]
 
 
+def test_viewer_placeholders_in_the_title_and_tokens_stay_text():
+    page = viewer_html(views_from_maps({"blocks.0.attn.pattern": fake_maps(2, 2)}, ["__TITLE__", "__DATA__"]),
+                       title="__DATA__ <&>")
+    assert "<title>__DATA__ &lt;&amp;&gt;</title>" in page  # not the maps pasted into the title
+    data = re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S).group(1)
+    assert json.loads(data)[0]["queries"] == ["__TITLE__", "__DATA__"]
+
+
 def test_viewer_loads_in_chromium_and_escapes_tokens(tmp_path):
     source = ["src", *HOSTILE]
     T, S = len(HOSTILE), len(source)
