@@ -278,6 +278,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--n_val", type=int, default=500, help="pairs held out when --val is not given")
     parser.add_argument("--out_dir", required=True, help="where to write train.jsonl, val.jsonl, meta.json")
     args = parser.parse_args(argv)
+    if args.n_val < 1 and not args.val:
+        raise PairsError(f"--n_val must be at least 1 (pairs held out for validation), got {args.n_val}.")
     pairs = read_pairs(args.input)
     if args.val:
         train, val = pairs, read_pairs(args.val)

@@ -213,6 +213,11 @@ def test_pairs_files_tasks_and_batches(tmp_path):
     with pytest.raises(TokenFileError, match="non-empty source"):  # not "raise block_size": that would not help
         PairBatches(str(tmp_path / "empty"), Seq2SeqConfig(vocab_size=40), 2,
                     tokenizer=from_meta(read_meta(str(tmp_path / "empty"))).with_specials(PairBatches.specials))
+    from data.pairs import main as prepare_pairs
+
+    for n_val in ("0", "-3"):  # no validation pairs, or a negative count slicing the list from the end
+        with pytest.raises(PairsError, match="n_val"):
+            prepare_pairs(["--input", str(tmp_path / "p.tsv"), "--out_dir", str(tmp_path / "nv"), "--n_val", n_val])
     (tmp_path / "bad.tsv").write_text("a\tb\tc\n", encoding="utf-8")
     with pytest.raises(PairsError, match="line 1"):
         read_pairs(str(tmp_path / "bad.tsv"))
