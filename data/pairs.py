@@ -42,7 +42,8 @@ def read_pairs(path: str) -> list[tuple[str, str]]:
         raise PairsError(f"cannot read {path}; pass an existing TSV or JSONL file of source/target pairs.")
     except UnicodeDecodeError:
         raise PairsError(f"{path} is not UTF-8 text; convert it to UTF-8 first.")
-    jsonl = path.endswith((".jsonl", ".json")) or (lines and lines[0].lstrip().startswith("{"))
+    first = next((line for line in lines if line.strip()), "")
+    jsonl = path.endswith((".jsonl", ".json")) or not path.endswith(".tsv") and first.lstrip().startswith("{")
     pairs = []
     for n, line in enumerate(lines, 1):
         if not line.strip():

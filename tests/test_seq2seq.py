@@ -218,6 +218,10 @@ def test_pairs_files_tasks_and_batches(tmp_path):
     for n_val in ("0", "-3"):  # no validation pairs, or a negative count slicing the list from the end
         with pytest.raises(PairsError, match="n_val"):
             prepare_pairs(["--input", str(tmp_path / "p.tsv"), "--out_dir", str(tmp_path / "nv"), "--n_val", n_val])
+    (tmp_path / "brace.tsv").write_text("{x}\t}x{\n", encoding="utf-8")  # a .tsv is TSV whatever it starts with
+    assert read_pairs(str(tmp_path / "brace.tsv")) == [("{x}", "}x{")]
+    (tmp_path / "p.txt").write_text("\n" + json.dumps({"source": "a", "target": "b"}) + "\n", encoding="utf-8")
+    assert read_pairs(str(tmp_path / "p.txt")) == [("a", "b")]  # JSONL recognised after a blank line
     (tmp_path / "bad.tsv").write_text("a\tb\tc\n", encoding="utf-8")
     with pytest.raises(PairsError, match="line 1"):
         read_pairs(str(tmp_path / "bad.tsv"))
