@@ -210,7 +210,8 @@ class PairBatches:
                                      f"raise them to cover the pairs in {folder}.")
             if dropped:
                 print(f"{split}: skipped {dropped} of {dropped + len(pairs)} pairs with an empty source or longer "
-                      f"than source_block_size {self.max_source} or block_size - 1 = {self.max_target}", file=sys.stderr)
+                      f"than source_block_size {self.max_source} or block_size - 1 = {self.max_target}",
+                      file=sys.stderr)
             self.pairs[split] = pairs
             self.groups[split] = self.length_groups(pairs, batch_size * self.group_batches)
 
