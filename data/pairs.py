@@ -21,6 +21,7 @@ import torch
 
 from data.tokenizer import CharTokenizer
 from data.tokens import TokenFileError
+from model.config import ConfigError
 
 SPLITS = ("train", "val")
 
@@ -190,6 +191,9 @@ class PairBatches:
     def __init__(self, folder: str, model_config, batch_size: int, device: str = "cpu", tokenizer=None):
         self.batch_size, self.device, self.tokenizer = batch_size, device, tokenizer
         self.pad, self.bos, self.eos = (tokenizer.special_ids[s] for s in self.specials)
+        if model_config.source_vocab < tokenizer.vocab_size:  # the source is written with the same tokenizer
+            raise ConfigError(f"source_vocab_size {model_config.source_vocab} is smaller than the dataset's vocabulary "
+                              f"({tokenizer.vocab_size} ids); leave it at 0 (one vocabulary) or raise it.")
         self.max_source, self.max_target = model_config.source_len, model_config.block_size - 1  # BOS/EOS
         self.pairs, self.groups = {}, {}
         for split in SPLITS:

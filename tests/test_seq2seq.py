@@ -199,6 +199,7 @@ def test_pairs_files_tasks_and_batches(tmp_path):
     from data.loader import read_meta
     from data.tokenizer import from_meta
     from data.tokens import TokenFileError
+    from model.config import ConfigError
 
     (tmp_path / "p.tsv").write_text("abc\tcba\n\nhello there\tthere hello\n", encoding="utf-8")
     (tmp_path / "p.jsonl").write_text(json.dumps({"source": "x y", "target": "y x"}) + "\n", encoding="utf-8")
@@ -236,6 +237,9 @@ def test_pairs_files_tasks_and_batches(tmp_path):
     tok = from_meta(meta).with_specials(PairBatches.specials)
     batches = PairBatches(str(tmp_path / "ds"), Seq2SeqConfig(block_size=24, vocab_size=tok.vocab_size), 8,
                           tokenizer=tok)
+    with pytest.raises(ConfigError, match="source_vocab_size"):  # source ids would index past its embedding
+        PairBatches(str(tmp_path / "ds"), Seq2SeqConfig(vocab_size=tok.vocab_size, source_vocab_size=5), 8,
+                    tokenizer=tok)
     batch = batches.get("train", torch.Generator().manual_seed(0))
     lengths = batch["src_mask"].sum(1)
     assert lengths.max() - lengths.min() <= 1  # grouped by length: little padding
