@@ -198,6 +198,9 @@ def main(argv: list[str]) -> None:
         if model.config.vocab_size != tokenizer.vocab_size:
             raise ConfigError(f"{cfg.init_from} has {model.config.vocab_size} token ids, not GPT-2's "
                               f"{tokenizer.vocab_size}; sample from it with a checkpoint of ours instead.")
+    if cfg.ablate and runner is not sample_gpt:
+        raise ConfigError("--ablate knocks heads out while a GPT generates; for this model use "
+                          "model.hooks(ablate_heads(...)) from model/interventions.py in Python.")
     runner(model, tokenizer, cfg, device, dtype)
 
 

@@ -21,6 +21,7 @@ import torch
 
 from data.tokenizer import CharTokenizer
 from data.tokens import TokenFileError
+from model.config import ConfigError
 
 SPLITS = ("train", "val")
 
@@ -37,12 +38,13 @@ def read_pairs(path: str) -> list[tuple[str, str]]:
     """Pairs from a TSV file (`source<TAB>target` a line) or JSONL (`{"source": ..., "target": ...}`)."""
     try:
         with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            lines = f.read().split("\n")  # not splitlines(): text may hold U+2028, form feeds, ...
     except OSError:
         raise PairsError(f"cannot read {path}; pass an existing TSV or JSONL file of source/target pairs.")
     except UnicodeDecodeError:
         raise PairsError(f"{path} is not UTF-8 text; convert it to UTF-8 first.")
-    jsonl = path.endswith((".jsonl", ".json")) or (lines and lines[0].lstrip().startswith("{"))
+    first = next((line for line in lines if line.strip()), "")
+    jsonl = path.endswith((".jsonl", ".json")) or not path.endswith(".tsv") and first.lstrip().startswith("{")
     pairs = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -189,6 +191,9 @@ class PairBatches:
     def __init__(self, folder: str, model_config, batch_size: int, device: str = "cpu", tokenizer=None):
         self.batch_size, self.device, self.tokenizer = batch_size, device, tokenizer
         self.pad, self.bos, self.eos = (tokenizer.special_ids[s] for s in self.specials)
+        if model_config.source_vocab < tokenizer.vocab_size:  # the source is written with the same tokenizer
+            raise ConfigError(f"source_vocab_size {model_config.source_vocab} is smaller than the dataset's vocabulary "
+                              f"({tokenizer.vocab_size} ids); leave it at 0 (one vocabulary) or raise it.")
         self.max_source, self.max_target = model_config.source_len, model_config.block_size - 1  # BOS/EOS
         self.pairs, self.groups = {}, {}
         for split in SPLITS:
@@ -204,11 +209,13 @@ class PairBatches:
                 else:
                     dropped += 1
             if not pairs:
-                raise TokenFileError(f"no {split} pair fits source_block_size {self.max_source} and block_size "
-                                     f"{self.max_target + 1}; raise them to cover the pairs in {folder}.")
+                raise TokenFileError(f"no {split} pair has a non-empty source that fits source_block_size "
+                                     f"{self.max_source} and a target that fits block_size {self.max_target + 1}; "
+                                     f"raise them to cover the pairs in {folder}.")
             if dropped:
-                print(f"{split}: skipped {dropped} of {dropped + len(pairs)} pairs longer than source_block_size "
-                      f"{self.max_source} or block_size - 1 = {self.max_target}", file=sys.stderr)
+                print(f"{split}: skipped {dropped} of {dropped + len(pairs)} pairs with an empty source or longer "
+                      f"than source_block_size {self.max_source} or block_size - 1 = {self.max_target}",
+                      file=sys.stderr)
             self.pairs[split] = pairs
             self.groups[split] = self.length_groups(pairs, batch_size * self.group_batches)
 
@@ -277,6 +284,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--n_val", type=int, default=500, help="pairs held out when --val is not given")
     parser.add_argument("--out_dir", required=True, help="where to write train.jsonl, val.jsonl, meta.json")
     args = parser.parse_args(argv)
+    if args.n_val < 1 and not args.val:
+        raise PairsError(f"--n_val must be at least 1 (pairs held out for validation), got {args.n_val}.")
     pairs = read_pairs(args.input)
     if args.val:
         train, val = pairs, read_pairs(args.val)

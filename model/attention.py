@@ -311,7 +311,8 @@ class Attention(nn.Module):
         # rotary positions in self-attention only: a decoder position and an encoder position are in
         # different sequences, so cross-attention has no relative distance to encode
         rope = config.pos_emb == "rope" and not cross
-        self.rotary = Rotary(self.head_dim, config.block_size, config.rope_base) if rope else None
+        max_len = max(config.block_size, getattr(config, "source_len", 0))  # an encoder reads source_len tokens
+        self.rotary = Rotary(self.head_dim, max_len, config.rope_base) if rope else None
         self.dropout = config.dropout
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)

@@ -191,10 +191,13 @@ def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tupl
 def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
                     optim_state: dict) -> None:
     """Load full state dicts written by full_state into a plain, DDP or FSDP model (each rank shards its part)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
 
-    set_state_dict(model, optimizers_of(optimizer), model_state_dict=model_state, optim_state_dict=optim_state,
-                   options=StateDictOptions(full_state_dict=True))
+    set_model_state_dict(model, model_state, options=StateDictOptions(full_state_dict=True))
+    # a parameter that never had a gradient (BERT's pooler under MLM) has no optimizer state to load
+    set_optimizer_state_dict(model, optimizers_of(optimizer), optim_state,
+                             options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def optimizers_of(optimizer):

@@ -40,12 +40,12 @@ def parse_heads(spec: str, model) -> list[tuple[str, int]]:
     heads = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
         where, _, head = item.rpartition(".")
-        name = attn_name(int(where)) if where.isdigit() else where
-        if where.isdigit() and head.isdigit() and name not in modules:
+        name = attn_name(int(where)) if where.isdecimal() else where
+        if where.isdecimal() and head.isdecimal() and name not in modules:
             layers = sorted({int(n.split(".")[1]) for n in modules if re.fullmatch(r"blocks\.\d+\.attn", n)})
             raise ConfigError(f"head {item!r}: there is no layer {where}; the layers are "
                               f"{f'0..{layers[-1]}' if layers else 'named in full (e.g. encoder.blocks.0.attn.1)'}.")
-        if name not in modules or not head.isdigit():
+        if name not in modules or not head.isdecimal():
             examples = ", ".join(f"{n}.0" for n in list(modules)[:2])
             raise ConfigError(f"cannot read head {item!r}; write LAYER.HEAD such as 0.1 (or a full name such as "
                               f"{examples}), several separated by commas.")
@@ -110,9 +110,10 @@ def replace_pattern(head: Head, pattern: torch.Tensor) -> list:
 
     def hook(weights: torch.Tensor, hook_name: str) -> torch.Tensor:
         B, nh, T, S = weights.shape
-        if pattern.shape[-2:] != (T, S) or pattern.dim() not in (2, 3):
-            raise ValueError(f"{hook_name} head {idx} has a ({T}, {S}) pattern here; the replacement is "
-                             f"{tuple(pattern.shape)}; give (T, S) or (B, T, S).")
+        rows = len(pattern) if pattern.dim() == 3 else 1
+        if pattern.shape[-2:] != (T, S) or pattern.dim() not in (2, 3) or rows not in (1, B):
+            raise ValueError(f"{hook_name} head {idx} has a ({T}, {S}) pattern here for {B} batch rows; the "
+                             f"replacement is {tuple(pattern.shape)}; give (T, S) or ({B}, T, S).")
         weights = weights.clone()
         weights[:, idx] = pattern.to(weights)
         return weights

@@ -197,8 +197,9 @@ class Seq2Seq(HookedModel, nn.Module):
                     finished[b].append((top_scores[b, rank].item() / (step + 1) ** length_penalty, ids))
             if all(len(f) >= K for f in finished):
                 break
-            live = top_scores.masked_fill(is_eos, float("-inf")).topk(K, dim=1).indices  # (B, K)
-            scores = top_scores.gather(1, live)
+            ongoing = top_scores.masked_fill(is_eos, float("-inf"))  # an ended hypothesis never goes on
+            live = ongoing.topk(K, dim=1).indices  # (B, K)
+            scores = ongoing.gather(1, live)  # -inf fills the beam when fewer than K candidates go on
             rows = (row_base + top_beam.gather(1, live)).view(-1)  # (B*K,) the beam each new one extends
             tokens = torch.cat([tokens[rows], top_token.gather(1, live).view(-1, 1)], dim=1)
             if caches is not None:  # cross caches are equal across a row's beams: no reorder needed

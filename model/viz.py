@@ -112,7 +112,8 @@ def heatmap_figure(maps: np.ndarray, query_tokens: list[str], key_tokens: list[s
             step = math.ceil(len(tokens) / max_labels)
             ticks = list(range(0, len(tokens), step))
             set_ticks(ticks)
-            set_labels([display_token(tokens[i]) for i in ticks], fontsize=font, rotation=90 if axis else 0)
+            set_labels([display_token(tokens[i]) for i in ticks], fontsize=font, rotation=90 if axis else 0,
+                       parse_math=False)  # a token such as "$$" is text, not a formula
         ax.set_xlabel("key", fontsize=8)
         ax.set_ylabel("query", fontsize=8)
     fig.suptitle(title)
@@ -137,7 +138,8 @@ def viewer_html(views: list[AttentionView], title: str = "attention") -> str:
     payload = json.dumps(data, ensure_ascii=True)
     # inside <script>, "</script>" or "<!--" in a token would end or confuse the element: escape the brackets
     payload = payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return VIEWER.replace("__TITLE__", html.escape(title)).replace("__DATA__", payload)
+    fields = {"__TITLE__": html.escape(title), "__DATA__": payload}  # one pass: a title may say "__DATA__"
+    return re.sub("__TITLE__|__DATA__", lambda m: fields[m.group()], VIEWER)
 
 
 VIEWER = """<!DOCTYPE html>

@@ -212,13 +212,16 @@ def test_replace_pattern_sets_the_weights_used_for_z():
     assert torch.allclose(cache["blocks.1.attn.z"][:, 2], cache["blocks.1.attn.v"][:, 2, :1].expand(2, 6, 8))
     with pytest.raises(ValueError, match="replacement"):
         model.run_with_cache(torch.randint(0, 19, (1, 4)), fwd_hooks=replace_pattern((1, 2), first_token))
+    with pytest.raises(ValueError, match="replacement"):  # one pattern per batch row: 3 rows for a batch of 2
+        model.run_with_cache(idx, fwd_hooks=replace_pattern((1, 2), first_token.expand(3, 6, 6)))
 
 
 def test_parse_heads_errors():
     model = tiny()
     assert parse_heads("1.2, 0.0", model) == [("blocks.1.attn", 2), ("blocks.0.attn", 0)]
     assert parse_heads("blocks.1.attn.1", model) == [("blocks.1.attn", 1)]
-    for bad, message in [("3.0", "no layer 3"), ("0.3", "heads 0..2"), ("zero", "LAYER.HEAD"), ("", "no heads")]:
+    for bad, message in [("3.0", "no layer 3"), ("0.3", "heads 0..2"), ("zero", "LAYER.HEAD"), ("", "no heads"),
+                         ("0.\u00b2", "LAYER.HEAD"), ("\u00b2.0", "LAYER.HEAD")]:  # a superscript 2 is no number
         with pytest.raises(ConfigError, match=message):
             parse_heads(bad, model)
 

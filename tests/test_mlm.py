@@ -115,6 +115,9 @@ def test_train_then_fill_masks(char_data, tmp_path):
     assert text.startswith("To be, or ") and text[11:17] == "ot to " and text.endswith("e")
 
     assert "[MASK]" in one_line_error(run_script("sample.py", f"--out_dir={out}", "--start=no mask here", check=False))
+    # --ablate acts on GPT generation only: a BERT says so instead of ignoring it
+    assert "GPT" in one_line_error(run_script("sample.py", f"--out_dir={out}", "--start=[MASK]", "--ablate=0.1",
+                                              check=False))
     # a prompt longer than the context window: each mask is read in a window around it
     masks, text = fill(out, "[MASK]" + "a" * 60 + "[MASK]", n_masks=2, candidates=1)
     assert len(text) == 62 and text[1:61] == "a" * 60
@@ -123,6 +126,22 @@ def test_train_then_fill_masks(char_data, tmp_path):
     run_script("sample.py", f"--out_dir={out}", "--start=To be, or not to [MASK]", f"--attention_dir={attn}")
     html = (attn / "attention.html").read_text(encoding="utf-8")
     assert "self-attention" in html and "[CLS]" in html and (attn / "attention.npz").exists()
+
+
+def test_resume_matches_uninterrupted_run(char_data, tmp_path):
+    # the pooler gets no gradient from the MLM loss, so the optimizer holds no state for it
+    common = [f"--data_dir={char_data}", "--eval_interval=5", "--eval_iters=2", "--dropout=0.1", *SMALL[:5]]
+    run_script("train.py", f"--out_dir={tmp_path / 'full'}", "--max_iters=10", *common)
+    run_script("train.py", f"--out_dir={tmp_path / 'split'}", "--max_iters=5", *common)
+    run_script("train.py", f"--out_dir={tmp_path / 'split'}", "--max_iters=10", "--init_from=resume")
+    rows = {}
+    for run in ("full", "split"):
+        with open(tmp_path / run / "metrics.jsonl") as f:
+            rows[run] = [json.loads(line) for line in f]
+    assert [r["iter"] for r in rows["split"]] == [0, 5, 10]
+    for a, b in zip(rows["full"], rows["split"]):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-6)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
 
 
 def fill(out_dir, prompt, n_masks, candidates):

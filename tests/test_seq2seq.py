@@ -48,6 +48,13 @@ def test_shapes_loss_and_vocabularies():
         separate(torch.zeros(1, 10, dtype=torch.long), tgt[:1])
 
 
+def test_rotary_positions_cover_a_source_longer_than_the_target():
+    model = scrambled(pos_emb="rope", block_size=6, source_block_size=12)
+    src = torch.randint(0, 12, (2, 12))
+    assert model(src, torch.randint(0, 12, (2, 6))).shape == (2, 6, V)
+    assert model.generate(src, BOS, EOS) == model.generate(src, BOS, EOS, use_cache=False)
+
+
 def test_source_padding_changes_nothing_and_target_is_causal():
     model = scrambled()
     src, src_mask = padded(ROWS)
@@ -107,6 +114,20 @@ def test_beam_size_one_is_greedy_and_wider_beams_score_no_worse():
     beams = model.beam_search(src, BOS, EOS, src_mask, beam_size=4, max_new_tokens=10, length_penalty=0.0)
     better = [logprob(r, b) - logprob(r, g) for r, b, g in zip(ROWS, beams, greedy)]
     assert all(d >= -1e-4 for d in better) and any(d > 1e-3 for d in better)
+
+
+def test_a_beam_wider_than_the_vocabulary_never_goes_on_after_eos():
+    torch.manual_seed(0)
+    model = Seq2Seq(Seq2SeqConfig(n_layer=2, n_head=3, n_embd=18, block_size=6, vocab_size=4)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 1.0)
+    src = torch.randint(0, 4, (2, 1))
+    greedy = model.generate(src, 2, 3, max_new_tokens=4)
+    for beam_size in (3, 4, 50):  # 4 or more: the first step has fewer than beam_size candidates that go on
+        outputs = model.beam_search(src, 2, 3, beam_size=beam_size, max_new_tokens=4)
+        assert all(3 not in out for out in outputs), (beam_size, outputs)  # nothing after (or of) EOS
+        assert outputs == greedy  # this model's best outputs: EOS right after one token
 
 
 def test_sampling_is_seeded_and_respects_top_k():
@@ -175,12 +196,33 @@ def test_reversal_is_learnt_and_cross_attention_shows_the_alignment():
 def test_pairs_files_tasks_and_batches(tmp_path):
     from data.pairs import PairBatches, PairsError, denoise_pairs, read_pairs, reverse_pairs, split_pairs, \
         write_pairs_dataset
+    from data.loader import read_meta
     from data.tokenizer import from_meta
+    from data.tokens import TokenFileError
+    from model.config import ConfigError
 
     (tmp_path / "p.tsv").write_text("abc\tcba\n\nhello there\tthere hello\n", encoding="utf-8")
     (tmp_path / "p.jsonl").write_text(json.dumps({"source": "x y", "target": "y x"}) + "\n", encoding="utf-8")
     assert read_pairs(str(tmp_path / "p.tsv")) == [("abc", "cba"), ("hello there", "there hello")]
     assert read_pairs(str(tmp_path / "p.jsonl")) == [("x y", "y x")]
+    odd = [("a\u2028b", "page\x0cbreak"), ("next\x85line", "c")]  # characters str.splitlines() breaks at
+    (tmp_path / "odd.tsv").write_bytes("".join(f"{s}\t{t}\r\n" for s, t in odd).encode("utf-8"))  # CRLF too
+    assert read_pairs(str(tmp_path / "odd.tsv")) == odd
+    write_pairs_dataset(str(tmp_path / "odd"), odd, odd, {})  # and the JSONL the dataset is written as
+    assert read_pairs(str(tmp_path / "odd" / "train.jsonl")) == odd
+    write_pairs_dataset(str(tmp_path / "empty"), odd, [("", "x")], {})
+    with pytest.raises(TokenFileError, match="non-empty source"):  # not "raise block_size": that would not help
+        PairBatches(str(tmp_path / "empty"), Seq2SeqConfig(vocab_size=40), 2,
+                    tokenizer=from_meta(read_meta(str(tmp_path / "empty"))).with_specials(PairBatches.specials))
+    from data.pairs import main as prepare_pairs
+
+    for n_val in ("0", "-3"):  # no validation pairs, or a negative count slicing the list from the end
+        with pytest.raises(PairsError, match="n_val"):
+            prepare_pairs(["--input", str(tmp_path / "p.tsv"), "--out_dir", str(tmp_path / "nv"), "--n_val", n_val])
+    (tmp_path / "brace.tsv").write_text("{x}\t}x{\n", encoding="utf-8")  # a .tsv is TSV whatever it starts with
+    assert read_pairs(str(tmp_path / "brace.tsv")) == [("{x}", "}x{")]
+    (tmp_path / "p.txt").write_text("\n" + json.dumps({"source": "a", "target": "b"}) + "\n", encoding="utf-8")
+    assert read_pairs(str(tmp_path / "p.txt")) == [("a", "b")]  # JSONL recognised after a blank line
     (tmp_path / "bad.tsv").write_text("a\tb\tc\n", encoding="utf-8")
     with pytest.raises(PairsError, match="line 1"):
         read_pairs(str(tmp_path / "bad.tsv"))
@@ -195,6 +237,9 @@ def test_pairs_files_tasks_and_batches(tmp_path):
     tok = from_meta(meta).with_specials(PairBatches.specials)
     batches = PairBatches(str(tmp_path / "ds"), Seq2SeqConfig(block_size=24, vocab_size=tok.vocab_size), 8,
                           tokenizer=tok)
+    with pytest.raises(ConfigError, match="source_vocab_size"):  # source ids would index past its embedding
+        PairBatches(str(tmp_path / "ds"), Seq2SeqConfig(vocab_size=tok.vocab_size, source_vocab_size=5), 8,
+                    tokenizer=tok)
     batch = batches.get("train", torch.Generator().manual_seed(0))
     lengths = batch["src_mask"].sum(1)
     assert lengths.max() - lengths.min() <= 1  # grouped by length: little padding
@@ -234,3 +279,5 @@ def test_train_and_sample_scripts(tmp_path):
     assert "cross-attention" in (attn / "attention.html").read_text(encoding="utf-8")
     proc = run_script("sample.py", f"--out_dir={out}", "--start=" + "t" * 13, check=False)
     assert proc.returncode == 1 and proc.stderr.strip().startswith("error:") and "at most 12" in proc.stderr
+    proc = run_script("sample.py", f"--out_dir={out}", "--start=tide 7", "--ablate=0.1", check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().startswith("error:") and "GPT" in proc.stderr  # not ignored

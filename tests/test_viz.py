@@ -112,6 +112,27 @@ def test_write_attention_files(tmp_path):
     assert list(saved["view0.query_tokens"]) == ["a", " ", "\n", "<b>", "d"]
 
 
+def test_heatmap_labels_with_dollar_signs_are_plain_text(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from model.viz import heatmap_figure
+
+    tokens = ["$$", "$\\frac$", "$x$", " $"]  # BPE tokens: matplotlib would parse them as (broken) formulas
+    fig = heatmap_figure(fake_maps(4, 4)[0].numpy(), tokens, tokens, "title")
+    fig.savefig(tmp_path / "labels.png")  # drawing parses the labels
+    labels = [label.get_text() for label in fig.axes[0].get_xticklabels()]
+    assert labels == [display_token(t) for t in tokens]
+
+
+def test_viewer_placeholders_in_the_title_and_tokens_stay_text():
+    page = viewer_html(views_from_maps({"blocks.0.attn.pattern": fake_maps(2, 2)}, ["__TITLE__", "__DATA__"]),
+                       title="__DATA__ <&>")
+    assert "<title>__DATA__ &lt;&amp;&gt;</title>" in page  # not the maps pasted into the title
+    data = re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S).group(1)
+    assert json.loads(data)[0]["queries"] == ["__TITLE__", "__DATA__"]
+
+
 def test_viewer_loads_in_chromium_and_escapes_tokens(tmp_path):
     source = ["src", *HOSTILE]
     T, S = len(HOSTILE), len(source)
