@@ -16,7 +16,7 @@ from model.attention import make_mask
 from model.checkpoint import CheckpointError
 from model.config import BERTConfig
 from model.hooks import HookedModel
-from model.layers import ACTIVATIONS, Block, init_weights, make_norm
+from model.layers import ACTIVATIONS, Block, init_weights, make_norm, softcap
 
 IGNORE_INDEX = -100  # label of positions the MLM loss skips (Hugging Face's convention)
 
@@ -42,7 +42,7 @@ class BERT(HookedModel, nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None
         self.wtt = nn.Embedding(config.type_vocab_size, config.n_embd) if config.type_vocab_size else None
         self.ln_emb = make_norm(config)
         self.drop = nn.Dropout(config.dropout)
@@ -50,7 +50,10 @@ class BERT(HookedModel, nn.Module):
         # post-norm blocks end in a norm already; pre-norm ones need a final one
         self.ln_f = nn.Identity() if config.post_norm else make_norm(config)
         self.head = MLMHead(config)
-        self.head.decoder.weight = self.wte.weight  # weight tying
+        if config.tie_embeddings:
+            self.head.decoder.weight = self.wte.weight  # weight tying
+        elif config.zero_init:
+            self.head.decoder.zero_init = True
         self.pooler = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         # N(0, 0.02) everywhere, embeddings included: PyTorch's N(0, 1) embedding init leaves a
         # post-norm MLM stuck predicting the unigram distribution.
@@ -59,7 +62,7 @@ class BERT(HookedModel, nn.Module):
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; position embeddings excluded by default (as GPT.num_params)."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if non_embedding else n
+        return n - self.wpe.weight.numel() if non_embedding and self.wpe is not None else n
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -75,8 +78,9 @@ class BERT(HookedModel, nn.Module):
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; it must match "
                              f"input_ids {tuple(input_ids.shape)}.")
-        pos = torch.arange(T, device=input_ids.device)
-        x = self.wte(input_ids) + self.wpe(pos)  # (B, T, C)
+        x = self.wte(input_ids)  # (B, T, C)
+        if self.wpe is not None:  # with rope, positions enter inside attention instead
+            x = x + self.wpe(torch.arange(T, device=input_ids.device))
         if self.wtt is not None:
             x = x + (self.wtt(token_type_ids) if token_type_ids is not None else self.wtt.weight[0])
         elif token_type_ids is not None:
@@ -95,7 +99,7 @@ class BERT(HookedModel, nn.Module):
 
         The loss counts only positions whose label is not IGNORE_INDEX (-100): the masked ones.
         """
-        logits = self.head(self.encode(input_ids, attention_mask, token_type_ids))
+        logits = softcap(self.head(self.encode(input_ids, attention_mask, token_type_ids)), self.config.logit_softcap)
         if labels is None:
             return logits
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), labels.reshape(-1),

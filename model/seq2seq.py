@@ -19,7 +19,7 @@ from torch import nn
 from model.attention import KVCache, make_mask
 from model.config import Seq2SeqConfig
 from model.hooks import HookedModel
-from model.layers import Block, init_weights, make_norm
+from model.layers import Block, init_weights, make_norm, softcap
 from model.sampling import sample_next
 
 
@@ -30,7 +30,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.source_vocab, config.n_embd)
-        self.wpe = nn.Embedding(config.source_len, config.n_embd)
+        self.wpe = nn.Embedding(config.source_len, config.n_embd) if config.pos_emb == "learned" else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.encoder_layers))
         self.ln_f = make_norm(config)
@@ -41,7 +41,10 @@ class Encoder(nn.Module):
         if S > self.config.source_len:
             raise ValueError(f"source of {S} tokens exceeds source_block_size {self.config.source_len}; "
                              "shorten it or train with a larger source_block_size.")
-        x = self.drop(self.wte(src) + self.wpe(torch.arange(S, device=src.device)))
+        x = self.wte(src)
+        if self.wpe is not None:  # with rope, positions enter inside self-attention instead
+            x = x + self.wpe(torch.arange(S, device=src.device))
+        x = self.drop(x)
         mask = make_mask(S, S, causal=False, key_padding_mask=src_mask)  # (B, 1, 1, S) or None
         for block in self.blocks:
             x = block(x, mask=mask)
@@ -55,7 +58,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, cross=True) for _ in range(config.n_layer))
         self.ln_f = make_norm(config)
@@ -73,7 +76,10 @@ class Decoder(nn.Module):
         if offset + T > self.config.block_size:
             raise ValueError(f"target of {offset + T} tokens exceeds block_size {self.config.block_size}; "
                              "decode fewer tokens or train with a larger block_size.")
-        x = self.drop(self.wte(tgt) + self.wpe(torch.arange(offset, offset + T, device=tgt.device)))
+        x = self.wte(tgt)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(offset, offset + T, device=tgt.device))
+        x = self.drop(x)
         self_mask = None
         if tgt_mask is not None:
             self_mask = make_mask(T, offset + T, causal=True, key_padding_mask=tgt_mask, offset=offset,
@@ -86,7 +92,7 @@ class Decoder(nn.Module):
 
 
 class Seq2Seq(HookedModel, nn.Module):
-    """Encoder-decoder with cross-attention; the LM head is tied to the target embedding."""
+    """Encoder-decoder with cross-attention; the LM head is tied to the target embedding (tie_embeddings)."""
 
     def __init__(self, config: Seq2SeqConfig):
         super().__init__()
@@ -96,13 +102,18 @@ class Seq2Seq(HookedModel, nn.Module):
         if config.shared_vocab:  # one vocabulary: one embedding table for source and target
             self.decoder.wte = self.encoder.wte
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.decoder.wte.weight  # weight tying
+        if config.tie_embeddings:
+            self.lm_head.weight = self.decoder.wte.weight  # weight tying
+        elif config.zero_init:
+            self.lm_head.zero_init = True
         init_weights(self, max(config.n_layer, config.encoder_layers))
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; position embeddings excluded by default."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.encoder.wpe.weight.numel() - self.decoder.wpe.weight.numel() if non_embedding else n
+        if non_embedding:
+            n -= sum(m.wpe.weight.numel() for m in (self.encoder, self.decoder) if m.wpe is not None)
+        return n
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor, targets: torch.Tensor | None = None,
                 src_mask: torch.Tensor | None = None, tgt_mask: torch.Tensor | None = None):
@@ -111,7 +122,7 @@ class Seq2Seq(HookedModel, nn.Module):
         Targets equal to -1 (padding) are ignored by the loss.
         """
         memory = self.encoder(src, src_mask)
-        logits = self.lm_head(self.decoder(tgt, memory, src_mask, tgt_mask))
+        logits = softcap(self.lm_head(self.decoder(tgt, memory, src_mask, tgt_mask)), self.config.logit_softcap)
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
@@ -129,7 +140,7 @@ class Seq2Seq(HookedModel, nn.Module):
             x = self.decoder(tokens, memory, src_mask)
         else:
             x = self.decoder(tokens[:, -1:], memory, src_mask, caches=caches[0], cross_caches=caches[1])
-        return self.lm_head(x[:, -1])
+        return softcap(self.lm_head(x[:, -1]), self.config.logit_softcap)
 
     def decode_limit(self, max_new_tokens: int | None) -> int:
         """The number of tokens a decoder may emit: max_new_tokens capped by block_size."""

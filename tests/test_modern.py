@@ -87,6 +87,45 @@ def test_rope_model_has_no_position_table_and_checkpoint_keys_stay_classic():
     assert classic["lm_head.weight"].data_ptr() == classic["wte.weight"].data_ptr()
 
 
+@pytest.mark.parametrize("family", ["bert", "seq2seq"])
+def test_encoder_families_take_the_same_options(family):
+    from model import BERT, BERTConfig, Seq2Seq, Seq2SeqConfig
+
+    def build(**kw):
+        torch.manual_seed(0)
+        if family == "bert":
+            return BERT(BERTConfig(**TINY, **kw)).eval()
+        return Seq2Seq(Seq2SeqConfig(**TINY, source_block_size=12, **kw)).eval()
+
+    def run(model, idx):
+        return model(idx) if family == "bert" else model(idx[:, :12], idx)
+
+    idx = torch.randint(0, 23, (2, 16))
+    rope = build(pos_emb="rope")
+    assert not any("wpe" in k for k in rope.state_dict())  # rotary positions replace the learned table
+    if family == "bert":  # no table, yet order matters: a bag of tokens would just permute its outputs
+        with torch.no_grad():
+            for p in rope.parameters():
+                torch.nn.init.normal_(p, std=0.3)
+            perm = torch.randperm(16)
+            assert not torch.allclose(run(rope, idx[:, perm]), run(rope, idx)[:, perm], atol=1e-3)
+    else:  # cached decoding agrees with recomputing every step
+        src = idx[:, :12]
+        assert rope.generate(src, 1, 2, max_new_tokens=8) == rope.generate(src, 1, 2, max_new_tokens=8, use_cache=False)
+    untied = build(tie_embeddings=False, zero_init=True)
+    head = untied.head.decoder if family == "bert" else untied.lm_head
+    assert head.weight.data_ptr() != untied.state_dict()["wte.weight" if family == "bert" else "decoder.wte.weight"].data_ptr()
+    assert torch.count_nonzero(head.weight) == 0  # an untied head starts at zero with zero_init
+    capped, plain = build(logit_softcap=2.0), build()  # the same weights (the cap has no parameters)
+    with torch.no_grad():
+        for model in (capped, plain):
+            for p in model.parameters():
+                p.mul_(20)  # large logits, which the cap must bound
+        raw = run(plain, idx)
+        assert raw.abs().max() > 2.0
+        assert torch.allclose(run(capped, idx), 2.0 * torch.tanh(raw / 2.0), atol=1e-5)
+
+
 @pytest.mark.parametrize("prompt_len,new", [(1, 15), (6, 10), (9, 7)])  # within block_size 16
 def test_cached_greedy_equals_uncached_with_the_preset(prompt_len, new):
     model = tiny(**PRESET).eval()
