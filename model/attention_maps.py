@@ -20,7 +20,8 @@ class AttentionRecorder:
     Made for generation loops that feed the whole (cropped) prompt first and then one token per
     call, with or without a KV cache: call k then ends at token start_len + k. Row n of a recorded
     map is what token n attended to when it was fed; the last generated token is never fed back,
-    so it has no row. Beam search (which reorders rows) is not supported.
+    so it has no row. An encoder-decoder's encoder runs once per source: its maps are that one pass,
+    (B, nh, S, S). Beam search (which reorders rows) is not supported.
     """
 
     def __init__(self, model, names_filter="*attn.pattern"):
@@ -46,6 +47,9 @@ class AttentionRecorder:
         """name -> (B, nh, N, N) self-attention map or (B, nh, N, S) cross-attention map."""
         out = {}
         for name, calls in self.calls.items():
+            if name.startswith("encoder."):  # the source, encoded once before decoding starts
+                out[name] = calls[0]
+                continue
             B, nh = calls[0].shape[:2]
             N = start_len + len(calls) - 1  # tokens fed to the model
             n_keys = calls[0].size(-1) if self.cross[name] else N

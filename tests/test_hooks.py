@@ -291,3 +291,20 @@ def test_recorded_cross_attention_during_cached_decoding():
     assert maps["decoder.blocks.1.cross_attn.pattern"].shape == (B, 3, T, S)
     for name, pattern in full.items():
         assert torch.allclose(maps[name], pattern, atol=1e-5), name
+
+
+def test_recorder_on_seq2seq_generate_with_the_default_filter():
+    from model import Seq2Seq, Seq2SeqConfig
+
+    torch.manual_seed(0)
+    model = Seq2Seq(Seq2SeqConfig(vocab_size=11, n_layer=2, n_encoder_layer=1, n_head=3, n_embd=24,
+                                  block_size=8, source_block_size=6)).eval()
+    src = torch.randint(3, 11, (2, 6))
+    with AttentionRecorder(model) as recorder:  # every pattern: encoder, decoder self and cross
+        out = model.generate(src, 1, 2, max_new_tokens=5)
+    maps = recorder.maps(start_len=1)  # the decoder is fed BOS, then one token per step
+    _, cache = model.run_with_cache(src, torch.ones(2, 1, dtype=torch.long), names_filter="encoder.*pattern")
+    assert torch.allclose(maps["encoder.blocks.0.attn.pattern"], cache["encoder.blocks.0.attn.pattern"], atol=1e-6)
+    steps = max(len(o) for o in out)  # tokens the decoder was fed: BOS + all but the last output
+    assert maps["decoder.blocks.1.cross_attn.pattern"].shape[-2:] == (steps, 6)
+    assert maps["decoder.blocks.0.attn.pattern"].shape[-2:] == (steps, steps)
