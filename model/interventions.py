@@ -57,13 +57,29 @@ def parse_heads(spec: str, model) -> list[tuple[str, int]]:
     return heads
 
 
-def head_means(model, *args, heads, **kwargs) -> dict[str, torch.Tensor]:
+def head_means(model, *args, heads, position_mask: torch.Tensor | None = None, **kwargs) -> dict[str, torch.Tensor]:
     """Mean output z (n_head, head_dim) of each attention module in `heads`, over every batch row and
-    position of the inputs args/kwargs: the reference values for mean ablation."""
+    position of the inputs args/kwargs: the reference values for mean ablation.
+
+    position_mask (B, T), True where a position counts, leaves others out of the mean: pass BERT's
+    attention_mask (or a decoder's target mask) so that padding does not pull the means.
+    """
     names = [f"{name}.z" for name in by_module(heads)]
     with torch.no_grad():
         _, cache = model.run_with_cache(*args, names_filter=names, **kwargs)
-    return {name[:-2]: cache[name].mean(dim=(0, 2)) for name in names}  # (B, nh, T, hs) -> (nh, hs)
+    if position_mask is None:
+        return {name[:-2]: cache[name].mean(dim=(0, 2)) for name in names}  # (B, nh, T, hs) -> (nh, hs)
+    means = {}
+    for name in names:
+        z = cache[name]
+        if position_mask.shape != (z.size(0), z.size(2)):
+            raise ValueError(f"position_mask has shape {tuple(position_mask.shape)}; {name} has "
+                             f"{z.size(0)} rows of {z.size(2)} positions.")
+        keep = position_mask.to(device=z.device, dtype=torch.bool)[:, None, :, None]  # (B, 1, T, 1)
+        if not keep.any():
+            raise ValueError("position_mask selects no position; mark at least one as True.")
+        means[name[:-2]] = (z * keep).sum(dim=(0, 2)) / keep.sum(dim=(0, 2))
+    return means
 
 
 def ablate_heads(heads, mode: str = "zero", means: dict[str, torch.Tensor] | None = None) -> list:

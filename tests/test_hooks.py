@@ -308,3 +308,24 @@ def test_recorder_on_seq2seq_generate_with_the_default_filter():
     steps = max(len(o) for o in out)  # tokens the decoder was fed: BOS + all but the last output
     assert maps["decoder.blocks.1.cross_attn.pattern"].shape[-2:] == (steps, 6)
     assert maps["decoder.blocks.0.attn.pattern"].shape[-2:] == (steps, steps)
+
+
+def test_head_means_leave_padding_out_when_asked():
+    from model import BERT, BERTConfig
+
+    torch.manual_seed(0)
+    model = BERT(BERTConfig(vocab_size=19, n_layer=2, n_head=3, n_embd=24, block_size=12)).eval()
+    rows = [torch.randint(0, 19, (n,)) for n in (9, 4, 12)]
+    ids = torch.zeros(3, 12, dtype=torch.long)
+    mask = torch.zeros(3, 12, dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, :len(row)], mask[b, :len(row)] = row, 1
+    heads = [(1, 0), (1, 2)]
+    padded = head_means(model, ids, attention_mask=mask, position_mask=mask, heads=heads)["blocks.1.attn"]
+    real = torch.cat([model.run_with_cache(row[None], names_filter="blocks.1.attn.z")[1]["blocks.1.attn.z"][0]
+                      for row in rows], dim=1)  # (nh, 25 real positions, hs), each row alone
+    assert torch.allclose(padded, real.mean(dim=1), atol=1e-5)
+    everything = head_means(model, ids, attention_mask=mask, heads=heads)["blocks.1.attn"]
+    assert not torch.allclose(everything, padded, atol=1e-3)  # padding positions pull the plain mean
+    with pytest.raises(ValueError, match="position_mask"):
+        head_means(model, ids, attention_mask=mask, position_mask=mask[:, :5], heads=heads)
