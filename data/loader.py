@@ -64,7 +64,7 @@ class Windows:
         if sum(counts) == 0:
             n = sum(len(p) for p in self.parts)
             raise TokenFileError(f"{os.path.basename(files[0])} in {os.path.dirname(files[0])} has {n} tokens, "
-                                 f"fewer than block_size + 1 = {T + 1}; use a smaller block_size or more text.")
+                                 f"fewer than the {T + 1} one window needs; use a smaller block_size or more text.")
         self.ends = np.cumsum(counts)
 
     def sample(self, n: int, generator: torch.Generator) -> np.ndarray:

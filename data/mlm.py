@@ -5,13 +5,10 @@ as BERT trained on some shorter sequences, so that the model also meets padding 
 (fill-mask prompts). Masks are drawn afresh for every batch (dynamic masking, as RoBERTa).
 """
 
-import os
-
 import numpy as np
 import torch
 
 from data.tokenizer import TokenizerError
-from data.tokens import TokenFileError, load_tokens
 from model.bert import IGNORE_INDEX
 from model.config import ConfigError
 
@@ -46,6 +43,7 @@ class MLMBatches:
     specials = ("[PAD]", "[MASK]", "[CLS]", "[SEP]")
     mask_prob = 0.15
     short_prob = 0.1  # fraction of rows cut to a random shorter length and padded
+    unigram_tokens = 1 << 24  # tokens counted for the unigram baseline
 
     def __init__(self, folder: str, model_config, batch_size: int, device: str = "cpu", tokenizer=None):
         if tokenizer is None or any(s not in tokenizer.special_ids for s in self.specials):
@@ -55,22 +53,27 @@ class MLMBatches:
                               f"got {model_config.block_size}.")
         self.block_size, self.batch_size, self.device = model_config.block_size, batch_size, device
         self.window = self.block_size - 2  # room for [CLS] and [SEP]
-        self.data = {split: load_tokens(os.path.join(folder, f"{split}.bin")) for split in ("train", "val")}
-        for split, tokens in self.data.items():
-            if len(tokens) < self.window:
-                raise TokenFileError(f"{split}.bin in {folder} has {len(tokens)} tokens, fewer than block_size - 2 "
-                                     f"= {self.window}; use a smaller block_size or more text.")
+        from data.loader import Windows, split_files  # late import: data.loader imports this module
+
+        # windows of `window` tokens from split.bin or its shards (split_000000.bin, ...), memory-mapped
+        self.data = {split: Windows(split_files(folder, split), self.window - 1) for split in ("train", "val")}
         ids = tokenizer.special_ids
         self.pad_id, self.mask_id, self.cls_id, self.sep_id = (ids[s] for s in self.specials)
         self.n_random = tokenizer.base_vocab_size  # random replacements come from the base vocabulary only
         # the unigram baseline predicts the training split's most frequent token at every masked position
-        self.most_frequent = int(np.bincount(self.data["train"]).argmax())
+        # (counted over its first 16M tokens, so that a web-scale split is not read whole)
+        head, left = [], self.unigram_tokens
+        for part in self.data["train"].parts:
+            head.append(np.asarray(part[:left]))
+            left -= len(head[-1])
+            if left <= 0:
+                break
+        self.most_frequent = int(np.bincount(np.concatenate(head)).argmax())
 
     def get(self, split: str, generator: torch.Generator) -> dict:
         """One batch drawn with `generator`: input_ids, attention_mask (1 = real token) and labels (B, T)."""
-        data, B, T, n = self.data[split], self.batch_size, self.block_size, self.window
-        starts = torch.randint(len(data) - n + 1, (B,), generator=generator).numpy()
-        windows = torch.from_numpy(np.stack([data[i:i + n] for i in starts]).astype(np.int64))  # (B, n)
+        B, T, n = self.batch_size, self.block_size, self.window
+        windows = torch.from_numpy(self.data[split].sample(B, generator))  # (B, n)
         short = torch.rand(B, generator=generator) < self.short_prob
         lengths = torch.where(short, torch.randint(1, n + 1, (B,), generator=generator), n)  # tokens kept per row
         pos = torch.arange(T)[None, :]

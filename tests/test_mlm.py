@@ -70,7 +70,7 @@ def test_batches_frame_windows_and_mask_only_text(char_data):
     assert ((labels != IGNORE_INDEX).sum(1) >= 1).all()
     # the labels, put back in place of the masks, restore a contiguous window of the token file
     text = torch.where(labels != IGNORE_INDEX, labels, ids)[0, 1:lengths[0] - 1].tolist()
-    data = batches.data["train"].tolist()
+    data = batches.data["train"].parts[0].tolist()
     assert any(data[i:i + len(text)] == text for i in range(len(data) - len(text) + 1))
     again = batches.get("train", torch.Generator().manual_seed(0))
     assert all(torch.equal(batch[k], again[k]) for k in batch)  # the generator decides everything

@@ -83,6 +83,19 @@ def test_prepare_script_writes_every_document_once(corpus, tmp_path):
     starts = batches.get("train", torch.Generator().manual_seed(1))["idx"][:, 0]
     assert len(set(starts.tolist())) > 10  # windows come from across the shards
 
+    from data.mlm import MLMBatches  # a BERT reads the same shards
+    from data.tokenizer import from_meta
+    from model import BERTConfig
+
+    tokenizer = from_meta(meta).with_specials(MLMBatches.specials)
+    mlm = MLMBatches(str(out), BERTConfig(block_size=18, vocab_size=tokenizer.vocab_size), 64, tokenizer=tokenizer)
+    parts = [np.asarray(p).astype(np.int64).tobytes() for p in mlm.data["train"].parts]
+    assert len(parts) > 1
+    batch = mlm.get("train", torch.Generator().manual_seed(0))
+    text = torch.where(batch["labels"] >= 0, batch["labels"], batch["input_ids"])[:, 1:17]  # unmasked windows
+    full = batch["attention_mask"].sum(dim=1) == 18  # rows not cut short
+    assert full.sum() > 40 and all(any(row.numpy().tobytes() in p for p in parts) for row in text[full])
+
 
 class Crash(Exception):
     pass
