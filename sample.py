@@ -180,28 +180,35 @@ def sample_seq2seq(model, tokenizer, cfg: SampleConfig, device: str, dtype: str)
 
 RUNNERS = {"gpt": sample_gpt, "bert": fill_mask}  # model_type -> what sample.py does with it
 RUNNERS["seq2seq"] = sample_seq2seq
+# options that one model family alone uses: given for another, they would be silently ignored
+ONLY_FOR = {"ablate": "gpt", "ablate_mode": "gpt", "candidates": "bert", "decoding": "seq2seq", "beam_size": "seq2seq",
+            "length_penalty": "seq2seq"}
+FAMILY_NAMES = {"gpt": "a GPT", "bert": "a BERT (fill-mask)", "seq2seq": "an encoder-decoder"}
 
 
 def main(argv: list[str]) -> None:
-    cfg = build(parse_args(argv), SampleConfig)[0]
+    given = parse_args(argv)
+    cfg = build(given, SampleConfig)[0]
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     if cfg.init_from == "resume":
         ckpt = load_checkpoint(cfg.out_dir)
         model = model_from_checkpoint(ckpt).to(device).eval()
         tokenizer = from_meta(ckpt["tokenizer"])
-        runner = RUNNERS[ckpt.get("model_type", "gpt")]
+        model_type = ckpt.get("model_type", "gpt")
         del ckpt
     else:  # OpenAI's GPT-2 (or a Hugging Face GPT-2 folder) with GPT-2's tokenizer
         model = GPT.from_pretrained(cfg.init_from).to(device).eval()
-        tokenizer, runner = GPT2Tokenizer(), RUNNERS["gpt"]
+        tokenizer, model_type = GPT2Tokenizer(), "gpt"
         if model.config.vocab_size != tokenizer.vocab_size:
             raise ConfigError(f"{cfg.init_from} has {model.config.vocab_size} token ids, not GPT-2's "
                               f"{tokenizer.vocab_size}; sample from it with a checkpoint of ours instead.")
-    if cfg.ablate and runner is not sample_gpt:
-        raise ConfigError("--ablate knocks heads out while a GPT generates; for this model use "
-                          "model.hooks(ablate_heads(...)) from model/interventions.py in Python.")
-    runner(model, tokenizer, cfg, device, dtype)
+    for key in given:  # another family's option, set to something other than its default
+        if ONLY_FOR.get(key, model_type) != model_type and getattr(cfg, key) != getattr(SampleConfig, key):
+            hint = " (in Python: model.hooks(ablate_heads(...)), model/interventions.py)" if key == "ablate" else ""
+            raise ConfigError(f"--{key} is for {FAMILY_NAMES[ONLY_FOR[key]]} checkpoint and {cfg.out_dir if cfg.init_from == 'resume' else cfg.init_from} "
+                              f"holds {FAMILY_NAMES[model_type]}; drop --{key}{hint}.")
+    RUNNERS[model_type](model, tokenizer, cfg, device, dtype)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,8 @@ def test_train_then_fill_masks(char_data, tmp_path):
     # --ablate acts on GPT generation only: a BERT says so instead of ignoring it
     assert "GPT" in one_line_error(run_script("sample.py", f"--out_dir={out}", "--start=[MASK]", "--ablate=0.1",
                                               check=False))
+    assert "encoder-decoder" in one_line_error(run_script("sample.py", f"--out_dir={out}", "--start=[MASK]",
+                                                          "--decoding=beam", check=False))
     # a prompt longer than the context window: each mask is read in a window around it
     masks, text = fill(out, "[MASK]" + "a" * 60 + "[MASK]", n_masks=2, candidates=1)
     assert len(text) == 62 and text[1:61] == "a" * 60

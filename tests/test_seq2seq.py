@@ -281,3 +281,5 @@ def test_train_and_sample_scripts(tmp_path):
     assert proc.returncode == 1 and proc.stderr.strip().startswith("error:") and "at most 12" in proc.stderr
     proc = run_script("sample.py", f"--out_dir={out}", "--start=tide 7", "--ablate=0.1", check=False)
     assert proc.returncode == 1 and proc.stderr.strip().startswith("error:") and "GPT" in proc.stderr  # not ignored
+    proc = run_script("sample.py", f"--out_dir={out}", "--start=tide 7", "--candidates=3", check=False)
+    assert proc.returncode == 1 and "--candidates is for a BERT" in proc.stderr

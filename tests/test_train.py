@@ -85,6 +85,7 @@ def test_user_errors_are_one_line_and_harmless(char_data, tmp_path):
     assert "vocabulary" in one_line_error(run_script("sample.py", f"--out_dir={out}", "--start=\u00e9\u4e2d",
                                                      check=False))
     assert "no checkpoint" in one_line_error(run_script("sample.py", f"--out_dir={tmp_path / 'none'}", check=False))
+    assert "holds a GPT" in one_line_error(run_script("sample.py", f"--out_dir={out}", "--decoding=beam", check=False))
     assert (out / "ckpt.pt").read_bytes() == ckpt_bytes
 
     bad = tmp_path / "bad"
