@@ -5,8 +5,10 @@ Files are written to a temporary name and renamed into place, so a crash never l
 under the real name.
 """
 
+import glob
 import json
 import os
+import re
 import struct
 
 import numpy as np
@@ -39,7 +41,7 @@ def write_tokens(path: str, tokens, vocab_size: int) -> None:
         raise TokenFileError(f"token ids must lie in [0, {vocab_size}); found {tokens.min()}..{tokens.max()}.")
     tokens = tokens.astype(dtype, copy=False)
     header = _HEADER.pack(MAGIC, VERSION, np.dtype(dtype).itemsize, tokens.size).ljust(HEADER_BYTES, b"\0")
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as f:
             f.write(header)
@@ -50,6 +52,30 @@ def write_tokens(path: str, tokens, vocab_size: int) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def temporary_path(path: str) -> str:
+    """A temporary name next to path for this process, after removing the ones that processes killed
+    mid-write left behind (their process is gone), which would otherwise stay on disk for good."""
+    for stale in glob.glob(glob.escape(path) + ".tmp*"):
+        pid = re.fullmatch(r"\.tmp(\d+)", stale[len(path):])
+        if pid and int(pid.group(1)) != os.getpid() and not process_alive(int(pid.group(1))):
+            try:
+                os.remove(stale)
+            except OSError:
+                pass  # another process removed it first
+    return f"{path}.tmp{os.getpid()}"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # exists, owned by someone else; or an id we cannot judge: leave its file alone
+    return True
 
 
 def read_header(path: str) -> tuple[np.dtype, int]:
@@ -82,7 +108,7 @@ def load_tokens(path: str) -> np.ndarray:
 
 def write_json(path: str, obj: dict) -> None:
     """Write a JSON file atomically (a temporary file, then a rename)."""
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = temporary_path(path)
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, ensure_ascii=False, indent=1)
         f.flush()

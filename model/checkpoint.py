@@ -4,6 +4,7 @@ import os
 
 import torch
 
+from data.tokens import temporary_path
 from model.config import MODEL_CONFIGS, from_dict
 
 
@@ -14,7 +15,7 @@ class CheckpointError(ValueError):
 def save_checkpoint(payload: dict, path: str) -> None:
     """Write payload to path through a temporary file and a rename: a crash leaves the old file intact."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = temporary_path(path)  # also clears what a killed run left
     try:
         torch.save(payload, tmp)
         with open(tmp, "rb") as f:

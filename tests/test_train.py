@@ -193,3 +193,21 @@ def test_wandb_offline_logging(char_data, tmp_path):
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
     assert load_checkpoint(str(tmp_path / "out"))["wandb_id"] in runs[0].name
+
+
+def test_writes_clear_temporaries_left_by_killed_processes(tmp_path):
+    import subprocess
+    import sys
+
+    from data.tokens import write_tokens
+    from model import save_checkpoint
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, live_pid = int(dead.stdout), os.getppid()  # a finished process; one that runs
+    for name in ("ckpt.pt", "train.bin"):
+        (tmp_path / f"{name}.tmp{dead_pid}").write_bytes(b"half a file")
+        (tmp_path / f"{name}.tmp{live_pid}").write_bytes(b"being written")
+    save_checkpoint({"x": torch.ones(2)}, str(tmp_path / "ckpt.pt"))
+    write_tokens(str(tmp_path / "train.bin"), [1, 2, 3], vocab_size=10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["ckpt.pt", "train.bin", f"ckpt.pt.tmp{live_pid}", f"train.bin.tmp{live_pid}"])
