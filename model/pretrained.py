@@ -56,14 +56,19 @@ def gpt2_config(hf: dict, dropout: float = 0.0, block_size: int | None = None) -
             or hf.get("add_cross_attention", False):
         raise PretrainedError("this GPT-2 uses attention options our model does not have (unscaled, "
                               "layer-scaled or cross-attention).")
-    n_positions = hf.get("n_positions", 1024)
+    sizes = {k: hf.get(k, d) for k, d in (("n_positions", 1024), ("vocab_size", 50257), ("n_layer", 12),
+                                            ("n_head", 12), ("n_embd", 768))}
+    if any(type(v) is not int for v in sizes.values()):
+        raise PretrainedError(f"config.json's sizes must be integers, got {sizes}; pass a Hugging Face GPT-2 folder.")
+    n_positions = sizes["n_positions"]
     if block_size is not None and not 1 <= block_size <= n_positions:
         raise PretrainedError(f"block_size must be between 1 and this GPT-2's {n_positions} positions, got {block_size}.")
     try:
         return GPTConfig(block_size=block_size or n_positions, vocab_size=hf.get("vocab_size", 50257),
                          n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=n_embd,
                          dropout=dropout, bias=True, activation=ACTIVATIONS[act],
-                         norm_eps=hf.get("layer_norm_epsilon", 1e-5))
+                         norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+                         tie_embeddings=bool(hf.get("tie_word_embeddings", True)))
     except (ConfigError, TypeError) as e:
         raise PretrainedError(f"config.json holds sizes our model cannot take ({e}).") from None
 
@@ -92,15 +97,17 @@ def read_weights(folder: str) -> dict:
 
 
 def rename(hf_state: dict) -> dict:
-    """Hugging Face GPT-2 names and layouts -> ours (the tied lm_head and attention mask buffers dropped)."""
+    """Hugging Face GPT-2 names and layouts -> ours (the attention mask buffers dropped)."""
     state = {}
     for key, tensor in hf_state.items():
+        if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):
+            raise PretrainedError("the weights file holds entries that are not named tensors; download it again.")
         key = key.removeprefix("transformer.")
-        if key == "lm_head.weight" or key.endswith((".attn.bias", ".attn.masked_bias")):
+        if key.endswith((".attn.bias", ".attn.masked_bias")):
             continue
         if key.startswith("h."):
             key = "blocks." + key[2:]
-        if key.endswith(CONV1D):
+        if key.endswith(CONV1D) and tensor.dim() == 2:  # other shapes fail the shape check below
             tensor = tensor.t()
         state[key] = tensor
     return state
@@ -110,9 +117,12 @@ def read_config(folder: str) -> dict:
     """The folder's Hugging Face config.json."""
     try:
         with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-            return json.load(f)
+            hf = json.load(f)
+        if isinstance(hf, dict):
+            return hf
     except (OSError, ValueError):
-        raise PretrainedError(f"{folder} has no readable config.json; pass a Hugging Face GPT-2 folder.") from None
+        pass
+    raise PretrainedError(f"{folder} has no readable config.json; pass a Hugging Face GPT-2 folder.") from None
 
 
 def pretrained_config(name_or_dir: str, dropout: float = 0.0, block_size: int | None = None) -> GPTConfig:
@@ -127,7 +137,10 @@ def load_gpt2(cls, name_or_dir: str, dropout: float = 0.0, block_size: int | Non
     state = rename(read_weights(folder))
     if "wpe.weight" in state:
         state["wpe.weight"] = state["wpe.weight"][:model.config.block_size]
-    own = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    tied = model.config.tie_embeddings
+    if tied:  # the head is the embedding (a .bin file may hold a copy of it)
+        state.pop("lm_head.weight", None)
+    own = {k: v for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
         what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"

@@ -137,3 +137,27 @@ def test_finetune_eval_only_and_sample_from_a_gpt2_folder(bpe_data, tmp_path):
     assert not os.path.exists(tmp_path / "o2")
     with pytest.raises(ConfigError, match="init_from must be"):
         TrainConfig(init_from="gpt5")
+
+
+def test_untied_head_is_loaded(tmp_path):
+    hf = save_hf_gpt2(tmp_path, seed=3, tie_word_embeddings=False)
+    model = GPT.from_pretrained(str(tmp_path)).eval()
+    assert not model.config.tie_embeddings
+    idx = torch.randint(0, 97, (2, 20), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.allclose(model(idx), hf(idx).logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("config, weights", [
+    ([1, 2], None), ({"n_layer": 2.0}, None),
+    (None, {"transformer.h.0.attn.c_attn.weight": torch.ones(32, 96, 1)}),
+    (None, {"transformer.h.0.ln_1.weight": 3})])
+def test_hostile_config_or_weights_is_one_error(hf_dir, tmp_path, config, weights):
+    folder, hf = hf_dir
+    hf_config = json.loads((folder / "config.json").read_text())
+    if config is not None:
+        hf_config = config if isinstance(config, list) else {**hf_config, **config}
+    (tmp_path / "config.json").write_text(json.dumps(hf_config))
+    torch.save({**hf.state_dict(), **(weights or {})}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(PretrainedError):
+        GPT.from_pretrained(str(tmp_path))
