@@ -194,11 +194,14 @@ def main(argv: list[str]) -> None:
     torch.manual_seed(cfg.seed + ranks.rank)  # dropout differs between ranks
     iter_num, best_val_loss, elapsed_before, wandb_id = 0, float("inf"), 0.0, None
     if ckpt is not None:
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         try:
             distributed.load_full_state(model, optimizer, ckpt["model"], ckpt["optimizer"])
         except (RuntimeError, KeyError, ValueError):
             raise CheckpointError(f"{ckpt_path} does not match this model and optimizer; it is damaged "
                                   "or from an older headscope.") from None
+        for group, own in zip(optimizer.param_groups, settings):  # this run's settings (e.g. a new --muon_lr)
+            group.update(own)
         iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
         elapsed_before, wandb_id = ckpt.get("elapsed_s", 0.0), ckpt.get("wandb_id")
         exact = distributed.restore_rng(ckpt["rng"], ranks)

@@ -344,5 +344,11 @@ def test_train_with_the_preset_resumes_and_refuses_another_optimizer(char_data, 
     assert [r["iter"] for r in rows] == [0, 10, 20, 30] and rows[-1]["val_loss"] < rows[0]["val_loss"]
     proc = run_script("train.py", *small, "--init_from=resume", "--optimizer=adamw", "--max_iters=40", check=False)
     assert proc.returncode == 1 and proc.stderr.strip().startswith("error:") and "optimizer=muon" in proc.stderr
+    # settings given on resume are the ones used (not the saved optimizer's), as the checkpoint then records
+    run_script("train.py", *small, "--init_from=resume", "--max_iters=31", "--muon_lr=0.5", "--weight_decay=0.3")
+    ckpt = torch.load(out / "ckpt.pt", weights_only=False)
+    groups, lr = ckpt["optimizer"]["param_groups"], ckpt["train_config"]["learning_rate"]
+    assert ckpt["train_config"]["muon_lr"] == 0.5
+    assert sorted((g["lr_scale"], g["weight_decay"]) for g in groups) == [(1.0, 0.0), (1.0, 0.3), (0.5 / lr, 0.0)]
     proc = run_script("sample.py", f"--out_dir={out}", "--num_samples=1", "--max_new_tokens=20")
     assert proc.returncode == 0 and len(proc.stdout) >= 20
