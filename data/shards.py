@@ -2,7 +2,7 @@
 
 Each document becomes `<|endoftext|>` followed by its tokens (GPT-2's separator; other tokenizers
 use `[EOS]`), so every document, and every shard, starts with a separator. A shard holds whole
-documents: it is cut once it reaches `shard_tokens`. The first `val_tokens` (whole documents) go to
+documents: it is cut once it reaches `shard_tokens`. The first `val_tokens` (whole documents; at least 1) go to
 `val_NNNNNN.bin`, the rest to `train_NNNNNN.bin`; data/loader.py samples windows across them.
 
 Resume: `progress.json` lists the committed shards with the number of documents consumed after
@@ -139,8 +139,9 @@ def build_shards(out_dir: str, documents: Callable[[int], Iterator[str]], tokeni
     `documents(skip)` yields the documents' texts in a fixed order, starting after the first `skip`.
     `source` describes the input; a resumed run must have the same source and settings.
     """
-    if shard_tokens < 1 or val_tokens < 0 or (max_tokens is not None and max_tokens < 1):
-        raise PrepareError("shard_tokens and max_tokens must be positive and val_tokens not negative.")
+    if shard_tokens < 1 or val_tokens < 1 or (max_tokens is not None and max_tokens < 1):
+        raise PrepareError("shard_tokens, val_tokens and max_tokens must be positive (train.py evaluates on "
+                           "the val split).")
     os.makedirs(out_dir, exist_ok=True)
     tok_meta = shard_tokenizer_meta(tokenizer_meta)
     settings = {"source": source, "tokenizer": tok_meta, "shard_tokens": shard_tokens, "val_tokens": val_tokens}

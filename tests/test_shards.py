@@ -193,7 +193,8 @@ def test_bad_input_is_one_clear_line(tmp_path):
              (["--input", str(tmp_path / "missing.txt")], "does not exist"),
              (["--input", str(tmp_path / "notes.md")], ".jsonl"),
              (["--input", str(tmp_path / "bad.parquet")], "parquet"),
-             (["--input", str(tmp_path / "empty"), "--shard_tokens=0"], "positive")]
+             (["--input", str(tmp_path / "empty"), "--shard_tokens=0"], "positive"),
+             (["--input", str(tmp_path / "empty"), "--val_tokens=0"], "positive")]
     for args, words in cases:  # in this process: each ends in the PrepareError that the script prints
         with pytest.raises(PrepareError, match=words.replace(".", r"\.")):
             prepare_main([*args, "--out_dir", str(tmp_path / "o"), "--num_proc=1"])
