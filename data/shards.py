@@ -209,6 +209,10 @@ def build_shards(out_dir: str, documents: Callable[[int], Iterator[str]], tokeni
     if bar:
         bar.update(docs, committed, final=True)
     count = totals()
+    if count["train"] == 0 and limited:
+        raise PrepareError(f"no training tokens: max_tokens={max_tokens:,} was reached within the validation split "
+                           f"({count['val']:,} tokens; val_tokens={val_tokens:,}, whole documents); raise --max_tokens "
+                           "and run the same command again to continue.")
     if count["train"] == 0:
         raise PrepareError(f"no training tokens: the input's {docs:,} documents ({count['val']:,} tokens) were all "
                            f"taken by val_tokens={val_tokens:,} (documents are never split; a .txt file is one); "

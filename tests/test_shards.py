@@ -214,3 +214,16 @@ def test_bad_input_is_one_clear_line(tmp_path):
     with pytest.raises(PrepareError, match="all taken by"):
         build_shards(str(tmp_path / "o3"), local_documents(input_files([str(good)])), GPT2Tokenizer().meta(), "x",
                      val_tokens=10**6, progress=False)
+
+
+def test_max_tokens_inside_the_val_split_says_to_raise_it(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("some words " * 300)
+    (src / "b.txt").write_text("other words " * 300)
+    files = input_files([str(src)])
+    args = (str(tmp_path / "out"), local_documents(files), GPT2Tokenizer().meta(), local_source(files), 10**6, 10)
+    with pytest.raises(PrepareError, match="max_tokens=5 was reached.*raise --max_tokens"):
+        build_shards(*args, max_tokens=5, progress=False)  # smaller than the first document
+    meta = build_shards(*args, progress=False)  # the same command without the limit continues
+    assert meta["complete"] and meta["documents"] == 2 and meta["val_tokens"] == meta["train_tokens"] == 602
