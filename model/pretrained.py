@@ -60,6 +60,9 @@ def gpt2_config(hf: dict, dropout: float = 0.0, block_size: int | None = None) -
                                             ("n_head", 12), ("n_embd", 768))}
     if any(type(v) is not int for v in sizes.values()):
         raise PretrainedError(f"config.json's sizes must be integers, got {sizes}; pass a Hugging Face GPT-2 folder.")
+    eps = hf.get("layer_norm_epsilon", 1e-5)
+    if type(eps) not in (int, float) or not eps > 0:
+        raise PretrainedError(f"config.json's layer_norm_epsilon must be a positive number, got {eps!r}.")
     n_positions = sizes["n_positions"]
     if block_size is not None and not 1 <= block_size <= n_positions:
         raise PretrainedError(f"block_size must be between 1 and this GPT-2's {n_positions} positions, got {block_size}.")
@@ -67,7 +70,7 @@ def gpt2_config(hf: dict, dropout: float = 0.0, block_size: int | None = None) -
         return GPTConfig(block_size=block_size or n_positions, vocab_size=hf.get("vocab_size", 50257),
                          n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=n_embd,
                          dropout=dropout, bias=True, activation=ACTIVATIONS[act],
-                         norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+                         norm_eps=float(eps),
                          tie_embeddings=bool(hf.get("tie_word_embeddings", True)))
     except (ConfigError, TypeError) as e:
         raise PretrainedError(f"config.json holds sizes our model cannot take ({e}).") from None

@@ -149,7 +149,7 @@ def test_untied_head_is_loaded(tmp_path):
 
 
 @pytest.mark.parametrize("config, weights", [
-    ([1, 2], None), ({"n_layer": 2.0}, None),
+    ([1, 2], None), ({"n_layer": 2.0}, None), ({"layer_norm_epsilon": None}, None),
     (None, {"transformer.h.0.attn.c_attn.weight": torch.ones(32, 96, 1)}),
     (None, {"transformer.h.0.ln_1.weight": 3})])
 def test_hostile_config_or_weights_is_one_error(hf_dir, tmp_path, config, weights):
