@@ -162,8 +162,9 @@ def main(argv: list[str]) -> None:
     distributed.barrier(ranks)
     tokenizer = from_meta(read_meta(folder)).with_specials(batch_maker.specials)
     if cfg.init_from not in ("scratch", "resume") and tokenizer.vocab_size != model_cfg.vocab_size:
-        raise ConfigError(f"dataset {cfg.dataset} is tokenized with {tokenizer.kind} ({tokenizer.vocab_size} ids), not "
-                          f"GPT-2 BPE; fine-tune GPT-2 on a GPT-2 BPE dataset (python data/shakespeare/prepare.py).")
+        raise ConfigError(f"{cfg.init_from} has {model_cfg.vocab_size} token ids but dataset {folder} is tokenized "
+                          f"with {tokenizer.kind} ({tokenizer.vocab_size} ids); fine-tune GPT-2 on a GPT-2 BPE dataset "
+                          "(python data/shakespeare/prepare.py).")
     if ckpt is None:
         model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
     elif tokenizer.vocab_size != model_cfg.vocab_size or tokenizer.meta() != ckpt.get("tokenizer", tokenizer.meta()):

@@ -98,7 +98,7 @@ def bpe_data(tmp_path_factory):
     return folder
 
 
-def test_finetune_eval_only_and_sample_from_a_gpt2_folder(bpe_data, tmp_path):
+def test_finetune_eval_only_and_sample_from_a_gpt2_folder(bpe_data, hf_dir, tmp_path):
     hf_folder = tmp_path / "gpt2-tiny"
     save_hf_gpt2(hf_folder, vocab_size=50257, n_positions=64)
     meta = json.loads((bpe_data / "meta.json").read_text())
@@ -137,6 +137,10 @@ def test_finetune_eval_only_and_sample_from_a_gpt2_folder(bpe_data, tmp_path):
     assert not os.path.exists(tmp_path / "o2")
     with pytest.raises(ConfigError, match="init_from must be"):
         TrainConfig(init_from="gpt5")
+    # a GPT-2 with another vocabulary (97 ids) on a GPT-2 BPE dataset: the error names both sizes
+    proc = run_script("train.py", f"--init_from={hf_dir[0]}", f"--data_dir={bpe_data}", f"--out_dir={tmp_path / 'o3'}",
+                      check=False)
+    assert proc.returncode == 1 and "has 97 token ids" in proc.stderr and "gpt2 (50257 ids)" in proc.stderr
 
 
 def test_untied_head_is_loaded(tmp_path):
