@@ -21,6 +21,9 @@ import time
 
 import torch
 
+from model.config import ConfigError
+from model.system import pick_device
+
 # name -> model sizes, and training batch per device type
 CONFIGS = {
     "cpu_char": dict(model=dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65),
@@ -123,10 +126,14 @@ def main(argv: list[str]) -> None:
         print(json.dumps(bench_one(args.one, args)))
         return
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CONFIGS]
-    if unknown or args.steps < 1 or args.warmup < 0 or args.new_tokens < 1:
+    unknown = [n for n in names if n not in CONFIGS] or ([] if names else [args.configs])
+    if unknown or args.steps < 1 or args.warmup < 0 or args.new_tokens < 1 or args.batch_size < 0:
         sys.exit(f"error: unknown config {unknown[0]!r}; pick from {', '.join(CONFIGS)}." if unknown else
-                 "error: --steps and --new_tokens must be at least 1, --warmup at least 0.")
+                 "error: --steps and --new_tokens must be at least 1, --warmup and --batch_size at least 0.")
+    try:
+        pick_device(args.device)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
     for n, name in enumerate(names):
         print(f"{name}: {CONFIGS[name]['about']} ...", file=sys.stderr, flush=True)
         proc = subprocess.run([sys.executable, __file__, f"--one={name}", *argv], capture_output=True, text=True)

@@ -104,9 +104,20 @@ def main() -> None:
         if not arg.startswith("--"):
             sys.exit(f"error: unexpected argument {arg!r}; pass train.py overrides as --key=value.")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    from model.attention import check_variant
+    from model.config import ConfigError
+
+    if not variants:
+        sys.exit("error: --variants names no variant; give score/weighting pairs, e.g. additive/hard.")
     for v in variants:
         if v.count("/") != 1:
             sys.exit(f"error: variant {v!r} must be score/weighting, e.g. additive/hard.")
+        try:
+            check_variant(*v.split("/"))
+        except ConfigError as e:
+            sys.exit(f"error: variant {v!r}: {e}")
+    if args.threads < 1 or args.seq2seq_iters < 0:
+        sys.exit("error: --threads must be at least 1 and --seq2seq_iters at least 0.")
     with_seq2seq = not args.no_seq2seq and seq2seq_available()
 
     load_before = os.getloadavg()

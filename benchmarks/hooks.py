@@ -20,8 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model import GPT, GPTConfig  # noqa: E402
+from model.config import ConfigError  # noqa: E402
 from model.hooks import HookPoint  # noqa: E402
 from model.interventions import ablate_heads  # noqa: E402
+from model.system import pick_device  # noqa: E402
 
 SIZES = {  # name -> (model config, batch size)
     "small": (dict(n_layer=4, n_head=4, n_embd=128, block_size=64), 16),
@@ -96,6 +98,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = parser.parse_args()
+    if args.repeats < 1 or args.passes < 1 or args.threads < 0:
+        sys.exit("error: --repeats and --passes must be at least 1, --threads at least 0.")
+    try:
+        args.device = pick_device(args.device)  # auto -> cuda, mps or cpu
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
     if args.threads:
         torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time

@@ -25,9 +25,21 @@ RECIPES = {"classic": "config/shakespeare_char_cpu.py", "modern": "config/shakes
 
 
 def read_metrics(out_dir: str) -> list[dict]:
-    """The evaluations a run wrote to out_dir/metrics.jsonl."""
-    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The evaluations a run wrote to out_dir/metrics.jsonl (a line cut by a killed run is skipped)."""
+    path = os.path.join(out_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        sys.exit(f"error: no metrics file at {path}; give the out_dir of a finished run.")
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    rows = [r for r in rows if isinstance(r, dict) and {"iter", "val_loss", "elapsed_s"} <= r.keys()]
+    if not rows:
+        sys.exit(f"error: {path} holds no evaluations; train until the first eval_interval.")
+    return rows
 
 
 def first_reaching(rows: list[dict], target: float) -> dict | None:
@@ -81,6 +93,8 @@ def main() -> None:
     if args.table:
         runs = {os.path.basename(os.path.normpath(d)): d for d in args.table}
     else:
+        args.out = os.path.abspath(args.out)  # train.py runs in the repository, the caller may not
+        args.data_dir = args.data_dir and os.path.abspath(args.data_dir)
         runs = {name: os.path.join(args.out, name) for name in RECIPES}
         env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
         procs = []

@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data.loader import BATCHES, dataset_dir  # noqa: E402
 from data.tokenizer import from_meta  # noqa: E402
+from data.tokens import TokenFileError  # noqa: E402
 from model import CheckpointError, load_checkpoint, model_from_checkpoint  # noqa: E402
 from model.seq2seq import cross_attention  # noqa: E402
 
@@ -40,6 +41,8 @@ def main(argv):
     parser.add_argument("--data_dir", default="", help="default: the checkpoint's dataset")
     parser.add_argument("--pairs", type=int, default=500, help="held-out pairs to decode")
     args = parser.parse_args(argv)
+    if args.pairs < 1:
+        sys.exit(f"error: --pairs must be at least 1, got {args.pairs}.")
     ckpt = load_checkpoint(args.out_dir)
     if ckpt.get("model_type") != "seq2seq":
         raise CheckpointError(f"{args.out_dir} does not hold an encoder-decoder checkpoint.")
@@ -73,5 +76,5 @@ def main(argv):
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except CheckpointError as e:
+    except (CheckpointError, TokenFileError) as e:
         sys.exit(f"error: {e}")

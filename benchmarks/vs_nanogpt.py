@@ -179,6 +179,9 @@ def main() -> None:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         sys.exit(f"error: --seeds must be comma-separated integers, got {args.seeds!r}.")
+    if not seeds:
+        sys.exit("error: --seeds names no seed; give comma-separated integers, e.g. --seeds=1337,1338.")
+    args.data_dir, args.out = os.path.abspath(args.data_dir), os.path.abspath(args.out)  # the runs start in the repo
     if not os.path.exists(os.path.join(args.data_dir, "meta.json")):
         sys.exit(f"error: no prepared dataset in {args.data_dir}; run data/shakespeare_char/prepare.py --out_dir there first.")
     if args.reference:

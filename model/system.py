@@ -15,6 +15,8 @@ def pick_device(name: str = "auto") -> str:
         if torch.cuda.is_available():
             return "cuda"
         return "mps" if torch.backends.mps.is_available() else "cpu"
+    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}.")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name} was asked for but CUDA is not available; use --device=cpu.")
     if name == "mps" and not torch.backends.mps.is_available():

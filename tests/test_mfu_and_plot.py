@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import one_line_error, run_script
 from model import GPT, GPTConfig
 from model.mfu import flops_per_token, mfu, peak_flops
 
@@ -49,3 +49,30 @@ def test_plot_two_runs_into_png(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     bad = run_script("tools/plot_metrics.py", str(tmp_path / "missing"), check=False)
     assert bad.returncode == 1 and bad.stderr.strip().startswith("error: no metrics file")
+
+
+def test_plot_skips_bytes_and_values_that_are_not_metrics(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_bytes(b'\xff\xfe\n{"iter": "a", "val_loss": null}\n')
+    assert "no evaluations" in one_line_error(run_script("tools/plot_metrics.py", str(run), check=False))
+    write_run(tmp_path / "good", 0.01)
+    line = one_line_error(run_script("tools/plot_metrics.py", str(tmp_path / "good"), "-o",
+                                     str(tmp_path / "loss.txt"), check=False))
+    assert "cannot write" in line
+
+
+@pytest.mark.parametrize("args, says", [  # cheap options alongside, so that a regression fails fast
+    (["bench.py", "--configs=,"], "unknown config"), (["bench.py", "--batch_size=-1"], "--batch_size"),
+    (["bench.py", "--device=bogus"], "device must be"), (["benchmarks/hooks.py", "--repeats=0"], "--repeats"),
+    (["benchmarks/hooks.py", "--device=gpu", "--size=small", "--repeats=1", "--passes=1"], "device must be"),
+    (["benchmarks/attention_variants.py", "--variants=foo/softmax", "--max_iters=0", "--no_seq2seq"], "attn_score"),
+    (["benchmarks/attention_variants.py", "--variants=,", "--max_iters=0", "--no_seq2seq"], "no variant"),
+    (["benchmarks/attention_variants.py", "--threads=0", "--max_iters=0", "--no_seq2seq", "--speed_rounds=0"],
+     "--threads"),
+    (["benchmarks/seq2seq.py", "--out_dir=no-such-run", "--pairs=0"], "--pairs"),
+    (["benchmarks/vs_nanogpt.py", "--data_dir=no-such-data", "--seeds=,"], "--seeds"),
+    (["benchmarks/modern_recipe.py", "--table", "no-such-run"], "no metrics file"),
+])
+def test_benchmark_scripts_refuse_bad_options_in_one_line(args, says):
+    assert says in one_line_error(run_script(*args, check=False))

@@ -24,13 +24,13 @@ def read_metrics(path: str) -> list[dict]:
     if not os.path.exists(path):
         raise PlotError(f"no metrics file at {path}; give a run's metrics.jsonl or its out_dir.")
     records = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:  # bytes that are not text: lines skipped below
         for line in f:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(record, dict) and "iter" in record and "val_loss" in record:
+            if isinstance(record, dict) and all(isinstance(record.get(k), (int, float)) for k in ("iter", "val_loss")):
                 records.append(record)
     if not records:
         raise PlotError(f"{path} holds no evaluations yet; train until the first eval_interval.")
@@ -88,7 +88,10 @@ def main(argv: list[str]) -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise PlotError("matplotlib is not installed; pip install matplotlib") from None
-    plot(runs, args.output)
+    try:
+        plot(runs, args.output)
+    except ValueError as e:  # matplotlib: an unknown file type
+        raise PlotError(f"cannot write {args.output}: {e}") from None
     print(f"wrote {args.output} ({', '.join(runs)})")
 
 
