@@ -171,6 +171,7 @@ def test_cross_attention_has_its_own_variant():
     ("cross_attn_score", "concat", "cross_attn_score must be one of"),
     ("cross_attn_weighting", "argmax", "cross_attn_weighting must be one of"),
     ("hard_attention_temperature", 0.0, "hard_attention_temperature must be > 0"),
+    ("hard_attention_temperature", float("inf"), "hard_attention_temperature must be > 0 and finite"),
     ("hard_attention_estimator", "reinforce", "hard_attention_estimator must be one of gumbel, straight_through"),
     ("hard_attention_eval", "beam", "hard_attention_eval must be one of argmax, sample"),
 ])
