@@ -223,7 +223,8 @@ def main(argv: list[str]) -> None:
         import wandb
 
         run = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, id=wandb_id, resume="allow",
-                         config={**to_dict(cfg), **to_dict(model_cfg)})
+                         config={**to_dict(cfg), **to_dict(model_cfg)},
+                         dir=os.environ.get("WANDB_DIR") or cfg.out_dir)  # not the current folder
         wandb_id = run.id
 
     # ---------------------------------------------------------------- training loop

@@ -185,12 +185,13 @@ def test_wandb_offline_logging(char_data, tmp_path):
 
     from conftest import REPO
 
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env.pop("WANDB_DIR", None)  # the run's files go next to its checkpoint, not into the current folder
     proc = subprocess.run([sys.executable, "train.py", f"--data_dir={char_data}", f"--out_dir={tmp_path / 'out'}",
                            "--max_iters=10", "--eval_interval=5", "--wandb_log=True", *SMALL],
                           cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
     assert load_checkpoint(str(tmp_path / "out"))["wandb_id"] in runs[0].name
 
