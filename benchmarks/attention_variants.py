@@ -129,7 +129,8 @@ def main() -> None:
             if args.max_iters > 0:
                 gpt = run_train([args.config, f"--attn_score={score}", f"--attn_weighting={weighting}",
                                  f"--max_iters={args.max_iters}", f"--lr_decay_iters={args.max_iters}",
-                                 f"--eval_interval={args.max_iters}", "--log_interval=10", *args.extra],
+                                 f"--eval_interval={args.max_iters}", f"--log_interval={min(10, args.max_iters)}",
+                                 *args.extra],
                                 os.path.join(tmp, v.replace("/", "-")), args.threads)
                 row.update(val_loss=gpt["val_loss"], tokens_per_s=gpt["median_tokens_per_s"],
                            peak_rss_mib=gpt["peak_rss_mib"])
@@ -138,7 +139,8 @@ def main() -> None:
                             f"--cross_attn_score={score}", f"--cross_attn_weighting={weighting}"]
                 if args.seq2seq_iters:
                     s2s_args += [f"--max_iters={args.seq2seq_iters}", f"--lr_decay_iters={args.seq2seq_iters}",
-                                 f"--eval_interval={args.seq2seq_iters}"]
+                                 f"--eval_interval={args.seq2seq_iters}",
+                                 f"--log_interval={min(25, args.seq2seq_iters)}"]  # a short run logs its speed too
                 s2s = run_train(s2s_args, os.path.join(tmp, "s2s-" + v.replace("/", "-")), args.threads)
                 row.update(exact_match=s2s.get("val_exact_match"), s2s_val_loss=s2s["val_loss"],
                            s2s_tokens_per_s=s2s["median_tokens_per_s"], s2s_wall_s=s2s["elapsed_s"])

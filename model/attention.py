@@ -54,7 +54,8 @@ def check_variants(config) -> None:
     check_variant(config.attn_score, config.attn_weighting, "attn_")
     check_variant(config.cross_attn_score, config.cross_attn_weighting, "cross_attn_")
     if not 0 < config.hard_attention_temperature < float("inf"):  # inf: -inf / inf = nan in the masked scores
-        raise ConfigError(f"hard_attention_temperature must be > 0 and finite, got {config.hard_attention_temperature}.")
+        raise ConfigError("hard_attention_temperature must be > 0 and finite, "
+                          f"got {config.hard_attention_temperature}.")
     if config.hard_attention_estimator not in Hard.estimators:
         raise ConfigError(f"hard_attention_estimator must be one of {', '.join(Hard.estimators)}, "
                           f"got {config.hard_attention_estimator!r}.")
