@@ -203,11 +203,12 @@ def main(argv: list[str]) -> None:
         if model.config.vocab_size != tokenizer.vocab_size:
             raise ConfigError(f"{cfg.init_from} has {model.config.vocab_size} token ids, not GPT-2's "
                               f"{tokenizer.vocab_size}; sample from it with a checkpoint of ours instead.")
+    source = cfg.out_dir if cfg.init_from == "resume" else cfg.init_from
     for key in given:  # another family's option, set to something other than its default
         if ONLY_FOR.get(key, model_type) != model_type and getattr(cfg, key) != getattr(SampleConfig, key):
             hint = " (in Python: model.hooks(ablate_heads(...)), model/interventions.py)" if key == "ablate" else ""
-            raise ConfigError(f"--{key} is for {FAMILY_NAMES[ONLY_FOR[key]]} checkpoint and {cfg.out_dir if cfg.init_from == 'resume' else cfg.init_from} "
-                              f"holds {FAMILY_NAMES[model_type]}; drop --{key}{hint}.")
+            raise ConfigError(f"--{key} is for {FAMILY_NAMES[ONLY_FOR[key]]} checkpoint and {source} holds "
+                              f"{FAMILY_NAMES[model_type]}; drop --{key}{hint}.")
     RUNNERS[model_type](model, tokenizer, cfg, device, dtype)
 
 

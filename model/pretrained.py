@@ -67,8 +67,8 @@ def gpt2_config(hf: dict, dropout: float = 0.0, block_size: int | None = None) -
     if block_size is not None and not 1 <= block_size <= n_positions:
         raise PretrainedError(f"block_size must be between 1 and this GPT-2's {n_positions} positions, got {block_size}.")
     try:
-        return GPTConfig(block_size=block_size or n_positions, vocab_size=hf.get("vocab_size", 50257),
-                         n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=n_embd,
+        return GPTConfig(block_size=block_size or n_positions, vocab_size=sizes["vocab_size"],
+                         n_layer=sizes["n_layer"], n_head=sizes["n_head"], n_embd=sizes["n_embd"],
                          dropout=dropout, bias=True, activation=ACTIVATIONS[act],
                          norm_eps=float(eps),
                          tie_embeddings=bool(hf.get("tie_word_embeddings", True)))
@@ -125,7 +125,7 @@ def read_config(folder: str) -> dict:
             return hf
     except (OSError, ValueError):
         pass
-    raise PretrainedError(f"{folder} has no readable config.json; pass a Hugging Face GPT-2 folder.") from None
+    raise PretrainedError(f"{folder} has no readable config.json; pass a Hugging Face GPT-2 folder.")
 
 
 def pretrained_config(name_or_dir: str, dropout: float = 0.0, block_size: int | None = None) -> GPTConfig:
