@@ -80,16 +80,19 @@ def test_loss_counts_only_labelled_positions():
 def test_small_encoder_overfits_one_masked_batch():
     torch.manual_seed(0)
     model = tiny(vocab_size=25).train()
-    text = torch.randint(0, 23, (4, 16))
+    gen = torch.Generator().manual_seed(0)
+    text = torch.randint(0, 23, (4, 16), generator=gen)
     ids, labels = mask_tokens(text, torch.ones_like(text, dtype=torch.bool), mask_id=23, n_random=23,
-                              generator=torch.Generator().manual_seed(0), mask_prob=0.25)
+                              generator=gen, mask_prob=0.25)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(100):
+    losses = []
+    for _ in range(150):
         _, loss = model(ids, labels=labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert loss.item() < 0.1
+        losses.append(loss.item())
+    assert min(losses[-10:]) < 0.1, losses[-10:]  # from log(25) = 3.2
 
 
 def test_segment_embeddings():

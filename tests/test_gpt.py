@@ -73,14 +73,16 @@ def test_extreme_temperatures_sample_valid_tokens():
 def test_two_layer_model_overfits_one_batch():
     torch.manual_seed(0)
     model = tiny().train()
-    idx = torch.randint(0, 23, (4, 16))
+    idx = torch.randint(0, 23, (4, 16), generator=torch.Generator().manual_seed(0))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
     for _ in range(150):
         _, loss = model(idx[:, :-1], idx[:, 1:])
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert loss.item() < 0.1
+        losses.append(loss.item())
+    assert min(losses[-10:]) < 0.1, losses[-10:]  # from log(23) = 3.1
 
 
 def test_sequence_longer_than_block_size_is_a_clear_error():
