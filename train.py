@@ -4,7 +4,7 @@
     python train.py config/shakespeare_char_cpu.py     # nanoGPT's documented CPU settings
     python train.py config/shakespeare_char.py --device=cuda --compile=True
     python train.py --out_dir=out --init_from=resume   # continue exactly where a run stopped
-    torchrun --standalone --nproc_per_node=8 train.py config/NAME.py [--fsdp=True]   # data-parallel
+    torchrun --standalone --nproc_per_node=8 train.py config/NAME.py [--fsdp=True]   # data-parallel (see README)
     python train.py config/finetune_shakespeare.py     # fine-tune OpenAI's GPT-2 on BPE Shakespeare
     python train.py --out_dir=out --init_from=resume --eval_only   # val loss of a checkpoint
 
@@ -130,16 +130,17 @@ def load_config(argv: list[str]):
                               f"{fixed[0] if fixed else 'model_type'} (only dropout and block_size may be set).")
         model_cfg = pretrained_config(cfg.init_from, model_cfg.dropout,
                                       model_cfg.block_size if "block_size" in values else None)
-    return cfg, model_cfg, ckpt
+    # unset: one micro-batch per process; the checkpoint records the effective (global) count, so a resume keeps it
+    key = "gradient_accumulation_steps"
+    stored = key in (ckpt["train_config"] if ckpt is not None else {}) and key not in values
+    steps = distributed.accumulation_steps(cfg.gradient_accumulation_steps if key in values or stored else None,
+                                           distributed.world_size(), resumed=stored)
+    return dataclasses.replace(cfg, gradient_accumulation_steps=steps), model_cfg, ckpt
 
 
 def main(argv: list[str]) -> None:
     # ---------------------------------------------------------------- configuration
     cfg, model_cfg, ckpt = load_config(argv)
-    world_size = distributed.world_size()
-    if cfg.gradient_accumulation_steps % world_size:
-        raise ConfigError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) counts micro-batches "
-                          f"over all {world_size} processes; make it a multiple of {world_size}.")
     ranks = distributed.setup(pick_device(cfg.device))  # one process, or one of torchrun's
     device, master = ranks.device, ranks.master
     dtype = pick_dtype(cfg.dtype, device)
@@ -185,6 +186,8 @@ def main(argv: list[str]) -> None:
         print(f"{cfg.model_type}: {model.num_params() / 1e6:.2f}M parameters, device {device}, dtype {dtype}, "
               f"{tokens_per_iter:,} tokens per iteration, {ranks.world_size} process(es)"
               + (", FSDP" if cfg.fsdp else ", DDP" if ranks.launched else ""))
+        print(distributed.describe_batch(cfg.batch_size, model_cfg.block_size, cfg.gradient_accumulation_steps,
+                                         ranks.world_size))
     token_flops = flops_per_token(model, model_cfg.block_size)
     peak, gpu_name = device_peak(device)
     if master and device_type == "cuda" and peak is None:

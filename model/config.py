@@ -163,7 +163,8 @@ class TrainConfig:
     data_dir: str = ""  # defaults to data/<dataset>
     batch_size: int = 16
     # micro-batches per optimizer step, summed over all ranks (global): a step sees batch_size *
-    # gradient_accumulation_steps sequences however many processes share it; divisible by their number
+    # gradient_accumulation_steps sequences however many processes share it; divisible by their number.
+    # Not given (config file or command line): one per process (train.py sets it; model/distributed.py)
     gradient_accumulation_steps: int = 1
     # optimizer and schedule
     learning_rate: float = 1e-3

@@ -4,7 +4,9 @@
 
 torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; a plain `python train.py` has none and runs as the
 only rank. Every rank builds the same model and sees its own share of each global batch; gradients
-are averaged across ranks on the last micro-step of gradient accumulation only.
+are averaged across ranks on the last micro-step of gradient accumulation only. Without a
+gradient_accumulation_steps of its own a run takes one micro-batch per process per step; a given
+one is the global count (see accumulation_steps).
 """
 
 from contextlib import contextmanager
@@ -40,6 +42,33 @@ class Ranks:
 def world_size() -> int:
     """The number of training processes torchrun started (1 without torchrun); no process group needed."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def accumulation_steps(given: int | None, world_size: int, resumed: bool = False) -> int:
+    """Micro-batches per optimizer step over all processes: `given` (a global count), or one per process.
+
+    Unset (None), every process takes one micro-batch per step, so the global batch grows with the
+    number of processes as in plain DDP. A given count is global: the same global batch on 1 or N
+    processes (exactly the same run), so it must split evenly. A resumed run passes its stored count.
+    """
+    if given is None:
+        return world_size
+    if given % world_size == 0:
+        return given
+    if resumed:
+        raise ConfigError(f"this run was trained with gradient_accumulation_steps={given} (micro-batches per step over "
+                          f"all processes), which {world_size} processes cannot share; resume it on a number of "
+                          f"processes that divides {given}, or pass --gradient_accumulation_steps=N (a multiple of "
+                          f"{world_size}) to change its global batch.")
+    raise ConfigError(f"gradient_accumulation_steps ({given}) counts micro-batches over all {world_size} processes; "
+                      f"make it a multiple of {world_size}.")
+
+
+def describe_batch(batch_size: int, block_size: int, accumulation: int, world_size: int) -> str:
+    """One line for the start of a run: the global batch in sequences and tokens per optimizer step."""
+    per_rank = accumulation // world_size
+    return (f"global batch: {batch_size * accumulation:,} sequences, {batch_size * accumulation * block_size:,} "
+            f"tokens per step ({world_size} process(es) x {per_rank} micro-batch(es) of {batch_size} x {block_size})")
 
 
 def setup(device: str) -> Ranks:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO, run_script
-from model import load_checkpoint, model_from_checkpoint
+from model import ConfigError, distributed, load_checkpoint, model_from_checkpoint
 
 # global batch: 2 micro-batches of 4 sequences; one process accumulates both, two processes take one each
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",
@@ -104,3 +104,27 @@ def test_nonfinite_loss_skips_steps_then_stops_keeping_checkpoint(char_data, tmp
     assert len(lines) == 1 and lines[0].startswith("error: the loss was non-finite for 3 steps"), proc.stderr
     assert (out / "ckpt.pt").read_bytes() == before  # the evaluation at a NaN model saved nothing
     assert load_checkpoint(str(out))["iter_num"] == 4
+
+
+def test_accumulation_unset_is_one_per_process_and_given_is_global():
+    assert distributed.accumulation_steps(None, 1) == 1 and distributed.accumulation_steps(None, 8) == 8
+    assert distributed.accumulation_steps(32, 8) == 32 and distributed.accumulation_steps(2, 1) == 2
+    with pytest.raises(ConfigError, match=r"^gradient_accumulation_steps \(6\) counts .* multiple of 4\.$"):
+        distributed.accumulation_steps(6, 4)
+    with pytest.raises(ConfigError, match="resume it on a number of processes that divides 6"):
+        distributed.accumulation_steps(6, 4, resumed=True)
+    assert distributed.describe_batch(16, 64, 2, 2) == (
+        "global batch: 32 sequences, 2,048 tokens per step (2 process(es) x 1 micro-batch(es) of 16 x 64)")
+
+
+def test_resume_keeps_the_stored_global_batch(char_data, tmp_path):
+    # a one-process run without the key stores its effective count (1): two processes cannot resume it
+    tiny = [a for a in TINY if not a.startswith("--gradient_accumulation_steps")]
+    proc = run_script("train.py", f"--data_dir={char_data}", f"--out_dir={tmp_path}", *tiny, "--max_iters=2")
+    assert "global batch: 4 sequences, 128 tokens per step (1 process(es) x 1 micro-batch(es) of 4 x 32)" in proc.stdout
+    assert load_checkpoint(str(tmp_path))["train_config"]["gradient_accumulation_steps"] == 1
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}  # checked before joining a group
+    proc = subprocess.run([sys.executable, "train.py", f"--out_dir={tmp_path}", "--init_from=resume",
+                           "--max_iters=4"], cwd=REPO, capture_output=True, text=True, env=env)
+    assert proc.returncode == 1 and proc.stderr.startswith(
+        "error: this run was trained with gradient_accumulation_steps=1"), proc.stderr
