@@ -22,7 +22,7 @@ import time
 import torch
 
 from model.config import ConfigError
-from model.system import pick_device
+from training.system import pick_device
 
 # name -> model sizes, and training batch per device type
 CONFIGS = {
@@ -45,11 +45,27 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def sampling_speed(model, device: str, amp, new_tokens: int) -> dict[bool, float]:
+    """Greedy sampling speed in tokens/s, with the KV cache (True) and without (False)."""
+    sampling = {}
+    for use_cache in (True, False):
+        prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
+        with amp:
+            model.generate(prompt, 4, top_k=1, use_cache=use_cache)  # warm-up
+            sync(device)
+            t0 = time.perf_counter()
+            model.generate(prompt, new_tokens, top_k=1, use_cache=use_cache)
+            sync(device)
+        sampling[use_cache] = new_tokens / (time.perf_counter() - t0)
+    return sampling
+
+
 def bench_one(name: str, args) -> dict:
     """Measure one config in this process; return a row of the table."""
-    from model import GPT, GPTConfig, TrainConfig
-    from model.mfu import device_peak, flops_per_token, mfu
-    from model.system import autocast, enable_tf32, pick_device, pick_dtype
+    from model import GPT, GPTConfig
+    from training.config import TrainConfig
+    from training.mfu import device_peak, flops_per_token, mfu
+    from training.system import autocast, enable_tf32, pick_device, pick_dtype
     from train import make_optimizer
 
     spec = CONFIGS[name]
@@ -92,17 +108,7 @@ def bench_one(name: str, args) -> dict:
         utilisation = "-"
     del optimizer, loss, idx
 
-    model.eval()
-    sampling = {}
-    for use_cache in (True, False):
-        prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
-        with amp:
-            model.generate(prompt, 4, top_k=1, use_cache=use_cache)  # warm-up
-            sync(device)
-            t0 = time.perf_counter()
-            model.generate(prompt, args.new_tokens, top_k=1, use_cache=use_cache)
-            sync(device)
-        sampling[use_cache] = args.new_tokens / (time.perf_counter() - t0)
+    sampling = sampling_speed(model.eval(), device, amp, args.new_tokens)
     return {"config": name, "params": f"{model.num_params() / 1e6:.1f}M", "device": gpu if device_type == "cuda"
             else "cpu", "dtype": dtype, "compile": args.compile, "batch x T": f"{batch} x {T}",
             "ms/step": f"{dt * 1000:.0f}", "train tokens/s": f"{tokens_per_s:,.0f}", "MFU": utilisation,

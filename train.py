@@ -12,31 +12,30 @@ A config file holds `name = value` lines; --key=value overrides it. An unknown k
 wrong type is an error that lists the valid keys.
 """
 
-import dataclasses
-import json
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass, replace
+
 import torch
 
-from data.loader import BATCHES, batch_generator, dataset_dir, read_meta
-from data.tokenizer import TokenizerError, from_meta
-from data.tokens import TokenFileError
-from model import MODELS, CheckpointError, ConfigError, TrainConfig, load_checkpoint, save_checkpoint
-from model import distributed
-from model.config import MODEL_CONFIGS, build, coerce, field_types, from_dict, parse_args, to_dict
-from model.mfu import device_peak, flops_per_token, mfu
-from model.muon import make_muon_adamw
-from model.pretrained import pretrained_config
-from model.system import autocast as autocast_for, enable_tf32, pick_device, pick_dtype
+from data.loader import batch_generator, dataset_dir, read_meta
+from data.tokenizer import from_meta
+from model import GPT
+from training import distributed
+from training.config import TrainConfig, build, coerce, field_types, from_dict, parse_args, to_dict
+from training.families import family
+from training.logger import RunLogger, log_attention
+from training.mfu import device_peak, flops_per_token, mfu
+from training.muon import make_muon_adamw
+from training.system import autocast as autocast_for, enable_tf32, pick_device, pick_dtype
+from weights.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from weights.common import ConfigError, UserError
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss stayed non-finite for max_nonfinite_steps steps in a row."""
-
-
-USER_ERRORS = (ConfigError, CheckpointError, TokenFileError, TokenizerError, FileNotFoundError, TrainingDiverged)
 
 
 def lr_at(it: int, cfg: TrainConfig) -> float:
@@ -53,7 +52,7 @@ def lr_at(it: int, cfg: TrainConfig) -> float:
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str):
     """AdamW with weight decay on matrices and embeddings only (not on biases and norm gains);
-    with optimizer='muon', Muon for the blocks' matrices and AdamW for the rest (model/muon.py)."""
+    with optimizer='muon', Muon for the blocks' matrices and AdamW for the rest (training/muon.py)."""
     fused = device.startswith("cuda") or device == "cpu"  # one kernel for the whole update (CPU too since torch 2.4)
     if cfg.optimizer == "muon":
         return make_muon_adamw(model, cfg.muon_lr, cfg.learning_rate, (cfg.beta1, cfg.beta2), cfg.weight_decay,
@@ -98,10 +97,7 @@ def estimate_loss(model, batches, cfg: TrainConfig, autocast, ranks) -> dict:
 def load_config(argv: list[str]):
     """Build (TrainConfig, model config, checkpoint or None) from the command line."""
     values = parse_args(argv)
-    model_type = str(values.get("model_type", "gpt"))
-    if model_type not in MODEL_CONFIGS:
-        raise ConfigError(f"model_type must be one of {', '.join(MODEL_CONFIGS)}, got {model_type!r}.")
-    cfg, model_cfg = build(values, TrainConfig, MODEL_CONFIGS[model_type])
+    cfg, model_cfg = build(values, TrainConfig, family(str(values.get("model_type", "gpt"))).config)
     ckpt = None
     if cfg.init_from == "resume":
         ckpt = load_checkpoint(cfg.out_dir)
@@ -115,10 +111,10 @@ def load_config(argv: list[str]):
         if cfg.model_type != ckpt["model_type"]:
             raise ConfigError(f"{cfg.out_dir} holds a {ckpt['model_type']} model; resume it with that model_type, "
                               "or start a new run in another out_dir.")
-        model_cfg = from_dict(MODEL_CONFIGS[ckpt["model_type"]], ckpt["model_args"])
+        model_cfg = from_dict(family(ckpt["model_type"]).config, ckpt["model_args"])
         types = field_types(type(model_cfg))
         if "dropout" in values:  # a training setting, not part of the weights (nanoGPT also takes it on resume)
-            model_cfg = dataclasses.replace(model_cfg, dropout=coerce("dropout", values["dropout"], types["dropout"]))
+            model_cfg = replace(model_cfg, dropout=coerce("dropout", values["dropout"], types["dropout"]))
         for key in sorted(set(values) & set(types)):  # the model is the checkpoint's: a different size is a mistake
             if coerce(key, values[key], types[key]) != getattr(model_cfg, key):
                 raise ConfigError(f"{cfg.out_dir} holds a model with {key}={getattr(model_cfg, key)!r}; a resumed run "
@@ -128,37 +124,65 @@ def load_config(argv: list[str]):
         if fixed or cfg.model_type != "gpt":
             raise ConfigError(f"init_from={cfg.init_from} fixes the model (a GPT-2); remove "
                               f"{fixed[0] if fixed else 'model_type'} (only dropout and block_size may be set).")
-        model_cfg = pretrained_config(cfg.init_from, model_cfg.dropout,
+        model_cfg = GPT.pretrained_config(cfg.init_from, model_cfg.dropout,
                                       model_cfg.block_size if "block_size" in values else None)
     # unset: one micro-batch per process; the checkpoint records the effective (global) count, so a resume keeps it
     key = "gradient_accumulation_steps"
     stored = key in (ckpt["train_config"] if ckpt is not None else {}) and key not in values
     steps = distributed.accumulation_steps(cfg.gradient_accumulation_steps if key in values or stored else None,
                                            distributed.world_size(), resumed=stored)
-    return dataclasses.replace(cfg, gradient_accumulation_steps=steps), model_cfg, ckpt
+    return replace(cfg, gradient_accumulation_steps=steps), model_cfg, ckpt
 
 
-def main(argv: list[str]) -> None:
-    # ---------------------------------------------------------------- configuration
-    cfg, model_cfg, ckpt = load_config(argv)
+@dataclass
+class Run:
+    """What a training run holds besides the model: settings, data, counters (saved in the checkpoint)."""
+
+    cfg: TrainConfig
+    model_cfg: object
+    ranks: distributed.Ranks
+    dtype: str
+    autocast: object
+    tokenizer: object
+    batches: object
+    log: RunLogger
+    iter_num: int = 0
+    start_iter: int = 0
+    best_val_loss: float = float("inf")
+    elapsed_before: float = 0.0  # training seconds of the runs this one resumes
+    wandb_id: str | None = None
+    nonfinite_in_a_row: int = 0
+
+    @property
+    def ckpt_path(self) -> str:
+        """out_dir/ckpt.pt."""
+        return os.path.join(self.cfg.out_dir, "ckpt.pt")
+
+    @property
+    def tokens_per_iter(self) -> int:
+        """Tokens in one optimizer step, over all ranks."""
+        return self.cfg.batch_size * self.model_cfg.block_size * self.cfg.gradient_accumulation_steps
+
+
+def setup_system(cfg: TrainConfig, ckpt: dict | None):
+    """(ranks, dtype, autocast): the processes (one, or torchrun's), the precision and the seed."""
     ranks = distributed.setup(pick_device(cfg.device))  # one process, or one of torchrun's
-    device, master = ranks.device, ranks.master
-    dtype = pick_dtype(cfg.dtype, device)
-    device_type = "cuda" if device.startswith("cuda") else device
+    dtype = pick_dtype(cfg.dtype, ranks.device)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     if ckpt is None and os.path.exists(ckpt_path) and not cfg.overwrite and not cfg.eval_only:
         raise ConfigError(f"{ckpt_path} already exists; continue it with --init_from=resume, "
                           "pick another --out_dir, or pass --overwrite=True to replace it.")
-    micro_steps = cfg.gradient_accumulation_steps // ranks.world_size  # on this rank
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    if device_type == "cuda":
+    if ranks.device.startswith("cuda"):
         enable_tf32()
-    autocast = autocast_for(device, dtype)
+    return ranks, dtype, autocast_for(ranks.device, dtype)
 
-    # ---------------------------------------------------------------- data
+
+def setup_data(cfg: TrainConfig, model_cfg, ckpt: dict | None, ranks):
+    """(tokenizer, batch maker, model config with the dataset's vocabulary); one rank prepares the data."""
     folder = dataset_dir(cfg.dataset, cfg.data_dir)
-    batch_maker = BATCHES[cfg.model_type]
-    if master:
+    batch_maker = family(cfg.model_type).batches
+    if ranks.master:
         read_meta(folder, prepare_if_missing=True)  # one rank prepares the dataset on first use
     distributed.barrier(ranks)
     tokenizer = from_meta(read_meta(folder)).with_specials(batch_maker.specials)
@@ -167,182 +191,181 @@ def main(argv: list[str]) -> None:
                           f"with {tokenizer.kind} ({tokenizer.vocab_size} ids); fine-tune GPT-2 on a GPT-2 BPE dataset "
                           "(python data/shakespeare/prepare.py).")
     if ckpt is None:
-        model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
+        model_cfg = model_cfg.with_vocab_size(tokenizer.vocab_size)
     elif tokenizer.vocab_size != model_cfg.vocab_size or tokenizer.meta() != ckpt.get("tokenizer", tokenizer.meta()):
         theirs = tokenizer.vocab_size if tokenizer.vocab_size != model_cfg.vocab_size else "as many, other tokens"
         raise ConfigError(f"the checkpoint's vocabulary ({model_cfg.vocab_size}) differs from dataset "
                           f"{cfg.dataset} ({theirs}); resume on the dataset it was trained on.")
-    batches = batch_maker(folder, model_cfg, cfg.batch_size, device, tokenizer)
-    tokens_per_iter = cfg.batch_size * model_cfg.block_size * cfg.gradient_accumulation_steps  # all ranks
+    return tokenizer, batch_maker(folder, model_cfg, cfg.batch_size, ranks.device, tokenizer), model_cfg
 
-    # ---------------------------------------------------------------- model and optimizer
+
+def build_model(run: Run):
+    """(model, train_model, optimizer, scaler): the model, wrapped for DDP/FSDP/compile, and its optimizer."""
+    cfg, model_cfg, ranks = run.cfg, run.model_cfg, run.ranks
+    model_class = family(cfg.model_type).model
     if cfg.init_from in ("scratch", "resume"):
-        model = MODELS[cfg.model_type](model_cfg).to(device)
+        model = model_class(model_cfg).to(ranks.device)
     else:
-        model = MODELS[cfg.model_type].from_pretrained(cfg.init_from, model_cfg.dropout, model_cfg.block_size).to(device)
-        if master:
-            print(f"initialised from {cfg.init_from}")
-    if master:
-        print(f"{cfg.model_type}: {model.num_params() / 1e6:.2f}M parameters, device {device}, dtype {dtype}, "
-              f"{tokens_per_iter:,} tokens per iteration, {ranks.world_size} process(es)"
-              + (", FSDP" if cfg.fsdp else ", DDP" if ranks.launched else ""))
-        print(distributed.describe_batch(cfg.batch_size, model_cfg.block_size, cfg.gradient_accumulation_steps,
-                                         ranks.world_size))
-    token_flops = flops_per_token(model, model_cfg.block_size)
-    peak, gpu_name = device_peak(device)
-    if master and device_type == "cuda" and peak is None:
-        print(f"MFU unknown for {gpu_name} (not in model/mfu.py's table of peak FLOP/s)")
-    train_model = distributed.wrap(model, ranks, cfg.fsdp, cfg.compile, dtype)  # DDP, FSDP or model itself
-    optimizer = make_optimizer(model, cfg, device)
-    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+        model = model_class.from_pretrained(cfg.init_from, model_cfg.dropout, model_cfg.block_size).to(ranks.device)
+        run.log.print(f"initialised from {cfg.init_from}")
+    run.log.print(f"{cfg.model_type}: {model.num_params() / 1e6:.2f}M parameters, device {ranks.device}, dtype "
+                  f"{run.dtype}, {run.tokens_per_iter:,} tokens per iteration, {ranks.world_size} process(es)"
+                  + (", FSDP" if cfg.fsdp else ", DDP" if ranks.launched else ""))
+    run.log.print(distributed.describe_batch(cfg.batch_size, model_cfg.block_size, cfg.gradient_accumulation_steps,
+                                             ranks.world_size))
+    train_model = distributed.wrap(model, ranks, cfg.fsdp, cfg.compile, run.dtype)  # DDP, FSDP or model itself
+    optimizer = make_optimizer(model, cfg, ranks.device)
+    device_type = "cuda" if ranks.device.startswith("cuda") else ranks.device
+    scaler = torch.amp.GradScaler(device_type, enabled=(run.dtype == "float16"))
     torch.manual_seed(cfg.seed + ranks.rank)  # dropout differs between ranks
-    iter_num, best_val_loss, elapsed_before, wandb_id = 0, float("inf"), 0.0, None
-    if ckpt is not None:
-        settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-        try:
-            distributed.load_full_state(model, optimizer, ckpt["model"], ckpt["optimizer"])
-        except (RuntimeError, KeyError, ValueError):
-            raise CheckpointError(f"{ckpt_path} does not match this model and optimizer; it is damaged "
-                                  "or from an older headscope.") from None
-        for group, own in zip(optimizer.param_groups, settings):  # this run's settings (e.g. a new --muon_lr)
-            group.update(own)
-        iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
-        elapsed_before, wandb_id = ckpt.get("elapsed_s", 0.0), ckpt.get("wandb_id")
-        exact = distributed.restore_rng(ckpt["rng"], ranks)
-        if master:
-            print(f"resuming from {ckpt_path} at iter {iter_num}" + ("" if exact else
+    return model, train_model, optimizer, scaler
+
+
+def resume(run: Run, ckpt: dict, model, optimizer) -> None:
+    """Load a checkpoint's weights, optimizer state, counters and random state into the run."""
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    try:
+        distributed.load_full_state(model, optimizer, ckpt["model"], ckpt["optimizer"])
+    except (RuntimeError, KeyError, ValueError):
+        raise CheckpointError(f"{run.ckpt_path} does not match this model and optimizer; it is damaged "
+                              "or from an older headscope.") from None
+    for group, own in zip(optimizer.param_groups, settings):  # this run's settings (e.g. a new --muon_lr)
+        group.update(own)
+    run.iter_num = run.start_iter = ckpt["iter_num"]
+    run.best_val_loss = ckpt["best_val_loss"]
+    run.elapsed_before, run.wandb_id = ckpt.get("elapsed_s", 0.0), ckpt.get("wandb_id")
+    exact = distributed.restore_rng(ckpt["rng"], run.ranks)
+    run.log.print(f"resuming from {run.ckpt_path} at iter {run.iter_num}" + ("" if exact else
                   " (saved by another number of processes: same data, new dropout randomness)"))
+
+
+def evaluate_and_save(run: Run, model, optimizer, lr: float, elapsed: float, tokens_per_s: float) -> None:
+    """Estimate the losses, record them, and save a checkpoint when the model is finite and good enough."""
+    cfg = run.cfg
+    losses = estimate_loss(model, run.batches, cfg, run.autocast, run.ranks)  # every rank takes part
+    record = {"iter": run.iter_num, **losses, "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
+              "elapsed_s": round(elapsed, 2), "tokens": run.iter_num * run.tokens_per_iter}
+    run.log.evaluation(losses, record, write=not cfg.eval_only)
+    good = math.isfinite(losses["val_loss"])  # never replace a good checkpoint with a broken model
+    if cfg.eval_only or run.iter_num == 0 or not good or not (losses["val_loss"] < run.best_val_loss
+                                                               or cfg.always_save_checkpoint):
+        return
+    run.best_val_loss = min(run.best_val_loss, losses["val_loss"])
+    model_state, optim_state = distributed.full_state(model, optimizer)  # collective
+    rng = distributed.rng_states(run.ranks)  # collective
+    if run.ranks.master:
+        save_checkpoint({
+            "model": model_state, "optimizer": optim_state,
+            "model_type": cfg.model_type, "model_args": to_dict(run.model_cfg), "train_config": to_dict(cfg),
+            "tokenizer": run.tokenizer.meta(), "iter_num": run.iter_num, "best_val_loss": run.best_val_loss,
+            "rng": rng, "elapsed_s": elapsed, "wandb_id": run.wandb_id}, run.ckpt_path)
+
+
+def train_step(run: Run, model, train_model, optimizer, scaler) -> tuple[float, float, bool]:
+    """One optimizer step over the global batch; return (mean loss, gradient norm, finite).
+
+    Micro-batch j of the global batch is drawn from its own generator: rank r takes j = r, r + N, ...
+    A step with a non-finite loss or gradient is skipped.
+    """
+    ranks = run.ranks
+    micro_steps = run.cfg.gradient_accumulation_steps // ranks.world_size  # on this rank
+    loss_sum = torch.zeros((), device=ranks.device)
+    for micro in range(micro_steps):
+        j = micro * ranks.world_size + ranks.rank
+        batch = run.batches.get("train", batch_generator(run.cfg.seed, "train", run.iter_num, j))
+        with distributed.grad_sync(train_model, sync=micro == micro_steps - 1):  # all-reduce on the last only
+            with run.autocast:
+                _, loss = train_model(**batch)
+            loss = loss / micro_steps  # DDP/FSDP average over ranks: the mean over the global batch
+            scaler.scale(loss).backward()
+        loss_sum += loss.detach()
+    loss_value = distributed.mean_over_ranks(loss_sum, ranks).item()  # the same on every rank
+    grad_norm = 0.0
+    if run.cfg.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        grad_norm = distributed.scalar(torch.nn.utils.clip_grad_norm_(model.parameters(), run.cfg.grad_clip))
+    finite = math.isfinite(loss_value) and (math.isfinite(grad_norm) or scaler.is_enabled())
+    if finite or scaler.is_enabled():  # with float16 the scaler itself skips non-finite gradients
+        scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_value, grad_norm, finite
+
+
+def check_finite(run: Run, loss_value: float, grad_norm: float, finite: bool) -> None:
+    """Count non-finite steps in a row; report each, and stop (TrainingDiverged) after max_nonfinite_steps."""
+    run.nonfinite_in_a_row = 0 if finite else run.nonfinite_in_a_row + 1
+    if finite:
+        return
+    run.log.print(f"iter {run.iter_num}: non-finite loss {loss_value} (gradient norm {grad_norm}); step skipped, "
+                  f"{run.nonfinite_in_a_row} in a row")
+    run.log.log({"nonfinite_steps": run.nonfinite_in_a_row}, run.iter_num)
+    if run.nonfinite_in_a_row >= run.cfg.max_nonfinite_steps:
+        kept = (f"the last good checkpoint {run.ckpt_path} is intact: resume it" if os.path.exists(run.ckpt_path)
+                else "no checkpoint was saved: start again")
+        raise TrainingDiverged(f"the loss was non-finite for {run.nonfinite_in_a_row} steps in a row (iter "
+                               f"{run.iter_num}); {kept} with a lower --learning_rate or --grad_clip, or raise "
+                               "--max_nonfinite_steps.")
+
+
+def log_progress(run: Run, loss_value: float, lr: float, seconds: float, iters: int, token_flops: float,
+                 peak: float | None) -> float:
+    """Rank 0's line every log_interval iterations (loss, lr, time, tokens/s, MFU); return tokens/s."""
+    dt = seconds / iters
+    tokens_per_s = run.tokens_per_iter / dt
+    utilisation = f", MFU {100 * mfu(tokens_per_s, token_flops, peak, run.ranks.world_size):.1f}%" if peak else ""
+    run.log.print(f"iter {run.iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
+                  f"{tokens_per_s / 1000:.1f}k tokens/s{utilisation}")
+    run.log.log({"train/loss": loss_value, "lr": lr, "tokens_per_s": tokens_per_s}, run.iter_num)
+    return tokens_per_s
+
+
+def main(argv: list[str]) -> None:
+    """Train (or, with --eval_only, evaluate) the model the command line describes."""
+    cfg, model_cfg, ckpt = load_config(argv)
+    ranks, dtype, autocast = setup_system(cfg, ckpt)
+    tokenizer, batches, model_cfg = setup_data(cfg, model_cfg, ckpt, ranks)
+    run = Run(cfg, model_cfg, ranks, dtype, autocast, tokenizer, batches, RunLogger(cfg, ranks.master))
+    model, train_model, optimizer, scaler = build_model(run)
+    token_flops, (peak, gpu_name) = flops_per_token(model, model_cfg.block_size), device_peak(ranks.device)
+    if ranks.device.startswith("cuda") and peak is None:
+        run.log.print(f"MFU unknown for {gpu_name} (not in training/mfu.py's table of peak FLOP/s)")
+    if ckpt is not None:
+        resume(run, ckpt, model, optimizer)
     del ckpt
+    run.wandb_id = run.log.start(model_cfg, run.start_iter, run.wandb_id)
 
-    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    start_iter = iter_num
-    if master and not cfg.eval_only:
-        try:
-            os.makedirs(cfg.out_dir, exist_ok=True)
-            keep_metrics(metrics_path, iter_num if start_iter > 0 else -1)
-        except OSError as e:
-            raise ConfigError(f"cannot write to out_dir {cfg.out_dir!r} ({e.strerror}); pick a writable --out_dir.")
-    if cfg.wandb_log and master:
-        import wandb
-
-        run = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, id=wandb_id, resume="allow",
-                         config={**to_dict(cfg), **to_dict(model_cfg)},
-                         dir=os.environ.get("WANDB_DIR") or cfg.out_dir)  # not the current folder
-        wandb_id = run.id
-
-    # ---------------------------------------------------------------- training loop
     t_start = time.perf_counter()
-    window_start, window_iters, tokens_per_s, loss_value = time.perf_counter(), 0, 0.0, float("nan")
-    nonfinite_in_a_row = 0
+    window_start, window_iters, tokens_per_s = time.perf_counter(), 0, 0.0
     while True:
-        lr = lr_at(iter_num, cfg)
+        lr = lr_at(run.iter_num, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups have their own peak rate
-
-        if (iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only) and not (
-                iter_num == start_iter and start_iter > 0 and not cfg.eval_only):
-            losses = estimate_loss(model, batches, cfg, autocast, ranks)  # every rank takes part
-            elapsed = elapsed_before + time.perf_counter() - t_start
-            extra = "".join(f", {k[4:]} {v:.4f}" for k, v in losses.items() if k.startswith("val_") and k != "val_loss")
-            if master:
-                print(f"step {iter_num}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f}{extra}")
-            record = {"iter": iter_num, **losses, "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
-                      "elapsed_s": round(elapsed, 2), "tokens": iter_num * tokens_per_iter}
+        resumed_here = run.iter_num == run.start_iter > 0 and not cfg.eval_only  # evaluated before the save
+        if (run.iter_num % cfg.eval_interval == 0 or run.iter_num >= cfg.max_iters or cfg.eval_only) \
+                and not resumed_here:
+            evaluate_and_save(run, model, optimizer, lr, run.elapsed_before + time.perf_counter() - t_start,
+                              tokens_per_s)
             if cfg.eval_only:
                 break
-            if master:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                if cfg.wandb_log:
-                    wandb.log(record, step=iter_num)
-            good = math.isfinite(losses["val_loss"])  # never replace a good checkpoint with a broken model
-            if iter_num > 0 and good and (losses["val_loss"] < best_val_loss or cfg.always_save_checkpoint):
-                best_val_loss = min(best_val_loss, losses["val_loss"])
-                model_state, optim_state = distributed.full_state(model, optimizer)  # collective
-                rng = distributed.rng_states(ranks)  # collective
-                if master:
-                    save_checkpoint({
-                        "model": model_state, "optimizer": optim_state,
-                        "model_type": cfg.model_type, "model_args": to_dict(model_cfg), "train_config": to_dict(cfg),
-                        "tokenizer": tokenizer.meta(), "iter_num": iter_num, "best_val_loss": best_val_loss,
-                        "rng": rng, "elapsed_s": elapsed, "wandb_id": wandb_id}, ckpt_path)
             window_start, window_iters = time.perf_counter(), 0  # evaluation time is not training time
-        if cfg.attn_stats_interval and iter_num % cfg.attn_stats_interval == 0 and not cfg.eval_only \
-                and master and not cfg.fsdp:  # rank 0 alone; a sharded model would need every rank's forward
-            from model.viz import log_attention  # matplotlib and wandb only when asked for
-
+        if cfg.attn_stats_interval and run.iter_num % cfg.attn_stats_interval == 0 and not cfg.eval_only \
+                and ranks.master and not cfg.fsdp:  # rank 0 alone; a sharded model would need every rank's forward
             t_attn = time.perf_counter()
             log_attention(model, batches.get("val", torch.Generator().manual_seed(cfg.seed + 2)), tokenizer,
-                          iter_num, cfg.wandb_log)
+                          run.iter_num, cfg.wandb_log)
             window_start += time.perf_counter() - t_attn  # not training time
-        if iter_num >= cfg.max_iters:
+        if run.iter_num >= cfg.max_iters:
             break
-
-        # micro-batch j of the global batch is drawn from its own generator: rank r takes j = r, r + N, ...
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(micro_steps):
-            j = micro * ranks.world_size + ranks.rank
-            batch = batches.get("train", batch_generator(cfg.seed, "train", iter_num, j))
-            with distributed.grad_sync(train_model, sync=micro == micro_steps - 1):  # all-reduce on the last only
-                with autocast:
-                    _, loss = train_model(**batch)
-                loss = loss / micro_steps  # DDP/FSDP average over ranks: the mean over the global batch
-                scaler.scale(loss).backward()
-            loss_sum += loss.detach()
-        loss_value = distributed.mean_over_ranks(loss_sum, ranks).item()  # the same on every rank
-        grad_norm = 0.0
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            grad_norm = distributed.scalar(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-        finite = math.isfinite(loss_value) and (math.isfinite(grad_norm) or scaler.is_enabled())
-        if finite or scaler.is_enabled():  # with float16 the scaler itself skips non-finite gradients
-            scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        iter_num += 1
+        loss_value, grad_norm, finite = train_step(run, model, train_model, optimizer, scaler)
+        run.iter_num += 1
         window_iters += 1
-        nonfinite_in_a_row = 0 if finite else nonfinite_in_a_row + 1
-        if not finite:
-            if master:
-                print(f"iter {iter_num}: non-finite loss {loss_value} (gradient norm {grad_norm}); step skipped, "
-                      f"{nonfinite_in_a_row} in a row", flush=True)
-                if cfg.wandb_log:
-                    wandb.log({"nonfinite_steps": nonfinite_in_a_row}, step=iter_num)
-            if nonfinite_in_a_row >= cfg.max_nonfinite_steps:
-                kept = (f"the last good checkpoint {ckpt_path} is intact: resume it" if os.path.exists(ckpt_path)
-                        else "no checkpoint was saved: start again")
-                raise TrainingDiverged(f"the loss was non-finite for {nonfinite_in_a_row} steps in a row (iter "
-                                       f"{iter_num}); {kept} with a lower --learning_rate or --grad_clip, or raise "
-                                       "--max_nonfinite_steps.")
-
-        if iter_num % cfg.log_interval == 0 and master:
-            dt = (time.perf_counter() - window_start) / window_iters
-            tokens_per_s = tokens_per_iter / dt
-            utilisation = f", MFU {100 * mfu(tokens_per_s, token_flops, peak, ranks.world_size):.1f}%" if peak else ""
-            print(f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
-                  f"{tokens_per_s / 1000:.1f}k tokens/s{utilisation}", flush=True)
-            if cfg.wandb_log:
-                wandb.log({"train/loss": loss_value, "lr": lr, "tokens_per_s": tokens_per_s}, step=iter_num)
+        check_finite(run, loss_value, grad_norm, finite)
+        if run.iter_num % cfg.log_interval == 0:
+            tokens_per_s = log_progress(run, loss_value, lr, time.perf_counter() - window_start, window_iters,
+                                        token_flops, peak)
             window_start, window_iters = time.perf_counter(), 0
-    if cfg.wandb_log and master:
-        wandb.finish()
-
-
-def keep_metrics(path: str, upto_iter: int) -> None:
-    """Start metrics.jsonl afresh (upto_iter < 0) or keep only its lines up to a resumed iteration."""
-    lines = []
-    if upto_iter >= 0 and os.path.exists(path):
-        with open(path, errors="replace") as f:
-            for line in f:
-                try:
-                    if json.loads(line).get("iter", 0) <= upto_iter:
-                        lines.append(line.rstrip("\n") + "\n")  # the next record starts a line of its own
-                except (json.JSONDecodeError, AttributeError, TypeError):
-                    pass  # a line cut by a crash
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(lines)
-    os.replace(tmp, path)
+    run.log.finish()
 
 
 if __name__ == "__main__":
@@ -350,7 +373,7 @@ if __name__ == "__main__":
     tag = f"[rank {rank}] " if rank else ""
     try:
         main(sys.argv[1:])
-    except USER_ERRORS as e:
+    except (UserError, FileNotFoundError) as e:
         sys.exit(f"{tag}error: {e}")
     except KeyboardInterrupt:
         sys.exit(f"{tag}interrupted; the last checkpoint in out_dir is intact (continue with --init_from=resume).")

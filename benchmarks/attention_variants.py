@@ -81,12 +81,13 @@ def interleaved_step_times(variants: list[str], rounds: int, threads: int) -> di
 
 def seq2seq_available() -> bool:
     """True when the encoder-decoder model and its reversal config exist in this checkout."""
-    from model.config import MODEL_CONFIGS
+    from training.families import FAMILIES
 
-    return "seq2seq" in MODEL_CONFIGS and os.path.exists(os.path.join(REPO, "config", "seq2seq_reverse.py"))
+    return "seq2seq" in FAMILIES and os.path.exists(os.path.join(REPO, "config", "seq2seq_reverse.py"))
 
 
-def main() -> None:
+def parse_options():
+    """The command line: this script's options, with train.py's --key=value overrides in args.extra."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(ALL_VARIANTS), help="comma-separated score/weighting")
     parser.add_argument("--max_iters", type=int, default=300, help="training iterations per variant (GPT); 0 skips the GPT runs")
@@ -103,10 +104,15 @@ def main() -> None:
     for arg in extra:
         if not arg.startswith("--"):
             sys.exit(f"error: unexpected argument {arg!r}; pass train.py overrides as --key=value.")
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    return args
+
+
+def check_options(args) -> list[str]:
+    """The variants to run, after checking the options (exits with one error line on a bad one)."""
     from model.attention import check_variant
     from model.config import ConfigError
 
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if not variants:
         sys.exit("error: --variants names no variant; give score/weighting pairs, e.g. additive/hard.")
     for v in variants:
@@ -118,34 +124,45 @@ def main() -> None:
             sys.exit(f"error: variant {v!r}: {e}")
     if args.threads < 1 or args.seq2seq_iters < 0:
         sys.exit("error: --threads must be at least 1 and --seq2seq_iters at least 0.")
-    with_seq2seq = not args.no_seq2seq and seq2seq_available()
+    return variants
 
+
+def run_variant(v: str, args, tmp: str, with_seq2seq: bool) -> dict:
+    """Train the GPT and (with_seq2seq) the reversal task with one variant; return its row."""
+    score, weighting = v.split("/")
+    row = {"variant": v, "val_loss": None, "tokens_per_s": None, "peak_rss_mib": None, "exact_match": None}
+    if args.max_iters > 0:
+        gpt = run_train([args.config, f"--attn_score={score}", f"--attn_weighting={weighting}",
+                         f"--max_iters={args.max_iters}", f"--lr_decay_iters={args.max_iters}",
+                         f"--eval_interval={args.max_iters}", f"--log_interval={min(10, args.max_iters)}",
+                         *args.extra],
+                        os.path.join(tmp, v.replace("/", "-")), args.threads)
+        row.update(val_loss=gpt["val_loss"], tokens_per_s=gpt["median_tokens_per_s"],
+                   peak_rss_mib=gpt["peak_rss_mib"])
+    if with_seq2seq:
+        s2s_args = ["config/seq2seq_reverse.py", f"--attn_score={score}", f"--attn_weighting={weighting}",
+                    f"--cross_attn_score={score}", f"--cross_attn_weighting={weighting}"]
+        if args.seq2seq_iters:
+            s2s_args += [f"--max_iters={args.seq2seq_iters}", f"--lr_decay_iters={args.seq2seq_iters}",
+                         f"--eval_interval={args.seq2seq_iters}",
+                         f"--log_interval={min(25, args.seq2seq_iters)}"]  # a short run logs its speed too
+        s2s = run_train(s2s_args, os.path.join(tmp, "s2s-" + v.replace("/", "-")), args.threads)
+        row.update(exact_match=s2s.get("val_exact_match"), s2s_val_loss=s2s["val_loss"],
+                   s2s_tokens_per_s=s2s["median_tokens_per_s"], s2s_wall_s=s2s["elapsed_s"])
+    return row
+
+
+def main() -> None:
+    """Run every variant, then print the tables and the interleaved step timing."""
+    args = parse_options()
+    variants = check_options(args)
+    with_seq2seq = not args.no_seq2seq and seq2seq_available()
     load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory(prefix="variants-bench-") as tmp:
         for v in variants if args.max_iters > 0 or with_seq2seq else []:
-            score, weighting = v.split("/")
-            row = {"variant": v, "val_loss": None, "tokens_per_s": None, "peak_rss_mib": None, "exact_match": None}
-            if args.max_iters > 0:
-                gpt = run_train([args.config, f"--attn_score={score}", f"--attn_weighting={weighting}",
-                                 f"--max_iters={args.max_iters}", f"--lr_decay_iters={args.max_iters}",
-                                 f"--eval_interval={args.max_iters}", f"--log_interval={min(10, args.max_iters)}",
-                                 *args.extra],
-                                os.path.join(tmp, v.replace("/", "-")), args.threads)
-                row.update(val_loss=gpt["val_loss"], tokens_per_s=gpt["median_tokens_per_s"],
-                           peak_rss_mib=gpt["peak_rss_mib"])
-            if with_seq2seq:
-                s2s_args = ["config/seq2seq_reverse.py", f"--attn_score={score}", f"--attn_weighting={weighting}",
-                            f"--cross_attn_score={score}", f"--cross_attn_weighting={weighting}"]
-                if args.seq2seq_iters:
-                    s2s_args += [f"--max_iters={args.seq2seq_iters}", f"--lr_decay_iters={args.seq2seq_iters}",
-                                 f"--eval_interval={args.seq2seq_iters}",
-                                 f"--log_interval={min(25, args.seq2seq_iters)}"]  # a short run logs its speed too
-                s2s = run_train(s2s_args, os.path.join(tmp, "s2s-" + v.replace("/", "-")), args.threads)
-                row.update(exact_match=s2s.get("val_exact_match"), s2s_val_loss=s2s["val_loss"],
-                           s2s_tokens_per_s=s2s["median_tokens_per_s"], s2s_wall_s=s2s["elapsed_s"])
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            rows.append(run_variant(v, args, tmp, with_seq2seq))
+            print(json.dumps(rows[-1]), flush=True)
     load_after = os.getloadavg()
 
     if rows:

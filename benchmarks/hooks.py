@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model import GPT, GPTConfig  # noqa: E402
 from model.config import ConfigError  # noqa: E402
 from model.hooks import HookPoint  # noqa: E402
-from model.interventions import ablate_heads  # noqa: E402
-from model.system import pick_device  # noqa: E402
+from lens.interventions import ablate_heads  # noqa: E402
+from training.system import pick_device  # noqa: E402
 
 SIZES = {  # name -> (model config, batch size)
     "small": (dict(n_layer=4, n_head=4, n_embd=128, block_size=64), 16),

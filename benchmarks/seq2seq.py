@@ -13,10 +13,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data.loader import BATCHES, dataset_dir  # noqa: E402
+from data.loader import dataset_dir  # noqa: E402
 from data.tokenizer import from_meta  # noqa: E402
 from data.tokens import TokenFileError  # noqa: E402
-from model import CheckpointError, load_checkpoint, model_from_checkpoint  # noqa: E402
+from model import CheckpointError, load_checkpoint  # noqa: E402
+from training.families import FAMILIES, model_from_checkpoint  # noqa: E402
 from model.seq2seq import cross_attention  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def main(argv):
     tokenizer = from_meta(ckpt["tokenizer"])
     train_cfg = ckpt["train_config"]
     folder = dataset_dir(train_cfg["dataset"], args.data_dir or train_cfg["data_dir"])
-    batches = BATCHES["seq2seq"](folder, model.config, 64, "cpu", tokenizer)
+    batches = FAMILIES["seq2seq"].batches(folder, model.config, 64, "cpu", tokenizer)
     pairs = batches.pairs["val"][:args.pairs]
     batch = batches.collate(pairs)
     targets = [t for _, t in pairs]

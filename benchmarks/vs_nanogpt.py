@@ -155,7 +155,8 @@ def run_pair(data_dir: str, seed: int, out: str) -> dict:
     ref_out, _ = ref.communicate()
     if ours.returncode != 0 or ref.returncode != 0:
         sys.exit(f"error: a run failed:\n{ours.stdout[-1500:]}{ours.stderr[-1500:]}")
-    from model.checkpoint import load_checkpoint, model_from_checkpoint
+    from training.families import model_from_checkpoint
+    from weights.checkpoint import load_checkpoint
 
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         last = [json.loads(line) for line in f if line.strip()][-1]

@@ -1,18 +1,14 @@
 """Batches for training: random windows of memory-mapped token files."""
 
-import glob
 import hashlib
 import json
 import os
 import subprocess
 import sys
 
-import numpy as np
 import torch
 
-from data.mlm import MLMBatches
-from data.pairs import PairBatches
-from data.tokens import TokenFileError, load_tokens
+from data.tokens import TokenFileError, Windows, split_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,40 +39,15 @@ def read_meta(folder: str, prepare_if_missing: bool = False) -> dict:
     return meta
 
 
-def split_files(folder: str, split: str) -> list[str]:
-    """A split's token files: `split.bin`, else its shards `split_*.bin` in order."""
-    single = os.path.join(folder, f"{split}.bin")
-    if os.path.exists(single):
-        return [single]
-    return sorted(glob.glob(os.path.join(folder, f"{split}_*.bin"))) or [single]  # [single]: load_tokens names it
-
-
-class Windows:
-    """Windows of T + 1 tokens drawn uniformly from one split's memory-mapped files (uint16 or uint32).
-
-    A window never crosses from one file into the next; a file shorter than T + 1 gives none.
-    """
-
-    def __init__(self, files: list[str], T: int):
-        self.files, self.T = files, T
-        self.parts = [load_tokens(path) for path in files]
-        counts = [max(0, len(part) - T) for part in self.parts]  # window starts per file
-        if sum(counts) == 0:
-            n = sum(len(p) for p in self.parts)
-            raise TokenFileError(f"{os.path.basename(files[0])} in {os.path.dirname(files[0])} has {n} tokens, "
-                                 f"fewer than the {T + 1} one window needs; use a smaller block_size or more text.")
-        self.ends = np.cumsum(counts)
-
-    def sample(self, n: int, generator: torch.Generator) -> np.ndarray:
-        """(n, T + 1) int64 windows; with a single file the random draws equal `randint(len - T)`."""
-        starts = torch.randint(int(self.ends[-1]), (n,), generator=generator).numpy()
-        which = np.searchsorted(self.ends, starts, side="right")
-        offsets = starts - np.concatenate([[0], self.ends[:-1]])[which]
-        return np.stack([self.parts[f][i:i + self.T + 1] for f, i in zip(which, offsets)]).astype(np.int64)
-
-
 class LMBatches:
     """Next-token prediction: x is a window of block_size tokens, y the same window shifted by one.
+
+    The batch makers' interface (LMBatches, data/mlm.py MLMBatches, data/pairs.py PairBatches): built as
+    cls(folder, model_config, batch_size, device, tokenizer); `specials`, the special tokens the family
+    adds; `get(split, generator) -> dict`, the model's keyword arguments, targets included; optionally
+    `eval_metrics(logits, batch) -> dict[str, float]`, averaged by train.py over its evaluation batches,
+    and `evaluate(model) -> dict[str, float]`, called once per evaluation for metrics that need more than
+    a forward pass. training/families.py registers one per model family.
 
     A split is one file (`train.bin`) or several shards (`train_000000.bin`, ...), all memory-mapped.
     """
@@ -96,15 +67,6 @@ class LMBatches:
         else:
             xy = xy.to(self.device)
         return {"idx": xy[:, :-1], "targets": xy[:, 1:]}
-
-
-BATCHES: dict[str, type] = {"gpt": LMBatches, "bert": MLMBatches}
-"""model_type -> batch maker. A batch maker is built as cls(folder, model_config, batch_size, device,
-tokenizer); declares the special tokens its family adds (`specials`); has `get(split, generator) -> dict`
-(the model's keyword arguments, targets included); and may have `eval_metrics(logits, batch) ->
-dict[str, float]`, which train.py averages over its evaluation batches, and `evaluate(model) ->
-dict[str, float]`, called once per evaluation for metrics that need more than a forward pass."""
-BATCHES["seq2seq"] = PairBatches  # data/pairs.py: source/target pairs grouped by length
 
 
 def batch_generator(*keys) -> torch.Generator:

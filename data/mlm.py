@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from data.tokenizer import TokenizerError
-from model.bert import IGNORE_INDEX
-from model.config import ConfigError
+from data.tokens import Windows, split_files
+from weights.common import IGNORE_INDEX, ConfigError
 
 
 def mask_tokens(ids: torch.Tensor, eligible: torch.Tensor, mask_id: int, n_random: int,
@@ -53,8 +53,6 @@ class MLMBatches:
                               f"got {model_config.block_size}.")
         self.block_size, self.batch_size, self.device = model_config.block_size, batch_size, device
         self.window = self.block_size - 2  # room for [CLS] and [SEP]
-        from data.loader import Windows, split_files  # late import: data.loader imports this module
-
         # windows of `window` tokens from split.bin or its shards (split_000000.bin, ...), memory-mapped
         self.data = {split: Windows(split_files(folder, split), self.window - 1) for split in ("train", "val")}
         ids = tokenizer.special_ids

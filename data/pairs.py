@@ -19,9 +19,10 @@ if __name__ == "__main__":  # run as a script: make the repo importable
 
 import torch
 
+from data.corpus import shakespeare_text
 from data.tokenizer import CharTokenizer
 from data.tokens import TokenFileError
-from model.config import ConfigError
+from weights.common import IGNORE_INDEX, ConfigError, atomic_write
 
 SPLITS = ("train", "val")
 
@@ -75,8 +76,6 @@ def read_pairs(path: str) -> list[tuple[str, str]]:
 
 def corpus_lines(max_len: int, max_plays: int | None = None) -> list[str]:
     """Distinct non-empty lines of the built-in Shakespeare, each cut to at most max_len characters."""
-    from data.corpus import shakespeare_text
-
     lines = (line.strip()[:max_len].rstrip() for line in shakespeare_text(max_plays).splitlines())
     return list(dict.fromkeys(line for line in lines if line))
 
@@ -141,14 +140,8 @@ def write_pairs_dataset(out_dir: str, train: list, val: list, meta_extra: dict) 
 
 def write_atomic(path: str, text: str) -> None:
     """Write text to path through a temporary file and a rename."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 def task_parser(doc: str, out_dir: str) -> argparse.ArgumentParser:
@@ -191,10 +184,10 @@ class PairBatches:
     def __init__(self, folder: str, model_config, batch_size: int, device: str = "cpu", tokenizer=None):
         self.batch_size, self.device, self.tokenizer = batch_size, device, tokenizer
         self.pad, self.bos, self.eos = (tokenizer.special_ids[s] for s in self.specials)
-        if model_config.source_vocab < tokenizer.vocab_size:  # the source is written with the same tokenizer
-            raise ConfigError(f"source_vocab_size {model_config.source_vocab} is smaller than the dataset's vocabulary "
+        if model_config.source_vocab_size < tokenizer.vocab_size:  # the source is written with the same tokenizer
+            raise ConfigError(f"source_vocab_size {model_config.source_vocab_size} is smaller than the dataset's vocabulary "
                               f"({tokenizer.vocab_size} ids); leave it at 0 (one vocabulary) or raise it.")
-        self.max_source, self.max_target = model_config.source_len, model_config.block_size - 1  # BOS/EOS
+        self.max_source, self.max_target = model_config.source_block_size, model_config.block_size - 1  # BOS/EOS
         self.pairs, self.groups = {}, {}
         for split in SPLITS:
             path = os.path.join(folder, f"{split}.jsonl")
@@ -244,7 +237,7 @@ class PairBatches:
         T = max(len(t) for _, t in pairs) + 1
         src = torch.full((B, S), self.pad, dtype=torch.long)
         tgt = torch.full((B, T), self.pad, dtype=torch.long)
-        targets = torch.full((B, T), -1, dtype=torch.long)
+        targets = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
         for b, (s, t) in enumerate(pairs):
             src[b, :len(s)] = torch.tensor(s)
             tgt[b, :len(t) + 1] = torch.tensor([self.bos, *t])

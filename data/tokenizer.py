@@ -8,10 +8,12 @@ encoder-decoder need get the ids after the base vocabulary, so the base ids neve
 
 import re
 
+from weights.common import UserError
+
 SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[CLS]", "[SEP]", "[BOS]", "[EOS]", "[UNK]")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """Text that the tokenizer cannot encode, or a meta dict it does not understand."""
 
 

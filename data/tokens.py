@@ -8,10 +8,12 @@ under the real name.
 import glob
 import json
 import os
-import re
 import struct
 
 import numpy as np
+import torch
+
+from weights.common import UserError, atomic_write
 
 MAGIC = b"HSTOKENS"
 VERSION = 1
@@ -20,7 +22,7 @@ _HEADER = struct.Struct("<8sIIQ")  # magic, version, itemsize (2 or 4), token co
 DTYPES = {2: np.uint16, 4: np.uint32}
 
 
-class TokenFileError(ValueError):
+class TokenFileError(UserError, ValueError):
     """A token file that is missing, truncated, foreign or otherwise unusable."""
 
 
@@ -41,41 +43,41 @@ def write_tokens(path: str, tokens, vocab_size: int) -> None:
         raise TokenFileError(f"token ids must lie in [0, {vocab_size}); found {tokens.min()}..{tokens.max()}.")
     tokens = tokens.astype(dtype, copy=False)
     header = _HEADER.pack(MAGIC, VERSION, np.dtype(dtype).itemsize, tokens.size).ljust(HEADER_BYTES, b"\0")
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(header)
-            f.write(tokens.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path) as f:
+        f.write(header)
+        f.write(tokens.tobytes())
 
 
-def temporary_path(path: str) -> str:
-    """A temporary name next to path for this process, after removing the ones that processes killed
-    mid-write left behind (their process is gone), which would otherwise stay on disk for good."""
-    for stale in glob.glob(glob.escape(path) + ".tmp*"):
-        pid = re.fullmatch(r"\.tmp(\d+)", stale[len(path):])
-        if pid and int(pid.group(1)) != os.getpid() and not process_alive(int(pid.group(1))):
-            try:
-                os.remove(stale)
-            except OSError:
-                pass  # another process removed it first
-    return f"{path}.tmp{os.getpid()}"
+def split_files(folder: str, split: str) -> list[str]:
+    """A split's token files: `split.bin`, else its shards `split_*.bin` in order."""
+    single = os.path.join(folder, f"{split}.bin")
+    if os.path.exists(single):
+        return [single]
+    return sorted(glob.glob(os.path.join(folder, f"{split}_*.bin"))) or [single]  # [single]: load_tokens names it
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id exists (on this machine)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # exists, owned by someone else; or an id we cannot judge: leave its file alone
-    return True
+class Windows:
+    """Windows of T + 1 tokens drawn uniformly from one split's memory-mapped files (uint16 or uint32).
+
+    A window never crosses from one file into the next; a file shorter than T + 1 gives none.
+    """
+
+    def __init__(self, files: list[str], T: int):
+        self.files, self.T = files, T
+        self.parts = [load_tokens(path) for path in files]
+        counts = [max(0, len(part) - T) for part in self.parts]  # window starts per file
+        if sum(counts) == 0:
+            n = sum(len(p) for p in self.parts)
+            raise TokenFileError(f"{os.path.basename(files[0])} in {os.path.dirname(files[0])} has {n} tokens, "
+                                 f"fewer than the {T + 1} one window needs; use a smaller block_size or more text.")
+        self.ends = np.cumsum(counts)
+
+    def sample(self, n: int, generator: torch.Generator) -> np.ndarray:
+        """(n, T + 1) int64 windows; with a single file the random draws equal `randint(len - T)`."""
+        starts = torch.randint(int(self.ends[-1]), (n,), generator=generator).numpy()
+        which = np.searchsorted(self.ends, starts, side="right")
+        offsets = starts - np.concatenate([[0], self.ends[:-1]])[which]
+        return np.stack([self.parts[f][i:i + self.T + 1] for f, i in zip(which, offsets)]).astype(np.int64)
 
 
 def read_header(path: str) -> tuple[np.dtype, int]:
@@ -108,12 +110,8 @@ def load_tokens(path: str) -> np.ndarray:
 
 def write_json(path: str, obj: dict) -> None:
     """Write a JSON file atomically (a temporary file, then a rename)."""
-    tmp = temporary_path(path)
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path, "w") as f:
         json.dump(obj, f, ensure_ascii=False, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_split_dataset(out_dir: str, ids, vocab_size: int, meta: dict, val_fraction: float = 0.1) -> dict:

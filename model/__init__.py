@@ -1,14 +1,10 @@
-"""headscope models: public names only."""
+"""headscope models: the networks and their configs (public names only)."""
 
 from model.bert import BERT
-from model.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from model.config import BERTConfig, ConfigError, GPTConfig, Seq2SeqConfig, TrainConfig, TransformerConfig
+from model.config import BERTConfig, ConfigError, GPTConfig, Seq2SeqConfig, TransformerConfig
 from model.gpt import GPT
 from model.seq2seq import Seq2Seq
+from weights.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
-MODELS = {"gpt": GPT, "bert": BERT}  # model_type -> class; MODEL_CONFIGS in model.config holds their configs
-MODELS["seq2seq"] = Seq2Seq
-
-__all__ = ["GPT", "GPTConfig", "BERT", "BERTConfig", "Seq2Seq", "Seq2SeqConfig", "TransformerConfig", "TrainConfig",
-           "ConfigError", "MODELS",
-           "CheckpointError", "load_checkpoint", "save_checkpoint", "model_from_checkpoint"]
+__all__ = ["GPT", "GPTConfig", "BERT", "BERTConfig", "Seq2Seq", "Seq2SeqConfig", "TransformerConfig", "ConfigError",
+           "CheckpointError", "load_checkpoint", "save_checkpoint"]

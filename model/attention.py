@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from model.hooks import HookPoint
 from model.rotary import Rotary
+from weights.common import ConfigError
 
 SCORES: dict[str, type] = {}
 WEIGHTINGS: dict[str, type] = {}
@@ -39,8 +40,6 @@ def register(registry: dict, name: str):
 
 def check_variant(score: str, weighting: str, prefix: str = "attn_") -> None:
     """Raise a ConfigError unless `score` and `weighting` name registered, compatible variants."""
-    from model.config import ConfigError
-
     if score not in SCORES:
         raise ConfigError(f"{prefix}score must be one of {', '.join(SCORES)}, got {score!r}.")
     if weighting not in WEIGHTINGS:
@@ -49,8 +48,6 @@ def check_variant(score: str, weighting: str, prefix: str = "attn_") -> None:
 
 def check_variants(config) -> None:
     """Raise a ConfigError unless the config's self- and cross-attention variants and their options are valid."""
-    from model.config import ConfigError
-
     check_variant(config.attn_score, config.attn_weighting, "attn_")
     check_variant(config.cross_attn_score, config.cross_attn_weighting, "cross_attn_")
     if not 0 < config.hard_attention_temperature < float("inf"):  # inf: -inf / inf = nan in the masked scores
@@ -304,7 +301,7 @@ class Attention(nn.Module):
         else:
             self.c_attn = nn.Linear(C, 3 * C, bias=config.bias)
         self.c_proj = nn.Linear(C, C, bias=config.bias)
-        self.score = SCORES[score or config.attn_score](self.n_head, self.head_dim)
+        self.scorer = SCORES[score or config.attn_score](self.n_head, self.head_dim)
         self.weighting = WEIGHTINGS[weighting or config.attn_weighting](config)
         # QK-norm: RMS-normalise each head's queries and keys (identity unless config.qk_norm)
         self.q_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
@@ -312,9 +309,9 @@ class Attention(nn.Module):
         # rotary positions in self-attention only: a decoder position and an encoder position are in
         # different sequences, so cross-attention has no relative distance to encode
         rope = config.pos_emb == "rope" and not cross
-        max_len = max(config.block_size, getattr(config, "source_len", 0))  # an encoder reads source_len tokens
+        max_len = max(config.block_size, getattr(config, "source_block_size", 0))  # an encoder reads those
         self.rotary = Rotary(self.head_dim, max_len, config.rope_base) if rope else None
-        self.dropout = config.dropout
+        self.dropout_p = config.dropout  # SDPA's dropout; the explicit path uses attn_dropout
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         # hook points, named after the tensor they carry
@@ -369,9 +366,9 @@ class Attention(nn.Module):
         sdpa_causal = causal and mask is None and T > 1  # offset is 0 here, so T == S
 
         explicit = need_weights or self.scores.active or self.pattern.active or not self.weighting.fast \
-            or self.score.sdpa_scale is None
+            or self.scorer.sdpa_scale is None
         if explicit:
-            scores = self.score(q, k)  # (B, nh, T, S)
+            scores = self.scorer(q, k)  # (B, nh, T, S)
             if sdpa_causal:
                 mask = make_mask(T, S, causal=True, device=x.device)
             if mask is not None:
@@ -385,8 +382,8 @@ class Attention(nn.Module):
         else:
             weights = None
             z = F.scaled_dot_product_attention(
-                self.score.prepare_q(q), k, v, attn_mask=mask, is_causal=sdpa_causal,
-                dropout_p=self.dropout if self.training else 0.0, scale=self.score.sdpa_scale)
+                self.scorer.prepare_q(q), k, v, attn_mask=mask, is_causal=sdpa_causal,
+                dropout_p=self.dropout_p if self.training else 0.0, scale=self.scorer.sdpa_scale)
         z = self.z(z)
         y = z.transpose(1, 2).contiguous().view(x.shape)  # re-assemble heads: (B, T, C)
         y = self.out(self.resid_dropout(self.c_proj(y)))

@@ -5,20 +5,20 @@ Defaults follow BERT (post-norm blocks, exact GELU, LayerNorm eps 1e-12), so a H
 `BertForMaskedLM` loads with `BERT.from_pretrained(folder)` and gives the same logits.
 """
 
-import json
-import os
+import dataclasses
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from model.attention import make_mask
-from model.checkpoint import CheckpointError
-from model.config import BERTConfig
-from model.hooks import HookedModel
-from model.layers import ACTIVATIONS, Block, init_weights, make_norm, softcap
+from model.config import BERTConfig, ConfigError
+from model.family import Family, embed, logits_and_loss, tie_head
+from model.layers import ACTIVATIONS, Block, init_weights, make_norm
+from weights.common import IGNORE_INDEX
+from weights.hf_bert import config_from_hf, read_bert, state_from_hf
+from weights.hf_folder import PretrainedError
 
-IGNORE_INDEX = -100  # label of positions the MLM loss skips (Hugging Face's convention)
+__all__ = ["BERT", "MLMHead", "IGNORE_INDEX"]
 
 
 class MLMHead(nn.Module):
@@ -35,7 +35,7 @@ class MLMHead(nn.Module):
         return self.decoder(self.ln(self.act(self.dense(x))))  # (B, T, C) -> (B, T, V)
 
 
-class BERT(HookedModel, nn.Module):
+class BERT(Family):
     """A bidirectional encoder trained with the masked-language-model objective."""
 
     def __init__(self, config: BERTConfig):
@@ -50,19 +50,11 @@ class BERT(HookedModel, nn.Module):
         # post-norm blocks end in a norm already; pre-norm ones need a final one
         self.ln_f = nn.Identity() if config.post_norm else make_norm(config)
         self.head = MLMHead(config)
-        if config.tie_embeddings:
-            self.head.decoder.weight = self.wte.weight  # weight tying
-        elif config.zero_init:
-            self.head.decoder.zero_init = True
+        tie_head(self.head.decoder, self.wte, config)
         self.pooler = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         # N(0, 0.02) everywhere, embeddings included: PyTorch's N(0, 1) embedding init leaves a
         # post-norm MLM stuck predicting the unigram distribution.
         init_weights(self, config.n_layer)
-
-    def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; position embeddings excluded by default (as GPT.num_params)."""
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if non_embedding and self.wpe is not None else n
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -71,16 +63,12 @@ class BERT(HookedModel, nn.Module):
         attention_mask (B, T): 1/True at real tokens, 0/False at padding, which no position attends
         to. token_type_ids (B, T): segment ids (0 for sentence A, 1 for B); zeros when omitted.
         """
-        B, T = input_ids.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}; "
-                             "shorten it or train with a larger block_size.")
+        T = input_ids.size(1)
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; it must match "
                              f"input_ids {tuple(input_ids.shape)}.")
-        x = self.wte(input_ids)  # (B, T, C)
-        if self.wpe is not None:  # with rope, positions enter inside attention instead
-            x = x + self.wpe(torch.arange(T, device=input_ids.device))
+        x = embed(input_ids, self.wte, self.wpe, self.config.block_size,
+                  hint="shorten it or train with a larger block_size")  # (B, T, C)
         if self.wtt is not None:
             x = x + (self.wtt(token_type_ids) if token_type_ids is not None else self.wtt.weight[0])
         elif token_type_ids is not None:
@@ -99,12 +87,8 @@ class BERT(HookedModel, nn.Module):
 
         The loss counts only positions whose label is not IGNORE_INDEX (-100): the masked ones.
         """
-        logits = softcap(self.head(self.encode(input_ids, attention_mask, token_type_ids)), self.config.logit_softcap)
-        if labels is None:
-            return logits
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), labels.reshape(-1),
-                               ignore_index=IGNORE_INDEX)
-        return logits, loss
+        logits = self.head(self.encode(input_ids, attention_mask, token_type_ids))
+        return logits_and_loss(logits, labels, self.config.logit_softcap)
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -121,18 +105,19 @@ class BERT(HookedModel, nn.Module):
 
         `overrides` replace config values (e.g. dropout=0.0). Only tensors are read (weights_only).
         """
-        from model.hf_bert import config_from_hf, read_hf_folder, state_from_hf
-
-        hf_config, hf_state = read_hf_folder(name_or_dir)
-        config = config_from_hf(hf_config, **overrides)
-        model = cls(config)
-        state = state_from_hf(hf_state, config)
+        hf_config, hf_state = read_bert(name_or_dir)
+        values = config_from_hf(hf_config)
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(BERTConfig)}
+        if unknown:
+            raise ConfigError(f"unknown BERTConfig key {sorted(unknown)[0]!r} in from_pretrained overrides.")
+        model = cls(BERTConfig(**{**values, **overrides}))
+        state = state_from_hf(hf_state, model.config.n_layer, model.config.type_vocab_size)
         try:
             model.load_state_dict(state, strict=False)  # the tied decoder weight comes with wte
         except RuntimeError:
-            raise CheckpointError(f"the weights in {name_or_dir} do not match the sizes in its config.json.") from None
+            raise PretrainedError(f"the weights in {name_or_dir} do not match the sizes in its config.json.") from None
         # BertForMaskedLM has no pooler (BertModel and BertForPreTraining do): it then keeps its init
         missing = set(model.state_dict()) - set(state) - {"head.decoder.weight", "pooler.weight", "pooler.bias"}
         if missing:
-            raise CheckpointError(f"{name_or_dir} lacks weights for {sorted(missing)[0]}; it is not a BertForMaskedLM.")
+            raise PretrainedError(f"{name_or_dir} lacks weights for {sorted(missing)[0]}; it is not a BertForMaskedLM.")
         return model

@@ -1,18 +1,14 @@
-"""Typed configuration: model and training dataclasses, config files and --key=value overrides.
+"""The model configs: typed sizes and options of every family, validated in one place (__post_init__).
 
-A config file (``config/NAME.py``) is data, not code: every statement must be ``name = literal``
-(numbers, strings, booleans, None, lists, dicts). It is parsed with ``ast``, never executed.
+Training and sampling options, and the config-file / --key=value parser, are in training/config.py.
 """
 
-import ast
 import dataclasses
-import os
-import typing
 from dataclasses import dataclass
 
-
-class ConfigError(ValueError):
-    """A user-caused configuration mistake; its message is one sentence saying what to do."""
+from model.attention import check_variants
+from model.layers import ACTIVATIONS, NORMS
+from weights.common import ConfigError
 
 
 @dataclass
@@ -57,9 +53,6 @@ class TransformerConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}.")
-        from model.attention import check_variants  # late imports: those modules import this one
-        from model.layers import ACTIVATIONS, NORMS
-
         check_variants(self)
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}.")
@@ -79,6 +72,10 @@ class TransformerConfig:
     def head_dim(self) -> int:
         """Width of one attention head."""
         return self.n_embd // self.n_head
+
+    def with_vocab_size(self, vocab_size: int) -> "TransformerConfig":
+        """A copy for another vocabulary (train.py sets the dataset's)."""
+        return dataclasses.replace(self, vocab_size=vocab_size)
 
 
 @dataclass
@@ -108,8 +105,9 @@ class BERTConfig(TransformerConfig):
 class Seq2SeqConfig(TransformerConfig):
     """An encoder-decoder: bidirectional encoder, decoder with causal self- and cross-attention.
 
-    block_size and vocab_size are the decoder's (target side); the source side has its own sizes,
-    0 meaning "the same as the target's". Equal vocabularies share one token embedding.
+    block_size and vocab_size are the decoder's (target side); the source side has its own sizes.
+    Given as 0, each source size is set to the target side's in __post_init__. Equal vocabularies share
+    one token embedding.
     """
 
     n_encoder_layer: int = 0  # 0: n_layer
@@ -121,274 +119,19 @@ class Seq2SeqConfig(TransformerConfig):
         for name in ("n_encoder_layer", "source_block_size", "source_vocab_size"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be a positive integer, or 0 for the target side's value.")
+        self.n_encoder_layer = self.n_encoder_layer or self.n_layer
+        self.source_block_size = self.source_block_size or self.block_size
+        self.source_vocab_size = self.source_vocab_size or self.vocab_size
 
-    # resolved sizes (properties, so that dataclasses.replace(vocab_size=...) keeps "same as target")
-    @property
-    def encoder_layers(self) -> int:
-        """Number of encoder blocks."""
-        return self.n_encoder_layer or self.n_layer
-
-    @property
-    def source_len(self) -> int:
-        """Longest source sequence the encoder's position embedding covers."""
-        return self.source_block_size or self.block_size
-
-    @property
-    def source_vocab(self) -> int:
-        """Size of the source vocabulary."""
-        return self.source_vocab_size or self.vocab_size
+    def with_vocab_size(self, vocab_size: int) -> "Seq2SeqConfig":
+        """A copy for another vocabulary; a source vocabulary shared with the target follows it."""
+        source = vocab_size if self.shared_vocab else self.source_vocab_size
+        return dataclasses.replace(self, vocab_size=vocab_size, source_vocab_size=source)
 
     @property
     def shared_vocab(self) -> bool:
         """True when source and target use one vocabulary and one embedding table."""
-        return self.source_vocab == self.vocab_size
+        return self.source_vocab_size == self.vocab_size
 
 
-@dataclass
-class TrainConfig:
-    """Everything train.py needs besides the model's own sizes (nanoGPT's names where it has one)."""
-
-    # I/O
-    out_dir: str = "out"
-    init_from: str = "scratch"  # 'scratch', 'resume', a GPT-2 name (gpt2, gpt2-medium, ...) or a Hugging Face folder
-    overwrite: bool = False  # allow a fresh run to replace a checkpoint already in out_dir
-    eval_interval: int = 250
-    log_interval: int = 50
-    eval_iters: int = 20
-    eval_only: bool = False
-    always_save_checkpoint: bool = True
-    # data
-    model_type: str = "gpt"
-    dataset: str = "shakespeare_char"
-    data_dir: str = ""  # defaults to data/<dataset>
-    batch_size: int = 16
-    # micro-batches per optimizer step, summed over all ranks (global): a step sees batch_size *
-    # gradient_accumulation_steps sequences however many processes share it; divisible by their number.
-    # Not given (config file or command line): one per process (train.py sets it; model/distributed.py)
-    gradient_accumulation_steps: int = 1
-    # optimizer and schedule
-    learning_rate: float = 1e-3
-    max_iters: int = 2500
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # 0 disables clipping
-    decay_lr: bool = True
-    warmup_iters: int = 100
-    lr_decay_iters: int = 2500
-    min_lr: float = 1e-4
-    optimizer: str = "adamw"  # 'adamw', or 'muon': Muon for the blocks' matrices, AdamW for the rest
-    muon_lr: float = 0.02  # Muon's peak learning rate (the schedule scales it like learning_rate)
-    muon_momentum: float = 0.95
-    muon_weight_decay: float = 0.0
-    # system
-    device: str = "auto"  # 'auto' picks cuda, then mps, then cpu
-    dtype: str = "auto"  # 'auto': bfloat16 on CUDA where supported, else float32
-    compile: bool = False
-    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (else DDP)
-    seed: int = 1337
-    max_nonfinite_steps: int = 5  # stop after this many steps in a row with a NaN/inf loss (each is skipped)
-    # logging
-    wandb_log: bool = False
-    wandb_project: str = "headscope"
-    wandb_run_name: str = "run"
-    attn_stats_interval: int = 0  # every N iterations: per-head attention statistics (+ heatmaps to wandb); 0 = off
-
-    def __post_init__(self):
-        check_init_from(self.init_from, ("scratch", "resume"))
-        for name in ("batch_size", "gradient_accumulation_steps", "eval_interval", "log_interval", "eval_iters",
-                     "max_nonfinite_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}.")
-        if self.max_iters < 0 or self.warmup_iters < 0:
-            raise ConfigError("max_iters and warmup_iters must not be negative.")
-        for name, ok, rule in (("learning_rate", self.learning_rate > 0, "> 0"), ("min_lr", self.min_lr >= 0, ">= 0"),
-                               ("beta1", 0 <= self.beta1 < 1, "in [0, 1)"), ("beta2", 0 <= self.beta2 < 1, "in [0, 1)"),
-                               ("weight_decay", self.weight_decay >= 0, ">= 0"),
-                               ("grad_clip", self.grad_clip >= 0, ">= 0 (0 = no clipping)")):
-            if not ok:
-                raise ConfigError(f"{name} must be {rule}, got {getattr(self, name)}.")
-        if self.attn_stats_interval < 0:
-            raise ConfigError(f"attn_stats_interval must be 0 (off) or positive, got {self.attn_stats_interval}.")
-        if self.optimizer not in ("adamw", "muon"):
-            raise ConfigError(f"optimizer must be 'adamw' or 'muon', got {self.optimizer!r}.")
-        if self.optimizer == "muon" and not (self.muon_lr > 0 and 0 <= self.muon_momentum < 1
-                                             and self.muon_weight_decay >= 0):
-            raise ConfigError("muon needs muon_lr > 0, muon_momentum in [0, 1) and muon_weight_decay >= 0.")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ConfigError(f"dtype must be one of auto, float32, bfloat16, float16, got {self.dtype!r}.")
-        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
-            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}.")
-
-
-@dataclass
-class SampleConfig:
-    """Options of sample.py."""
-
-    out_dir: str = "out"  # folder holding ckpt.pt
-    init_from: str = "resume"  # 'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face folder
-    start: str = "\n"  # the prompt, or FILE:path to read it from a file
-    num_samples: int = 2
-    max_new_tokens: int = 500
-    temperature: float = 0.8  # 0 is greedy
-    top_k: typing.Optional[int] = 200  # 1 is greedy; None keeps every token
-    top_p: typing.Optional[float] = None  # nucleus sampling: keep the smallest set of tokens with this mass
-    seed: int = 1337
-    device: str = "auto"
-    dtype: str = "auto"
-    use_cache: bool = True
-    attention_dir: str = ""  # write attention maps (PNG, HTML, npz) of the first sample here
-    ablate: str = ""  # heads to knock out while sampling: LAYER.HEAD,... e.g. 0.1,2.3
-    ablate_mode: str = "zero"  # 'zero' or 'mean' (each head's mean output over the prompt)
-    candidates: int = 5  # fill-mask (BERT): candidates printed for each [MASK]
-    # encoder-decoder only: how the output is chosen
-    decoding: str = "greedy"  # greedy, sample (temperature, top_k, top_p) or beam
-    beam_size: int = 4
-    length_penalty: float = 1.0  # beam scores are log-probability / length ** length_penalty
-
-    def __post_init__(self):
-        if self.ablate_mode not in ("zero", "mean"):
-            raise ConfigError(f"ablate_mode must be 'zero' or 'mean', got {self.ablate_mode!r}.")
-        if self.candidates < 1:
-            raise ConfigError(f"candidates must be a positive integer, got {self.candidates}.")
-        if self.decoding not in ("greedy", "sample", "beam"):
-            raise ConfigError(f"decoding must be greedy, sample or beam, got {self.decoding!r}.")
-        if self.beam_size < 1:
-            raise ConfigError(f"beam_size must be a positive integer, got {self.beam_size}.")
-        check_init_from(self.init_from, ("resume",))
-        if self.num_samples < 1 or self.max_new_tokens < 0:
-            raise ConfigError("num_samples must be at least 1 and max_new_tokens not negative.")
-        if not self.temperature >= 0:  # also rejects nan
-            raise ConfigError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}.")
-        if self.top_k is not None and self.top_k < 1:
-            raise ConfigError(f"top_k must be a positive integer or None, got {self.top_k}.")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}.")
-
-
-MODEL_CONFIGS: dict[str, type] = {"gpt": GPTConfig, "bert": BERTConfig}
-MODEL_CONFIGS["seq2seq"] = Seq2SeqConfig
-
-
-def check_init_from(init_from: str, own: tuple[str, ...]) -> None:
-    """init_from must be one of `own`, a GPT-2 name or an existing folder (of Hugging Face weights)."""
-    from model.pretrained import HUB_MODELS  # late import: that module imports this one
-
-    if init_from not in own + HUB_MODELS and not os.path.isdir(init_from):
-        raise ConfigError(f"init_from must be {', '.join(own)}, one of {', '.join(HUB_MODELS)} or a folder with "
-                          f"Hugging Face GPT-2 weights, got {init_from!r}.")
-
-
-def field_types(cls) -> dict[str, type]:
-    """Map each dataclass field name to its resolved type."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def coerce(key: str, value, typ):
-    """Return value converted to typ (from a string when it came from the command line), or raise."""
-    origin = typing.get_origin(typ)
-    if origin is typing.Union:  # Optional[X]
-        args = [a for a in typing.get_args(typ) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
-            return None
-        return coerce(key, value, args[0])
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-            return value.lower() in ("true", "1")
-    elif typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                pass
-    elif typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif typ is str:
-        if isinstance(value, str):
-            return value
-    else:
-        return value
-    raise ConfigError(f"{key} expects a value of type {typ.__name__}, got {value!r}.")
-
-
-def read_config_file(path: str) -> dict:
-    """Read `name = literal` assignments from a config file without executing it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            source = f.read()
-    except (OSError, UnicodeDecodeError):
-        raise ConfigError(f"config file {path} cannot be read; pass an existing UTF-8 file such as "
-                          "config/shakespeare_char.py.")
-    try:
-        tree = ast.parse(source, filename=path)
-    except (SyntaxError, ValueError) as e:  # a NUL byte: SyntaxError without a line, or ValueError
-        line = f" line {e.lineno}" if getattr(e, "lineno", None) else ""
-        raise ConfigError(f"{path}{line}: syntax error; a config file holds only `name = value` lines.")
-    values = {}
-    for node in tree.body:
-        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
-            continue  # a docstring
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
-            raise ConfigError(f"{path} line {node.lineno}: only `name = value` assignments are allowed in a config file.")
-        try:
-            values[node.targets[0].id] = ast.literal_eval(node.value)
-        except (ValueError, TypeError):  # TypeError: an unhashable key, e.g. {[1]: 2}
-            raise ConfigError(f"{path} line {node.lineno}: the value must be a literal (number, string, True/False, None).")
-    return values
-
-
-def parse_args(argv: list[str]) -> dict:
-    """Turn `[config/NAME.py] [--key=value ...]` into one dict of raw values, the file read first."""
-    values = {}
-    for arg in argv:
-        if arg.startswith("--"):
-            key, sep, value = arg[2:].partition("=")
-            if not sep:
-                value = True  # `--compile` alone means --compile=True; a non-boolean key then fails its type check
-            values[key] = value
-        elif arg.endswith(".py") or "/" in arg:
-            values.update(read_config_file(arg))
-        else:
-            raise ConfigError(f"unexpected argument {arg!r}; use a config file path or --key=value.")
-    return values
-
-
-def build(values: dict, *classes: type) -> list:
-    """Split raw values among dataclasses by field name, type-check them and build each one."""
-    types = [field_types(cls) for cls in classes]
-    known = set().union(*types)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown config key {unknown[0]!r}; valid keys are: {', '.join(sorted(known))}.")
-    built = []
-    for cls, typs in zip(classes, types):
-        kwargs = {k: coerce(k, v, typs[k]) for k, v in values.items() if k in typs}
-        built.append(cls(**kwargs))
-    return built
-
-
-def to_dict(cfg) -> dict:
-    """A dataclass as a plain dict (safe to store in a weights_only checkpoint)."""
-    return dataclasses.asdict(cfg)
-
-
-def from_dict(cls, values: dict):
-    """Rebuild a dataclass from a stored dict, ignoring keys this version no longer has."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})
-
-
-__all__ = ["ConfigError", "TransformerConfig", "GPTConfig", "BERTConfig", "Seq2SeqConfig", "TrainConfig", "SampleConfig",
-           "MODEL_CONFIGS",
-           "read_config_file", "parse_args", "build", "to_dict", "from_dict", "coerce"]
+__all__ = ["ConfigError", "TransformerConfig", "GPTConfig", "BERTConfig", "Seq2SeqConfig"]

@@ -10,17 +10,26 @@ under `blocks.N` (GPT-2 checkpoints call them `transformer.h.N`), so weight impo
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from model.attention import KVCache
-from model.config import GPTConfig
-from model.hooks import HookedModel
-from model.layers import Block, init_weights, make_norm, softcap
+from model.config import ConfigError, GPTConfig
+from model.family import Family, embed, logits_and_loss, tie_head
+from model.layers import Block, init_weights, make_norm
 from model.sampling import sample_next
+from weights.hf_folder import PretrainedError, check_state
+from weights.hf_gpt2 import pretrained_config, read_gpt2
 
 
-class GPT(HookedModel, nn.Module):
+def gpt2_config(values: dict, source: str) -> GPTConfig:
+    """A GPTConfig from the keyword arguments weights/hf_gpt2.py read; a PretrainedError if it is invalid."""
+    try:
+        return GPTConfig(**values)
+    except (ConfigError, TypeError) as e:
+        raise PretrainedError(f"the config.json of {source} holds sizes our model cannot take ({e}).") from None
+
+
+class GPT(Family):
     """A decoder-only language model."""
 
     def __init__(self, config: GPTConfig):
@@ -32,51 +41,42 @@ class GPT(HookedModel, nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.wte.weight  # weight tying
-        elif config.zero_init:
-            self.lm_head.zero_init = True
+        tie_head(self.lm_head, self.wte, config)
         init_weights(self, config.n_layer)
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str, dropout: float = 0.0, block_size: int | None = None) -> "GPT":
         """OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local Hugging Face GPT-2 folder;
         a block_size below GPT-2's 1024 keeps the first position embeddings."""
-        from model.pretrained import load_gpt2  # late import: only weight import needs it
+        values, state = read_gpt2(name_or_dir, dropout, block_size)
+        model = cls(gpt2_config(values, name_or_dir))
+        own = {k: v for k, v in model.state_dict().items() if not (model.config.tie_embeddings and k == "lm_head.weight")}
+        check_state(own, state, name_or_dir)
+        with torch.no_grad():
+            for key, param in own.items():
+                param.copy_(state[key])
+        return model
 
-        return load_gpt2(cls, name_or_dir, dropout, block_size)
-
-    def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; position embeddings excluded by default (as GPT-2's paper counts)."""
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if non_embedding and self.wpe is not None else n
+    @staticmethod
+    def pretrained_config(name_or_dir: str, dropout: float = 0.0, block_size: int | None = None) -> GPTConfig:
+        """The GPTConfig of a GPT-2 name or folder, without loading its weights."""
+        return gpt2_config(pretrained_config(name_or_dir, dropout, block_size), name_or_dir)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 caches: list[KVCache] | None = None, last_only: bool = False):
         """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy when targets are given.
 
         With `caches` (one per block) the positions continue after those already cached.
-        Targets equal to -1 are ignored by the loss.
+        Targets equal to IGNORE_INDEX (-100, weights/common.py) are ignored by the loss.
         """
-        B, T = idx.shape
         offset = caches[0].len if caches else 0
-        if offset + T > self.config.block_size:
-            raise ValueError(f"sequence of {offset + T} tokens exceeds block_size {self.config.block_size}; "
-                             "crop it or train with a larger block_size.")
-        x = self.wte(idx)  # (B, T, C)
-        if self.wpe is not None:  # with rope, positions enter inside attention instead
-            x = x + self.wpe(torch.arange(offset, offset + T, device=idx.device))
-        x = self.drop(x)
+        x = self.drop(embed(idx, self.wte, self.wpe, self.config.block_size, offset))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, causal=True, cache=caches[i] if caches else None)
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:]
-        logits = softcap(self.lm_head(x), self.config.logit_softcap)  # (B, T, V)
-        if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return logits_and_loss(self.lm_head(x), targets, self.config.logit_softcap)  # (B, T, V) [, loss]
 
     @torch.no_grad()
     def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

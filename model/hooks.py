@@ -18,6 +18,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from weights.common import UserError
+
 HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
 NameFilter = str | Iterable[str] | Callable[[str], bool] | None
 
@@ -34,7 +36,7 @@ class HookPoint(nn.Module):
         return bool(self._forward_hooks)
 
 
-class HookNameError(KeyError):
+class HookNameError(UserError, KeyError):
     """A hook name or pattern that matches no hook point of the model."""
 
     def __str__(self) -> str:

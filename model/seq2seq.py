@@ -4,7 +4,7 @@ The encoder is a stack of bidirectional blocks over the source; the decoder's bl
 self-attention, cross-attention over the encoder output and the MLP. All of them are the shared
 `Block`, so the hook points read `encoder.blocks.0.attn.pattern`, `decoder.blocks.1.cross_attn.pattern`.
 Padding: `src_mask` (B, S), True at real source tokens, masks padded keys in the encoder and in every
-cross-attention; padded target positions are ignored by the loss (targets -1) and, being after the
+cross-attention; padded target positions are ignored by the loss (targets IGNORE_INDEX, -100) and, being after the
 real ones, are never seen by them through the causal mask (`tgt_mask` masks them explicitly if needed).
 
 Decoding (greedy, sampling, beam search) runs the encoder once per source. Each decoder layer keeps a
@@ -18,7 +18,7 @@ from torch import nn
 
 from model.attention import KVCache, make_mask
 from model.config import Seq2SeqConfig
-from model.hooks import HookedModel
+from model.family import Family, embed, logits_and_loss, tie_head
 from model.layers import Block, init_weights, make_norm, softcap
 from model.sampling import sample_next
 
@@ -29,22 +29,17 @@ class Encoder(nn.Module):
     def __init__(self, config: Seq2SeqConfig):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.source_vocab, config.n_embd)
-        self.wpe = nn.Embedding(config.source_len, config.n_embd) if config.pos_emb == "learned" else None
+        self.wte = nn.Embedding(config.source_vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.source_block_size, config.n_embd) if config.pos_emb == "learned" else None
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.encoder_layers))
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_encoder_layer))
         self.ln_f = make_norm(config)
 
     def forward(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         """src (B, S) -> (B, S, C); padded positions (src_mask False) are never attended to."""
         S = src.size(1)
-        if S > self.config.source_len:
-            raise ValueError(f"source of {S} tokens exceeds source_block_size {self.config.source_len}; "
-                             "shorten it or train with a larger source_block_size.")
-        x = self.wte(src)
-        if self.wpe is not None:  # with rope, positions enter inside self-attention instead
-            x = x + self.wpe(torch.arange(S, device=src.device))
-        x = self.drop(x)
+        x = self.drop(embed(src, self.wte, self.wpe, self.config.source_block_size, what="source",
+                            limit_name="source_block_size", hint="shorten it or train with a larger source_block_size"))
         mask = make_mask(S, S, causal=False, key_padding_mask=src_mask)  # (B, 1, 1, S) or None
         for block in self.blocks:
             x = block(x, mask=mask)
@@ -73,13 +68,8 @@ class Decoder(nn.Module):
         """
         T = tgt.size(1)
         offset = caches[0].len if caches else 0
-        if offset + T > self.config.block_size:
-            raise ValueError(f"target of {offset + T} tokens exceeds block_size {self.config.block_size}; "
-                             "decode fewer tokens or train with a larger block_size.")
-        x = self.wte(tgt)
-        if self.wpe is not None:
-            x = x + self.wpe(torch.arange(offset, offset + T, device=tgt.device))
-        x = self.drop(x)
+        x = self.drop(embed(tgt, self.wte, self.wpe, self.config.block_size, offset, what="target",
+                            hint="decode fewer tokens or train with a larger block_size"))
         self_mask = None
         if tgt_mask is not None:
             self_mask = make_mask(T, offset + T, causal=True, key_padding_mask=tgt_mask, offset=offset,
@@ -91,7 +81,7 @@ class Decoder(nn.Module):
         return self.ln_f(x)
 
 
-class Seq2Seq(HookedModel, nn.Module):
+class Seq2Seq(Family):
     """Encoder-decoder with cross-attention; the LM head is tied to the target embedding (tie_embeddings)."""
 
     def __init__(self, config: Seq2SeqConfig):
@@ -102,11 +92,68 @@ class Seq2Seq(HookedModel, nn.Module):
         if config.shared_vocab:  # one vocabulary: one embedding table for source and target
             self.decoder.wte = self.encoder.wte
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.decoder.wte.weight  # weight tying
-        elif config.zero_init:
-            self.lm_head.zero_init = True
-        init_weights(self, max(config.n_layer, config.encoder_layers))
+        tie_head(self.lm_head, self.decoder.wte, config)
+        init_weights(self, max(config.n_layer, config.n_encoder_layer))
+
+    def forward(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """src (B, S) -> (B, S, C); padded positions (src_mask False) are never attended to."""
+        S = src.size(1)
+        x = self.drop(embed(src, self.wte, self.wpe, self.config.source_block_size, what="source",
+                            limit_name="source_block_size", hint="shorten it or train with a larger source_block_size"))
+        mask = make_mask(S, S, causal=False, key_padding_mask=src_mask)  # (B, 1, 1, S) or None
+        for block in self.blocks:
+            x = block(x, mask=mask)
+        return self.ln_f(x)
+
+
+class Decoder(nn.Module):
+    """Target tokens and encoder states -> decoder states: causal self-attention, cross-attention, MLP."""
+
+    def __init__(self, config: Seq2SeqConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, cross=True) for _ in range(config.n_layer))
+        self.ln_f = make_norm(config)
+
+    def forward(self, tgt: torch.Tensor, memory: torch.Tensor | None, src_mask: torch.Tensor | None = None,
+                tgt_mask: torch.Tensor | None = None, caches: list[KVCache] | None = None,
+                cross_caches: list[KVCache] | None = None) -> torch.Tensor:
+        """tgt (B, T) -> (B, T, C), attending to memory (B, S, C); positions continue after `caches`.
+
+        `tgt_mask` (B, cached + T) marks real target tokens; `memory` may be None once the
+        cross caches are filled.
+        """
+        T = tgt.size(1)
+        offset = caches[0].len if caches else 0
+        x = self.drop(embed(tgt, self.wte, self.wpe, self.config.block_size, offset, what="target",
+                            hint="decode fewer tokens or train with a larger block_size"))
+        self_mask = None
+        if tgt_mask is not None:
+            self_mask = make_mask(T, offset + T, causal=True, key_padding_mask=tgt_mask, offset=offset,
+                                  device=tgt.device)
+        cross_mask = None if src_mask is None else src_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask=self_mask, causal=True, source=memory, source_mask=cross_mask,
+                      cache=caches[i] if caches else None, cross_cache=cross_caches[i] if cross_caches else None)
+        return self.ln_f(x)
+
+
+class Seq2Seq(Family):
+    """Encoder-decoder with cross-attention; the LM head is tied to the target embedding (tie_embeddings)."""
+
+    def __init__(self, config: Seq2SeqConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        if config.shared_vocab:  # one vocabulary: one embedding table for source and target
+            self.decoder.wte = self.encoder.wte
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        tie_head(self.lm_head, self.decoder.wte, config)
+        init_weights(self, max(config.n_layer, config.n_encoder_layer))
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; position embeddings excluded by default."""
@@ -119,14 +166,11 @@ class Seq2Seq(HookedModel, nn.Module):
                 src_mask: torch.Tensor | None = None, tgt_mask: torch.Tensor | None = None):
         """Teacher forcing: src (B, S), tgt (B, T) (BOS + target) -> logits (B, T, V) [, loss].
 
-        Targets equal to -1 (padding) are ignored by the loss.
+        Targets equal to IGNORE_INDEX (-100, padding) are ignored by the loss.
         """
         memory = self.encoder(src, src_mask)
-        logits = softcap(self.lm_head(self.decoder(tgt, memory, src_mask, tgt_mask)), self.config.logit_softcap)
-        if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return logits_and_loss(self.lm_head(self.decoder(tgt, memory, src_mask, tgt_mask)), targets,
+                               self.config.logit_softcap)
 
     def new_caches(self, source_len: int) -> tuple[list[KVCache], list[KVCache]]:
         """Empty self-attention and cross-attention caches, one of each per decoder block."""
@@ -216,17 +260,27 @@ class Seq2Seq(HookedModel, nn.Module):
             if caches is not None:  # cross caches are equal across a row's beams: no reorder needed
                 for cache in caches[0]:
                     cache.reorder(rows)
-        length = tokens.size(1) - 1
-        best = []
-        for b in range(B):
-            hypotheses = list(finished[b])
-            if len(hypotheses) < K:  # rows cut by max_new_tokens: their live beams compete too
-                for k in range(K):
-                    if torch.isfinite(scores[b, k]) and length > 0:
-                        hypotheses.append((scores[b, k].item() / length ** length_penalty,
-                                           tokens[b * K + k, 1:].tolist()))
-            best.append(max(hypotheses, key=lambda h: h[0])[1] if hypotheses else [])
-        return best
+        return best_hypotheses(finished, scores, tokens, length_penalty)
+
+
+def best_hypotheses(finished: list[list[tuple[float, list[int]]]], scores: torch.Tensor, tokens: torch.Tensor,
+                    length_penalty: float) -> list[list[int]]:
+    """The best of each row's finished hypotheses; rows cut by max_new_tokens let their live beams compete.
+
+    scores (B, K) are the live beams' log-probabilities, tokens (B*K, 1 + length) their ids after BOS.
+    """
+    B, K = scores.shape
+    length = tokens.size(1) - 1
+    best = []
+    for b in range(B):
+        hypotheses = list(finished[b])
+        if len(hypotheses) < K:
+            for k in range(K):
+                if torch.isfinite(scores[b, k]) and length > 0:
+                    hypotheses.append((scores[b, k].item() / length ** length_penalty,
+                                       tokens[b * K + k, 1:].tolist()))
+        best.append(max(hypotheses, key=lambda h: h[0])[1] if hypotheses else [])
+    return best
 
 
 def until_eos(ids: list[int], eos_id: int) -> list[int]:

@@ -9,6 +9,7 @@ from model.attention import SCORES, Additive, Attention, KVCache, make_mask
 from model.config import ConfigError, GPTConfig
 from model.gpt import GPT
 from model.layers import Block
+from weights.common import IGNORE_INDEX
 
 VARIANTS = [(score, weighting) for score in ("scaled_dot", "dot", "general", "additive")
             for weighting in ("softmax", "hard")]
@@ -26,7 +27,7 @@ def setup(case: str, cfg: GPTConfig):
     """An attention module, its input, the keyword arguments for this mask case, and the full mask."""
     att = Attention(cfg, cross=(case == "cross"))
     with torch.no_grad():  # move learned scores away from their initial values (general starts as scaled_dot)
-        for p in att.score.parameters():
+        for p in att.scorer.parameters():
             p.add_(0.3 * torch.randn_like(p))
     x = torch.randn(B, T, C)
     if case == "causal":
@@ -83,7 +84,7 @@ def test_fast_and_explicit_paths_agree(score, case):
     elif score == "dot":
         scores = q @ k.transpose(-2, -1)
     else:
-        scores = torch.einsum("bhtd,hde,bhse->bhts", q, att.score.weight, k)
+        scores = torch.einsum("bhtd,hde,bhse->bhts", q, att.scorer.weight, k)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     reference = torch.softmax(scores, -1).nan_to_num(0.0)
@@ -161,8 +162,8 @@ def test_cross_attention_has_its_own_variant():
     cfg = GPTConfig(n_layer=1, n_head=2, n_embd=C, attn_score="dot", cross_attn_score="additive",
                     cross_attn_weighting="hard")
     block = Block(cfg, cross=True)
-    assert block.attn.score.name == "dot" and block.attn.weighting.name == "softmax"
-    assert block.cross_attn.score.name == "additive" and block.cross_attn.weighting.name == "hard"
+    assert block.attn.scorer.name == "dot" and block.attn.weighting.name == "softmax"
+    assert block.cross_attn.scorer.name == "additive" and block.cross_attn.weighting.name == "hard"
 
 
 @pytest.mark.parametrize("key,value,match", [
@@ -193,7 +194,7 @@ def test_small_gpt_learns_with_every_variant(score, weighting, extra):
 
     def batch_of(n):
         x = torch.randint(V, (n, L), generator=gen)
-        y = torch.full_like(x, -1)
+        y = torch.full_like(x, IGNORE_INDEX)
         y[:, lag:] = x[:, :-lag]
         return x, y
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from data.mlm import mask_tokens
 from model import BERT, BERTConfig, CheckpointError
-from model.bert import IGNORE_INDEX
+from weights.common import IGNORE_INDEX
 
 
 def tiny(**kw):

@@ -3,7 +3,9 @@ import os
 
 import pytest
 
-from model.config import MODEL_CONFIGS, ConfigError, GPTConfig, TrainConfig, build, parse_args, read_config_file
+from model.config import ConfigError, GPTConfig
+from training.config import TrainConfig, build, parse_args, read_config_file
+from training.families import family
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,5 +68,5 @@ def test_out_of_range_optimizer_values_are_config_errors(arg, message):
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "config", "*.py"))), ids=os.path.basename)
 def test_every_shipped_config_builds(path):
     values = parse_args([path])
-    cfg, model_cfg = build(values, TrainConfig, MODEL_CONFIGS[str(values.get("model_type", "gpt"))])
+    cfg, model_cfg = build(values, TrainConfig, family(str(values.get("model_type", "gpt"))).config)
     assert cfg.max_iters > 0 and model_cfg.n_embd % model_cfg.n_head == 0

@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from conftest import REPO, run_script
-from model import ConfigError, distributed, load_checkpoint, model_from_checkpoint
+from model import load_checkpoint
+from training import distributed
+from training.families import model_from_checkpoint
+from weights.common import ConfigError
 
 # global batch: 2 micro-batches of 4 sequences; one process accumulates both, two processes take one each
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",

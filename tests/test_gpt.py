@@ -65,7 +65,7 @@ def test_extreme_temperatures_sample_valid_tokens():
     for temperature in (1e-40, 1e-8):  # logits / temperature would overflow float32 to inf - inf = nan
         assert sample_next(logits, temperature, generator=gen).flatten().tolist() == [1, 0]
     assert set(sample_next(logits.repeat(100, 1), 1e30, generator=gen).flatten().tolist()) == {0, 1, 2, 3}
-    from model.config import ConfigError, SampleConfig
+    from training.config import ConfigError, SampleConfig
 
     with pytest.raises(ConfigError, match="temperature"):
         SampleConfig(temperature=float("nan"))

@@ -9,10 +9,10 @@ from torch import nn
 
 from model import GPT, GPTConfig
 from model.attention import make_mask
-from model.attention_maps import AttentionRecorder, head_stats, head_stats_all, stats_table
+from lens.recorder import AttentionRecorder, head_stats, head_stats_all, stats_table
 from model.config import ConfigError
 from model.hooks import HookedModel
-from model.interventions import ablate_heads, head_means, parse_heads, replace_pattern, scale_heads
+from lens.interventions import ablate_heads, head_means, parse_heads, replace_pattern, scale_heads
 from model.layers import Block
 
 CFG = dict(n_layer=2, n_head=3, n_embd=24, block_size=16, vocab_size=19, dropout=0.0)

@@ -7,7 +7,7 @@ import torch
 
 from conftest import one_line_error, run_script
 from model import GPT, GPTConfig
-from model.mfu import flops_per_token, mfu, peak_flops
+from training.mfu import flops_per_token, mfu, peak_flops
 
 
 def test_flops_per_token_of_gpt2_124m():

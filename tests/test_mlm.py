@@ -9,8 +9,9 @@ import torch
 from conftest import one_line_error, run_script
 from data.mlm import MLMBatches, mask_tokens
 from data.tokenizer import from_meta
-from model import BERTConfig, load_checkpoint, model_from_checkpoint
-from model.bert import IGNORE_INDEX
+from model import BERTConfig, load_checkpoint
+from training.families import model_from_checkpoint
+from weights.common import IGNORE_INDEX
 
 
 def test_masking_statistics():

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from conftest import run_script
-from model import GPT, ConfigError, GPTConfig, TrainConfig
+from model import GPT, ConfigError, GPTConfig
+from training.config import TrainConfig
 from model.attention import Attention, KVCache
-from model.config import read_config_file
+from training.config import read_config_file
 from model.layers import Block, make_norm
-from model.muon import NS_COEFFS, Muon, block_matrices, make_muon_adamw, orthogonalize
+from training.muon import NS_COEFFS, Muon, block_matrices, make_muon_adamw, orthogonalize
 from model.rotary import Rotary
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=23, dropout=0.0)

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from conftest import run_script
-from model import GPT, ConfigError, TrainConfig
-from model.pretrained import PretrainedError
+from model import GPT, ConfigError
+from training.config import TrainConfig
+from weights.hf_folder import PretrainedError
 
 transformers = pytest.importorskip("transformers")  # in requirements-test.txt; never a runtime dependency
 

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import REPO
 from model import load_checkpoint
-from model.config import parse_args
+from training.config import parse_args
 
 TINY_MODEL = ["--n_layer=4", "--n_head=4", "--n_embd=32", "--batch_size=2"]
 SHORT_RUN = ["--device=cpu", "--max_iters=2", "--eval_iters=1", "--eval_interval=2", "--log_interval=1",

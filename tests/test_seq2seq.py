@@ -7,6 +7,7 @@ import torch
 
 from model import Seq2Seq, Seq2SeqConfig
 from model.seq2seq import cross_attention
+from weights.common import IGNORE_INDEX
 
 V, PAD, BOS, EOS = 15, 12, 13, 14  # 12 ordinary tokens, then the three specials
 
@@ -149,7 +150,7 @@ def reversal_batch(gen, n, length_range=(3, 8)):
     src, src_mask = padded(rows)
     T = src.size(1) + 1
     tgt = torch.full((n, T), PAD)
-    targets = torch.full((n, T), -1)
+    targets = torch.full((n, T), IGNORE_INDEX)
     for b, r in enumerate(rows):
         tgt[b, :len(r) + 1] = torch.tensor([BOS, *r[::-1]])
         targets[b, :len(r) + 1] = torch.tensor([*r[::-1], EOS])
@@ -247,7 +248,7 @@ def test_pairs_files_tasks_and_batches(tmp_path):
         n = lengths[b].item()
         source = tok.decode(batch["src"][b, :n].tolist())
         assert tok.decode(batch["targets"][b, :n].tolist()) == source[::-1]
-        assert batch["targets"][b, n].item() == tok.special_ids["[EOS]"] and (batch["targets"][b, n + 1:] == -1).all()
+        assert batch["targets"][b, n].item() == tok.special_ids["[EOS]"] and (batch["targets"][b, n + 1:] == IGNORE_INDEX).all()
         assert batch["tgt"][b, 0].item() == tok.special_ids["[BOS]"]
         assert torch.equal(batch["tgt"][b, 1:n + 1], batch["targets"][b, :n])
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import one_line_error, run_script
-from model import load_checkpoint, model_from_checkpoint
+from model import load_checkpoint
+from training.families import model_from_checkpoint
 
 SMALL = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8",
          "--eval_iters=5", "--log_interval=10", "--warmup_iters=5", "--learning_rate=3e-3"]
@@ -138,7 +139,7 @@ def test_resume_refuses_another_model_or_vocabulary_and_out_dir_must_be_writable
 
 
 def test_resume_repairs_metrics_cut_by_a_crash(tmp_path):
-    from train import keep_metrics
+    from training.logger import keep_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_bytes(b'{"iter": 0}\n\xff\xfe garbage\n{"iter": "x"}\n{"iter": 10}\n{"iter": 20}')  # no final newline

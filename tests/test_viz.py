@@ -15,8 +15,8 @@ import torch
 from conftest import run_script
 from data.tokenizer import CharTokenizer
 from model import GPT, GPTConfig, save_checkpoint
-from model.config import to_dict
-from model.viz import display_token, views_from_maps, viewer_html, write_attention
+from training.config import to_dict
+from lens.heatmaps import display_token, views_from_maps, viewer_html, write_attention
 
 HOSTILE = ["<img src=x onerror=alert(1)>", "</script><script>document.title='pwned'</script>", "<!--", "a&amp;b",
            " \n", "\u2028", '"', ""]
@@ -116,7 +116,7 @@ def test_heatmap_labels_with_dollar_signs_are_plain_text(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from model.viz import heatmap_figure
+    from lens.heatmaps import heatmap_figure
 
     tokens = ["$$", "$\\frac$", "$x$", " $"]  # BPE tokens: matplotlib would parse them as (broken) formulas
     fig = heatmap_figure(fake_maps(4, 4)[0].numpy(), tokens, tokens, "title")
@@ -182,7 +182,7 @@ def test_sample_writes_maps_for_prompt_and_generated_tokens(tmp_path):
 
 def test_log_attention_prints_stats_and_logs_images(monkeypatch, capsys):
     import wandb
-    from model.viz import log_attention
+    from training.logger import log_attention
 
     logged = []
     monkeypatch.setattr(wandb, "log", lambda record, step: logged.append((record, step)))

@@ -4,7 +4,7 @@ from contextlib import nullcontext
 
 import torch
 
-from model.config import ConfigError
+from weights.common import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

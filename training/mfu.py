@@ -15,6 +15,8 @@ import re
 import torch
 from torch import nn
 
+from model.attention import Attention
+
 # Peak dense (no 2:4 sparsity) BF16 tensor-core FLOP/s, with FP32 accumulation, by GPU model.
 # Sources: NVIDIA datasheets, which print the sparse figure (halved here); GeForce cards from the
 # Ampere GA102 and Ada Lovelace whitepapers (BF16 with FP32 accumulate). Patterns are tried in order
@@ -56,8 +58,6 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
     Matmul weights are those of every nn.Linear, counted once (a tied LM head is one matrix);
     embedding lookups, norms and biases do no matmul and are left out.
     """
-    from model.attention import Attention
-
     weights = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)}
     attention_flops = sum(12 * seq_len * m.n_head * m.head_dim for m in model.modules() if isinstance(m, Attention))
     return 6 * sum(weights.values()) + attention_flops

@@ -16,7 +16,8 @@ import os
 import torch
 import torch.distributed as dist
 
-from model.config import ConfigError
+from model.layers import Block
+from weights.common import ConfigError
 
 
 @dataclass
@@ -112,7 +113,6 @@ def wrap(model: torch.nn.Module, ranks: Ranks, fsdp: bool, compile: bool, dtype:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        from model.layers import Block
 
         if not ranks.launched:
             raise ConfigError("--fsdp=True shards the model across processes; launch with "
@@ -230,5 +230,5 @@ def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, mo
 
 
 def optimizers_of(optimizer):
-    """The torch optimizers behind `optimizer`: itself, or the parts of a Muon + AdamW pair (model/muon.py)."""
+    """The torch optimizers behind `optimizer`: itself, or the parts of a Muon + AdamW pair (training/muon.py)."""
     return tuple(optimizer.optimizers.values()) if hasattr(optimizer, "optimizers") else optimizer

@@ -1,0 +1,1 @@
+"""Looking inside models: interventions, attention recording, heatmaps and the HTML viewer."""

@@ -1,0 +1,60 @@
+"""What every model family shares: token (+ position) embeddings with the length check, the output
+head (tied to the embedding or not, soft-capped logits, the loss with one ignore index), num_params.
+
+The parameters stay on the family's own modules (`wte`, `wpe`, `lm_head`), named as in GPT-2.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.hooks import HookedModel
+from model.layers import softcap
+from weights.common import IGNORE_INDEX
+
+
+def embed(ids: torch.Tensor, wte: nn.Embedding, wpe: nn.Embedding | None, limit: int, offset: int = 0,
+          what: str = "sequence", limit_name: str = "block_size",
+          hint: str = "crop it or train with a larger block_size") -> torch.Tensor:
+    """Token ids (B, T) at positions offset.. -> embeddings (B, T, C); a ValueError past `limit` positions.
+
+    With rotary positions (`wpe` None) positions enter inside attention instead.
+    """
+    T = ids.size(1)
+    if offset + T > limit:
+        raise ValueError(f"{what} of {offset + T} tokens exceeds {limit_name} {limit}; {hint}.")
+    x = wte(ids)  # (B, T, C)
+    if wpe is not None:
+        x = x + wpe(torch.arange(offset, offset + T, device=ids.device))
+    return x
+
+
+def tie_head(head: nn.Linear, embedding: nn.Embedding, config) -> None:
+    """Share the embedding's weights with the output head (config.tie_embeddings), or mark an untied
+    head to start at zero (config.zero_init)."""
+    if config.tie_embeddings:
+        head.weight = embedding.weight
+    elif config.zero_init:
+        head.zero_init = True
+
+
+def logits_and_loss(logits: torch.Tensor, targets: torch.Tensor | None, cap: float = 0.0):
+    """Soft-capped logits (B, T, V); with targets (B, T) also the mean cross-entropy over the targets
+    that are not IGNORE_INDEX (-100)."""
+    logits = softcap(logits, cap)
+    if targets is None:
+        return logits
+    loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+    return logits, loss
+
+
+class Family(HookedModel, nn.Module):
+    """Base of the model families: hook points (HookedModel) and the parameter count."""
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; position embeddings (every `wpe`) excluded by default, as GPT-2's paper counts."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= sum(m.weight.numel() for name, m in self.named_modules()
+                     if name.split(".")[-1] == "wpe" and isinstance(m, nn.Embedding))
+        return n

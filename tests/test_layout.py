@@ -1,0 +1,167 @@
+"""The layout's rules, checked on the source with `ast`: which package may import which, no import
+cycles, no project import hidden inside a function, and functions that fit on a screen."""
+
+import ast
+import os
+import sys
+
+import pytest
+
+from conftest import REPO
+
+PACKAGES = ("model", "weights", "lens", "training", "data")
+MAX_FUNCTION_LINES = 60
+
+
+def python_files(*folders: str) -> list[str]:
+    """Every .py file under the folders (relative to the repo), in a stable order."""
+    found = []
+    for folder in folders:
+        for root, _, files in os.walk(os.path.join(REPO, folder)):
+            found += [os.path.relpath(os.path.join(root, f), REPO) for f in files if f.endswith(".py")]
+    return sorted(found)
+
+
+def scripts() -> list[str]:
+    """The scripts: train.py, sample.py, bench.py, benchmarks/ and tools/."""
+    top = [f for f in ("train.py", "sample.py", "bench.py") if os.path.exists(os.path.join(REPO, f))]
+    return top + python_files("benchmarks", "tools")
+
+
+def parse(path: str) -> ast.Module:
+    """The syntax tree of a repo file."""
+    with open(os.path.join(REPO, path), encoding="utf-8") as f:
+        return ast.parse(f.read(), filename=path)
+
+
+def module_name(path: str) -> str:
+    """data/loader.py -> data.loader; model/__init__.py -> model."""
+    return path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+
+
+def imported(node: ast.AST) -> list[str]:
+    """The absolute module names an import statement names (`from a import b` gives a and a.b)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        return [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+    return []
+
+
+def top_level_imports(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, module) of the imports run when the module loads: not inside a function or a class."""
+    found = []
+    for node in tree.body:
+        for inner in ast.walk(node) if isinstance(node, (ast.If, ast.Try)) else [node]:
+            found += [(inner.lineno, name) for name in imported(inner)]
+    return found
+
+
+def function_imports(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, module) of the imports placed inside a function."""
+    found = []
+    for func in ast.walk(tree):
+        if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(func):
+                found += [(node.lineno, name) for name in imported(node)]
+    return found
+
+
+def root(name: str) -> str:
+    """The top-level package of a module name."""
+    return name.split(".")[0]
+
+
+def test_model_imports_only_torch_the_standard_library_model_and_weights():
+    allowed = {"torch", "model", "weights"} | set(sys.stdlib_module_names)
+    bad = [f"{path}:{line} imports {name}" for path in python_files("model")
+           for line, name in top_level_imports(parse(path)) if root(name) not in allowed]
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("package", ["weights", "data"])
+def test_weights_and_data_never_import_model(package):
+    bad = [f"{path}:{line} imports {name}" for path in python_files(package)
+           for line, name in top_level_imports(parse(path)) + function_imports(parse(path)) if root(name) == "model"]
+    assert not bad, bad
+
+
+def test_no_project_import_inside_a_function_in_the_packages():
+    bad = [f"{path}:{line} imports {name}" for path in python_files(*PACKAGES)
+           for line, name in function_imports(parse(path)) if root(name) in PACKAGES]
+    assert not bad, bad
+
+
+def test_no_function_longer_than_a_screen():
+    long = []
+    for path in python_files(*PACKAGES) + scripts():
+        for node in ast.walk(parse(path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path}:{node.lineno} {node.name} has {lines} lines")
+    assert not long, long
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports when it loads (`from pkg import name` counts as pkg.name
+    when that is a module, else as pkg)."""
+    paths = python_files(*PACKAGES)
+    modules = {module_name(p): p for p in paths}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for _, target in top_level_imports(parse(path)):
+            if root(target) not in PACKAGES:
+                continue
+            while target not in modules and "." in target:
+                target = target.rsplit(".", 1)[0]
+            if target in modules and target != name:
+                targets.add(target)
+            # importing a.b.c runs a/__init__.py and a/b/__init__.py first
+            parts = target.split(".")
+            targets |= {".".join(parts[:i]) for i in range(1, len(parts))} - {name}
+        graph[name] = {t for t in targets if t in modules and not name.startswith(t + ".")}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of the graph (as a list of modules), or None."""
+    state = {}  # module -> "open" while on the current path, "done" after
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                cycle = visit(nxt, path + [nxt])
+                if cycle:
+                    return cycle
+        state[node] = "done"
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            cycle = visit(start, [start])
+            if cycle:
+                return cycle
+    return None
+
+
+def test_no_import_cycle_between_files():
+    graph = import_graph()
+    assert "model.gpt" in graph and "weights.hf_gpt2" in graph["model.gpt"]  # the graph sees real imports
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_checks_catch_what_they_forbid():
+    """Each rule fails on a small example of what it forbids."""
+    tree = ast.parse("import os\nimport numpy\nfrom model.gpt import GPT\n\ndef f():\n    from data.tokens import load_tokens\n")
+    assert [name for _, name in top_level_imports(tree)] == ["os", "numpy", "model.gpt", "model.gpt.GPT"]
+    assert [name for _, name in function_imports(tree)] == ["data.tokens", "data.tokens.load_tokens"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    long = ast.parse("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES)
+    func = long.body[0]
+    assert func.end_lineno - func.lineno + 1 > MAX_FUNCTION_LINES

@@ -1,0 +1,57 @@
+"""The one registry of model families: model class, config class, batch maker and sample.py's decoding.
+
+train.py, sample.py and the checkpoint loader read it; adding a family is one entry here.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from data.loader import LMBatches
+from data.mlm import MLMBatches
+from data.pairs import PairBatches
+from model import BERT, GPT, BERTConfig, GPTConfig, Seq2Seq, Seq2SeqConfig
+from training.config import from_dict
+from training.decoding import fill_mask, sample_gpt, sample_seq2seq
+from weights.checkpoint import CheckpointError, upgrade_state
+from weights.common import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """Everything headscope needs to train, save, load and sample one kind of model."""
+
+    model: type  # the nn.Module class, built as model(config)
+    config: type  # its config dataclass (model/config.py)
+    batches: type  # its batch maker (data/): see data/loader.py LMBatches for the interface
+    decode: Callable  # what sample.py does with it: decode(model, tokenizer, sample_config, device, dtype)
+    description: str  # for messages: "a GPT"
+    sample_options: tuple[str, ...] = ()  # sample.py options that this family alone uses
+
+
+FAMILIES: dict[str, ModelFamily] = {
+    "gpt": ModelFamily(GPT, GPTConfig, LMBatches, sample_gpt, "a GPT", ("ablate", "ablate_mode")),
+    "bert": ModelFamily(BERT, BERTConfig, MLMBatches, fill_mask, "a BERT (fill-mask)", ("candidates",)),
+    "seq2seq": ModelFamily(Seq2Seq, Seq2SeqConfig, PairBatches, sample_seq2seq, "an encoder-decoder",
+                           ("decoding", "beam_size", "length_penalty")),
+}
+
+
+def family(model_type: str) -> ModelFamily:
+    """The registered family called model_type; a ConfigError naming the registered ones otherwise."""
+    if model_type not in FAMILIES:
+        raise ConfigError(f"model_type must be one of {', '.join(FAMILIES)}, got {model_type!r}.")
+    return FAMILIES[model_type]
+
+
+def model_from_checkpoint(ckpt: dict):
+    """Rebuild the model stored in a checkpoint dict (weights/checkpoint.py load_checkpoint) and load its weights."""
+    model_type = ckpt.get("model_type", "gpt")
+    if model_type not in FAMILIES:
+        raise CheckpointError(f"checkpoint holds an unknown model type {model_type!r}.")
+    entry = FAMILIES[model_type]
+    net = entry.model(from_dict(entry.config, ckpt["model_args"]))
+    try:
+        net.load_state_dict(upgrade_state(ckpt["model"]))
+    except RuntimeError:
+        raise CheckpointError("checkpoint weights do not match the model config it stores; it is damaged.") from None
+    return net

@@ -1,0 +1,53 @@
+"""Checkpoints: written atomically, read without unpickling code (`weights_only=True`).
+
+A checkpoint is a dict: "model" (state dict), "model_type", "model_args" (the model config as a dict),
+"optimizer", "train_config", "tokenizer", "iter_num", "best_val_loss", "rng", "elapsed_s", "wandb_id".
+Reading one upgrades what older headscope versions wrote (renamed parameters and config keys).
+"""
+
+import os
+
+import torch
+
+from weights.common import UserError, atomic_write
+
+# parameter names of older versions -> today's (Attention.score, the score module, became Attention.scorer)
+RENAMED_PARAMETERS = ((".attn.score.", ".attn.scorer."), (".cross_attn.score.", ".cross_attn.scorer."))
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that is missing, corrupt or from an incompatible model."""
+
+
+def save_checkpoint(payload: dict, path: str) -> None:
+    """Write payload to path through a temporary file and a rename: a crash leaves the old file intact."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path) as f:
+        torch.save(payload, f)
+
+
+def upgrade_state(state: dict) -> dict:
+    """A state dict with wrapper prefixes (torch.compile, DDP) dropped and old parameter names renamed."""
+    upgraded = {}
+    for key, value in state.items():
+        key = key.removeprefix("_orig_mod.").removeprefix("module.")
+        for old, new in RENAMED_PARAMETERS:
+            key = key.replace(old, new)
+        upgraded[key] = value
+    return upgraded
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Read a checkpoint written by save_checkpoint (any version); only tensors and plain data are accepted."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "ckpt.pt")
+    if not os.path.exists(path):
+        raise CheckpointError(f"no checkpoint at {path}; train one first (python train.py --out_dir=...).")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:
+        raise CheckpointError(f"{path} is corrupt or not a headscope checkpoint; retrain or restore it.") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
+        raise CheckpointError(f"{path} is not a headscope checkpoint (no model weights and config).")
+    ckpt["model"] = upgrade_state(ckpt["model"])
+    return ckpt

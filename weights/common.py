@@ -1,0 +1,68 @@
+"""The leaf of headscope's import graph: it imports nothing of the project, and every package may import it.
+
+- `UserError`: the base of every error a user can cause (a bad option, path, checkpoint or dataset).
+  Its message is one sentence saying what to do; train.py, sample.py and the tools catch this class
+  alone and print `error: <message>`.
+- `ConfigError`: a configuration mistake (a bad option or value), raised by model/, data/ and training/.
+- `IGNORE_INDEX`: the label that every loss skips (padding, unmasked MLM positions), shared by the
+  batch makers in data/ and the heads in model/.
+- `atomic_write`: the one way files are written: to a temporary file, then renamed over the target,
+  so a crash never leaves half a file (or a lost old one) under the real name.
+"""
+
+import glob
+import os
+import re
+from contextlib import contextmanager
+
+IGNORE_INDEX = -100  # PyTorch's and Hugging Face's default label to skip
+
+
+class UserError(Exception):
+    """An error the user caused and can fix; its message says how, in one sentence."""
+
+
+class ConfigError(UserError, ValueError):
+    """A user-caused configuration mistake; its message is one sentence saying what to do."""
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # exists, owned by someone else; or an id we cannot judge: leave its file alone
+    return True
+
+
+def temporary_path(path: str) -> str:
+    """A temporary name next to path for this process, after removing the ones that processes killed
+    mid-write left behind (their process is gone), which would otherwise stay on disk for good."""
+    for stale in glob.glob(glob.escape(path) + ".tmp*"):
+        pid = re.fullmatch(r"\.tmp(\d+)", stale[len(path):])
+        if pid and int(pid.group(1)) != os.getpid() and not process_alive(int(pid.group(1))):
+            try:
+                os.remove(stale)
+            except OSError:
+                pass  # another process removed it first
+    return f"{path}.tmp{os.getpid()}"
+
+
+@contextmanager
+def atomic_write(path: str, mode: str = "wb", encoding: str | None = None):
+    """Open a temporary file next to `path` for writing; when the block ends without an error, flush it
+    to disk and rename it onto `path`. On an error the temporary file is removed and `path` is untouched."""
+    if "b" not in mode and encoding is None:
+        encoding = "utf-8"
+    tmp = temporary_path(path)  # also clears what a killed writer left
+    try:
+        with open(tmp, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
