@@ -41,6 +41,16 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     return ckpt
 
 
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DDP's, in either order (nanoGPT: module._orig_mod.)
+
+
+def strip_wrappers(key: str) -> str:
+    """A state-dict key without the prefixes that torch.compile and DDP wrappers put in front of it."""
+    while key.startswith(WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+
 def model_from_checkpoint(ckpt: dict):
     """Rebuild the model stored in a checkpoint dict and load its weights."""
     import model as models  # late import: the families import this package's modules
@@ -50,7 +60,7 @@ def model_from_checkpoint(ckpt: dict):
         raise CheckpointError(f"checkpoint holds an unknown model type {model_type!r}.")
     config = from_dict(MODEL_CONFIGS[model_type], ckpt["model_args"])
     net = models.MODELS[model_type](config)
-    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in ckpt["model"].items()}
+    state = {strip_wrappers(k): v for k, v in ckpt["model"].items()}
     try:
         net.load_state_dict(state)
     except RuntimeError:
