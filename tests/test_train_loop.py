@@ -112,7 +112,7 @@ def recorded(monkeypatch):
     return norms
 
 
-CLIP = 0.05  # well below this model's gradient norms (>= 0.25 over these steps, measured without clipping)
+CLIP = 0.05  # well below this model's gradient norms (0.77 to 1.10 over these steps, measured without clipping)
 
 
 @pytest.mark.parametrize("dtype,torch_dtype", [("float32", torch.float32), ("bfloat16", torch.bfloat16),
@@ -133,7 +133,7 @@ def test_dtype_autocast_gradscaler_and_clipping(data, tmp_path, recorded, dtype,
 
 def test_without_clipping_the_gradient_norm_is_larger(data, tmp_path, recorded):
     run(data, tmp_path / "out", "--max_iters=10", "--eval_interval=10", "--grad_clip=0")
-    assert len(recorded) == 10 and min(recorded) > 4 * CLIP, recorded
+    assert len(recorded) == 10 and min(recorded) > 10 * CLIP, recorded
 
 
 def test_float16_skips_a_step_with_an_infinite_gradient(data, tmp_path, recorded, monkeypatch):
