@@ -89,7 +89,7 @@ class HookedModel:
 
     def run_with_cache(self, *args, names_filter: NameFilter = None, device=None,
                        fwd_hooks: Iterable[tuple[NameFilter, HookFn]] = (), **kwargs):
-        """Run the model on args/kwargs; return (output, cache): a dict name -> detached tensor.
+        """Run the model on args/kwargs; return (output, cache): a dict name -> detached copy of the tensor.
 
         `device` (e.g. "cpu") moves each tensor there as it is captured. `fwd_hooks` (interventions)
         run before the cache hooks, so the cache holds the values after them.
@@ -97,8 +97,8 @@ class HookedModel:
         cache = {}
 
         def store(tensor: torch.Tensor, name: str) -> None:
-            tensor = tensor.detach()
-            cache[name] = tensor.to(device) if device is not None else tensor
+            # a copy: the live tensor flows on, and a later hook may edit it in place
+            cache[name] = tensor.detach().to(tensor.device if device is None else device, copy=True)
 
         with self.hooks([*fwd_hooks, (self.match_hooks(names_filter), store)]):
             output = self(*args, **kwargs)

@@ -42,9 +42,19 @@ def test_cached_greedy_equals_uncached(prompt_len, new):
 
 def test_generation_past_the_context_window_and_long_prompts():
     model = tiny()
-    out = model.generate(torch.randint(0, 23, (1, 40)), 30, top_k=5)  # prompt longer than block_size
-    assert out.shape == (1, 70)
+    prompt = torch.randint(0, 23, (1, 40))  # longer than block_size (16)
+    out = model.generate(prompt, 30, top_k=5)
+    assert out.shape == (1, 70) and torch.equal(out[:, :40], prompt)
     assert ((out >= 0) & (out < 23)).all()
+    # greedy, token by token: without the cache each step reads the last 16 tokens; with it, the window is
+    # the last 16 tokens at first and, whenever it is full, restarts from the last 8 (positions from 0 again)
+    for use_cache in (False, True):
+        ids, start = prompt[0].tolist(), 40 - 16
+        for _ in range(30):
+            if not use_cache or len(ids) - start > 16:
+                start = len(ids) - (16 if not use_cache else 8)
+            ids.append(model(torch.tensor([ids[start:]]))[0, -1].argmax().item())
+        assert model.generate(prompt, 30, top_k=1, use_cache=use_cache)[0].tolist() == ids, use_cache
 
 
 def test_sampling_controls():
@@ -56,6 +66,18 @@ def test_sampling_controls():
     assert draws == {1, 3}
     draws = {sample_next(logits, top_p=0.5, generator=gen).item() for _ in range(200)}
     assert draws == {1}  # the top token alone has more than half of the mass
+
+
+def test_top_p_samples_the_whole_nucleus_in_proportion():
+    probs = torch.tensor([0.05, 0.40, 0.10, 0.30, 0.15])
+    gen = torch.Generator().manual_seed(0)
+    # top_p=0.8: 0.40 + 0.30 reach 0.70 < 0.8, so the nucleus is {1, 3, 4} (mass 0.85); 0 and 2 are out
+    draws = sample_next(probs.log().repeat(4000, 1), top_p=0.8, generator=gen).flatten()
+    assert set(draws.tolist()) == {1, 3, 4}
+    share = torch.bincount(draws, minlength=5).float() / 4000
+    assert torch.allclose(share[[1, 3, 4]], torch.tensor([0.40, 0.30, 0.15]) / 0.85, atol=0.03)  # renormalised
+    assert set(sample_next(probs.log().repeat(500, 1), top_p=0.69, generator=gen).flatten().tolist()) == {1, 3}
+    assert set(sample_next(probs.log().repeat(500, 1), top_p=0.71, generator=gen).flatten().tolist()) == {1, 3, 4}
 
 
 

@@ -100,10 +100,48 @@ def test_only_hooked_layers_leave_sdpa(monkeypatch):
 def test_cache_device_option_and_gradients_flow_to_output():
     model = tiny().train()
     idx = torch.randint(0, 19, (2, 6))
-    (logits, loss), cache = model.run_with_cache(idx, idx, names_filter="blocks.0.resid_mid", device="cpu")
+    (logits, loss), cache = model.run_with_cache(idx, idx, names_filter="blocks.0.resid_mid", device="meta")
     loss.backward()  # the output keeps its graph; the cache is detached
     assert model.wte.weight.grad is not None
-    assert cache["blocks.0.resid_mid"].device.type == "cpu" and not cache["blocks.0.resid_mid"].requires_grad
+    stored = cache["blocks.0.resid_mid"]
+    assert stored.device.type == "meta" and stored.shape == (2, 6, 24) and not stored.requires_grad  # moved
+
+
+def test_cache_holds_copies_that_later_in_place_edits_do_not_reach():
+    model = tiny()
+    idx = torch.randint(0, 19, (2, 6))
+    _, plain = model.run_with_cache(idx, names_filter="blocks.0.resid_post")
+    expected = plain["blocks.0.resid_post"].clone()
+    # blocks.1.resid_pre carries the very tensor blocks.0.resid_post does; a hook edits it in place
+    for device in (None, "cpu"):
+        _, cache = model.run_with_cache(idx, names_filter="blocks.0.resid_post", device=device,
+                                        fwd_hooks=[("blocks.1.resid_pre", lambda t, name: t.mul_(0.0))])
+        assert torch.equal(cache["blocks.0.resid_post"], expected), device
+
+
+def test_scores_out_and_residual_values_equal_an_explicit_computation():
+    model = tiny(bias=True)
+    B, T, C, nh, hs = 2, 7, 24, 3, 8
+    idx = torch.randint(0, 19, (B, T))
+    logits, cache = model.run_with_cache(idx)  # every hook point
+    causal = make_mask(T, T, causal=True)
+    with torch.no_grad():
+        x = model.wte(idx) + model.wpe(torch.arange(T))
+        for layer, block in enumerate(model.blocks):
+            name = f"blocks.{layer}"
+            assert torch.allclose(cache[f"{name}.resid_pre"], x, atol=1e-6)
+            q, k, v = block.attn.c_attn(block.ln_1(x)).split(C, dim=2)
+            q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+            scores = (q @ k.transpose(-2, -1) / math.sqrt(hs)).masked_fill(~causal, float("-inf"))  # (B, nh, T, T)
+            assert torch.allclose(cache[f"{name}.attn.scores"], scores, atol=1e-5)  # -inf where masked
+            z = torch.softmax(scores, dim=-1) @ v  # (B, nh, T, hs)
+            out = block.attn.c_proj(z.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
+            assert torch.allclose(cache[f"{name}.attn.out"], out, atol=1e-5)
+            x = x + out
+            assert torch.allclose(cache[f"{name}.resid_mid"], x, atol=1e-5)
+            x = x + block.mlp(block.ln_2(x))
+            assert torch.allclose(cache[f"{name}.resid_post"], x, atol=1e-5)
+        assert torch.allclose(model.lm_head(model.ln_f(x)), logits, atol=1e-5)
 
 
 def test_hooks_are_removed_after_the_block_and_after_an_exception():

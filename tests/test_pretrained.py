@@ -153,16 +153,17 @@ def test_untied_head_is_loaded(tmp_path):
         assert torch.allclose(model(idx), hf(idx).logits, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("config, weights", [
-    ([1, 2], None), ({"n_layer": 2.0}, None), ({"layer_norm_epsilon": None}, None),
-    (None, {"transformer.h.0.attn.c_attn.weight": torch.ones(32, 96, 1)}),
-    (None, {"transformer.h.0.ln_1.weight": 3})])
-def test_hostile_config_or_weights_is_one_error(hf_dir, tmp_path, config, weights):
+@pytest.mark.parametrize("config, weights, match", [
+    ([1, 2], None, "no readable config.json"), ({"n_layer": 2.0}, None, "sizes must be integers"),
+    ({"layer_norm_epsilon": None}, None, "layer_norm_epsilon must be a positive number"),
+    (None, {"transformer.h.0.attn.c_attn.weight": torch.ones(32, 96, 1)}, r"blocks.0.attn.c_attn.weight is \(32, 96, 1\)"),
+    (None, {"transformer.h.0.ln_1.weight": 3}, "not named tensors")])
+def test_hostile_config_or_weights_is_one_error(hf_dir, tmp_path, config, weights, match):
     folder, hf = hf_dir
     hf_config = json.loads((folder / "config.json").read_text())
     if config is not None:
         hf_config = config if isinstance(config, list) else {**hf_config, **config}
     (tmp_path / "config.json").write_text(json.dumps(hf_config))
     torch.save({**hf.state_dict(), **(weights or {})}, tmp_path / "pytorch_model.bin")
-    with pytest.raises(PretrainedError):
+    with pytest.raises(PretrainedError, match=match):
         GPT.from_pretrained(str(tmp_path))

@@ -1,6 +1,7 @@
 """End-to-end: prepare, train, resume, sample and the user errors, through the real scripts."""
 
 import json
+import math
 import os
 import shutil
 
@@ -41,19 +42,45 @@ def test_train_loss_falls_then_sample(char_data, tmp_path):
     assert [r["iter"] for r in rows] == [0, 50, 100, 150]
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 1.0
     assert {"train_loss", "lr", "tokens_per_s", "elapsed_s"} <= set(rows[-1])
+    # the logged rate: warmup over 5 iterations to 3e-3, cosine decay to min_lr 1e-4 at iteration 150
+    cosine = [1e-4 + 0.5 * (1 + math.cos(math.pi * (it - 5) / 145)) * (3e-3 - 1e-4) for it in (50, 100)]
+    assert [r["lr"] for r in rows] == pytest.approx([3e-3 / 6, *cosine, 1e-4], rel=1e-9)
     proc = run_script("sample.py", f"--out_dir={out}", "--start=ROMEO:", "--num_samples=1", "--max_new_tokens=40")
     assert proc.stdout.startswith("ROMEO:") and len(proc.stdout) >= 46
 
 
-def test_checkpoint_round_trip_gives_identical_logits(char_data, tmp_path):
+def test_checkpoint_round_trip_restores_the_trained_model_and_optimizer(char_data, tmp_path, monkeypatch):
+    import copy
+
+    import train
+    from training import distributed
+    from training.config import TrainConfig
+
+    live, full_state = [], distributed.full_state
+
+    def keep_a_copy(model, optimizer):  # the model and optimizer as trained, at the moment they are saved
+        live.append(copy.deepcopy((model, optimizer)))
+        return full_state(model, optimizer)
+
+    monkeypatch.setattr(distributed, "full_state", keep_a_copy)
     out = tmp_path / "out"
-    run_script("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=20", "--eval_interval=20",
-               "--bias=True", "--dropout=0.1", *SMALL)
+    train.main([f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=20", "--eval_interval=20", "--bias=True",
+                "--dropout=0.1", "--device=cpu", *SMALL])
     ckpt = load_checkpoint(str(out))
-    a, b = model_from_checkpoint(ckpt).eval(), model_from_checkpoint(load_checkpoint(str(out / "ckpt.pt"))).eval()
-    idx = torch.randint(0, a.config.vocab_size, (2, 32))
-    assert torch.equal(a(idx), b(idx))
-    assert ckpt["iter_num"] == 20 and ckpt["model_args"]["bias"] is True
+    assert ckpt["iter_num"] == 20 and ckpt["model_args"]["bias"] is True and len(live) == 1
+    trained, trained_opt = live[0]
+    loaded = model_from_checkpoint(ckpt)
+    loaded_opt = train.make_optimizer(loaded, TrainConfig(), "cpu")
+    distributed.load_full_state(loaded, loaded_opt, ckpt["model"], ckpt["optimizer"])
+    idx = torch.randint(0, loaded.config.vocab_size, (2, 33))
+    for model, optimizer in ((trained, trained_opt), (loaded, loaded_opt)):  # one more step, dropout off
+        model.eval()
+        model(idx[:, :-1], idx[:, 1:])[1].backward()
+        optimizer.step()
+    assert loaded_opt.param_groups[0]["lr"] == trained_opt.param_groups[0]["lr"] != TrainConfig().learning_rate
+    for (name, a), b in zip(trained.named_parameters(), loaded.parameters()):
+        assert torch.equal(a, b), name  # the same weights, moments and step count: the same update
+    assert torch.equal(trained(idx[:, :-1]), loaded(idx[:, :-1]))
 
 
 def test_resume_matches_uninterrupted_run(char_data, tmp_path):

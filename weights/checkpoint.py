@@ -26,11 +26,21 @@ def save_checkpoint(payload: dict, path: str) -> None:
         torch.save(payload, f)
 
 
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DDP's, in either order (nanoGPT: module._orig_mod.)
+
+
+def strip_wrappers(key: str) -> str:
+    """A state-dict key without the prefixes that torch.compile and DDP wrappers put in front of it."""
+    while key.startswith(WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+
 def upgrade_state(state: dict) -> dict:
     """A state dict with wrapper prefixes (torch.compile, DDP) dropped and old parameter names renamed."""
     upgraded = {}
     for key, value in state.items():
-        key = key.removeprefix("_orig_mod.").removeprefix("module.")
+        key = strip_wrappers(key)
         for old, new in RENAMED_PARAMETERS:
             key = key.replace(old, new)
         upgraded[key] = value
