@@ -2,6 +2,7 @@
 
     python sample.py --out_dir=out --start="ROMEO:" --num_samples=2 --max_new_tokens=300
     python sample.py --start=FILE:prompt.txt --temperature=0.8 --top_k=200 --top_p=0.95 --seed=1
+    python sample.py --prompts=prompts.txt --max_new_tokens=100   # one prompt per line, one batch
     python sample.py --start="ROMEO:" --max_new_tokens=40 --attention_dir=attn  # maps: PNG, HTML, npz
     python sample.py --start="ROMEO:" --ablate=0.1,1.3 --ablate_mode=mean        # knock heads out
     python sample.py --out_dir=out-bert --start="To be, or not to [MASK]"   # a BERT fills its masks
@@ -20,6 +21,7 @@ from data.tokenizer import GPT2Tokenizer, TokenizerError, from_meta
 from model import GPT, CheckpointError, ConfigError, load_checkpoint, model_from_checkpoint
 from model.attention_maps import AttentionRecorder, head_stats_all, stats_table
 from model.config import SampleConfig, build, parse_args
+from model.generation import pack
 from model.interventions import ablate_heads, head_means, parse_heads
 from model.system import autocast, pick_device, pick_dtype
 
@@ -84,6 +86,46 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
         ids = (prompt_ids + samples[0])[first:]
         tokens = [tokenizer.decode([i]) for i in ids[:next(iter(maps.values())).size(-1)]]  # the last has no row
         write_maps(maps, tokens, cfg.attention_dir, f"attention: {tokenizer.decode(ids)[:60]}")
+
+
+def read_prompt_lines(path: str, tokenizer, block_size: int) -> list[list[int]]:
+    """Token ids of each line of a prompts file; an empty line is an error, a long one keeps its end."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError(f"cannot read prompts file {path}; give an existing UTF-8 text file, one prompt per line.")
+    if not lines:
+        raise ConfigError(f"prompts file {path} is empty; put one prompt per line.")
+    prompts = []
+    for n, line in enumerate(lines, 1):
+        ids = tokenizer.encode(line)
+        if not ids:
+            raise ConfigError(f"line {n} of {path} is empty; remove it or put a prompt on it.")
+        if len(ids) > block_size:
+            print(f"(prompt {n}: {len(ids)} tokens cropped to its last {block_size}, the context window)",
+                  file=sys.stderr)
+        prompts.append(ids[-block_size:])
+    return prompts
+
+
+def sample_gpt_batch(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> None:
+    """Continue every line of the prompts file at once (a left-padded batch); print each one labelled.
+
+    Prompt i samples with its own generator (seed + i - 1), so it gets the same text in any batch.
+    """
+    if cfg.attention_dir or cfg.ablate:
+        raise ConfigError("--attention_dir and --ablate work on one prompt; pass it with --start instead of --prompts.")
+    prompts = read_prompt_lines(cfg.prompts, tokenizer, model.config.block_size)
+    idx, mask = pack([torch.tensor(ids, dtype=torch.long, device=device) for ids in prompts])
+    generators = [torch.Generator(device=device).manual_seed(cfg.seed + i) for i in range(len(prompts))]
+    for n in range(cfg.num_samples):
+        with autocast(device, dtype):
+            out = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.use_cache,
+                                 generators, attention_mask=mask)
+        for i, ids in enumerate(prompts):
+            label = f"[prompt {i + 1}" + (f", sample {n + 1}]" if cfg.num_samples > 1 else "]")
+            print(f"{label} {tokenizer.decode(ids + out[i, idx.size(1):].tolist())}")
 
 
 def write_maps(maps: dict, tokens: list[str], out_dir: str, title: str, source_tokens: list[str] | None = None) -> None:
@@ -180,6 +222,7 @@ def sample_seq2seq(model, tokenizer, cfg: SampleConfig, device: str, dtype: str)
 
 RUNNERS = {"gpt": sample_gpt, "bert": fill_mask}  # model_type -> what sample.py does with it
 RUNNERS["seq2seq"] = sample_seq2seq
+RUNNERS["gpt_batch"] = sample_gpt_batch  # --prompts
 # options that one model family alone uses: given for another, they would be silently ignored
 ONLY_FOR = {"ablate": "gpt", "ablate_mode": "gpt", "candidates": "bert", "decoding": "seq2seq", "beam_size": "seq2seq",
             "length_penalty": "seq2seq"}
@@ -209,7 +252,10 @@ def main(argv: list[str]) -> None:
             hint = " (in Python: model.hooks(ablate_heads(...)), model/interventions.py)" if key == "ablate" else ""
             raise ConfigError(f"--{key} is for {FAMILY_NAMES[ONLY_FOR[key]]} checkpoint and {source} holds "
                               f"{FAMILY_NAMES[model_type]}; drop --{key}{hint}.")
-    RUNNERS[model_type](model, tokenizer, cfg, device, dtype)
+    if cfg.prompts and model_type != "gpt":
+        raise ConfigError(f"--prompts is for a GPT checkpoint and {source} holds {FAMILY_NAMES[model_type]}; "
+                          "pass the text with --start.")
+    RUNNERS["gpt_batch" if cfg.prompts else model_type](model, tokenizer, cfg, device, dtype)
 
 
 if __name__ == "__main__":

@@ -227,6 +227,7 @@ class SampleConfig:
     out_dir: str = "out"  # folder holding ckpt.pt
     init_from: str = "resume"  # 'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face folder
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
+    prompts: str = ""  # a file of prompts, one per line, continued together in one padded batch (GPT)
     num_samples: int = 2
     max_new_tokens: int = 500
     temperature: float = 0.8  # 0 is greedy

@@ -3,7 +3,11 @@
 import pytest
 import torch
 
-from model import GPT, GPTConfig
+from conftest import one_line_error, run_script
+from data.tokenizer import CharTokenizer
+from model import GPT, GPTConfig, save_checkpoint
+from model.attention_maps import AttentionRecorder
+from model.config import to_dict
 from model.generation import pack
 
 LENGTHS = (1, 5, 16, 9)  # a one-token prompt and one at the context limit (block_size 16)
@@ -80,3 +84,44 @@ def test_bad_masks_are_clear_errors():
         model.generate(idx, 2, attention_mask=torch.ones(2, 3))
     with pytest.raises(ValueError, match="one per row"):
         model.generate(idx, 2, generator=[torch.Generator()])
+
+
+def test_attention_recorder_on_a_padded_batch_shows_no_padding():
+    model = tiny_gpt("rope")
+    rows = prompts()[:2] + prompts()[3:]  # lengths 1, 5, 9: no window move while recording
+    idx, mask = pack(rows)
+    with AttentionRecorder(model) as recorder:
+        model.generate(idx, 4, temperature=0, attention_mask=mask)
+    per_row = recorder.row_maps(idx.size(1), mask)
+    for row, maps in zip(rows, per_row):
+        with AttentionRecorder(model) as alone:
+            model.generate(row[None], 4, temperature=0)
+        for name, m in alone.maps(len(row)).items():
+            assert maps[name].shape == m[0].shape == (2, len(row) + 3, len(row) + 3)
+            assert torch.allclose(maps[name], m[0], atol=1e-5), name
+            assert torch.allclose(maps[name].sum(-1), torch.ones(2, len(row) + 3), atol=1e-5)
+
+
+CHARS = "abcdefghijklmnopqrstuvwxyz ,.:!?ABCDEFGHIJKLMNOP"  # 48 characters: tiny_gpt's vocabulary
+
+
+def test_sample_script_continues_several_prompts(tmp_path):
+    model = tiny_gpt("learned")
+    tokenizer = CharTokenizer(CHARS)
+    save_checkpoint({"model": model.state_dict(), "model_type": "gpt", "model_args": to_dict(model.config),
+                     "tokenizer": tokenizer.meta()}, str(tmp_path / "ckpt.pt"))
+    lines = ["ab", "hello there", "x" * 20]  # the last is longer than the context: its end is kept
+    (tmp_path / "prompts.txt").write_text("\n".join(lines) + "\n")
+    common = [f"--out_dir={tmp_path}", "--num_samples=1", "--max_new_tokens=12", "--temperature=0", "--device=cpu"]
+    proc = run_script("sample.py", f"--prompts={tmp_path / 'prompts.txt'}", *common)
+    out = proc.stdout.splitlines()
+    assert [line.split("]")[0] for line in out] == ["[prompt 1", "[prompt 2", "[prompt 3"]
+    assert "prompt 3: 20 tokens cropped to its last 16" in proc.stderr
+    for line, prompt in zip(out, lines):
+        alone = run_script("sample.py", f"--start={prompt[-16:]}", *common).stdout
+        assert line.split("] ", 1)[1] == alone.rstrip("\n"), (line, alone)
+    (tmp_path / "bad.txt").write_text("ab\n\ncd\n")
+    error = one_line_error(run_script("sample.py", f"--prompts={tmp_path / 'bad.txt'}", *common, check=False))
+    assert "line 2" in error and "empty" in error
+    error = one_line_error(run_script("sample.py", f"--prompts={tmp_path / 'none.txt'}", *common, check=False))
+    assert "cannot read prompts file" in error
