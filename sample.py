@@ -3,6 +3,7 @@
     python sample.py --out_dir=out --start="ROMEO:" --num_samples=2 --max_new_tokens=300
     python sample.py --start=FILE:prompt.txt --temperature=0.8 --top_k=200 --top_p=0.95 --seed=1
     python sample.py --prompts=prompts.txt --max_new_tokens=100   # one prompt per line, one batch
+    python sample.py --start="ROMEO:" --fast_decode=True    # static KV cache, compiled step (start-up cost)
     python sample.py --start="ROMEO:" --max_new_tokens=40 --attention_dir=attn  # maps: PNG, HTML, npz
     python sample.py --start="ROMEO:" --ablate=0.1,1.3 --ablate_mode=mean        # knock heads out
     python sample.py --out_dir=out-bert --start="To be, or not to [MASK]"   # a BERT fills its masks
@@ -21,6 +22,7 @@ from data.tokenizer import GPT2Tokenizer, TokenizerError, from_meta
 from model import GPT, CheckpointError, ConfigError, load_checkpoint, model_from_checkpoint
 from model.attention_maps import AttentionRecorder, head_stats_all, stats_table
 from model.config import SampleConfig, build, parse_args
+from model.fast_decode import StaticDecoder
 from model.generation import pack
 from model.interventions import ablate_heads, head_means, parse_heads
 from model.system import autocast, pick_device, pick_dtype
@@ -60,14 +62,17 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
             os.makedirs(cfg.attention_dir, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"cannot create {cfg.attention_dir} ({e.strerror}); pick a writable --attention_dir.")
+    if cfg.fast_decode and (recorder or interventions or not cfg.use_cache):
+        raise ConfigError("--fast_decode runs the plain cached model; drop --attention_dir, --ablate or --use_cache=False.")
+    stream = StaticDecoder(model, 1, compile=True).generate_stream if cfg.fast_decode else \
+        lambda *a, generator: model.generate_stream(*a, use_cache=cfg.use_cache, generator=generator)
     samples = []
     for n in range(cfg.num_samples):
         sys.stdout.write(tokenizer.decode(prompt_ids))
         new_ids, printed = [], ""
         record = recorder if n == 0 and recorder else nullcontext()  # maps of the first sample
         with autocast(device, dtype), model.hooks(interventions), record:
-            for token in model.generate_stream(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                                               use_cache=cfg.use_cache, generator=generator):
+            for token in stream(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator=generator):
                 new_ids.append(token.item())
                 text = tokenizer.decode(new_ids)
                 if not text.endswith("\ufffd"):  # BPE may split a character: wait for its last bytes

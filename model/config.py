@@ -237,6 +237,7 @@ class SampleConfig:
     device: str = "auto"
     dtype: str = "auto"
     use_cache: bool = True
+    fast_decode: bool = False  # GPT: static KV cache + compiled one-token step (compiles first: seconds to minutes)
     attention_dir: str = ""  # write attention maps (PNG, HTML, npz) of the first sample here
     ablate: str = ""  # heads to knock out while sampling: LAYER.HEAD,... e.g. 0.1,2.3
     ablate_mode: str = "zero"  # 'zero' or 'mean' (each head's mean output over the prompt)
