@@ -10,7 +10,8 @@ and AdamW on random tokens (the model's speed, not the data loader's); the first
 (and torch.compile's compilation) are not timed; ms/step is the median of the timed steps.
 Sampling generates --new_tokens tokens for one sequence from a one-token prompt. --batched adds
 16 prompts of mixed lengths (1 to block_size / 2 tokens) continued in one left-padded batch vs one
-at a time (greedy, KV cache): new tokens per second over all 16.
+at a time (greedy, KV cache): new tokens per second over all 16. --fast_decode adds sampling with
+the static KV cache and compiled one-token step (model/fast_decode.py; compilation not timed).
 """
 
 import argparse
@@ -106,11 +107,28 @@ def bench_one(name: str, args) -> dict:
             sync(device)
         sampling[use_cache] = args.new_tokens / (time.perf_counter() - t0)
     extra = bench_batched(model, amp, device, args.new_tokens) if args.batched else {}
+    if args.fast_decode:
+        extra["sample tok/s (static, compiled)"] = f"{bench_static(model, amp, device, args.new_tokens):.3g}"
     return {"config": name, "params": f"{model.num_params() / 1e6:.1f}M", "device": gpu if device_type == "cuda"
             else "cpu", "dtype": dtype, "compile": args.compile, "batch x T": f"{batch} x {T}",
             "ms/step": f"{dt * 1000:.0f}", "train tokens/s": f"{tokens_per_s:,.0f}", "MFU": utilisation,
             "peak memory": f"{memory:.2f} GiB", "sample tok/s (KV cache)": f"{sampling[True]:.3g}",
             "sample tok/s (no cache)": f"{sampling[False]:.3g}", **extra}
+
+
+def bench_static(model, amp, device: str, new_tokens: int) -> float:
+    """Greedy tokens/s of StaticDecoder (static KV cache, compiled step), compilation excluded."""
+    from model.fast_decode import StaticDecoder
+
+    decoder = StaticDecoder(model, batch_size=1, compile=True)
+    prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
+    with amp:
+        decoder.generate(prompt, 4, temperature=0)  # compiles the step
+        sync(device)
+        t0 = time.perf_counter()
+        decoder.generate(prompt, new_tokens, temperature=0)
+        sync(device)
+    return new_tokens / (time.perf_counter() - t0)
 
 
 def bench_batched(model, amp, device: str, new_tokens: int, n_prompts: int = 16) -> dict:
@@ -148,6 +166,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
     parser.add_argument("--batch_size", type=int, default=0, help="override every config's batch size")
     parser.add_argument("--new_tokens", type=int, default=100, help="tokens generated per sampling run")
+    parser.add_argument("--fast_decode", action="store_true", help="add sampling with the static cache, compiled")
     parser.add_argument("--batched", action="store_true", help="add 16 mixed-length prompts, batched vs one at a time")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config, print JSON
     args = parser.parse_args(argv)
