@@ -8,7 +8,10 @@ the KV cache, for named model sizes. Prints a Markdown table (docs/benchmarks.md
 Each config runs in a fresh process, so peak memory is its own. Training steps are forward, backward
 and AdamW on random tokens (the model's speed, not the data loader's); the first --warmup steps
 (and torch.compile's compilation) are not timed; ms/step is the median of the timed steps.
-Sampling generates --new_tokens tokens for one sequence from a one-token prompt.
+Sampling generates --new_tokens tokens for one sequence from a one-token prompt. --batched adds
+16 prompts of mixed lengths (1 to block_size / 2 tokens) continued in one left-padded batch vs one
+at a time (greedy, KV cache): new tokens per second over all 16. --fast_decode adds sampling with
+the static KV cache and compiled one-token step (model/fast_decode.py; compilation not timed).
 """
 
 import argparse
@@ -109,11 +112,54 @@ def bench_one(name: str, args) -> dict:
     del optimizer, loss, idx
 
     sampling = sampling_speed(model.eval(), device, amp, args.new_tokens)
+    extra = bench_batched(model, amp, device, args.new_tokens) if args.batched else {}
+    if args.fast_decode:
+        extra["sample tok/s (static, compiled)"] = f"{bench_static(model, amp, device, args.new_tokens):.3g}"
     return {"config": name, "params": f"{model.num_params() / 1e6:.1f}M", "device": gpu if device_type == "cuda"
             else "cpu", "dtype": dtype, "compile": args.compile, "batch x T": f"{batch} x {T}",
             "ms/step": f"{dt * 1000:.0f}", "train tokens/s": f"{tokens_per_s:,.0f}", "MFU": utilisation,
             "peak memory": f"{memory:.2f} GiB", "sample tok/s (KV cache)": f"{sampling[True]:.3g}",
-            "sample tok/s (no cache)": f"{sampling[False]:.3g}"}
+            "sample tok/s (no cache)": f"{sampling[False]:.3g}", **extra}
+
+
+def bench_static(model, amp, device: str, new_tokens: int) -> float:
+    """Greedy tokens/s of StaticDecoder (static KV cache, compiled step), compilation excluded."""
+    from model.fast_decode import StaticDecoder
+
+    decoder = StaticDecoder(model, batch_size=1, compile=True)
+    prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
+    with amp:
+        decoder.generate(prompt, 4, temperature=0)  # compiles the step
+        sync(device)
+        t0 = time.perf_counter()
+        decoder.generate(prompt, new_tokens, temperature=0)
+        sync(device)
+    return new_tokens / (time.perf_counter() - t0)
+
+
+def bench_batched(model, amp, device: str, new_tokens: int, n_prompts: int = 16) -> dict:
+    """Greedy tokens/s for n_prompts prompts of mixed lengths: one padded batch vs one prompt at a time."""
+    from model.generation import pack
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, model.config.block_size // 2 + 1, (n_prompts,), generator=g).tolist()
+    prompts = [torch.randint(0, model.config.vocab_size, (n,), generator=g).to(device) for n in lengths]
+    idx, mask = pack(prompts)
+    speeds = {}
+    with amp:
+        model.generate(idx, 2, temperature=0, attention_mask=mask)  # warm-up
+        for batched in (True, False):
+            sync(device)
+            t0 = time.perf_counter()
+            if batched:
+                model.generate(idx, new_tokens, temperature=0, attention_mask=mask)
+            else:
+                for prompt in prompts:
+                    model.generate(prompt[None], new_tokens, temperature=0)
+            sync(device)
+            speeds[batched] = n_prompts * new_tokens / (time.perf_counter() - t0)
+    return {f"{n_prompts} prompts batched tok/s": f"{speeds[True]:.3g}",
+            f"{n_prompts} prompts one at a time tok/s": f"{speeds[False]:.3g}"}
 
 
 def main(argv: list[str]) -> None:
@@ -126,6 +172,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
     parser.add_argument("--batch_size", type=int, default=0, help="override every config's batch size")
     parser.add_argument("--new_tokens", type=int, default=100, help="tokens generated per sampling run")
+    parser.add_argument("--fast_decode", action="store_true", help="add sampling with the static cache, compiled")
+    parser.add_argument("--batched", action="store_true", help="add 16 mixed-length prompts, batched vs one at a time")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config, print JSON
     args = parser.parse_args(argv)
     if args.one:

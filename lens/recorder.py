@@ -69,6 +69,15 @@ class AttentionRecorder:
             out[name] = full
         return out
 
+    def row_maps(self, start_len: int, attention_mask: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """For a left-padded batch (generate(..., attention_mask=)): one dict per row, name -> (nh, n, n)
+        over that row's own tokens; padding is left out (no self-attention map ever weights it)."""
+        if any(self.cross.values()) or any(name.startswith("encoder.") for name in self.calls):
+            raise ValueError("row_maps is for a decoder-only model (GPT) generating a padded batch.")
+        maps = self.maps(start_len)
+        pads = (attention_mask == 0).sum(dim=1).tolist()
+        return [{name: m[i, :, p:, p:] for name, m in maps.items()} for i, p in enumerate(pads)]
+
 
 def head_stats(pattern: torch.Tensor, cross: bool = False) -> dict[str, torch.Tensor]:
     """Per-head summary of a pattern (B, nh, T, S) or (nh, T, S): each stat is (nh,).

@@ -325,17 +325,19 @@ class Attention(nn.Module):
         B, T, C = x.shape
         return x.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
 
-    def project(self, x: torch.Tensor, source: torch.Tensor | None, cache: KVCache | None, offset: int = 0):
+    def project(self, x: torch.Tensor, source: torch.Tensor | None, cache: KVCache | None, offset: int = 0,
+                positions: torch.Tensor | None = None):
         """Queries from x; keys and values from x (self) or source (cross), through the cache.
 
-        QK-norm and rotary positions (queries and new keys at offset ..) apply before keys are cached.
+        QK-norm and rotary positions (queries and new keys at offset .., or at `positions` (B, T)
+        when given) apply before keys are cached.
         """
         if not self.cross:
             q, k, v = self.c_attn(x).split(x.size(-1), dim=2)
             q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
             q, k = self.q_norm(q), self.k_norm(k)
             if self.rotary is not None:
-                q, k = self.rotary(q, offset), self.rotary(k, offset)
+                q, k = self.rotary(q, offset, positions), self.rotary(k, offset, positions)
             if cache is not None:
                 k, v = cache.append(k, v)
             return q, k, v
@@ -349,16 +351,18 @@ class Attention(nn.Module):
         return q, k, v
 
     def forward(self, x: torch.Tensor, source: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                causal: bool = False, cache: KVCache | None = None, need_weights: bool = False):
+                causal: bool = False, cache: KVCache | None = None, need_weights: bool = False,
+                positions: torch.Tensor | None = None):
         """Attend from x (B, T, C) to itself or to `source` (B, S, C); return y (B, T, C) [, weights].
 
         `mask` (bool, broadcastable to (B, nh, T, S), True = may attend) is complete when given;
         otherwise `causal` asks for a causal mask, offset by the positions already in `cache`.
+        `positions` (B, T) are the rows' own rotary positions (a left-padded batch).
         """
         if self.cross and source is None and (cache is None or cache.len == 0):
             raise ValueError("cross-attention needs a source sequence (the encoder output).")
         offset = cache.len if cache is not None and not self.cross else 0
-        q, k, v = self.project(x, source, cache, offset)
+        q, k, v = self.project(x, source, cache, offset, positions)
         q, k, v = self.q(q), self.k(k), self.v(v)
         T, S = q.size(2), k.size(2)
         if mask is None and causal and T > 1 and offset > 0:

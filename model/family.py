@@ -15,17 +15,19 @@ from weights.common import IGNORE_INDEX
 
 def embed(ids: torch.Tensor, wte: nn.Embedding, wpe: nn.Embedding | None, limit: int, offset: int = 0,
           what: str = "sequence", limit_name: str = "block_size",
-          hint: str = "crop it or train with a larger block_size") -> torch.Tensor:
+          hint: str = "crop it or train with a larger block_size",
+          positions: torch.Tensor | None = None) -> torch.Tensor:
     """Token ids (B, T) at positions offset.. -> embeddings (B, T, C); a ValueError past `limit` positions.
 
-    With rotary positions (`wpe` None) positions enter inside attention instead.
+    `positions` (B, T) gives each row its own positions instead (left-padded batches). With rotary
+    positions (`wpe` None) positions enter inside attention instead.
     """
     T = ids.size(1)
     if offset + T > limit:
         raise ValueError(f"{what} of {offset + T} tokens exceeds {limit_name} {limit}; {hint}.")
     x = wte(ids)  # (B, T, C)
     if wpe is not None:
-        x = x + wpe(torch.arange(offset, offset + T, device=ids.device))
+        x = x + wpe(torch.arange(offset, offset + T, device=ids.device) if positions is None else positions)
     return x
 
 

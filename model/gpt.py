@@ -16,9 +16,9 @@ from model.attention import KVCache
 from model.config import ConfigError, GPTConfig
 from model.family import Family, embed, logits_and_loss, tie_head
 from model.layers import Block, init_weights, make_norm
-from model.sampling import sample_next
 from weights.hf_folder import PretrainedError, check_state
 from weights.hf_gpt2 import pretrained_config, read_gpt2
+from model.generation import Generators, generate_padded, padded_causal_mask, padded_positions, sample_rows
 
 
 def gpt2_config(values: dict, source: str) -> GPTConfig:
@@ -63,16 +63,26 @@ class GPT(Family):
         return gpt2_config(pretrained_config(name_or_dir, dropout, block_size), name_or_dir)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                caches: list[KVCache] | None = None, last_only: bool = False):
+                caches: list[KVCache] | None = None, last_only: bool = False,
+                attention_mask: torch.Tensor | None = None):
         """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy when targets are given.
 
         With `caches` (one per block) the positions continue after those already cached.
+        `attention_mask` (B, cached + T), 1 at real tokens, 0 at left padding: each row then counts
+        its positions from its first real token and never attends to padding.
         Targets equal to IGNORE_INDEX (-100, weights/common.py) are ignored by the loss.
         """
         offset = caches[0].len if caches else 0
-        x = self.drop(embed(idx, self.wte, self.wpe, self.config.block_size, offset))  # (B, T, C)
+        positions = mask = None
+        if attention_mask is not None:
+            if attention_mask.shape != (idx.size(0), offset + idx.size(1)):
+                raise ValueError(f"attention_mask must be (batch, cached + new tokens) = "
+                                 f"{(idx.size(0), offset + idx.size(1))}, got {tuple(attention_mask.shape)}.")
+            positions = padded_positions(attention_mask)[:, offset:]  # (B, T)
+            mask = padded_causal_mask(attention_mask, idx.size(1))  # (B, 1, T, offset + T)
+        x = self.drop(embed(idx, self.wte, self.wpe, self.config.block_size, offset, positions=positions))  # (B, T, C)
         for i, block in enumerate(self.blocks):
-            x = block(x, causal=True, cache=caches[i] if caches else None)
+            x = block(x, mask=mask, causal=True, cache=caches[i] if caches else None, positions=positions)
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:]
@@ -81,13 +91,21 @@ class GPT(Family):
     @torch.no_grad()
     def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                         top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
-                        generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+                        generator: Generators = None,
+                        attention_mask: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
         """Yield (B, 1) new tokens one at a time, continuing idx (B, T).
 
         With the KV cache the prompt is processed once, then one token per step. When the context
         window is full, the cache is rebuilt from the last block_size // 2 tokens (positions are absolute).
         Without it, each step reruns the last block_size tokens (nanoGPT's way).
+        Prompts of different lengths: left-pad them and pass `attention_mask` (B, T), 1 at real
+        tokens (model/generation.py); each row then gets the tokens it would get alone. A list of
+        generators, one per row, makes each row's sampling reproducible on its own.
         """
+        if attention_mask is not None:
+            yield from generate_padded(self, idx, attention_mask, max_new_tokens, temperature, top_k, top_p,
+                                       use_cache, generator)
+            return
         block_size = self.config.block_size
         caches = None
         pending = idx[:, -block_size:]  # tokens not yet seen by the model
@@ -100,7 +118,7 @@ class GPT(Family):
                 logits = self(pending, caches=caches, last_only=True)
             else:
                 logits = self(idx[:, -block_size:], last_only=True)
-            next_token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
+            next_token = sample_rows(logits[:, -1], temperature, top_k, top_p, generator)
             idx = torch.cat([idx, next_token], dim=1)
             pending = next_token
             yield next_token
@@ -108,7 +126,9 @@ class GPT(Family):
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Return idx (B, T) extended by max_new_tokens sampled tokens (B, T + max_new_tokens)."""
-        new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator))
+                 generator: Generators = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Return idx (B, T) extended by max_new_tokens sampled tokens (B, T + max_new_tokens);
+        left-padded prompts with `attention_mask` as in generate_stream."""
+        new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator,
+                                        attention_mask))
         return torch.cat([idx, *new], dim=1)

@@ -93,10 +93,13 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False,
                 source: torch.Tensor | None = None, source_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, cross_cache: KVCache | None = None) -> torch.Tensor:
-        """x (B, T, C) -> (B, T, C). `mask`/`causal` shape self-attention; `source_mask` cross-attention."""
+                cache: KVCache | None = None, cross_cache: KVCache | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). `mask`/`causal` shape self-attention; `source_mask` cross-attention;
+        `positions` (B, T) are each row's rotary positions (left-padded batches)."""
         x = self.resid_pre(x)
-        x = self.residual(x, self.ln_1, lambda h: self.attn(h, mask=mask, causal=causal, cache=cache))
+        x = self.residual(x, self.ln_1, lambda h: self.attn(h, mask=mask, causal=causal, cache=cache,
+                                                            positions=positions))
         x = self.resid_mid(x)
         if hasattr(self, "cross_attn"):
             x = self.residual(x, self.ln_cross,

@@ -21,9 +21,18 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """x (B, nh, T, hs) at positions offset .. offset + T - 1 -> rotated x, same shape and dtype."""
+    def forward(self, x: torch.Tensor, offset: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, nh, T, hs) at positions offset .. offset + T - 1 -> rotated x, same shape and dtype.
+
+        `positions` (B, T), when given, are each row's own positions (left-padded batches); the
+        caller keeps them below max_len.
+        """
         T = x.size(-2)
+        if positions is not None:
+            cos = self.cos[positions].to(x.dtype)[:, None]  # (B, 1, T, hs/2), broadcast over heads
+            sin = self.sin[positions].to(x.dtype)[:, None]
+            x1, x2 = x.chunk(2, dim=-1)
+            return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
         if offset + T > self.cos.size(0):
             raise ValueError(f"rotary positions go up to {self.cos.size(0) - 1}; position {offset + T - 1} "
                              "was asked for (crop the sequence or train with a larger block_size).")

@@ -99,6 +99,7 @@ class SampleConfig:
     out_dir: str = "out"  # folder holding ckpt.pt
     init_from: str = "resume"  # 'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face folder
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
+    prompts: str = ""  # a file of prompts, one per line, continued together in one padded batch (GPT)
     num_samples: int = 2
     max_new_tokens: int = 500
     temperature: float = 0.8  # 0 is greedy
@@ -108,6 +109,7 @@ class SampleConfig:
     device: str = "auto"
     dtype: str = "auto"
     use_cache: bool = True
+    fast_decode: bool = False  # GPT: static KV cache + compiled one-token step (compiles first: seconds to minutes)
     attention_dir: str = ""  # write attention maps (PNG, HTML, npz) of the first sample here
     ablate: str = ""  # heads to knock out while sampling: LAYER.HEAD,... e.g. 0.1,2.3
     ablate_mode: str = "zero"  # 'zero' or 'mean' (each head's mean output over the prompt)

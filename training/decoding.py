@@ -13,6 +13,8 @@ import torch
 from lens.heatmaps import views_from_maps, write_attention
 from lens.interventions import ablate_heads, head_means, parse_heads
 from lens.recorder import AttentionRecorder, head_stats_all, stats_table
+from model.fast_decode import StaticDecoder
+from model.generation import pack
 from training.config import SampleConfig
 from training.system import autocast
 from weights.common import ConfigError
@@ -31,7 +33,9 @@ def read_prompt(start: str) -> str:
 
 
 def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> None:
-    """Continue the prompt num_samples times, streaming each token as it comes."""
+    """Continue the prompt num_samples times, streaming each token as it comes (--prompts: a batch of them)."""
+    if cfg.prompts:
+        return sample_gpt_batch(model, tokenizer, cfg, device, dtype)
     prompt_ids = tokenizer.encode(read_prompt(cfg.start))
     if not prompt_ids:
         raise ConfigError("the prompt is empty; pass some text with --start.")
@@ -52,14 +56,17 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
             os.makedirs(cfg.attention_dir, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"cannot create {cfg.attention_dir} ({e.strerror}); pick a writable --attention_dir.")
+    if cfg.fast_decode and (recorder or interventions or not cfg.use_cache):
+        raise ConfigError("--fast_decode runs the plain cached model; drop --attention_dir, --ablate or --use_cache=False.")
+    stream = StaticDecoder(model, 1, compile=True).generate_stream if cfg.fast_decode else \
+        lambda *a, generator: model.generate_stream(*a, use_cache=cfg.use_cache, generator=generator)
     samples = []
     for n in range(cfg.num_samples):
         sys.stdout.write(tokenizer.decode(prompt_ids))
         new_ids, printed = [], ""
         record = recorder if n == 0 and recorder else nullcontext()  # maps of the first sample
         with autocast(device, dtype), model.hooks(interventions), record:
-            for token in model.generate_stream(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                                               use_cache=cfg.use_cache, generator=generator):
+            for token in stream(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator=generator):
                 new_ids.append(token.item())
                 text = tokenizer.decode(new_ids)
                 if not text.endswith("\ufffd"):  # BPE may split a character: wait for its last bytes
@@ -78,6 +85,46 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
         ids = (prompt_ids + samples[0])[first:]
         tokens = [tokenizer.decode([i]) for i in ids[:next(iter(maps.values())).size(-1)]]  # the last has no row
         write_maps(maps, tokens, cfg.attention_dir, f"attention: {tokenizer.decode(ids)[:60]}")
+
+
+def read_prompt_lines(path: str, tokenizer, block_size: int) -> list[list[int]]:
+    """Token ids of each line of a prompts file; an empty line is an error, a long one keeps its end."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError(f"cannot read prompts file {path}; give an existing UTF-8 text file, one prompt per line.")
+    if not lines:
+        raise ConfigError(f"prompts file {path} is empty; put one prompt per line.")
+    prompts = []
+    for n, line in enumerate(lines, 1):
+        ids = tokenizer.encode(line)
+        if not ids:
+            raise ConfigError(f"line {n} of {path} is empty; remove it or put a prompt on it.")
+        if len(ids) > block_size:
+            print(f"(prompt {n}: {len(ids)} tokens cropped to its last {block_size}, the context window)",
+                  file=sys.stderr)
+        prompts.append(ids[-block_size:])
+    return prompts
+
+
+def sample_gpt_batch(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> None:
+    """Continue every line of the prompts file at once (a left-padded batch); print each one labelled.
+
+    Prompt i samples with its own generator (seed + i - 1), so it gets the same text in any batch.
+    """
+    if cfg.attention_dir or cfg.ablate:
+        raise ConfigError("--attention_dir and --ablate work on one prompt; pass it with --start instead of --prompts.")
+    prompts = read_prompt_lines(cfg.prompts, tokenizer, model.config.block_size)
+    idx, mask = pack([torch.tensor(ids, dtype=torch.long, device=device) for ids in prompts])
+    generators = [torch.Generator(device=device).manual_seed(cfg.seed + i) for i in range(len(prompts))]
+    for n in range(cfg.num_samples):
+        with autocast(device, dtype):
+            out = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.use_cache,
+                                 generators, attention_mask=mask)
+        for i, ids in enumerate(prompts):
+            label = f"[prompt {i + 1}" + (f", sample {n + 1}]" if cfg.num_samples > 1 else "]")
+            print(f"{label} {tokenizer.decode(ids + out[i, idx.size(1):].tolist())}")
 
 
 def write_maps(maps: dict, tokens: list[str], out_dir: str, title: str, source_tokens: list[str] | None = None) -> None:

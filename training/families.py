@@ -29,7 +29,7 @@ class ModelFamily:
 
 
 FAMILIES: dict[str, ModelFamily] = {
-    "gpt": ModelFamily(GPT, GPTConfig, LMBatches, sample_gpt, "a GPT", ("ablate", "ablate_mode")),
+    "gpt": ModelFamily(GPT, GPTConfig, LMBatches, sample_gpt, "a GPT", ("ablate", "ablate_mode", "prompts", "fast_decode")),
     "bert": ModelFamily(BERT, BERTConfig, MLMBatches, fill_mask, "a BERT (fill-mask)", ("candidates",)),
     "seq2seq": ModelFamily(Seq2Seq, Seq2SeqConfig, PairBatches, sample_seq2seq, "an encoder-decoder",
                            ("decoding", "beam_size", "length_penalty")),

@@ -1,0 +1,127 @@
+"""Fast decoding for GPT the way gpt-fast does it: a static KV cache and a (compiled) one-token step.
+
+At small sizes a decoding step costs mostly Python and kernel launches, not arithmetic. Here every
+tensor a step touches is allocated once: keys and values live in (B, nh, block_size, hs) buffers,
+the new position, its cache slot and the attention mask are small buffers updated in place, and
+attention always reads the whole cache (slots not yet written are masked). Every step then has the
+same shapes, so `torch.compile` builds the step once (and on CUDA, mode="reduce-overhead" replays it
+as a CUDA graph). The prompt (prefill) runs eagerly: its length varies.
+
+    decoder = StaticDecoder(model, batch_size=1, compile=True)   # compiles on its first step
+    for token in decoder.generate_stream(idx, 200, temperature=0.8, top_k=200):
+        ...
+
+Greedy decoding gives the tokens of GPT.generate; the context window moves on in the same way
+(the last block_size // 2 tokens are fed again when it is full). Prompts share one length here
+(for left-padded prompts of different lengths use GPT.generate with attention_mask).
+"""
+
+from collections.abc import Iterator
+
+import torch
+
+from model.generation import Generators, sample_rows
+from model.layers import softcap
+
+
+class StaticKVCache:
+    """One layer's preallocated keys and values; writes the new ones at the slots in `slot` (T,)."""
+
+    len = 0  # positions and the mask are passed explicitly: attention adds no offset of its own
+
+    def __init__(self, slot: torch.Tensor):
+        self.slot = slot  # shared by every layer, updated in place by the decoder
+        self.k = self.v = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, nh, T, hs) at the cache slots; return the whole (B, nh, L, hs) buffers."""
+        self.k.index_copy_(2, self.slot, k)
+        self.v.index_copy_(2, self.slot, v)
+        return self.k, self.v
+
+
+def forward_static(model, idx: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, caches) -> torch.Tensor:
+    """Logits (B, V) after idx (B, T) at positions (B, T), attending with mask (1|B, 1, T, L) over the cache."""
+    x = model.wte(idx)  # (B, T, C)
+    if model.wpe is not None:
+        x = x + model.wpe(positions)
+    x = model.drop(x)
+    for block, cache in zip(model.blocks, caches):
+        x = block(x, mask=mask, causal=True, cache=cache, positions=positions)
+    x = model.ln_f(x[:, -1])  # (B, C): only the last position is sampled from
+    return softcap(model.lm_head(x), model.config.logit_softcap)
+
+
+class StaticDecoder:
+    """Decodes batches of batch_size prompts of one length with a static cache; reusable across calls."""
+
+    def __init__(self, model, batch_size: int = 1, compile: bool = False):
+        self.model, self.batch_size = model, batch_size
+        param = next(model.parameters())
+        L = model.config.block_size
+        self.slot = torch.zeros(1, dtype=torch.long, device=param.device)  # the new token's cache slot
+        self.position = torch.zeros(batch_size, 1, dtype=torch.long, device=param.device)
+        self.mask = torch.zeros(1, 1, 1, L, dtype=torch.bool, device=param.device)  # slots written so far
+        self.caches = [StaticKVCache(self.slot) for _ in model.blocks]
+        self.step = self._step
+        if compile:
+            mode = "reduce-overhead" if param.is_cuda else None  # CUDA graphs on a GPU
+            self.step = torch.compile(self._step, mode=mode, fullgraph=True, dynamic=False)
+
+    def _step(self, token: torch.Tensor) -> torch.Tensor:
+        """One new token (B, 1) at self.position, written at self.slot -> logits (B, V)."""
+        return forward_static(self.model, token, self.position, self.mask, self.caches)
+
+    def prefill(self, window: torch.Tensor) -> torch.Tensor:
+        """Fill the cache with window (B, T) from slot 0 (eagerly); return the last position's logits."""
+        B, T = window.shape
+        L, device = self.model.config.block_size, window.device
+        slots = torch.arange(T, device=device)
+        for cache in self.caches:
+            cache.slot = slots
+        mask = (torch.arange(L, device=device)[None, :] <= slots[:, None])[None, None]  # (1, 1, T, L)
+        logits = forward_static(self.model, window, slots.expand(B, T), mask, self.caches)
+        for cache in self.caches:
+            cache.slot = self.slot
+        self.mask.copy_(torch.arange(L, device=device) < T)
+        return logits
+
+    def allocate(self, dtype: torch.dtype) -> None:
+        """Key/value buffers in the dtype the layers compute in (float32, or bf16 under autocast)."""
+        cfg, param = self.model.config, next(self.model.parameters())
+        shape = (self.batch_size, cfg.n_head, cfg.block_size, cfg.head_dim)
+        for cache in self.caches:
+            if cache.k is None or cache.k.dtype != dtype:
+                cache.k = torch.zeros(shape, dtype=dtype, device=param.device)
+                cache.v = torch.zeros(shape, dtype=dtype, device=param.device)
+
+    @torch.no_grad()
+    def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                        top_k: int | None = None, top_p: float | None = None,
+                        generator: Generators = None) -> Iterator[torch.Tensor]:
+        """Yield (B, 1) new tokens continuing idx (B, T), as GPT.generate_stream with its KV cache."""
+        if idx.size(0) != self.batch_size:
+            raise ValueError(f"this decoder was built for batches of {self.batch_size}; got {idx.size(0)} prompts.")
+        block_size = self.model.config.block_size
+        self.allocate(self.model.wte(idx[:1, :1]).dtype if not torch.is_autocast_enabled()
+                      else torch.get_autocast_dtype(idx.device.type))
+        window, length = idx[:, -block_size:], 0
+        for _ in range(max_new_tokens):
+            if length == 0 or length + 1 > block_size:  # first step, or the window is full
+                if length:
+                    window = idx[:, -max(1, block_size // 2):]
+                logits, length = self.prefill(window), window.size(1)
+            else:
+                self.slot.fill_(length)
+                self.position.fill_(length)
+                self.mask[..., length] = True
+                logits = self.step(pending)
+                length += 1
+            next_token = sample_rows(logits, temperature, top_k, top_p, generator)
+            idx = torch.cat([idx, next_token], dim=1)
+            pending = next_token
+            yield next_token
+
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:
+        """idx (B, T) extended by max_new_tokens tokens (B, T + max_new_tokens)."""
+        return torch.cat([idx, *self.generate_stream(idx, max_new_tokens, **sampling)], dim=1)
