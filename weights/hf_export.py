@@ -182,4 +182,4 @@ def save_hf(folder: str, model_type: str, config: dict, state: dict, tokenizer: 
         f.write(save(tensors, metadata={"format": "pt"}))
     for name, text in {"config.json": json.dumps(hf_config, indent=2), **files}.items():
         with atomic_write(os.path.join(folder, name), "w") as f:
-            f.write(text + "\n")
+            f.write(text if text.endswith("\n") else text + "\n")
