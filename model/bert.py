@@ -38,6 +38,8 @@ class MLMHead(nn.Module):
 class BERT(Family):
     """A bidirectional encoder trained with the masked-language-model objective."""
 
+    model_type = "bert"
+
     def __init__(self, config: BERTConfig):
         super().__init__()
         self.config = config
@@ -112,10 +114,12 @@ class BERT(Family):
             raise ConfigError(f"unknown BERTConfig key {sorted(unknown)[0]!r} in from_pretrained overrides.")
         model = cls(BERTConfig(**{**values, **overrides}))
         state = state_from_hf(hf_state, model.config.n_layer, model.config.type_vocab_size)
-        try:
-            model.load_state_dict(state, strict=False)  # the tied decoder weight comes with wte
-        except RuntimeError:
-            raise PretrainedError(f"the weights in {name_or_dir} do not match the sizes in its config.json.") from None
+        own = model.state_dict()
+        for key, tensor in state.items():
+            if key in own and tensor.shape != own[key].shape:
+                raise PretrainedError(f"the weights in {name_or_dir} do not match the sizes in its config.json "
+                                      f"({key} is {tuple(tensor.shape)}, config.json makes it {tuple(own[key].shape)}).")
+        model.load_state_dict(state, strict=False)  # the tied decoder weight comes with wte
         # BertForMaskedLM has no pooler (BertModel and BertForPreTraining do): it then keeps its init
         missing = set(model.state_dict()) - set(state) - {"head.decoder.weight", "pooler.weight", "pooler.bias"}
         if missing:

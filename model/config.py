@@ -4,6 +4,8 @@ Training and sampling options, and the config-file / --key=value parser, are in 
 """
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass
 
 from model.attention import check_variants
@@ -31,6 +33,9 @@ class TransformerConfig:
     hard_attention_estimator: str = "gumbel"  # 'gumbel' (straight-through Gumbel-softmax) or 'straight_through'
     hard_attention_eval: str = "argmax"  # hard attention at evaluation: 'argmax' or 'sample'
     activation: str = "gelu"  # MLP non-linearity (model/layers.py ACTIVATIONS); GPT-2 uses gelu_tanh
+    # MLP hidden width (BERT's intermediate_size, GPT-2's n_inner); None: 4 * n_embd, or for a gated
+    # activation (SwiGLU) 2/3 of that rounded up to a multiple of 8, which keeps the parameter count
+    mlp_hidden: typing.Optional[int] = None
     norm: str = "layernorm"  # normalisation layer (model/layers.py NORMS)
     norm_eps: float = 1e-5
     post_norm: bool = False  # False: pre-norm blocks (GPT-2); True: norm after each residual add (BERT)
@@ -56,6 +61,8 @@ class TransformerConfig:
         check_variants(self)
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}.")
+        if self.mlp_hidden is not None and (type(self.mlp_hidden) is not int or self.mlp_hidden < 1):
+            raise ConfigError(f"mlp_hidden must be a positive integer or None (4 * n_embd), got {self.mlp_hidden!r}.")
         if self.norm not in NORMS:
             raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}.")
         if self.pos_emb not in ("learned", "rope"):
@@ -72,6 +79,15 @@ class TransformerConfig:
     def head_dim(self) -> int:
         """Width of one attention head."""
         return self.n_embd // self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        """The MLP's hidden width (each half's, for a gated activation): mlp_hidden, or the default rule."""
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        if getattr(ACTIVATIONS[self.activation], "gated", False):
+            return 8 * math.ceil(8 * self.n_embd / 3 / 8)
+        return 4 * self.n_embd
 
     def with_vocab_size(self, vocab_size: int) -> "TransformerConfig":
         """A copy for another vocabulary (train.py sets the dataset's)."""

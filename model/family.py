@@ -4,6 +4,8 @@ head (tied to the embedding or not, soft-capped logits, the loss with one ignore
 The parameters stay on the family's own modules (`wte`, `wpe`, `lm_head`), named as in GPT-2.
 """
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,6 +13,7 @@ from torch import nn
 from model.hooks import HookedModel
 from model.layers import softcap
 from weights.common import IGNORE_INDEX
+from weights.hf_export import save_hf
 
 
 def embed(ids: torch.Tensor, wte: nn.Embedding, wpe: nn.Embedding | None, limit: int, offset: int = 0,
@@ -51,7 +54,9 @@ def logits_and_loss(logits: torch.Tensor, targets: torch.Tensor | None, cap: flo
 
 
 class Family(HookedModel, nn.Module):
-    """Base of the model families: hook points (HookedModel) and the parameter count."""
+    """Base of the model families: hook points (HookedModel), the parameter count, Hugging Face export."""
+
+    model_type = ""  # the family's name in checkpoints and training/families.py ("gpt", "bert", ...)
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; position embeddings (every `wpe`) excluded by default, as GPT-2's paper counts."""
@@ -60,3 +65,9 @@ class Family(HookedModel, nn.Module):
             n -= sum(m.weight.numel() for name, m in self.named_modules()
                      if name.split(".")[-1] == "wpe" and isinstance(m, nn.Embedding))
         return n
+
+    def save_pretrained(self, folder: str, tokenizer=None) -> None:
+        """Write a Hugging Face folder (config.json, model.safetensors and, given the tokenizer or its
+        meta dict, its files) that transformers' Auto classes load; an ExportError for options they lack."""
+        meta = tokenizer.meta() if hasattr(tokenizer, "meta") else tokenizer
+        save_hf(folder, self.model_type, dataclasses.asdict(self.config), self.state_dict(), meta)

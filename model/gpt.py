@@ -32,6 +32,8 @@ def gpt2_config(values: dict, source: str) -> GPTConfig:
 class GPT(Family):
     """A decoder-only language model."""
 
+    model_type = "gpt"
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config

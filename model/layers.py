@@ -1,7 +1,5 @@
 """Building blocks shared by every model family: MLP and the pre-norm Transformer block."""
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,17 +48,18 @@ def make_norm(config) -> nn.Module:
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward network: n_embd -> 4 n_embd -> activation -> n_embd.
+    """Position-wise feed-forward network: n_embd -> config.mlp_width (4 n_embd unless mlp_hidden is set)
+    -> activation -> n_embd.
 
-    A gated activation (SwiGLU) gets two hidden halves of 2/3 that width (rounded up to a multiple
-    of 8), which keeps the parameter count of the plain MLP.
+    A gated activation (SwiGLU) gets two hidden halves of that width; by default 2/3 of 4 n_embd
+    (rounded up to a multiple of 8), which keeps the parameter count of the plain MLP.
     """
 
     def __init__(self, config):
         super().__init__()
         self.act = ACTIVATIONS[config.activation]()
         gated = getattr(self.act, "gated", False)
-        hidden = 8 * math.ceil(8 * config.n_embd / 3 / 8) if gated else 4 * config.n_embd
+        hidden = config.mlp_width
         self.c_fc = nn.Linear(config.n_embd, 2 * hidden if gated else hidden, bias=config.bias)
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)

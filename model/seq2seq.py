@@ -144,6 +144,8 @@ class Decoder(nn.Module):
 class Seq2Seq(Family):
     """Encoder-decoder with cross-attention; the LM head is tied to the target embedding (tie_embeddings)."""
 
+    model_type = "seq2seq"
+
     def __init__(self, config: Seq2SeqConfig):
         super().__init__()
         self.config = config

@@ -47,9 +47,9 @@ def config_from_hf(hf: dict) -> dict:
                       n_embd=n_embd)
     except KeyError as e:
         raise PretrainedError(f"config.json lacks {e.args[0]!r}; it is not a BERT config.") from None
-    if hf.get("intermediate_size", 4 * n_embd) != 4 * n_embd:
-        raise PretrainedError(f"intermediate_size {hf['intermediate_size']} is not 4 x hidden_size ({4 * n_embd}); "
-                              "headscope's MLP is 4 times as wide as the model.")
+    width = hf.get("intermediate_size", 4 * n_embd)
+    if type(width) is not int or width < 1:
+        raise PretrainedError(f"config.json's intermediate_size must be a positive integer, got {width!r}.")
     activation = ACTIVATIONS.get(hf.get("hidden_act", "gelu"))
     if activation is None:
         raise PretrainedError(f"hidden_act {hf['hidden_act']!r} is not supported; use one of {', '.join(ACTIVATIONS)}.")
@@ -58,7 +58,7 @@ def config_from_hf(hf: dict) -> dict:
                               "only absolute (learned) positions are.")
     values.update(block_size=hf.get("max_position_embeddings", 512), type_vocab_size=hf.get("type_vocab_size", 2),
                   dropout=hf.get("hidden_dropout_prob", 0.1), norm_eps=hf.get("layer_norm_eps", 1e-12),
-                  activation=activation, bias=True, post_norm=True)
+                  activation=activation, bias=True, post_norm=True, mlp_hidden=None if width == 4 * n_embd else width)
     return values
 
 

@@ -9,6 +9,7 @@ This module returns config dicts (GPTConfig's field names) and state dicts; mode
 import torch
 
 from weights.hf_folder import PretrainedError, read_config, read_hf_folder, resolve_folder
+from weights.hf_llama import MODEL_TYPES, llama_config, llama_state
 
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 HUB_IDS = {name: f"openai-community/{name}" for name in HUB_MODELS}
@@ -20,12 +21,13 @@ ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu"
 def check_options(hf: dict) -> None:
     """Raise a PretrainedError for a config.json that is not a GPT-2 our model can hold."""
     if hf.get("model_type", "gpt2") != "gpt2":
-        raise PretrainedError(f"config.json describes a {hf.get('model_type')!r} model; only GPT-2 weights load here.")
+        raise PretrainedError(f"config.json describes a {hf.get('model_type')!r} model; only GPT-2, Llama and Qwen3 weights load here.")
     act = hf.get("activation_function", "gelu_new")
     if act not in ACTIVATIONS:
         raise PretrainedError(f"activation {act!r} of this GPT-2 is not supported (only {', '.join(ACTIVATIONS)}).")
-    if hf.get("n_inner") not in (None, 4 * hf.get("n_embd", 768)):
-        raise PretrainedError(f"n_inner={hf['n_inner']} is not 4 * n_embd; this model's MLP cannot hold it.")
+    n_inner = hf.get("n_inner")
+    if n_inner is not None and (type(n_inner) is not int or n_inner < 1):
+        raise PretrainedError(f"config.json's n_inner must be a positive integer or null (4 * n_embd), got {n_inner!r}.")
     if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx", False) \
             or hf.get("add_cross_attention", False):
         raise PretrainedError("this GPT-2 uses attention options our model does not have (unscaled, "
@@ -33,7 +35,10 @@ def check_options(hf: dict) -> None:
 
 
 def gpt2_config(hf: dict, dropout: float = 0.0, block_size: int | None = None) -> dict:
-    """GPTConfig's keyword arguments for a Hugging Face GPT-2 config.json; an error for options we lack."""
+    """GPTConfig's keyword arguments for a Hugging Face GPT-2 (or Llama, Qwen3) config.json; an error for
+    options we lack."""
+    if hf.get("model_type") in MODEL_TYPES:
+        return llama_config(hf, dropout, block_size)
     check_options(hf)
     sizes = {k: hf.get(k, d) for k, d in (("n_positions", 1024), ("vocab_size", 50257), ("n_layer", 12),
                                             ("n_head", 12), ("n_embd", 768))}
@@ -48,7 +53,8 @@ def gpt2_config(hf: dict, dropout: float = 0.0, block_size: int | None = None) -
     return dict(block_size=block_size or n_positions, vocab_size=sizes["vocab_size"], n_layer=sizes["n_layer"],
                 n_head=sizes["n_head"], n_embd=sizes["n_embd"], dropout=dropout, bias=True,
                 activation=ACTIVATIONS[hf.get("activation_function", "gelu_new")], norm_eps=float(eps),
-                tie_embeddings=bool(hf.get("tie_word_embeddings", True)))
+                tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+                mlp_hidden=None if hf.get("n_inner") in (None, 4 * sizes["n_embd"]) else hf["n_inner"])
 
 
 def rename(hf_state: dict) -> dict:
@@ -81,6 +87,8 @@ def read_gpt2(name_or_dir: str, dropout: float = 0.0, block_size: int | None = N
     """
     hf_config, hf_state = read_hf_folder(name_or_dir, WHAT, HUB_IDS)
     config = gpt2_config(hf_config, dropout, block_size)
+    if hf_config.get("model_type") in MODEL_TYPES:
+        return config, llama_state(hf_state, config["n_layer"], config["tie_embeddings"], config["qk_norm"])
     state = rename(hf_state)
     if "wpe.weight" in state:
         state["wpe.weight"] = state["wpe.weight"][:config["block_size"]]
