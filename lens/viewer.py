@@ -78,7 +78,7 @@ def sparse_rows(maps: np.ndarray, top_k: int | None) -> tuple[np.ndarray, int]:
 
 
 def layer_stats(maps: np.ndarray, cross: bool, name: str, scores: dict) -> dict[str, list]:
-    """Per-head statistics of one layer (entropy, max, distance, then the caller's scores); NaN -> None."""
+    """Per-head statistics of one layer (entropy, max, distance, then the caller's scores); NaN or inf -> None."""
     stats = {key: value.tolist() for key, value in head_stats(torch.from_numpy(maps), cross=cross).items()}
     for score, per_layer in scores.items():
         if name in per_layer:
@@ -86,7 +86,7 @@ def layer_stats(maps: np.ndarray, cross: bool, name: str, scores: dict) -> dict[
             if len(values) != maps.shape[0]:
                 raise ValueError(f"score {score!r} of {name} has {len(values)} values for {maps.shape[0]} heads.")
             stats[score] = values
-    return {key: [None if math.isnan(v) else round(v, 4) for v in values] for key, values in stats.items()}
+    return {key: [round(v, 4) if math.isfinite(v) else None for v in values] for key, values in stats.items()}
 
 
 def view_data(view: AttentionView, top_k: int | None, scores: dict) -> dict:
