@@ -35,11 +35,15 @@ try {
     const counts = Array(n).fill(0), px = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
     for (let i = 0; i < px.length; i += 4) {
       if (px[i + 3] < 40) continue;
-      const [r, g, b] = [px[i] / 255, px[i + 1] / 255, px[i + 2] / 255], max = Math.max(r, g, b), d = max - Math.min(r, g, b);
+      const [r, g, b] = [px[i] / 255, px[i + 1] / 255, px[i + 2] / 255];
+      const max = Math.max(r, g, b), d = max - Math.min(r, g, b);
       if (d < 0.2) continue;
       let hue = max === r ? ((g - b) / d) % 6 : max === g ? (b - r) / d + 2 : (r - g) / d + 4;
       hue = (hue * 60 + 360) % 360;
-      for (let h = 0; h < n; h++) { const diff = Math.abs(hue - 360 * h / n); if (Math.min(diff, 360 - diff) < 12) counts[h]++; }
+      for (let h = 0; h < n; h++) {
+        const diff = Math.abs(hue - 360 * h / n);
+        if (Math.min(diff, 360 - diff) < 12) counts[h]++;
+      }
     }
     return counts;
   };
@@ -236,7 +240,8 @@ def test_viewer_stores_top_weights_lost_mass_and_thumbnails():
     visible = maps[0, 0] * 65535 >= 0.5  # what rounds to 0 in 16 bits is dropped (and counted as lost)
     assert 0 < (~visible).sum() < T * T / 10
     assert counts[:T].tolist() == visible.sum(-1).tolist() and counts[T:].tolist() == [1] * T
-    assert all(abs(rows[q].get(k, 0.0) - maps[0, 0, q, k].item()) <= 0.5 / 65535 + 1e-7 for q in range(T) for k in range(T))
+    stored = torch.tensor([[rows[q].get(k, 0.0) for k in range(T)] for q in range(T)])
+    assert (stored - maps[0, 0]).abs().max() <= 0.5 / 65535 + 1e-7
     assert np.allclose(lost[:T], (maps[0, 0] * ~visible).sum(-1).numpy(), atol=1e-5)
     with pytest.MonkeyPatch.context() as patch:  # as if the page were long: top 3 weights per row
         patch.setattr(viewer_module, "DENSE_WEIGHTS", 10)
@@ -282,8 +287,8 @@ def test_long_prompt_page_stays_small_and_loads_in_chromium(tmp_path):
     # GPT-2 small's 12 heads on a 1,024-token prompt (2 of its 12 layers: the page grows by layer x head)
     T, n_layer, n_head = 1024, 2, 12
     causal = torch.ones(T, T, dtype=torch.bool).tril()
-    maps = {f"blocks.{i}.attn.pattern": torch.softmax((torch.randn(1, n_head, T, T) * 0.3).masked_fill(~causal, -1e9), -1)
-            for i in range(n_layer)}
+    scores = [(torch.randn(1, n_head, T, T) * 0.3).masked_fill(~causal, -1e9) for _ in range(n_layer)]
+    maps = {f"blocks.{i}.attn.pattern": torch.softmax(s, -1) for i, s in enumerate(scores)}
     page = viewer_html(views_from_maps(maps, [f"<t{i}>" for i in range(T)]))
     # the bound stated in docs/viewer.md: 55 KB per head at 1,024 tokens (7.9 MB for 12 x 12), plus the tokens
     assert len(page) < n_layer * n_head * 55_000 + 60_000, len(page)

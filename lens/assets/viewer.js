@@ -24,6 +24,16 @@ function element(tag, className) {
   if (className) node.className = className;
   return node;
 }
+function paint(canvas, cols, rows, value) {  // value(i) in [0, 1] -> white (0) to blue (1), row by row
+  canvas.width = cols; canvas.height = rows;
+  if (rows * cols === 0) return;
+  const ctx = canvas.getContext("2d"), image = ctx.createImageData(cols, rows), px = image.data;
+  for (let i = 0; i < rows * cols; i++) {
+    const shade = Math.round(255 * (1 - Math.min(1, value(i))));
+    px[4 * i] = shade; px[4 * i + 1] = shade; px[4 * i + 2] = 255; px[4 * i + 3] = 255;
+  }
+  ctx.putImageData(image, 0, 0);
+}
 function headColour(h, n) { return "hsl(" + Math.round(360 * h / Math.max(n, 1)) + ", 80%, 40%)"; }
 
 // ---- the stored weights: per layer, rows (head h, query q) = h * T + q, each a run of (key, weight)
@@ -57,17 +67,8 @@ function statRange(view, stat) {
 }
 function makeCell(view, v, l, h, pixels, range) {
   const layer = view.layers[l], cell = element("div", "cell"), canvas = element("canvas");
-  const rows = view.thumb.rows, cols = view.thumb.cols, ctx = canvas.getContext("2d");
   Object.assign(cell.dataset, { view: v, layer: l, head: h });
-  canvas.width = cols; canvas.height = rows;
-  if (rows * cols > 0) {
-    const image = ctx.createImageData(cols, rows);
-    for (let i = 0; i < rows * cols; i++) {
-      const shade = 255 - pixels[i];
-      image.data[4 * i] = shade; image.data[4 * i + 1] = shade; image.data[4 * i + 2] = 255; image.data[4 * i + 3] = 255;
-    }
-    ctx.putImageData(image, 0, 0);
-  }
+  paint(canvas, view.thumb.cols, view.thumb.rows, (i) => pixels[i] / 255);
   const value = state.stat && layer.stats[state.stat] ? layer.stats[state.stat][h] : null;
   const label = element("span");
   label.textContent = value === null ? String(h) : h + ": " + value.toFixed(2);
@@ -144,8 +145,13 @@ function draw() {
 function hoveredLinks(rows, heads, T) {  // [head, query, key, weight] of what is to be drawn
   const links = [], hover = state.hover;
   for (const h of heads) {
-    if (hover && hover.side === "q") { eachWeight(rows, h, hover.index, (k, w) => links.push([h, hover.index, k, w])); continue; }
-    for (let q = 0; q < T; q++) eachWeight(rows, h, q, (k, w) => { if (!hover || k === hover.index) links.push([h, q, k, w]); });
+    if (hover && hover.side === "q") {
+      eachWeight(rows, h, hover.index, (k, w) => links.push([h, hover.index, k, w]));
+      continue;
+    }
+    for (let q = 0; q < T; q++) {
+      eachWeight(rows, h, q, (k, w) => { if (!hover || k === hover.index) links.push([h, q, k, w]); });
+    }
   }
   return links;
 }
@@ -176,19 +182,14 @@ function drawLines() {
 }
 function drawMatrix() {  // the mean of the selected heads, one canvas pixel per weight, scaled up by CSS
   const view = VIEWS[state.view], rows = rowsOf(state.view, state.layer), T = view.queries.length;
-  const S = view.keys.length, heads = selected(), canvas = $("matrix"), ctx = canvas.getContext("2d");
+  const S = view.keys.length, heads = selected(), canvas = $("matrix");
   const cell = Math.max(2, Math.min(16, Math.floor(800 / Math.max(T, S, 1))));
-  canvas.width = S; canvas.height = T;
   canvas.style.width = S * cell + "px"; canvas.style.height = T * cell + "px"; canvas.dataset.cell = cell;
   const mean = new Float32Array(T * S);
-  for (const h of heads) for (let q = 0; q < T; q++) eachWeight(rows, h, q, (k, w) => { mean[q * S + k] += w / heads.length; });
-  if (T * S === 0) return;
-  const image = ctx.createImageData(S, T);
-  for (let i = 0; i < T * S; i++) {
-    const shade = Math.round(255 * (1 - Math.min(1, mean[i])));
-    image.data[4 * i] = shade; image.data[4 * i + 1] = shade; image.data[4 * i + 2] = 255; image.data[4 * i + 3] = 255;
+  for (const h of heads) {
+    for (let q = 0; q < T; q++) eachWeight(rows, h, q, (k, w) => { mean[q * S + k] += w / heads.length; });
   }
-  ctx.putImageData(image, 0, 0);
+  paint(canvas, S, T, (i) => mean[i]);
 }
 
 // ---- what the pointer is on
@@ -210,13 +211,17 @@ function describeKey(k) {
     const w = weight(rows, h, q, k);
     if (w > bestWeight) { best = q; bestHead = h; bestWeight = w; }
   }
-  return "key " + k + " " + JSON.stringify(view.keys[k]) + (best < 0 ? ": no kept weight" : " is attended most by query " +
-    best + " " + JSON.stringify(view.queries[best]) + " (head " + bestHead + ", " + bestWeight.toFixed(3) + ")");
+  const text = "key " + k + " " + JSON.stringify(view.keys[k]);
+  return best < 0 ? text + ": no kept weight" : text + " is attended most by query " + best + " " +
+    JSON.stringify(view.queries[best]) + " (head " + bestHead + ", " + bestWeight.toFixed(3) + ")";
 }
 function hoverToken(event) {
   const span = event.target.closest(".tok");
   state.hover = span ? { side: span.dataset.side, index: Number(span.dataset.index) } : null;
-  if (span) $("info").textContent = state.hover.side === "q" ? describeQuery(state.hover.index) : describeKey(state.hover.index);
+  if (span) {
+    const i = state.hover.index;
+    $("info").textContent = state.hover.side === "q" ? describeQuery(i) : describeKey(i);
+  }
   drawLines();
 }
 function hoverMatrix(event) {
@@ -261,7 +266,9 @@ $("heads").addEventListener("dblclick", (event) => clickHead(event, true));
 $("lines").addEventListener("mouseover", hoverToken);
 $("lines").addEventListener("mouseleave", () => { state.hover = null; drawLines(); });
 $("matrix").addEventListener("mousemove", hoverMatrix);
-$("view").addEventListener("change", (e) => { state.view = Number(e.target.value); state.layer = 0; setMode(state.mode); });
+$("view").addEventListener("change", (e) => {
+  state.view = Number(e.target.value); state.layer = 0; setMode(state.mode);
+});
 $("layer").addEventListener("change", (e) => { state.layer = Number(e.target.value); setup(); });
 $("stat").addEventListener("change", (e) => { state.stat = e.target.value; buildModel(); });
 $("sort").addEventListener("change", (e) => { state.sort = e.target.checked; buildModel(); });
