@@ -83,6 +83,9 @@ try {
   canvas.dispatchEvent(new MouseEvent("mousemove", {bubbles: true, clientX: box.left + cell + 1, clientY: box.top + 2 * cell + 1}));
   out.matrixInfo = document.getElementById("info").textContent;
   out.note = document.getElementById("note").textContent;
+  const last = document.querySelector("#heads button[data-head='" + (VIEWS[v].layers[l].n_head - 1) + "']");
+  click(last); click(last); last.dispatchEvent(new MouseEvent("dblclick", {bubbles: true}));  // only this head
+  out.headsOnly = $$("#heads button.on").map((b) => b.textContent);
   out.images = document.querySelectorAll("img").length;
   out.scripts = document.querySelectorAll("script").length;
   out.docTitle = document.title;
@@ -207,6 +210,7 @@ def test_viewer_model_view_overlay_and_escaping_in_chromium(tmp_path):
     assert seen["matrix"] == [S, T, f"{16 * S}px", 16]
     assert seen["matrixInfo"].startswith(f"query 2 {json.dumps(HOSTILE[2])} -> key 1 {json.dumps(source[1])}: ")
     assert seen["note"].startswith("every weight kept")
+    assert seen["headsOnly"] == ["2"]  # a double-click shows that head alone
     assert seen["images"] == 0 and seen["scripts"] == 3  # nothing injected (the third is the probe)
     assert seen["docTitle"] == "<b>title</b>"
 

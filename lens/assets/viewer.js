@@ -112,12 +112,20 @@ function fillSelect(select, labels, value) {
   select.value = String(value);
 }
 function buildHeads(n_head) {
-  const buttons = [...Array(n_head).keys()].map((h) => { const b = element("button", state.heads[h] ? "on" : "");
+  const buttons = [...Array(n_head).keys()].map((h) => { const b = element("button");
     b.textContent = String(h); b.dataset.head = String(h); b.title = "click: show or hide; double-click: only this";
-    if (state.heads[h]) b.style.background = headColour(h, n_head); return b; });
+    return b; });
   const all = element("button"), none = element("button");
   all.textContent = "all"; all.dataset.head = "all"; none.textContent = "none"; none.dataset.head = "none";
   $("heads").replaceChildren(document.createTextNode("heads "), ...buttons, all, none);
+  paintHeads();
+}
+function paintHeads() {  // in place, so that a double-click lands on the button its first click hit
+  for (const b of $("heads").querySelectorAll("button")) {
+    const h = Number(b.dataset.head), on = state.heads[h] === true;
+    b.className = on ? "on" : "";
+    b.style.background = on ? headColour(h, state.heads.length) : "";
+  }
 }
 function setup() {
   const view = VIEWS[state.view];
@@ -254,7 +262,7 @@ function clickHead(event, only) {
   if (key === "all" || key === "none") state.heads = state.heads.map(() => key === "all");
   else if (only) state.heads = state.heads.map((on, h) => h === Number(key));
   else state.heads[Number(key)] = !state.heads[Number(key)];
-  buildHeads(state.heads.length);
+  paintHeads();
   draw();
 }
 $("model").addEventListener("click", (event) => {
