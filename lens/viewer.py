@@ -116,8 +116,9 @@ def viewer_html(views: list[AttentionView], title: str = "attention", top_k: int
                 scores: dict[str, dict[str, list[float]]] | None = None) -> str:
     """A self-contained HTML page showing the views (see the module docstring for what it stores).
 
-    `top_k` applies only when all views hold more than DENSE_WEIGHTS weights; `scores` adds per-head
-    statistics to colour or sort the model view by: {score name: {layer name: one value per head}}.
+    `top_k` applies only when all views hold more than DENSE_WEIGHTS weights (None: keep every weight,
+    however many); `scores` adds per-head statistics to colour or sort the model view by:
+    {score name: {layer name: one value per head}}.
     """
     total = sum(maps.size for view in views for maps in view.layers.values())
     data = [view_data(view, None if total <= DENSE_WEIGHTS else top_k, scores or {}) for view in views]
