@@ -16,7 +16,8 @@ import torch
 from conftest import run_script
 from data.tokenizer import CharTokenizer
 from model import GPT, GPTConfig, save_checkpoint
-from training.config import to_dict
+from training.config import SampleConfig, to_dict
+from weights.common import ConfigError
 from lens import viewer as viewer_module
 from lens.heatmaps import display_token, views_from_maps, viewer_html, write_attention
 from lens.recorder import head_stats
@@ -285,6 +286,12 @@ def test_viewer_displays_inline_in_a_notebook():
     assert shown.startswith('<iframe srcdoc="') and shown.count("<") == 2  # the iframe's own tags only
     srcdoc = re.search(r'srcdoc="([^"]*)"', shown).group(1)
     assert html.unescape(srcdoc) == viewer.html()
+
+
+def test_attention_top_k_must_be_positive():
+    assert SampleConfig(attention_top_k=3).attention_top_k == 3
+    with pytest.raises(ConfigError, match="attention_top_k must be a positive integer"):
+        SampleConfig(attention_top_k=0)
 
 
 def test_long_prompt_page_stays_small_and_loads_in_chromium(tmp_path):
