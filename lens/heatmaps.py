@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from lens.viewer import viewer_html
+from lens.viewer import TOP_K, viewer_html
 from lens.views import AttentionView, display_token, views_from_maps
 from weights.common import ConfigError
 
@@ -89,8 +89,11 @@ def save_npz(views: list[AttentionView], path: str) -> None:
 
 
 def write_attention(out_dir: str, views: list[AttentionView], title: str = "attention",
-                    png: bool = True) -> list[str]:
-    """Write PNGs (one per layer), attention.html and attention.npz into out_dir; return the paths."""
+                    png: bool = True, top_k: int = TOP_K) -> list[str]:
+    """Write PNGs (one per layer), attention.html and attention.npz into out_dir; return the paths.
+
+    A long page keeps each query row's top_k weights (lens/viewer.py); attention.npz keeps them all.
+    """
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     if png:
@@ -98,7 +101,7 @@ def write_attention(out_dir: str, views: list[AttentionView], title: str = "atte
             paths += save_heatmaps(view, out_dir)
     html_path = os.path.join(out_dir, "attention.html")
     with open(html_path, "w", encoding="utf-8") as f:
-        f.write(viewer_html(views, title))
+        f.write(viewer_html(views, title, top_k=top_k))
     npz_path = os.path.join(out_dir, "attention.npz")
     save_npz(views, npz_path)
     return paths + [html_path, npz_path]

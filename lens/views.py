@@ -15,6 +15,7 @@ class AttentionView:
     query_tokens: list[str]
     key_tokens: list[str]
     layers: dict[str, np.ndarray]  # attention module name -> (n_head, T, S)
+    cross: bool = False  # keys come from another sequence (no query/key distance)
 
 
 def display_token(token: str) -> str:
@@ -43,7 +44,7 @@ def views_from_maps(maps: dict[str, torch.Tensor], tokens: list[str], source_tok
         if stack not in groups:
             prefix = stack.split(".")[0] + " " if "." in stack else ""
             groups[stack] = AttentionView(prefix + ("cross-attention" if cross else "self-attention"),
-                                          list(queries), list(keys), {})
+                                          list(queries), list(keys), {}, cross)
         array = pattern[batch_index].detach().float().cpu().numpy()  # (nh, T, S)
         if array.shape[1:] != (len(queries), len(keys)):
             raise ValueError(f"{name} is {array.shape[1]} x {array.shape[2]} but {len(queries)} query and "

@@ -1,5 +1,6 @@
 """Heatmaps, npz, and the HTML viewer loaded in a real headless browser (Debian's chromium)."""
 
+import base64
 import html
 import json
 import os
@@ -15,38 +16,81 @@ import torch
 from conftest import run_script
 from data.tokenizer import CharTokenizer
 from model import GPT, GPTConfig, save_checkpoint
-from training.config import to_dict
+from training.config import SampleConfig, to_dict
+from weights.common import ConfigError
+from lens import viewer as viewer_module
 from lens.heatmaps import display_token, views_from_maps, viewer_html, write_attention
+from lens.recorder import head_stats
+from lens.viewer import AttentionViewer
 
 HOSTILE = ["<img src=x onerror=alert(1)>", "</script><script>document.title='pwned'</script>", "<!--", "a&amp;b",
            " \n", "\u2028", '"', ""]
 
+# Drives the page as a user would: the model view, a click on a cell, the head toggles, a hover, the matrix.
 PROBE = """<pre id="probe"></pre><script>
 const out = {};
 try {
-  const text = (sel) => [...document.querySelectorAll(sel)].map((s) => s.textContent);
+  const $$ = (sel) => [...document.querySelectorAll(sel)];
+  const click = (node) => node.dispatchEvent(new MouseEvent("click", {bubbles: true}));
+  const hueCounts = (canvas, n) => {  // opaque pixels of the canvas by nearest head colour (hue 360 h / n)
+    const counts = Array(n).fill(0), px = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+    for (let i = 0; i < px.length; i += 4) {
+      if (px[i + 3] < 40) continue;
+      const [r, g, b] = [px[i] / 255, px[i + 1] / 255, px[i + 2] / 255];
+      const max = Math.max(r, g, b), d = max - Math.min(r, g, b);
+      if (d < 0.2) continue;
+      let hue = max === r ? ((g - b) / d) % 6 : max === g ? (b - r) / d + 2 : (r - g) / d + 4;
+      hue = (hue * 60 + 360) % 360;
+      for (let h = 0; h < n; h++) {
+        const diff = Math.abs(hue - 360 * h / n);
+        if (Math.min(diff, 360 - diff) < 12) counts[h]++;
+      }
+    }
+    return counts;
+  };
   out.status = document.body.getAttribute("data-status");
   out.titles = VIEWS.map((v) => v.title);
-  out.queries = text("#queries .tok");
+  out.gridCells = $$(".grid").map((grid) => grid.querySelectorAll(".cell").length);
+  out.blankThumbs = $$(".cell canvas").filter((c) => !c.getContext("2d").getImageData(0, 0, c.width, c.height).data
+    .some((x, i) => i % 4 !== 3 && x < 250)).length;
+  const stat = document.getElementById("stat");
+  out.stats = [...stat.options].map((o) => o.value);
+  stat.value = "entropy"; stat.dispatchEvent(new Event("change"));
+  const sort = document.getElementById("sort");
+  sort.checked = true; sort.dispatchEvent(new Event("change"));
+  const firstGrid = document.querySelector(".grid");
+  out.sorted = VIEWS[0].layers.map((layer, l) =>
+    [...firstGrid.querySelectorAll(".cell[data-layer='" + l + "']")].map((c) => Number(c.dataset.head)));
+  out.coloured = firstGrid.querySelectorAll(".cell[style*=background]").length;
+  const v = VIEWS.length - 1, l = VIEWS[v].layers.length - 1;
+  click(document.querySelector(".cell[data-view='" + v + "'][data-layer='" + l + "'][data-head='1']"));
+  out.mode = document.body.className;
+  out.opened = [document.getElementById("view").value, document.getElementById("layer").value];
+  out.headsOn = $$("#heads button.on").map((b) => b.textContent);
+  out.drawnOne = document.getElementById("wires").dataset.drawn;
+  out.queries = $$("#queries .tok").map((s) => s.textContent);
+  out.keys = $$("#keys .tok").map((s) => s.textContent);
+  click(document.querySelector("#heads button[data-head='0']"));
+  out.headsOnTwo = $$("#heads button.on").map((b) => b.textContent);
   document.querySelectorAll("#queries .tok")[2].dispatchEvent(new MouseEvent("mouseover", {bubbles: true}));
   out.info = document.getElementById("info").textContent;
-  out.lit = [...document.querySelectorAll("#keys .tok")].filter((s) => s.style.background).length;
+  out.drawnTwo = document.getElementById("wires").dataset.drawn;
+  out.hues = hueCounts(document.getElementById("wires"), VIEWS[v].layers[l].n_head);
+  out.lit = $$("#keys .tok").filter((s) => s.style.background).length;
   const matrix = document.querySelector("input[value=matrix]");
-  matrix.checked = true;
-  matrix.dispatchEvent(new Event("change"));
-  out.matrix = [document.getElementById("matrix").width, document.getElementById("matrix").height];
-  const view = document.getElementById("view");
-  view.value = String(VIEWS.length - 1);
-  view.dispatchEvent(new Event("change"));
-  const head = document.getElementById("head");
-  head.value = "-1";
-  head.dispatchEvent(new Event("change"));
-  out.lastQueries = text("#queries .tok");
-  out.lastKeys = text("#keys .tok");
+  matrix.checked = true; matrix.dispatchEvent(new Event("change"));
+  const canvas = document.getElementById("matrix"), cell = Number(canvas.dataset.cell), box = canvas.getBoundingClientRect();
+  out.matrix = [canvas.width, canvas.height, canvas.style.width, cell];
+  canvas.dispatchEvent(new MouseEvent("mousemove", {bubbles: true, clientX: box.left + cell + 1, clientY: box.top + 2 * cell + 1}));
+  out.matrixInfo = document.getElementById("info").textContent;
+  out.note = document.getElementById("note").textContent;
+  const last = document.querySelector("#heads button[data-head='" + (VIEWS[v].layers[l].n_head - 1) + "']");
+  click(last); click(last); last.dispatchEvent(new MouseEvent("dblclick", {bubbles: true}));  // only this head
+  out.headsOnly = $$("#heads button.on").map((b) => b.textContent);
   out.images = document.querySelectorAll("img").length;
   out.scripts = document.querySelectorAll("script").length;
   out.docTitle = document.title;
-} catch (e) { out.error = String(e); }
+} catch (e) { out.error = String(e) + " " + e.stack; }
 out.errors = document.getElementById("errors").textContent;
 document.getElementById("probe").textContent = JSON.stringify(out);
 </script></body>"""
@@ -133,24 +177,140 @@ def test_viewer_placeholders_in_the_title_and_tokens_stay_text():
     assert json.loads(data)[0]["queries"] == ["__TITLE__", "__DATA__"]
 
 
-def test_viewer_loads_in_chromium_and_escapes_tokens(tmp_path):
+def test_viewer_model_view_overlay_and_escaping_in_chromium(tmp_path):
     source = ["src", *HOSTILE]
     T, S = len(HOSTILE), len(source)
-    maps = {"encoder.blocks.0.attn.pattern": fake_maps(S, S), "decoder.blocks.0.attn.pattern": fake_maps(T, T),
-            "decoder.blocks.0.cross_attn.pattern": fake_maps(T, S)}
+    maps = {}
+    for layer in range(2):
+        maps[f"encoder.blocks.{layer}.attn.pattern"] = fake_maps(S, S, n_head=3)
+        maps[f"decoder.blocks.{layer}.attn.pattern"] = fake_maps(T, T, n_head=3)
+        maps[f"decoder.blocks.{layer}.cross_attn.pattern"] = fake_maps(T, S, n_head=3)
     page = viewer_html(views_from_maps(maps, HOSTILE, source), title="<b>title</b>")
     assert "<img" not in page and page.count("</script>") == 2  # the viewer's two script elements only
     seen = load_in_browser(page, tmp_path)
     assert "error" not in seen and seen["errors"] == "", seen
     assert seen["status"] == "ready"
     assert seen["titles"] == ["encoder self-attention", "decoder self-attention", "decoder cross-attention"]
-    assert seen["queries"] == [display_token(t) for t in source]  # the first view: the encoder's tokens
-    assert seen["info"].startswith("query 2 ") and seen["lit"] > 0  # hovering a token lights up its keys
-    assert seen["matrix"] == [16 * S, 16 * S]
-    assert seen["lastQueries"] == [display_token(t) for t in HOSTILE]
-    assert seen["lastKeys"] == [display_token(t) for t in source]
+    # model view: one thumbnail per layer x head in each of the three grids, none blank
+    assert seen["gridCells"] == [6, 6, 6] and seen["blankThumbs"] == 0
+    assert seen["stats"] == ["", "entropy", "max", "distance"]
+    entropy = [head_stats(maps[f"encoder.blocks.{layer}.attn.pattern"])["entropy"] for layer in range(2)]
+    assert seen["sorted"] == [torch.argsort(e).tolist() for e in entropy]  # sorted by entropy within each layer
+    assert seen["coloured"] == 6
+    # a click on the cross-attention grid's layer 1 head 1 opens that head in the lines view
+    assert seen["mode"] == "detail" and seen["opened"] == ["2", "1"] and seen["headsOn"] == ["1"]
+    assert seen["drawnOne"].split(",")[0] == "0" and int(seen["drawnOne"].split(",")[1]) > 0
+    assert seen["queries"] == [display_token(t) for t in HOSTILE]  # tokens stay text
+    assert seen["keys"] == [display_token(t) for t in source]
+    # toggling head 0 overlays it in its own colour; head 2 stays hidden
+    assert seen["headsOnTwo"] == ["0", "1"]
+    drawn = [int(n) for n in seen["drawnTwo"].split(",")]
+    assert drawn[0] > 0 and drawn[1] > 0 and drawn[2] == 0
+    assert seen["hues"][0] > 20 and seen["hues"][1] > 20 and seen["hues"][2] == 0, seen["hues"]
+    assert seen["info"].startswith(f"query 2 {json.dumps(HOSTILE[2])}: head 0 -> key ") and seen["lit"] > 0
+    assert seen["matrix"] == [S, T, f"{16 * S}px", 16]
+    assert seen["matrixInfo"].startswith(f"query 2 {json.dumps(HOSTILE[2])} -> key 1 {json.dumps(source[1])}: ")
+    assert seen["note"].startswith("every weight kept")
+    assert seen["headsOnly"] == ["2"]  # a double-click shows that head alone
     assert seen["images"] == 0 and seen["scripts"] == 3  # nothing injected (the third is the probe)
     assert seen["docTitle"] == "<b>title</b>"
+
+
+def page_data(page: str) -> list[dict]:
+    """The JSON data embedded in a viewer page."""
+    return json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S).group(1))
+
+
+def stored_rows(layer: dict, T: int) -> tuple[np.ndarray, np.ndarray, list]:
+    """A page layer's stored weights decoded: counts and lost mass (n_head*T,), and each row's {key: weight}."""
+    words = np.frombuffer(base64.b64decode(layer["weights"]), dtype="<u2")
+    n = layer["n_head"] * T
+    counts, lost = words[:n], words[n:2 * n] / 65535
+    kept = int(counts.sum())
+    keys, weights = words[2 * n:2 * n + kept], words[2 * n + kept:] / 65535
+    assert len(weights) == kept
+    starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    return counts, lost, [dict(zip(keys[a:b].tolist(), weights[a:b].tolist())) for a, b in zip(starts, starts[1:])]
+
+
+def test_viewer_stores_top_weights_lost_mass_and_thumbnails():
+    T = 40
+    torch.manual_seed(1)
+    maps = torch.softmax(torch.randn(1, 2, T, T) * 3, -1)
+    maps[0, 1] = 0.0
+    maps[0, 1, :, 0] = 1.0  # head 1 attends to the first token only
+    views = views_from_maps({"blocks.0.attn.pattern": maps}, [str(i) for i in range(T)])
+    small = page_data(viewer_html(views))[0]  # few weights: every one kept, exact to 1/65535
+    counts, lost, rows = stored_rows(small["layers"][0], T)
+    visible = maps[0, 0] * 65535 >= 0.5  # what rounds to 0 in 16 bits is dropped (and counted as lost)
+    assert 0 < (~visible).sum() < T * T / 10
+    assert counts[:T].tolist() == visible.sum(-1).tolist() and counts[T:].tolist() == [1] * T
+    stored = torch.tensor([[rows[q].get(k, 0.0) for k in range(T)] for q in range(T)])
+    assert (stored - maps[0, 0]).abs().max() <= 0.5 / 65535 + 1e-7
+    assert np.allclose(lost[:T], (maps[0, 0] * ~visible).sum(-1).numpy(), atol=1e-5)
+    with pytest.MonkeyPatch.context() as patch:  # as if the page were long: top 3 weights per row
+        patch.setattr(viewer_module, "DENSE_WEIGHTS", 10)
+        data = page_data(viewer_html(views, top_k=3))[0]
+    counts, lost, rows = stored_rows(data["layers"][0], T)
+    assert counts[:T].tolist() == [3] * T and counts[T:].tolist() == [1] * T
+    for q in range(T):
+        top = torch.topk(maps[0, 0, q], 3)
+        assert sorted(rows[q]) == sorted(top.indices.tolist())
+        assert abs(lost[q] - (1 - top.values.sum().item())) < 1e-4
+    assert np.allclose(lost[T:], 0.0) and all(rows[T + q] == {0: 1.0} for q in range(T))
+    assert data["note"].startswith("each query row's 3 largest weights of 40 kept")
+    thumbs = np.frombuffer(base64.b64decode(data["thumb"]["data"]), np.uint8).reshape(2, T, T)
+    assert (thumbs[1, :, 0] == 255).all() and (thumbs[1, :, 1:] == 0).all()
+    assert (thumbs[0].max(axis=1) == 255).all()  # each row scaled to its strongest cell
+
+
+def test_viewer_thumbnails_pool_long_maps_and_scores_join_the_stats():
+    T = 200
+    maps = torch.zeros(1, 2, T, T)
+    maps[0, :, torch.arange(T), torch.arange(T)] = 1.0  # a diagonal (self) head
+    views = views_from_maps({"blocks.0.attn.pattern": maps}, ["x"] * T)
+    data = page_data(viewer_html(views, scores={"induction": {"blocks.0.attn": [0.25, 0.75]}}))[0]
+    assert (data["thumb"]["rows"], data["thumb"]["cols"]) == (64, 64)
+    thumbs = np.frombuffer(base64.b64decode(data["thumb"]["data"]), np.uint8).reshape(2, 64, 64)
+    assert (np.diag(thumbs[0]) == 255).all() and thumbs[0].sum() < 64 * 255 * 2.1  # a pooled diagonal
+    assert data["layers"][0]["stats"]["induction"] == [0.25, 0.75]
+    assert data["layers"][0]["stats"]["distance"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="2 heads"):
+        viewer_html(views, scores={"induction": {"blocks.0.attn": [0.5]}})
+
+
+def test_viewer_displays_inline_in_a_notebook():
+    views = views_from_maps({"blocks.0.attn.pattern": fake_maps(3, 3)}, ["<script>alert(1)</script>", "a", "b"])
+    viewer = AttentionViewer(views, title='"quoted" <title>')
+    shown = viewer._repr_html_()
+    assert shown.startswith('<iframe srcdoc="') and shown.count("<") == 2  # the iframe's own tags only
+    srcdoc = re.search(r'srcdoc="([^"]*)"', shown).group(1)
+    assert html.unescape(srcdoc) == viewer.html()
+
+
+def test_attention_top_k_must_be_positive():
+    assert SampleConfig(attention_top_k=3).attention_top_k == 3
+    with pytest.raises(ConfigError, match="attention_top_k must be a positive integer"):
+        SampleConfig(attention_top_k=0)
+
+
+def test_long_prompt_page_stays_small_and_loads_in_chromium(tmp_path):
+    # GPT-2 small's 12 heads on a 1,024-token prompt (2 of its 12 layers: the page grows by layer x head)
+    T, n_layer, n_head = 1024, 2, 12
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    scores = [(torch.randn(1, n_head, T, T) * 0.3).masked_fill(~causal, -1e9) for _ in range(n_layer)]
+    maps = {f"blocks.{i}.attn.pattern": torch.softmax(s, -1) for i, s in enumerate(scores)}
+    page = viewer_html(views_from_maps(maps, [f"<t{i}>" for i in range(T)]))
+    # the bound stated in docs/viewer.md: 55 KB per head at 1,024 tokens (7.9 MB for 12 x 12), plus the tokens
+    assert len(page) < n_layer * n_head * 55_000 + 60_000, len(page)
+    seen = load_in_browser(page, tmp_path)
+    assert "error" not in seen and seen["errors"] == "", seen
+    assert seen["status"] == "ready" and seen["gridCells"] == [n_layer * n_head] and seen["blankThumbs"] == 0
+    assert seen["queries"] == [f"<t{i}>" for i in range(T)] and seen["headsOn"] == ["1"]
+    drawn = [int(n) for n in seen["drawnTwo"].split(",")]
+    assert drawn[0] > 0 and drawn[1] > 0 and sum(drawn[2:]) == 0
+    assert seen["matrix"][:2] == [T, T]
+    assert seen["note"].startswith("each query row's 8 largest weights of 1024 kept")
 
 
 def test_sample_writes_maps_for_prompt_and_generated_tokens(tmp_path):
@@ -177,7 +337,7 @@ def test_sample_writes_maps_for_prompt_and_generated_tokens(tmp_path):
     assert (attn / "blocks.1.attn.png").exists()
     seen = load_in_browser((attn / "attention.html").read_text(encoding="utf-8"), tmp_path)
     assert seen["status"] == "ready" and seen["errors"] == "" and seen["images"] == 0
-    assert seen["queries"] == [display_token(t) for t in tokens]
+    assert seen["gridCells"] == [6] and seen["queries"] == [display_token(t) for t in tokens]
 
 
 def test_log_attention_prints_stats_and_logs_images(monkeypatch, capsys):

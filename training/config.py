@@ -111,6 +111,7 @@ class SampleConfig:
     use_cache: bool = True
     fast_decode: bool = False  # GPT: static KV cache + compiled one-token step (compiles first: seconds to minutes)
     attention_dir: str = ""  # write attention maps (PNG, HTML, npz) of the first sample here
+    attention_top_k: int = 8  # a long prompt's viewer keeps each query row's k largest weights (npz: all)
     ablate: str = ""  # heads to knock out while sampling: LAYER.HEAD,... e.g. 0.1,2.3
     ablate_mode: str = "zero"  # 'zero' or 'mean' (each head's mean output over the prompt)
     candidates: int = 5  # fill-mask (BERT): candidates printed for each [MASK]
@@ -122,6 +123,8 @@ class SampleConfig:
     def __post_init__(self):
         if self.ablate_mode not in ("zero", "mean"):
             raise ConfigError(f"ablate_mode must be 'zero' or 'mean', got {self.ablate_mode!r}.")
+        if self.attention_top_k < 1:
+            raise ConfigError(f"attention_top_k must be a positive integer, got {self.attention_top_k}.")
         if self.candidates < 1:
             raise ConfigError(f"candidates must be a positive integer, got {self.candidates}.")
         if self.decoding not in ("greedy", "sample", "beam"):

@@ -13,6 +13,7 @@ import torch
 from lens.heatmaps import views_from_maps, write_attention
 from lens.interventions import ablate_heads, head_means, parse_heads
 from lens.recorder import AttentionRecorder, head_stats_all, stats_table
+from lens.viewer import TOP_K
 from model.fast_decode import StaticDecoder
 from model.generation import pack
 from training.config import SampleConfig
@@ -84,7 +85,8 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
         maps = {name: m[..., first:, first:] for name, m in recorder.maps(start_len=len(prompt_ids)).items()}
         ids = (prompt_ids + samples[0])[first:]
         tokens = [tokenizer.decode([i]) for i in ids[:next(iter(maps.values())).size(-1)]]  # the last has no row
-        write_maps(maps, tokens, cfg.attention_dir, f"attention: {tokenizer.decode(ids)[:60]}")
+        write_maps(maps, tokens, cfg.attention_dir, f"attention: {tokenizer.decode(ids)[:60]}",
+                   top_k=cfg.attention_top_k)
 
 
 def read_prompt_lines(path: str, tokenizer, block_size: int) -> list[list[int]]:
@@ -127,10 +129,11 @@ def sample_gpt_batch(model, tokenizer, cfg: SampleConfig, device: str, dtype: st
             print(f"{label} {tokenizer.decode(ids + out[i, idx.size(1):].tolist())}")
 
 
-def write_maps(maps: dict, tokens: list[str], out_dir: str, title: str, source_tokens: list[str] | None = None) -> None:
+def write_maps(maps: dict, tokens: list[str], out_dir: str, title: str, source_tokens: list[str] | None = None,
+               top_k: int = TOP_K) -> None:
     """Write attention maps (PNG per layer, HTML viewer, npz) and print per-head statistics."""
     try:
-        paths = write_attention(out_dir, views_from_maps(maps, tokens, source_tokens), title=title)
+        paths = write_attention(out_dir, views_from_maps(maps, tokens, source_tokens), title=title, top_k=top_k)
     except OSError as e:
         raise ConfigError(f"cannot write attention maps to {out_dir} ({e.strerror}); pick a writable --attention_dir.")
     print(stats_table(head_stats_all(maps)))
@@ -179,7 +182,7 @@ def fill_mask(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> N
         with autocast(device, dtype):
             _, maps = model.run_with_cache(torch.tensor([window], device=device), names_filter="*.pattern", device="cpu")
         write_maps(maps, [tokenizer.decode([i]) for i in window], cfg.attention_dir,
-                   f"attention: {tokenizer.decode(ids)[:60]}")
+                   f"attention: {tokenizer.decode(ids)[:60]}", top_k=cfg.attention_top_k)
 
 
 def sample_seq2seq(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> None:
@@ -214,4 +217,5 @@ def sample_seq2seq(model, tokenizer, cfg: SampleConfig, device: str, dtype: str)
             _, maps = model.run_with_cache(src[:1, :len(ids[0])], torch.tensor([target], device=device),
                                            names_filter="*.pattern", device="cpu")
         write_maps(maps, [tokenizer.decode([i]) for i in target], cfg.attention_dir,
-                   f"attention: {sources[0][:60]}", source_tokens=[tokenizer.decode([i]) for i in ids[0]])
+                   f"attention: {sources[0][:60]}", source_tokens=[tokenizer.decode([i]) for i in ids[0]],
+                   top_k=cfg.attention_top_k)

@@ -4,9 +4,11 @@ window.onerror = function (message, source, line) {
   document.body.setAttribute("data-status", "error");
 };
 const VIEWS = JSON.parse(document.getElementById("data").textContent);
-const ROW = 18, WIRES = 220;
+const ROW = 18, WIRES = 220, LEVELS = 65535;
+const STAT_LABELS = { entropy: "entropy", max: "max weight", distance: "mean distance" };
 const $ = (id) => document.getElementById(id);
-const state = { view: 0, layer: 0, head: 0, mode: "lines", hover: null };
+const state = { view: 0, layer: 0, heads: [], mode: "model", detail: "lines", hover: null, stat: "", sort: false,
+  tokensOf: -1 };
 
 function show(token) {  // spaces and control characters made visible; text only, never markup
   return token.replace(/\n/g, "\\n").replace(/\t/g, "\\t").replace(/\r/g, "\\r")
@@ -17,22 +19,113 @@ function decode(b64) {
   for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
   return out;
 }
-for (const view of VIEWS) for (const layer of view.layers) layer.bytes = decode(layer.weights);
-
-function current() {  // the selected map as a function w(query, key) in [0, 1]
-  const view = VIEWS[state.view], layer = view.layers[state.layer];
-  const T = view.queries.length, S = view.keys.length, bytes = layer.bytes;
-  const heads = state.head < 0 ? [...Array(layer.n_head).keys()] : [state.head];
-  return { view, T, S, w: (q, k) => {
-    let sum = 0;
-    for (const h of heads) sum += bytes[(h * T + q) * S + k];
-    return sum / (255 * heads.length);
-  } };
+function element(tag, className) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  return node;
 }
+function paint(canvas, cols, rows, value) {  // value(i) in [0, 1] -> white (0) to blue (1), row by row
+  canvas.width = cols; canvas.height = rows;
+  if (rows * cols === 0) return;
+  const ctx = canvas.getContext("2d"), image = ctx.createImageData(cols, rows), px = image.data;
+  for (let i = 0; i < rows * cols; i++) {
+    const shade = Math.round(255 * (1 - Math.min(1, value(i))));
+    px[4 * i] = shade; px[4 * i + 1] = shade; px[4 * i + 2] = 255; px[4 * i + 3] = 255;
+  }
+  ctx.putImageData(image, 0, 0);
+}
+function headColour(h, n) { return "hsl(" + Math.round(360 * h / Math.max(n, 1)) + ", 80%, 40%)"; }
+
+// ---- the stored weights: per layer, rows (head h, query q) = h * T + q, each a run of (key, weight)
+function rowsOf(v, l) {  // decoded on first use, so a page with many layers opens at once
+  const view = VIEWS[v], layer = view.layers[l];
+  if (!layer.rows) {
+    const T = view.queries.length, n = layer.n_head * T, bytes = decode(layer.weights);
+    const words = new Uint16Array(bytes.buffer, 0, bytes.length / 2), start = new Uint32Array(n + 1);
+    for (let r = 0; r < n; r++) start[r + 1] = start[r] + words[r];
+    const kept = start[n];
+    layer.rows = { T, start, lost: words.subarray(n, 2 * n), keys: words.subarray(2 * n, 2 * n + kept),
+      weights: words.subarray(2 * n + kept, 2 * n + 2 * kept) };
+  }
+  return layer.rows;
+}
+function eachWeight(rows, h, q, fn) {  // fn(key, weight) for the kept weights of one row
+  const r = h * rows.T + q;
+  for (let i = rows.start[r]; i < rows.start[r + 1]; i++) fn(rows.keys[i], rows.weights[i] / LEVELS);
+}
+function weight(rows, h, q, k) {
+  let found = 0;
+  eachWeight(rows, h, q, (key, w) => { if (key === k) found = w; });
+  return found;
+}
+function selected() { return state.heads.flatMap((on, h) => (on ? [h] : [])); }
+
+// ---- model view: one grid per view, a row per layer, a thumbnail per head
+function statRange(view, stat) {
+  const values = view.layers.flatMap((layer) => layer.stats[stat] || []).filter((x) => x !== null);
+  return values.length ? { min: Math.min(...values), max: Math.max(...values) } : null;
+}
+function makeCell(view, v, l, h, pixels, range) {
+  const layer = view.layers[l], cell = element("div", "cell"), canvas = element("canvas");
+  Object.assign(cell.dataset, { view: v, layer: l, head: h });
+  paint(canvas, view.thumb.cols, view.thumb.rows, (i) => pixels[i] / 255);
+  const value = state.stat && layer.stats[state.stat] ? layer.stats[state.stat][h] : null;
+  const label = element("span");
+  label.textContent = value === null ? String(h) : h + ": " + value.toFixed(2);
+  if (value !== null && range) {
+    const share = range.max > range.min ? (value - range.min) / (range.max - range.min) : 1;
+    cell.style.background = "rgba(255, 127, 14, " + (0.1 + 0.8 * share).toFixed(3) + ")";
+  }
+  cell.title = layer.name + " head " + h + (value === null ? "" : ", " + STAT_LABELS[state.stat] + " " + value);
+  cell.append(canvas, label);
+  return cell;
+}
+function buildModel() {
+  const parts = [];
+  VIEWS.forEach((view, v) => {
+    if (!view.thumbBytes) view.thumbBytes = decode(view.thumb.data);
+    const size = view.thumb.rows * view.thumb.cols, range = state.stat ? statRange(view, state.stat) : null;
+    const n_head = Math.max(0, ...view.layers.map((layer) => layer.n_head));
+    const title = element("h2"), grid = element("div", "grid");
+    title.textContent = view.title + ": " + view.layers.length + " layers x " + n_head + " heads";
+    grid.dataset.view = v;
+    grid.style.gridTemplateColumns = "auto repeat(" + n_head + ", 62px)";
+    let offset = 0;  // thumbnails lie layer by layer, head by head
+    view.layers.forEach((layer, l) => {
+      const name = element("div", "rowname"), order = [...Array(layer.n_head).keys()];
+      name.textContent = layer.name;
+      const values = layer.stats[state.stat];
+      if (state.sort && values) order.sort((a, b) => (values[a] ?? Infinity) - (values[b] ?? Infinity) || a - b);
+      grid.append(name, ...order.map((h) => makeCell(view, v, l, h,
+        view.thumbBytes.subarray((offset + h) * size, (offset + h + 1) * size), range)));
+      offset += layer.n_head;
+    });
+    parts.push(title, grid);
+  });
+  $("model").replaceChildren(...parts);
+}
+
+// ---- detailed views: one layer, the selected heads
 function fillSelect(select, labels, value) {
-  select.replaceChildren(...labels.map((label, i) => { const o = document.createElement("option");
-    o.value = String(i - (select.id === "head" ? 1 : 0)); o.textContent = label; return o; }));
+  select.replaceChildren(...labels.map((label, i) => { const o = element("option");
+    o.value = String(i); o.textContent = label; return o; }));
   select.value = String(value);
+}
+function buildHeads(n_head) {
+  const buttons = [...Array(n_head).keys()].map((h) => { const b = element("button");
+    b.textContent = String(h); b.dataset.head = String(h); b.title = "click: show or hide; double-click: only this";
+    return b; });
+  const all = element("button"), none = element("button");
+  all.textContent = "all"; all.dataset.head = "all"; none.textContent = "none"; none.dataset.head = "none";
+  $("heads").replaceChildren(document.createTextNode("heads "), ...buttons, all, none);
+  paintHeads();
+}
+function paintHeads() {  // in place, so that a double-click lands on the button its first click hit
+  for (const b of $("heads").querySelectorAll("button")) {
+    const h = Number(b.dataset.head), on = state.heads[h] === true;
+    b.className = on ? "on" : "";
+    b.style.background = on ? headColour(h, state.heads.length) : "";
+  }
 }
 function setup() {
   const view = VIEWS[state.view];
@@ -40,88 +133,157 @@ function setup() {
   state.layer = Math.min(state.layer, view.layers.length - 1);
   fillSelect($("layer"), view.layers.map((l) => l.name), state.layer);
   const n_head = view.layers[state.layer].n_head;
-  state.head = Math.min(state.head, n_head - 1);
-  fillSelect($("head"), ["mean of heads", ...[...Array(n_head).keys()].map(String)], state.head);
-  for (const [id, tokens, side] of [["queries", view.queries, "q"], ["keys", view.keys, "k"]]) {
-    $(id).replaceChildren(...tokens.map((t, i) => { const span = document.createElement("span");
-      span.className = "tok"; span.textContent = show(t); span.dataset.side = side; span.dataset.index = i;
-      return span; }));
+  if (state.heads.length !== n_head) state.heads = Array(n_head).fill(true);
+  buildHeads(n_head);
+  if (state.tokensOf !== state.view) {
+    for (const [id, tokens, side] of [["queries", view.queries, "q"], ["keys", view.keys, "k"]]) {
+      $(id).replaceChildren(...tokens.map((t, i) => { const span = element("span", "tok");
+        span.textContent = show(t); span.dataset.side = side; span.dataset.index = i; return span; }));
+    }
+    state.tokensOf = state.view;
   }
+  state.hover = null;
   draw();
 }
 function draw() {
   $("lines").style.display = state.mode === "lines" ? "flex" : "none";
   $("matrix").style.display = state.mode === "matrix" ? "block" : "none";
-  if (state.mode === "lines") drawLines(); else drawMatrix();
+  if (state.mode === "lines") drawLines(); else if (state.mode === "matrix") drawMatrix();
 }
-function drawLines() {
-  const { T, S, w } = current(), canvas = $("wires"), ctx = canvas.getContext("2d");
-  canvas.width = WIRES; canvas.height = ROW * Math.max(T, S);
-  ctx.clearRect(0, 0, canvas.width, canvas.height);
-  const hover = state.hover, qSpans = $("queries").children, kSpans = $("keys").children;
-  for (let q = 0; q < T; q++) qSpans[q].style.background = "";
-  for (let k = 0; k < S; k++) kSpans[k].style.background = "";
-  let scale = 1;  // a hovered token's links are drawn relative to its strongest one
-  if (hover) {
-    let strongest = 0;
-    for (let j = 0; j < (hover.side === "q" ? S : T); j++)
-      strongest = Math.max(strongest, hover.side === "q" ? w(hover.index, j) : w(j, hover.index));
-    scale = strongest > 0 ? 1 / strongest : 1;
-  }
-  for (let q = 0; q < T; q++) {
-    if (hover && hover.side === "q" && hover.index !== q) continue;
-    for (let k = 0; k < S; k++) {
-      if (hover && hover.side === "k" && hover.index !== k) continue;
-      const a = w(q, k) * scale;
-      if (a < 0.004) continue;
-      ctx.strokeStyle = "rgba(31, 119, 180, " + a + ")"; ctx.lineWidth = hover ? 2 : 1;
-      ctx.beginPath(); ctx.moveTo(0, q * ROW + ROW / 2); ctx.lineTo(WIRES, k * ROW + ROW / 2); ctx.stroke();
-      if (hover && hover.side === "q") kSpans[k].style.background = "rgba(255, 127, 14, " + a + ")";
-      if (hover && hover.side === "k") qSpans[q].style.background = "rgba(255, 127, 14, " + a + ")";
+function hoveredLinks(rows, heads, T) {  // [head, query, key, weight] of what is to be drawn
+  const links = [], hover = state.hover;
+  for (const h of heads) {
+    if (hover && hover.side === "q") {
+      eachWeight(rows, h, hover.index, (k, w) => links.push([h, hover.index, k, w]));
+      continue;
+    }
+    for (let q = 0; q < T; q++) {
+      eachWeight(rows, h, q, (k, w) => { if (!hover || k === hover.index) links.push([h, q, k, w]); });
     }
   }
+  return links;
+}
+function drawLines() {
+  const view = VIEWS[state.view], rows = rowsOf(state.view, state.layer), T = view.queries.length;
+  const S = view.keys.length, n_head = view.layers[state.layer].n_head, hover = state.hover;
+  const canvas = $("wires"), ctx = canvas.getContext("2d"), qSpans = $("queries").children, kSpans = $("keys").children;
+  canvas.width = WIRES; canvas.height = ROW * Math.max(T, S);
+  for (const span of [...qSpans, ...kSpans]) span.style.background = "";
+  const links = hoveredLinks(rows, selected(), T);
+  let strongest = hover ? 0 : 1;
+  if (hover) for (const link of links) strongest = Math.max(strongest, link[3]);
+  const scale = strongest > 0 ? 1 / strongest : 1;  // a hovered token's links relative to its strongest one
+  const drawn = Array(n_head).fill(0), lit = new Float32Array(hover ? (hover.side === "q" ? S : T) : 0);
+  ctx.lineWidth = hover ? 2 : 1;
+  for (const [h, q, k, w] of links) {
+    const a = w * scale;
+    if (a < 0.004) continue;
+    ctx.strokeStyle = headColour(h, n_head); ctx.globalAlpha = Math.min(1, a);
+    ctx.beginPath(); ctx.moveTo(0, q * ROW + ROW / 2); ctx.lineTo(WIRES, k * ROW + ROW / 2); ctx.stroke();
+    drawn[h]++;
+    if (hover) { const i = hover.side === "q" ? k : q; lit[i] = Math.max(lit[i], a); }
+  }
+  canvas.dataset.drawn = drawn.join(",");
+  const litSpans = hover && hover.side === "q" ? kSpans : qSpans;
+  lit.forEach((a, i) => { if (a > 0) litSpans[i].style.background = "rgba(255, 127, 14, " + Math.min(1, a) + ")"; });
   if (hover) (hover.side === "q" ? qSpans : kSpans)[hover.index].style.background = "#ddd";
 }
-function drawMatrix() {
-  const { T, S, w } = current(), canvas = $("matrix"), ctx = canvas.getContext("2d");
-  const cell = Math.max(2, Math.min(16, Math.floor(800 / Math.max(T, S))));
-  canvas.width = S * cell; canvas.height = T * cell;
-  for (let q = 0; q < T; q++) for (let k = 0; k < S; k++) {
-    const shade = Math.round(255 * (1 - w(q, k)));
-    ctx.fillStyle = "rgb(" + shade + "," + shade + ",255)"; ctx.fillRect(k * cell, q * cell, cell, cell);
+function drawMatrix() {  // the mean of the selected heads, one canvas pixel per weight, scaled up by CSS
+  const view = VIEWS[state.view], rows = rowsOf(state.view, state.layer), T = view.queries.length;
+  const S = view.keys.length, heads = selected(), canvas = $("matrix");
+  const cell = Math.max(2, Math.min(16, Math.floor(800 / Math.max(T, S, 1))));
+  canvas.style.width = S * cell + "px"; canvas.style.height = T * cell + "px"; canvas.dataset.cell = cell;
+  const mean = new Float32Array(T * S);
+  for (const h of heads) {
+    for (let q = 0; q < T; q++) eachWeight(rows, h, q, (k, w) => { mean[q * S + k] += w / heads.length; });
   }
-  canvas.dataset.cell = cell;
+  paint(canvas, S, T, (i) => mean[i]);
 }
-function describe(q, k) {
-  const { view, w } = current();
-  return "query " + q + " " + JSON.stringify(view.queries[q]) + " -> key " + k + " " +
-    JSON.stringify(view.keys[k]) + ": " + w(q, k).toFixed(3);
+
+// ---- what the pointer is on
+function describeQuery(q) {
+  const view = VIEWS[state.view], rows = rowsOf(state.view, state.layer), heads = selected();
+  const parts = heads.slice(0, 4).map((h) => {
+    let best = -1, bestWeight = 0;
+    eachWeight(rows, h, q, (k, w) => { if (w > bestWeight) { best = k; bestWeight = w; } });
+    return "head " + h + " -> " + (best < 0 ? "nothing kept" : "key " + best + " " + JSON.stringify(view.keys[best]) +
+      " " + bestWeight.toFixed(3)) + ", not shown " + (rows.lost[h * rows.T + q] / LEVELS).toFixed(3);
+  });
+  return "query " + q + " " + JSON.stringify(view.queries[q]) + ": " + (parts.join("; ") || "no head selected") +
+    (heads.length > 4 ? "; ..." : "");
+}
+function describeKey(k) {
+  const view = VIEWS[state.view], rows = rowsOf(state.view, state.layer);
+  let best = -1, bestHead = -1, bestWeight = 0;
+  for (const h of selected()) for (let q = 0; q < rows.T; q++) {
+    const w = weight(rows, h, q, k);
+    if (w > bestWeight) { best = q; bestHead = h; bestWeight = w; }
+  }
+  const text = "key " + k + " " + JSON.stringify(view.keys[k]);
+  return best < 0 ? text + ": no kept weight" : text + " is attended most by query " + best + " " +
+    JSON.stringify(view.queries[best]) + " (head " + bestHead + ", " + bestWeight.toFixed(3) + ")";
 }
 function hoverToken(event) {
   const span = event.target.closest(".tok");
   state.hover = span ? { side: span.dataset.side, index: Number(span.dataset.index) } : null;
   if (span) {
-    const { view, S, T, w } = current(), i = state.hover.index;
-    let best = 0, bestWeight = -1;
-    const n = state.hover.side === "q" ? S : T;
-    for (let j = 0; j < n; j++) { const a = state.hover.side === "q" ? w(i, j) : w(j, i);
-      if (a > bestWeight) { best = j; bestWeight = a; } }
-    $("info").textContent = state.hover.side === "q" ? describe(i, best) + "  (strongest)"
-      : "key " + i + " " + JSON.stringify(view.keys[i]) + " is attended most by query " + best;
+    const i = state.hover.index;
+    $("info").textContent = state.hover.side === "q" ? describeQuery(i) : describeKey(i);
   }
   drawLines();
 }
+function hoverMatrix(event) {
+  const cell = Number($("matrix").dataset.cell), view = VIEWS[state.view], rows = rowsOf(state.view, state.layer);
+  const q = Math.floor(event.offsetY / cell), k = Math.floor(event.offsetX / cell), heads = selected();
+  if (q < 0 || q >= view.queries.length || k < 0 || k >= view.keys.length || !heads.length) return;
+  const mean = heads.reduce((sum, h) => sum + weight(rows, h, q, k), 0) / heads.length;
+  $("info").textContent = "query " + q + " " + JSON.stringify(view.queries[q]) + " -> key " + k + " " +
+    JSON.stringify(view.keys[k]) + ": " + mean.toFixed(3) + " (mean of " + heads.length + " heads)";
+}
+
+// ---- controls
+function setMode(mode) {
+  state.mode = mode;
+  if (mode !== "model") state.detail = mode;
+  document.querySelector("input[name=mode][value=" + mode + "]").checked = true;
+  document.body.className = mode === "model" ? "model" : "detail";
+  $("note").textContent = mode === "model" ? "click a head to open it. Thumbnails: each row scaled to its strongest " +
+    "cell." : VIEWS[state.view].note;
+  if (mode === "model") buildModel(); else setup();
+}
+function openHead(v, l, h) {
+  state.view = v; state.layer = l;
+  state.heads = Array(VIEWS[v].layers[l].n_head).fill(false); state.heads[h] = true;
+  setMode(state.detail);
+}
+function clickHead(event, only) {
+  const key = event.target.dataset && event.target.dataset.head;
+  if (key === undefined) return;
+  if (key === "all" || key === "none") state.heads = state.heads.map(() => key === "all");
+  else if (only) state.heads = state.heads.map((on, h) => h === Number(key));
+  else state.heads[Number(key)] = !state.heads[Number(key)];
+  paintHeads();
+  draw();
+}
+$("model").addEventListener("click", (event) => {
+  const cell = event.target.closest(".cell");
+  if (cell) openHead(Number(cell.dataset.view), Number(cell.dataset.layer), Number(cell.dataset.head));
+});
+$("heads").addEventListener("click", (event) => clickHead(event, false));
+$("heads").addEventListener("dblclick", (event) => clickHead(event, true));
 $("lines").addEventListener("mouseover", hoverToken);
 $("lines").addEventListener("mouseleave", () => { state.hover = null; drawLines(); });
-$("matrix").addEventListener("mousemove", (event) => {
-  const cell = Number($("matrix").dataset.cell), { T, S } = current();
-  const q = Math.floor(event.offsetY / cell), k = Math.floor(event.offsetX / cell);
-  if (q >= 0 && q < T && k >= 0 && k < S) $("info").textContent = describe(q, k);
+$("matrix").addEventListener("mousemove", hoverMatrix);
+$("view").addEventListener("change", (e) => {
+  state.view = Number(e.target.value); state.layer = 0; setMode(state.mode);
 });
-$("view").addEventListener("change", (e) => { state.view = Number(e.target.value); state.layer = 0; setup(); });
 $("layer").addEventListener("change", (e) => { state.layer = Number(e.target.value); setup(); });
-$("head").addEventListener("change", (e) => { state.head = Number(e.target.value); draw(); });
+$("stat").addEventListener("change", (e) => { state.stat = e.target.value; buildModel(); });
+$("sort").addEventListener("change", (e) => { state.sort = e.target.checked; buildModel(); });
 for (const radio of document.querySelectorAll("input[name=mode]"))
-  radio.addEventListener("change", (e) => { state.mode = e.target.value; draw(); });
-setup();
+  radio.addEventListener("change", (e) => setMode(e.target.value));
+const STATS = [...new Set(VIEWS.flatMap((view) => view.layers.flatMap((layer) => Object.keys(layer.stats))))];
+$("stat").append(...STATS.map((stat) => { const o = element("option"); o.value = stat;
+  o.textContent = STAT_LABELS[stat] || stat; return o; }));
+setMode("model");
 document.body.setAttribute("data-status", "ready");
