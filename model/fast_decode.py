@@ -103,8 +103,9 @@ class StaticDecoder:
         if idx.size(0) != self.batch_size:
             raise ValueError(f"this decoder was built for batches of {self.batch_size}; got {idx.size(0)} prompts.")
         block_size = self.model.config.block_size
-        self.allocate(self.model.wte(idx[:1, :1]).dtype if not torch.is_autocast_enabled()
-                      else torch.get_autocast_dtype(idx.device.type))
+        device_type = idx.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        self.allocate(torch.get_autocast_dtype(device_type) if autocast else next(self.model.parameters()).dtype)
         window, length = idx[:, -block_size:], 0
         for _ in range(max_new_tokens):
             if length == 0 or length + 1 > block_size:  # first step, or the window is full

@@ -20,13 +20,14 @@ def test_static_cache_gives_todays_greedy_tokens(pos_emb):
                        model.generate(idx, 20, top_k=10, generator=again))
     with pytest.raises(ValueError, match="batches of 3"):
         decoder.generate(idx[:1], 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 buffers under autocast
+        assert decoder.generate(idx, 4, temperature=0).shape == (3, 9)
+    assert decoder.caches[0].k.dtype == torch.bfloat16
 
 
 def test_compiled_decode_step_gives_todays_greedy_tokens():
     model = tiny_gpt("learned")
     idx = torch.randint(0, 48, (1, 5))
     decoder = StaticDecoder(model, batch_size=1, compile=True)
-    assert torch.equal(decoder.generate(idx, 30, temperature=0), model.generate(idx, 30, temperature=0))
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 buffers; logits of the compiled step stay close
-        out = decoder.generate(idx, 4, temperature=0)
-    assert out.shape == (1, 9)
+    for n_new in (30, 6):  # the compiled step is reused by the second call
+        assert torch.equal(decoder.generate(idx, n_new, temperature=0), model.generate(idx, n_new, temperature=0))
