@@ -15,7 +15,7 @@ from torch import nn
 
 from model.attention import KVCache
 from model.config import GPTConfig
-from model.hooks import HookedModel
+from model.hooks import HookedModel, HookPoint
 from model.layers import Block, init_weights, make_norm, softcap
 from model.sampling import sample_next
 
@@ -29,6 +29,7 @@ class GPT(HookedModel, nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None
         self.drop = nn.Dropout(config.dropout)
+        self.embed, self.pos_embed = HookPoint(), HookPoint()  # token (B, T, C) and position (T, C) embeddings
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -63,9 +64,9 @@ class GPT(HookedModel, nn.Module):
         if offset + T > self.config.block_size:
             raise ValueError(f"sequence of {offset + T} tokens exceeds block_size {self.config.block_size}; "
                              "crop it or train with a larger block_size.")
-        x = self.wte(idx)  # (B, T, C)
+        x = self.embed(self.wte(idx))  # (B, T, C)
         if self.wpe is not None:  # with rope, positions enter inside attention instead
-            x = x + self.wpe(torch.arange(offset, offset + T, device=idx.device))
+            x = x + self.pos_embed(self.wpe(torch.arange(offset, offset + T, device=idx.device)))
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, causal=True, cache=caches[i] if caches else None)

@@ -18,7 +18,7 @@ from torch import nn
 
 from model.attention import KVCache, make_mask
 from model.config import Seq2SeqConfig
-from model.hooks import HookedModel
+from model.hooks import HookedModel, HookPoint
 from model.layers import Block, init_weights, make_norm, softcap
 from model.sampling import sample_next
 
@@ -32,6 +32,7 @@ class Encoder(nn.Module):
         self.wte = nn.Embedding(config.source_vocab, config.n_embd)
         self.wpe = nn.Embedding(config.source_len, config.n_embd) if config.pos_emb == "learned" else None
         self.drop = nn.Dropout(config.dropout)
+        self.embed, self.pos_embed = HookPoint(), HookPoint()  # token (B, S, C) and position (S, C) embeddings
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.encoder_layers))
         self.ln_f = make_norm(config)
 
@@ -41,9 +42,9 @@ class Encoder(nn.Module):
         if S > self.config.source_len:
             raise ValueError(f"source of {S} tokens exceeds source_block_size {self.config.source_len}; "
                              "shorten it or train with a larger source_block_size.")
-        x = self.wte(src)
+        x = self.embed(self.wte(src))
         if self.wpe is not None:  # with rope, positions enter inside self-attention instead
-            x = x + self.wpe(torch.arange(S, device=src.device))
+            x = x + self.pos_embed(self.wpe(torch.arange(S, device=src.device)))
         x = self.drop(x)
         mask = make_mask(S, S, causal=False, key_padding_mask=src_mask)  # (B, 1, 1, S) or None
         for block in self.blocks:
@@ -60,6 +61,7 @@ class Decoder(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None
         self.drop = nn.Dropout(config.dropout)
+        self.embed, self.pos_embed = HookPoint(), HookPoint()  # token (B, T, C) and position (T, C) embeddings
         self.blocks = nn.ModuleList(Block(config, cross=True) for _ in range(config.n_layer))
         self.ln_f = make_norm(config)
 
@@ -76,9 +78,9 @@ class Decoder(nn.Module):
         if offset + T > self.config.block_size:
             raise ValueError(f"target of {offset + T} tokens exceeds block_size {self.config.block_size}; "
                              "decode fewer tokens or train with a larger block_size.")
-        x = self.wte(tgt)
+        x = self.embed(self.wte(tgt))
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(offset, offset + T, device=tgt.device))
+            x = x + self.pos_embed(self.wpe(torch.arange(offset, offset + T, device=tgt.device)))
         x = self.drop(x)
         self_mask = None
         if tgt_mask is not None:

@@ -1,0 +1,1 @@
+"""Looking inside headscope models: patching, head detectors, the logit lens, training-time probes."""
