@@ -291,7 +291,7 @@ class ActivationCache(dict):
         return torch.einsum("btn,cn->nbtc", post, mlp.c_proj.weight.detach().to(post.dtype))
 
     def get_full_resid_decomposition(self, layer: int | None = None, mlp_input: bool = False,
-                                     expand_neurons: bool = False, apply_ln: bool = False,
+                                     expand_neurons: bool = True, apply_ln: bool = False,
                                      pos_slice: PosSlice = None, return_labels: bool = False):
         """The stream before `layer` (None: after the last block) as heads, MLPs (or neurons), embeddings, bias.
 

@@ -75,7 +75,7 @@ def test_seq2seq_decoder_and_encoder_decompose():
     model = tiny_seq2seq()
     src, tgt = torch.randint(0, 30, (2, 7)), torch.randint(0, 30, (2, 5))
     logits, cache = model.run_with_cache(src, tgt)
-    parts, labels = cache.get_full_resid_decomposition(return_labels=True)
+    parts, labels = cache.get_full_resid_decomposition(return_labels=True, expand_neurons=False)
     assert "L1XH1" in labels and "1_mlp_out" in labels  # cross-attention heads are components too
     torch.testing.assert_close(parts.sum(0), cache["decoder.blocks.1.resid_post"], atol=1e-5, rtol=0)
     parts, labels = cache.decompose_resid(return_labels=True)
