@@ -23,6 +23,7 @@ import torch
 from data.loader import BATCHES, batch_generator, dataset_dir, read_meta
 from data.tokenizer import TokenizerError, from_meta
 from data.tokens import TokenFileError
+from lens.training_probe import probe
 from model import MODELS, CheckpointError, ConfigError, TrainConfig, load_checkpoint, save_checkpoint
 from model import distributed
 from model.config import MODEL_CONFIGS, build, coerce, field_types, from_dict, parse_args, to_dict
@@ -245,6 +246,8 @@ def main(argv: list[str]) -> None:
                 print(f"step {iter_num}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f}{extra}")
             record = {"iter": iter_num, **losses, "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
                       "elapsed_s": round(elapsed, 2), "tokens": iter_num * tokens_per_iter}
+            if cfg.head_probe and master and not cfg.fsdp:  # detector and in-context scores (lens/training_probe.py)
+                record.update(probe(model, batches.get("val", torch.Generator().manual_seed(cfg.seed + 3)), cfg.seed))
             if cfg.eval_only:
                 break
             if master:

@@ -15,12 +15,14 @@ Inputs are a token tensor (B, T), or a tuple of the model's positional inputs (S
 """
 
 import itertools
+import re
 import sys
 from collections.abc import Callable, Sequence
 
 import torch
 
 from model.cache import LensError, get_stack
+from model.layers import softcap
 
 Metric = Callable[[torch.Tensor], torch.Tensor | float]
 Site = tuple[str, tuple]  # (hook name, index into the activation after its batch dim)
@@ -95,12 +97,16 @@ def activation_patch(model, corrupted_tokens, clean_cache, patching_metric: Metr
     an empty patch gives the corrupted metric. `progress` (a label) prints a counter on stderr.
     """
     inputs = as_inputs(corrupted_tokens)
-    check_lengths(inputs, clean_cache, get_stack(model))
+    structure = get_stack(model)
+    check_lengths(inputs, clean_cache, structure)
     results, size, todo = [], batch_size, list(patches)
     with torch.no_grad():
+        streams = None  # a decoder-only model restarts each pass at its first patched block (see forward_from)
+        if structure.prefix == "" and structure.causal and len(inputs) == 1:
+            streams = model.run_with_cache(*inputs, names_filter="blocks.*.resid_pre")[1]
         while todo:
             chunk, todo = todo[:size or 1], todo[size or 1:]  # without a size, one patch first to learn it
-            values = run_patches(model, inputs, clean_cache, patching_metric, chunk)
+            values = run_patches(model, inputs, clean_cache, patching_metric, chunk, streams)
             results += [value for value, _ in values]
             size = size or default_batch_size(values[0][1])
             if progress:
@@ -110,8 +116,24 @@ def activation_patch(model, corrupted_tokens, clean_cache, patching_metric: Metr
     return torch.tensor(results, dtype=torch.float32)
 
 
-def run_patches(model, inputs: tuple, clean_cache, metric: Metric, patches: Sequence[list[Site]]):
-    """One forward pass over len(patches) copies of the corrupted input; [(metric value, logits per copy)]."""
+def first_block(patches: Sequence[list[Site]]) -> int:
+    """The lowest block index any site of the patches is in (0 when a site lies before the blocks)."""
+    layers = [re.match(r"blocks\.(\d+)\.", name) for patch in patches for name, _ in patch]
+    return min((int(m.group(1)) if m else 0 for m in layers), default=0)
+
+
+def forward_from(model, layer: int, x: torch.Tensor) -> torch.Tensor:
+    """A GPT's logits from the stream x (B, T, C) entering block `layer`: the blocks before are skipped,
+    their output being the same as in the corrupted run."""
+    for block in model.blocks[layer:]:
+        x = block(x, causal=True)
+    return softcap(model.lm_head(model.ln_f(x)), model.config.logit_softcap)
+
+
+def run_patches(model, inputs: tuple, clean_cache, metric: Metric, patches: Sequence[list[Site]], streams=None):
+    """One forward pass over len(patches) copies of the corrupted input; [(metric value, logits per copy)].
+
+    streams (the corrupted run's resid_pre values of a GPT) let the pass start at the first patched block."""
     K = len(patches)
     batch = inputs[0].size(0)
     by_hook: dict[str, list[tuple[int, tuple]]] = {}
@@ -133,8 +155,13 @@ def run_patches(model, inputs: tuple, clean_cache, metric: Metric, patches: Sequ
         return copies.view(activation.shape)
 
     repeated = tuple(x.repeat(K, *([1] * (x.dim() - 1))) for x in inputs)  # (K*B, ...): copy k is rows kB..
+    start = first_block(patches) if streams is not None else 0
     with model.hooks([(list(by_hook), setter)] if by_hook else []):
-        logits = model(*repeated)
+        if start > 0:
+            stream = streams[f"blocks.{start}.resid_pre"]
+            logits = forward_from(model, start, stream.repeat(K, *([1] * (stream.dim() - 1))))
+        else:
+            logits = model(*repeated)
     logits = logits.view(K, batch, *logits.shape[1:])
     return [(float(metric(logits[k])), logits[k].numel()) for k in range(K)]
 
