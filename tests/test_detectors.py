@@ -12,6 +12,15 @@ from model.interventions import ablate_heads
 V, HALF = 24, 8  # vocabulary, length of the random half that is repeated
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest (and deterministically) on one thread; the setting is restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def train_on_repeated_tokens(steps: int = 160) -> GPT:
     """A 2-layer attention-only GPT trained on [r, r] sequences of random tokens r (fixed seed)."""
     torch.manual_seed(0)
@@ -36,7 +45,6 @@ def repeated_half_loss(model, tokens, hooks=()) -> float:
 
 
 def test_trained_induction_head_is_found_and_matters_most():
-    torch.set_num_threads(1)  # deterministic training
     model = train_on_repeated_tokens()
     scores = detectors.induction_scores(model, HALF, batch=16, seed=5)
     assert scores.shape == (2, 2) and (scores >= 0).all() and (scores <= 1).all()
