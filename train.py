@@ -22,6 +22,7 @@ import torch
 
 from data.loader import batch_generator, dataset_dir, read_meta
 from data.tokenizer import from_meta
+from lens.training_probe import probe
 from model import GPT
 from training import distributed
 from training.config import TrainConfig, build, coerce, field_types, from_dict, parse_args, to_dict
@@ -245,6 +246,8 @@ def evaluate_and_save(run: Run, model, optimizer, lr: float, elapsed: float, tok
     losses = estimate_loss(model, run.batches, cfg, run.autocast, run.ranks)  # every rank takes part
     record = {"iter": run.iter_num, **losses, "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
               "elapsed_s": round(elapsed, 2), "tokens": run.iter_num * run.tokens_per_iter}
+    if cfg.head_probe and run.ranks.master and not cfg.fsdp:  # detector and in-context scores (lens/training_probe.py)
+        record.update(probe(model, run.batches.get("val", torch.Generator().manual_seed(cfg.seed + 3)), cfg.seed))
     run.log.evaluation(losses, record, write=not cfg.eval_only)
     good = math.isfinite(losses["val_loss"])  # never replace a good checkpoint with a broken model
     if cfg.eval_only or run.iter_num == 0 or not good or not (losses["val_loss"] < run.best_val_loss

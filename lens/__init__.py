@@ -1,1 +1,2 @@
-"""Looking inside models: interventions, attention recording, heatmaps and the HTML viewer."""
+"""Looking inside models: interventions, attention recording, heatmaps, the HTML viewer, patching, head
+detectors, the logit lens and training-time probes."""

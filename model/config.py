@@ -39,6 +39,7 @@ class TransformerConfig:
     norm: str = "layernorm"  # normalisation layer (model/layers.py NORMS)
     norm_eps: float = 1e-5
     post_norm: bool = False  # False: pre-norm blocks (GPT-2); True: norm after each residual add (BERT)
+    attn_only: bool = False  # blocks without an MLP (attention-only models, as in Olsson et al. 2022)
     # options of the modern recipe (config/shakespeare_char_cpu_modern.py); the defaults are GPT-2's
     pos_emb: str = "learned"  # 'learned' (a wpe table added to the tokens) or 'rope' (rotary q and k)
     rope_base: float = 10000.0  # rotary angle base: position m turns feature pair i by m * base^(-2i/head_dim)

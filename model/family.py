@@ -19,18 +19,20 @@ from weights.hf_export import save_hf
 def embed(ids: torch.Tensor, wte: nn.Embedding, wpe: nn.Embedding | None, limit: int, offset: int = 0,
           what: str = "sequence", limit_name: str = "block_size",
           hint: str = "crop it or train with a larger block_size",
-          positions: torch.Tensor | None = None) -> torch.Tensor:
+          positions: torch.Tensor | None = None, hooks: tuple[nn.Module, nn.Module] | None = None) -> torch.Tensor:
     """Token ids (B, T) at positions offset.. -> embeddings (B, T, C); a ValueError past `limit` positions.
 
     `positions` (B, T) gives each row its own positions instead (left-padded batches). With rotary
-    positions (`wpe` None) positions enter inside attention instead.
+    positions (`wpe` None) positions enter inside attention instead. `hooks`: the family's `embed` and
+    `pos_embed` hook points, which see the token (B, T, C) and position ((T, C) or (B, T, C)) embeddings.
     """
     T = ids.size(1)
     if offset + T > limit:
         raise ValueError(f"{what} of {offset + T} tokens exceeds {limit_name} {limit}; {hint}.")
-    x = wte(ids)  # (B, T, C)
+    embed_hook, pos_hook = hooks if hooks is not None else (nn.Identity(), nn.Identity())
+    x = embed_hook(wte(ids))  # (B, T, C)
     if wpe is not None:
-        x = x + wpe(torch.arange(offset, offset + T, device=ids.device) if positions is None else positions)
+        x = x + pos_hook(wpe(torch.arange(offset, offset + T, device=ids.device) if positions is None else positions))
     return x
 
 

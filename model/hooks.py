@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from weights.common import UserError
+from model.cache import ActivationCache, HookNameError  # noqa: F401 (HookNameError: public here too)
 
 HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
 NameFilter = str | Iterable[str] | Callable[[str], bool] | None
@@ -34,13 +34,6 @@ class HookPoint(nn.Module):
     def active(self) -> bool:
         """True when a forward hook is attached (attention then computes its weights explicitly)."""
         return bool(self._forward_hooks)
-
-
-class HookNameError(UserError, KeyError):
-    """A hook name or pattern that matches no hook point of the model."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class HookedModel:
@@ -89,7 +82,8 @@ class HookedModel:
 
     def run_with_cache(self, *args, names_filter: NameFilter = None, device=None,
                        fwd_hooks: Iterable[tuple[NameFilter, HookFn]] = (), **kwargs):
-        """Run the model on args/kwargs; return (output, cache): a dict name -> detached copy of the tensor.
+        """Run the model on args/kwargs; return (output, cache): an ActivationCache (a dict name -> detached
+        tensor, with TransformerLens' methods: see model/cache.py).
 
         `device` (e.g. "cpu") moves each tensor there as it is captured. `fwd_hooks` (interventions)
         run before the cache hooks, so the cache holds the values after them.
@@ -102,7 +96,7 @@ class HookedModel:
 
         with self.hooks([*fwd_hooks, (self.match_hooks(names_filter), store)]):
             output = self(*args, **kwargs)
-        return output, cache
+        return output, ActivationCache(cache, self)
 
 
 def _call_with_name(fn: HookFn, name: str):

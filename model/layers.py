@@ -63,9 +63,10 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 2 * hidden if gated else hidden, bias=config.bias)
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.post, self.out = HookPoint(), HookPoint()  # hidden activations (B, T, hidden); output (B, T, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+        return self.out(self.dropout(self.c_proj(self.post(self.act(self.c_fc(x))))))
 
 
 class Block(nn.Module):
@@ -83,11 +84,13 @@ class Block(nn.Module):
             self.ln_cross = make_norm(config)
             self.cross_attn = Attention(config, cross=True, score=getattr(config, "cross_attn_score", None),
                                         weighting=getattr(config, "cross_attn_weighting", None))
-        self.ln_2 = make_norm(config)
-        self.mlp = MLP(config)
+        self.attn_only = config.attn_only  # no MLP (Olsson et al. 2022's attention-only models)
+        if not self.attn_only:
+            self.ln_2 = make_norm(config)
+            self.mlp = MLP(config)
         if config.zero_init:  # each residual branch starts as the identity
-            for proj in (self.attn.c_proj, self.mlp.c_proj, getattr(self, "cross_attn", self.attn).c_proj):
-                proj.zero_init = True
+            for branch in (self.attn, getattr(self, "mlp", self.attn), getattr(self, "cross_attn", self.attn)):
+                branch.c_proj.zero_init = True
         self.resid_pre, self.resid_mid, self.resid_post = HookPoint(), HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False,
@@ -103,7 +106,8 @@ class Block(nn.Module):
         if hasattr(self, "cross_attn"):
             x = self.residual(x, self.ln_cross,
                               lambda h: self.cross_attn(h, source=source, mask=source_mask, cache=cross_cache))
-        x = self.residual(x, self.ln_2, self.mlp)
+        if not self.attn_only:
+            x = self.residual(x, self.ln_2, self.mlp)
         return self.resid_post(x)
 
     def residual(self, x: torch.Tensor, norm: nn.Module, branch) -> torch.Tensor:

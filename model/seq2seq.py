@@ -19,6 +19,7 @@ from torch import nn
 from model.attention import KVCache, make_mask
 from model.config import Seq2SeqConfig
 from model.family import Family, embed, logits_and_loss, tie_head
+from model.hooks import HookPoint
 from model.layers import Block, init_weights, make_norm, softcap
 from model.sampling import sample_next
 
@@ -32,6 +33,7 @@ class Encoder(nn.Module):
         self.wte = nn.Embedding(config.source_vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.source_block_size, config.n_embd) if config.pos_emb == "learned" else None
         self.drop = nn.Dropout(config.dropout)
+        self.embed, self.pos_embed = HookPoint(), HookPoint()  # token (B, S, C) and position (S, C) embeddings
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_encoder_layer))
         self.ln_f = make_norm(config)
 
@@ -39,7 +41,8 @@ class Encoder(nn.Module):
         """src (B, S) -> (B, S, C); padded positions (src_mask False) are never attended to."""
         S = src.size(1)
         x = self.drop(embed(src, self.wte, self.wpe, self.config.source_block_size, what="source",
-                            limit_name="source_block_size", hint="shorten it or train with a larger source_block_size"))
+                            limit_name="source_block_size", hint="shorten it or train with a larger source_block_size",
+                            hooks=(self.embed, self.pos_embed)))
         mask = make_mask(S, S, causal=False, key_padding_mask=src_mask)  # (B, 1, 1, S) or None
         for block in self.blocks:
             x = block(x, mask=mask)
@@ -55,6 +58,7 @@ class Decoder(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None
         self.drop = nn.Dropout(config.dropout)
+        self.embed, self.pos_embed = HookPoint(), HookPoint()  # token (B, T, C) and position (T, C) embeddings
         self.blocks = nn.ModuleList(Block(config, cross=True) for _ in range(config.n_layer))
         self.ln_f = make_norm(config)
 
@@ -69,67 +73,8 @@ class Decoder(nn.Module):
         T = tgt.size(1)
         offset = caches[0].len if caches else 0
         x = self.drop(embed(tgt, self.wte, self.wpe, self.config.block_size, offset, what="target",
-                            hint="decode fewer tokens or train with a larger block_size"))
-        self_mask = None
-        if tgt_mask is not None:
-            self_mask = make_mask(T, offset + T, causal=True, key_padding_mask=tgt_mask, offset=offset,
-                                  device=tgt.device)
-        cross_mask = None if src_mask is None else src_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
-        for i, block in enumerate(self.blocks):
-            x = block(x, mask=self_mask, causal=True, source=memory, source_mask=cross_mask,
-                      cache=caches[i] if caches else None, cross_cache=cross_caches[i] if cross_caches else None)
-        return self.ln_f(x)
-
-
-class Seq2Seq(Family):
-    """Encoder-decoder with cross-attention; the LM head is tied to the target embedding (tie_embeddings)."""
-
-    def __init__(self, config: Seq2SeqConfig):
-        super().__init__()
-        self.config = config
-        self.encoder = Encoder(config)
-        self.decoder = Decoder(config)
-        if config.shared_vocab:  # one vocabulary: one embedding table for source and target
-            self.decoder.wte = self.encoder.wte
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        tie_head(self.lm_head, self.decoder.wte, config)
-        init_weights(self, max(config.n_layer, config.n_encoder_layer))
-
-    def forward(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """src (B, S) -> (B, S, C); padded positions (src_mask False) are never attended to."""
-        S = src.size(1)
-        x = self.drop(embed(src, self.wte, self.wpe, self.config.source_block_size, what="source",
-                            limit_name="source_block_size", hint="shorten it or train with a larger source_block_size"))
-        mask = make_mask(S, S, causal=False, key_padding_mask=src_mask)  # (B, 1, 1, S) or None
-        for block in self.blocks:
-            x = block(x, mask=mask)
-        return self.ln_f(x)
-
-
-class Decoder(nn.Module):
-    """Target tokens and encoder states -> decoder states: causal self-attention, cross-attention, MLP."""
-
-    def __init__(self, config: Seq2SeqConfig):
-        super().__init__()
-        self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, cross=True) for _ in range(config.n_layer))
-        self.ln_f = make_norm(config)
-
-    def forward(self, tgt: torch.Tensor, memory: torch.Tensor | None, src_mask: torch.Tensor | None = None,
-                tgt_mask: torch.Tensor | None = None, caches: list[KVCache] | None = None,
-                cross_caches: list[KVCache] | None = None) -> torch.Tensor:
-        """tgt (B, T) -> (B, T, C), attending to memory (B, S, C); positions continue after `caches`.
-
-        `tgt_mask` (B, cached + T) marks real target tokens; `memory` may be None once the
-        cross caches are filled.
-        """
-        T = tgt.size(1)
-        offset = caches[0].len if caches else 0
-        x = self.drop(embed(tgt, self.wte, self.wpe, self.config.block_size, offset, what="target",
-                            hint="decode fewer tokens or train with a larger block_size"))
+                            hint="decode fewer tokens or train with a larger block_size",
+                            hooks=(self.embed, self.pos_embed)))
         self_mask = None
         if tgt_mask is not None:
             self_mask = make_mask(T, offset + T, causal=True, key_padding_mask=tgt_mask, offset=offset,

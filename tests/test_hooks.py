@@ -59,9 +59,9 @@ def test_hook_names_follow_the_module_tree():
     for layer in (0, 1):
         for point in ("q", "k", "v", "scores", "pattern", "z", "out"):
             assert f"blocks.{layer}.attn.{point}" in names
-        for point in ("resid_pre", "resid_mid", "resid_post"):
+        for point in ("resid_pre", "resid_mid", "resid_post", "mlp.post", "mlp.out"):
             assert f"blocks.{layer}.{point}" in names
-    assert len(names) == 2 * 10
+    assert names[:2] == ["embed", "pos_embed"] and len(names) == 2 + 2 * 12
 
 
 def test_captured_pattern_equals_softmax_of_captured_q_k():

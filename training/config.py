@@ -64,6 +64,7 @@ class TrainConfig:
     wandb_project: str = "headscope"
     wandb_run_name: str = "run"
     attn_stats_interval: int = 0  # every N iterations: per-head attention statistics (+ heatmaps to wandb); 0 = off
+    head_probe: bool = False  # at every evaluation: each head's induction/previous-token score and the in-context score
 
     def __post_init__(self):
         check_init_from(self.init_from, ("scratch", "resume"))

@@ -1,0 +1,184 @@
+"""Head detectors: what kind of head is each? Scores in [0, 1] per (layer, head), TransformerLens' conventions.
+
+    scores = detect_head(model, tokens, "previous_token_head")          # (n_layer, n_head)
+    scores = induction_scores(model, seq_len=20)                          # on repeated random tokens
+    sink = attention_sink_scores(model, tokens)                           # weight on the first position
+    align = alignment_scores(model, src, tgt, reversal_alignment(T, S))   # encoder-decoder cross-attention
+
+detect_head's "mul" score is the share of a head's attention that falls on the detection pattern's
+positions (mean over query rows' total weight); "abs" is 1 - the mean absolute difference per row.
+Both are averaged over the batch. A bidirectional stack (BERT, an encoder) gets the patterns without
+the causal cut: duplicate tokens and induction targets on both sides of the query.
+"""
+
+import torch
+
+from lens.patching import as_inputs
+from model.cache import LensError, get_stack
+
+HEAD_NAMES = ("previous_token_head", "duplicate_token_head", "induction_head")
+
+
+def get_previous_token_head_detection_pattern(tokens: torch.Tensor, causal: bool = True) -> torch.Tensor:
+    """(T, T): 1 at (i, i - 1)."""
+    T = tokens.shape[-1]
+    return torch.diag(torch.ones(T - 1), diagonal=-1)
+
+
+def get_duplicate_token_head_detection_pattern(tokens: torch.Tensor, causal: bool = True) -> torch.Tensor:
+    """(T, T): 1 at (i, j), j != i, where token j equals token i (j < i when causal)."""
+    same = (tokens[:, None] == tokens[None, :]).float()  # (T, T)
+    same.fill_diagonal_(0.0)
+    return same.tril() if causal else same
+
+
+def get_induction_head_detection_pattern(tokens: torch.Tensor, causal: bool = True) -> torch.Tensor:
+    """(T, T): 1 at (i, j) where token j - 1 equals token i (j - 1 < i when causal): the token after an
+    earlier copy of the current one."""
+    duplicate = get_duplicate_token_head_detection_pattern(tokens, causal=False)
+    shifted = torch.zeros_like(duplicate)
+    shifted[:, 1:] = duplicate[:, :-1]  # column j holds the match at j - 1
+    return shifted.tril() if causal else shifted  # j <= i: the copy's successor is at or before the query
+
+
+PATTERNS = {"previous_token_head": get_previous_token_head_detection_pattern,
+            "duplicate_token_head": get_duplicate_token_head_detection_pattern,
+            "induction_head": get_induction_head_detection_pattern}
+
+
+def compute_head_attention_similarity_score(attention_pattern: torch.Tensor, detection_pattern: torch.Tensor,
+                                            exclude_bos: bool = False, exclude_current_token: bool = False,
+                                            error_measure: str = "mul") -> float:
+    """Similarity of one head's (T, S) pattern with a detection pattern: "mul" (share) or "abs"."""
+    pattern = attention_pattern.float().clone()
+    detection = detection_pattern.to(pattern)
+    if error_measure == "mul":
+        if exclude_bos:
+            pattern[:, 0] = 0
+        if exclude_current_token:
+            pattern.fill_diagonal_(0)
+        return ((pattern * detection).sum() / pattern.sum()).item()
+    diff = (pattern - detection).abs()
+    if exclude_bos:
+        diff[:, 0] = 0
+    if exclude_current_token:
+        diff.fill_diagonal_(0)
+    return 1 - round((diff.mean() * len(diff)).item(), 3)
+
+
+def layer_heads(heads, n_layers: int, n_head: int) -> dict[int, list[int]]:
+    """TransformerLens' `heads` argument (None, [(layer, head)], {layer: [heads]}) as {layer: [heads]}, checked."""
+    if heads is None:
+        return {layer: list(range(n_head)) for layer in range(n_layers)}
+    pairs = [(layer, h) for layer, hs in heads.items() for h in hs] if isinstance(heads, dict) else list(heads)
+    grouped: dict[int, list[int]] = {}
+    for layer, head in pairs:
+        if not 0 <= layer < n_layers or not 0 <= head < n_head:
+            raise LensError(f"head ({layer}, {head}) does not exist: layers are 0..{n_layers - 1}, "
+                            f"heads 0..{n_head - 1}.")
+        grouped.setdefault(layer, []).append(head)
+    return grouped
+
+
+def run_for_patterns(model, tokens, cache, stack: str | None, attention: str):
+    """(the cache, the stack, the stack's own token ids (B, T)), running the model when no cache is given."""
+    structure = get_stack(model, stack)
+    inputs = as_inputs(tokens)
+    if cache is None:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(*inputs, names_filter=f"*{attention}.pattern")
+    stack_tokens = inputs[-1] if structure.prefix == "decoder." else inputs[0]
+    return cache, structure, stack_tokens if stack_tokens.dim() == 2 else stack_tokens[None]
+
+
+def detect_head(model, tokens, detection_pattern, heads=None, cache=None, *, exclude_bos: bool = False,
+                exclude_current_token: bool = False, error_measure: str = "mul", stack: str | None = None,
+                attention: str = "attn") -> torch.Tensor:
+    """Score every head's pattern on `tokens` ((B, T) ids; Seq2Seq: (src, tgt)) against a detection pattern.
+
+    detection_pattern: one of HEAD_NAMES (built from each sequence's tokens) or a (T, S) tensor.
+    Heads left out of `heads` score -1. Returns (n_layer, n_head), the mean over the batch.
+    """
+    if error_measure not in ("mul", "abs"):
+        raise LensError(f"error_measure must be 'mul' or 'abs', got {error_measure!r}.")
+    if isinstance(detection_pattern, str) and detection_pattern not in PATTERNS:
+        raise LensError(f"unknown head type {detection_pattern!r}; pick one of {', '.join(HEAD_NAMES)} or "
+                        "pass a (T, S) detection pattern.")
+    if isinstance(detection_pattern, str) and attention == "cross_attn":
+        raise LensError(f"{detection_pattern} compares a sequence with itself; for cross-attention use "
+                        "alignment_scores with a source-target map.")
+    cache, structure, ids = run_for_patterns(model, tokens, cache, stack, attention)
+    n_layers = len(structure.blocks)
+    n_head = getattr(structure.blocks[0], attention).n_head
+    scores = -torch.ones(n_layers, n_head)
+    for layer, hs in layer_heads(heads, n_layers, n_head).items():
+        pattern = cache[structure.name(layer, f"{attention}.pattern")]  # (B, nh, T, S)
+        for b in range(pattern.size(0)):
+            if isinstance(detection_pattern, str):
+                target = PATTERNS[detection_pattern](ids[b].cpu(), causal=structure.causal)
+            else:
+                target = torch.as_tensor(detection_pattern)
+            if target.shape != pattern.shape[-2:]:
+                raise LensError(f"the detection pattern is {tuple(target.shape)} but {structure.name(layer, attention)}"
+                                f" has ({pattern.size(2)}, {pattern.size(3)}) patterns here.")
+            for h in hs:
+                s = compute_head_attention_similarity_score(pattern[b, h].cpu(), target, exclude_bos,
+                                                            exclude_current_token, error_measure)
+                scores[layer, h] = s if b == 0 else scores[layer, h] + s
+        for h in hs:
+            scores[layer, h] /= pattern.size(0)
+    return scores
+
+
+def repeated_random_tokens(vocab_size: int, seq_len: int, batch: int = 8, seed: int = 0,
+                           bos: int | None = None) -> torch.Tensor:
+    """(batch, [1 +] 2 seq_len) ids: a random sequence followed by itself (after a BOS id if given)."""
+    generator = torch.Generator().manual_seed(seed)
+    half = torch.randint(0, vocab_size, (batch, seq_len), generator=generator)
+    tokens = torch.cat([half, half], dim=1)
+    return tokens if bos is None else torch.cat([torch.full((batch, 1), bos), tokens], dim=1)
+
+
+def induction_scores(model, seq_len: int | None = None, batch: int = 8, seed: int = 0, **kwargs) -> torch.Tensor:
+    """detect_head's induction score of every head on repeated random tokens: (n_layer, n_head).
+
+    seq_len defaults to half the context (block_size // 2).
+    """
+    seq_len = seq_len or model.config.block_size // 2
+    if 2 * seq_len > model.config.block_size:
+        raise LensError(f"2 x seq_len ({2 * seq_len}) exceeds block_size {model.config.block_size}; "
+                        f"use seq_len <= {model.config.block_size // 2}.")
+    device = next(model.parameters()).device
+    tokens = repeated_random_tokens(model.config.vocab_size, seq_len, batch, seed).to(device)
+    return detect_head(model, tokens, "induction_head", **kwargs)
+
+
+def attention_sink_scores(model, tokens, cache=None, stack: str | None = None, attention: str = "attn") -> torch.Tensor:
+    """Mean weight every head puts on the first key, over query rows after the first: (n_layer, n_head)."""
+    cache, structure, _ = run_for_patterns(model, tokens, cache, stack, attention)
+    rows = []
+    for layer in range(len(structure.blocks)):
+        pattern = cache[structure.name(layer, f"{attention}.pattern")].float()  # (B, nh, T, S)
+        first = 1 if pattern.size(2) > 1 and attention == "attn" else 0  # row 0 of a causal map is all on key 0
+        rows.append(pattern[:, :, first:, 0].mean(dim=(0, 2)).cpu())
+    return torch.stack(rows)
+
+
+def reversal_alignment(tgt_len: int, src_len: int) -> torch.Tensor:
+    """(T, S) map of the reversal task: decoder position t (BOS first) emits source token S - 1 - t."""
+    alignment = torch.zeros(tgt_len, src_len)
+    for t in range(min(tgt_len, src_len)):
+        alignment[t, src_len - 1 - t] = 1.0
+    return alignment
+
+
+def alignment_scores(model, src: torch.Tensor, tgt: torch.Tensor, alignment: torch.Tensor, cache=None,
+                     **kwargs) -> torch.Tensor:
+    """Share of each decoder cross-attention head's weight on the aligned source positions: (n_layer, n_head).
+
+    alignment: (T, S) 0/1 map (e.g. reversal_alignment); query rows with no aligned source count zero
+    weight in the numerator and full weight in the denominator, as in detect_head's "mul" score.
+    """
+    if not hasattr(model, "encoder"):
+        raise LensError("alignment_scores needs an encoder-decoder (cross-attention); this model has none.")
+    return detect_head(model, (src, tgt), alignment, cache=cache, stack="decoder", attention="cross_attn", **kwargs)

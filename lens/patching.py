@@ -1,0 +1,258 @@
+"""Activation patching (exact, batched) and attribution patching, with TransformerLens' names.
+
+    _, clean_cache = model.run_with_cache(clean_tokens)
+    metric = lambda logits: logits[0, -1, right] - logits[0, -1, wrong]
+    table = get_act_patch_resid_pre(model, corrupted_tokens, clean_cache, metric)   # (layer, pos)
+    approx = get_attr_patch_resid_pre(model, corrupted_tokens, clean_cache, metric)  # same shape
+
+Exact patching runs the corrupted input with one site (a layer's residual stream at one position, a
+head's output, ...) set to its value in the clean run, and records the metric. Many patches share one
+forward pass: the corrupted input is repeated along the batch, copy k gets patch k. Attribution
+patching approximates every site at once from one forward and one backward pass on the corrupted
+input: metric(patched) - metric(corrupted) ~= (clean - corrupted) . d metric / d activation.
+Patch the other way (corrupted into clean: "noising") by swapping the two runs' roles.
+Inputs are a token tensor (B, T), or a tuple of the model's positional inputs (Seq2Seq: (src, tgt)).
+"""
+
+import itertools
+import re
+import sys
+from collections.abc import Callable, Sequence
+
+import torch
+
+from model.cache import LensError, get_stack
+from model.layers import softcap
+
+Metric = Callable[[torch.Tensor], torch.Tensor | float]
+Site = tuple[str, tuple]  # (hook name, index into the activation after its batch dim)
+
+# kind -> (hook inside a block, activation dims (after batch) that index the table, in the table's order)
+KINDS = {
+    "resid_pre": ("resid_pre", (0,)),  # (B, T, C) -> (layer, pos)
+    "resid_mid": ("resid_mid", (0,)),
+    "attn_out": ("attn.out", (0,)),
+    "mlp_out": ("mlp.out", (0,)),
+    "attn_head_out_by_pos": ("attn.z", (1, 0)),  # (B, nh, T, hs) -> (layer, pos, head)
+    "attn_head_q_by_pos": ("attn.q", (1, 0)),
+    "attn_head_k_by_pos": ("attn.k", (1, 0)),
+    "attn_head_v_by_pos": ("attn.v", (1, 0)),
+    "attn_head_out_all_pos": ("attn.z", (0,)),  # -> (layer, head)
+    "attn_head_q_all_pos": ("attn.q", (0,)),
+    "attn_head_k_all_pos": ("attn.k", (0,)),
+    "attn_head_v_all_pos": ("attn.v", (0,)),
+    "attn_head_pattern_all_pos": ("attn.pattern", (0,)),  # (B, nh, T, S) -> (layer, head)
+    "attn_head_pattern_by_pos": ("attn.pattern", (0, 1)),  # -> (layer, head, dest_pos)
+}
+
+
+def as_inputs(tokens) -> tuple[torch.Tensor, ...]:
+    """The model's positional inputs as a tuple (a single tensor for GPT and BERT)."""
+    return tuple(tokens) if isinstance(tokens, (tuple, list)) else (tokens,)
+
+
+def kind_sites(model, kind: str, clean_cache, stack: str | None = None) -> tuple[list[tuple], list[list[Site]]]:
+    """Every (table index, [site]) of one kind: each layer x each value of the kind's indexed dims."""
+    if kind not in KINDS:
+        raise LensError(f"unknown patching kind {kind!r}; pick one of {', '.join(KINDS)}.")
+    structure = get_stack(model, stack)
+    hook, dims = KINDS[kind]
+    if hook == "mlp.out" and any(block.attn_only for block in structure.blocks):
+        raise LensError("this model is attention-only: it has no MLP outputs to patch.")
+    indices, patches = [], []
+    for layer in range(len(structure.blocks)):
+        name = structure.name(layer, hook)
+        shape = clean_cache[name].shape[1:]  # without the batch dim
+        for values in itertools.product(*(range(shape[d]) for d in dims)):
+            index = [slice(None)] * len(shape)
+            for d, v in zip(dims, values):
+                index[d] = v
+            indices.append((layer, *values))
+            patches.append([(name, tuple(index))])
+    return indices, patches
+
+
+def default_batch_size(logits_elements: int) -> int:
+    """Patched copies per forward pass: about 2^25 logits (128 MiB in float32) at a time, at least 1."""
+    return max(1, (1 << 25) // max(1, logits_elements))
+
+
+def check_lengths(inputs: tuple, clean_cache, structure) -> None:
+    """Clean and corrupted runs must have the same batch and length (first stack input)."""
+    name = structure.name(0, "resid_pre")
+    if name not in clean_cache:
+        return
+    clean_shape = tuple(clean_cache[name].shape[:2])
+    corrupted = inputs[-1] if structure.prefix == "decoder." else inputs[0]
+    if tuple(corrupted.shape[:2]) != clean_shape:
+        raise LensError(f"the clean run had (batch, length) {clean_shape} and the corrupted input has "
+                        f"{tuple(corrupted.shape[:2])}; patching needs the same shape (pad or crop the prompts).")
+
+
+def activation_patch(model, corrupted_tokens, clean_cache, patching_metric: Metric, patches: Sequence[list[Site]],
+                     batch_size: int | None = None, progress: str | None = None) -> torch.Tensor:
+    """The metric after each patch (a list of sites set to their clean values), (len(patches),).
+
+    Patches run `batch_size` at a time in one forward pass each (default: about 2^25 logits per pass);
+    an empty patch gives the corrupted metric. `progress` (a label) prints a counter on stderr.
+    """
+    inputs = as_inputs(corrupted_tokens)
+    structure = get_stack(model)
+    check_lengths(inputs, clean_cache, structure)
+    results, size, todo = [], batch_size, list(patches)
+    with torch.no_grad():
+        streams = None  # a decoder-only model restarts each pass at its first patched block (see forward_from)
+        if structure.prefix == "" and structure.causal and len(inputs) == 1:
+            streams = model.run_with_cache(*inputs, names_filter="blocks.*.resid_pre")[1]
+        while todo:
+            chunk, todo = todo[:size or 1], todo[size or 1:]  # without a size, one patch first to learn it
+            values = run_patches(model, inputs, clean_cache, patching_metric, chunk, streams)
+            results += [value for value, _ in values]
+            size = size or default_batch_size(values[0][1])
+            if progress:
+                print(f"\r{progress}: {len(results)}/{len(patches)} patches", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    return torch.tensor(results, dtype=torch.float32)
+
+
+def first_block(patches: Sequence[list[Site]]) -> int:
+    """The lowest block index any site of the patches is in (0 when a site lies before the blocks)."""
+    layers = [re.match(r"blocks\.(\d+)\.", name) for patch in patches for name, _ in patch]
+    return min((int(m.group(1)) if m else 0 for m in layers), default=0)
+
+
+def forward_from(model, layer: int, x: torch.Tensor) -> torch.Tensor:
+    """A GPT's logits from the stream x (B, T, C) entering block `layer`: the blocks before are skipped,
+    their output being the same as in the corrupted run."""
+    for block in model.blocks[layer:]:
+        x = block(x, causal=True)
+    return softcap(model.lm_head(model.ln_f(x)), model.config.logit_softcap)
+
+
+def run_patches(model, inputs: tuple, clean_cache, metric: Metric, patches: Sequence[list[Site]], streams=None):
+    """One forward pass over len(patches) copies of the corrupted input; [(metric value, logits per copy)].
+
+    streams (the corrupted run's resid_pre values of a GPT) let the pass start at the first patched block."""
+    K = len(patches)
+    batch = inputs[0].size(0)
+    by_hook: dict[str, list[tuple[int, tuple]]] = {}
+    for k, patch in enumerate(patches):
+        for name, index in patch:
+            by_hook.setdefault(name, []).append((k, index))
+
+    def setter(activation: torch.Tensor, name: str) -> torch.Tensor:
+        clean = clean_cache[name]
+        copies = activation.view(K, *clean.shape) if activation.shape[1:] == clean.shape[1:] \
+            and activation.size(0) == K * clean.size(0) else None
+        if copies is None:
+            raise LensError(f"{name} is {tuple(clean.shape)} in the clean run and "
+                            f"{(activation.size(0) // K, *activation.shape[1:])} in the corrupted one; "
+                            "patching needs inputs of the same shape (pad or crop the prompts).")
+        copies = copies.clone()  # (K, B, ...)
+        for k, index in by_hook[name]:
+            copies[(k, slice(None), *index)] = clean[(slice(None), *index)].to(copies.dtype)
+        return copies.view(activation.shape)
+
+    repeated = tuple(x.repeat(K, *([1] * (x.dim() - 1))) for x in inputs)  # (K*B, ...): copy k is rows kB..
+    start = first_block(patches) if streams is not None else 0
+    with model.hooks([(list(by_hook), setter)] if by_hook else []):
+        if start > 0:
+            stream = streams[f"blocks.{start}.resid_pre"]
+            logits = forward_from(model, start, stream.repeat(K, *([1] * (stream.dim() - 1))))
+        else:
+            logits = model(*repeated)
+    logits = logits.view(K, batch, *logits.shape[1:])
+    return [(float(metric(logits[k])), logits[k].numel()) for k in range(K)]
+
+
+def patch_table(model, corrupted_tokens, clean_cache, patching_metric: Metric, kind: str,
+                batch_size: int | None = None, progress: bool = False, stack: str | None = None) -> torch.Tensor:
+    """Exact patching of every site of one kind (see KINDS), as a table (layer, ...)."""
+    indices, patches = kind_sites(model, kind, clean_cache, stack)
+    values = activation_patch(model, corrupted_tokens, clean_cache, patching_metric, patches, batch_size,
+                              progress=kind if progress else None)
+    shape = [max(ix[d] for ix in indices) + 1 for d in range(len(indices[0]))]
+    table = torch.zeros(shape)
+    table[tuple(torch.tensor(indices).T)] = values
+    return table
+
+
+def _exact(kind: str):
+    def patch(model, corrupted_tokens, clean_cache, patching_metric, batch_size=None, progress=False, stack=None):
+        return patch_table(model, corrupted_tokens, clean_cache, patching_metric, kind, batch_size, progress, stack)
+
+    shape = {(0,): "(layer, pos)" if "head" not in kind else "(layer, head)", (1, 0): "(layer, pos, head)",
+             (0, 1): "(layer, head, dest_pos)"}[KINDS[kind][1]]
+    patch.__name__ = f"get_act_patch_{kind}"
+    patch.__doc__ = f"Exact patching of {KINDS[kind][0]} from the clean run into the corrupted one: the metric, {shape}."
+    return patch
+
+
+def _attr(kind: str):
+    def patch(model, corrupted_tokens, clean_cache, patching_metric, stack=None):
+        return attribution_patch(model, corrupted_tokens, clean_cache, patching_metric, [kind], stack)[kind]
+
+    patch.__name__ = f"get_attr_patch_{kind}"
+    patch.__doc__ = f"Attribution patching (gradient approximation) of {KINDS[kind][0]}: the same table as get_act_patch_{kind}."
+    return patch
+
+
+for _kind in KINDS:
+    globals()[f"get_act_patch_{_kind}"] = _exact(_kind)
+    globals()[f"get_attr_patch_{_kind}"] = _attr(_kind)
+
+
+def get_act_patch_block_every(model, corrupted_tokens, clean_cache, patching_metric, batch_size=None,
+                              progress=False, stack=None) -> torch.Tensor:
+    """resid_pre, attn_out and mlp_out patched at every (layer, pos): (3, layer, pos)."""
+    return torch.stack([patch_table(model, corrupted_tokens, clean_cache, patching_metric, kind, batch_size,
+                                    progress, stack) for kind in ("resid_pre", "attn_out", "mlp_out")])
+
+
+def attribution_patch(model, corrupted_tokens, clean_cache, patching_metric: Metric, kinds: Sequence[str],
+                      stack: str | None = None) -> dict[str, torch.Tensor]:
+    """Attribution patching of several kinds from one forward and one backward pass: kind -> table.
+
+    Each entry is sum over batch and the non-indexed dims of (clean - corrupted) * d metric / d act.
+    """
+    structure = get_stack(model, stack)
+    inputs = as_inputs(corrupted_tokens)
+    check_lengths(inputs, clean_cache, structure)
+    for kind in kinds:
+        if kind not in KINDS:
+            raise LensError(f"unknown patching kind {kind!r}; pick one of {', '.join(KINDS)}.")
+    names = sorted({structure.name(l, KINDS[k][0]) for k in kinds for l in range(len(structure.blocks))})
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(activation: torch.Tensor, name: str) -> torch.Tensor | None:
+        if not activation.requires_grad:  # nothing upstream needs a gradient: start the graph here
+            activation = activation.detach().requires_grad_()
+            captured[name] = activation
+            return activation
+        captured[name] = activation
+        return None
+
+    with torch.enable_grad(), model.hooks([(names, capture)]):
+        metric = torch.as_tensor(patching_metric(model(*inputs)))
+    if not metric.requires_grad:
+        raise LensError("the patching metric does not depend on the logits' gradient graph; compute it from the "
+                        "logits with torch operations (no .item() or float()).")
+    grads = torch.autograd.grad(metric, [captured[n] for n in names], allow_unused=True)
+    tables = {}
+    for kind in kinds:
+        hook, dims = KINDS[kind]
+        per_layer = []
+        for l in range(len(structure.blocks)):
+            name = structure.name(l, hook)
+            grad = grads[names.index(name)]
+            corrupted = captured[name].detach()
+            if grad is None:
+                grad = torch.zeros_like(corrupted)
+            product = (clean_cache[name].to(corrupted.dtype) - corrupted) * grad  # (B, ...)
+            keep = [d + 1 for d in dims]
+            summed = product.sum(dim=[d for d in range(product.dim()) if d not in keep])
+            order = sorted(keep)
+            per_layer.append(summed.permute([order.index(d) for d in keep]))
+        tables[kind] = torch.stack(per_layer).float()
+    return tables

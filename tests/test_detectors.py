@@ -1,0 +1,120 @@
+"""Head detectors: patterns by hand, a trained model's induction head (with the ablation check), errors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lens import detectors
+from model import BERT, GPT, BERTConfig, GPTConfig, Seq2Seq, Seq2SeqConfig
+from model.cache import LensError
+from lens.interventions import ablate_heads
+
+V, HALF = 24, 8  # vocabulary, length of the random half that is repeated
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest (and deterministically) on one thread; the setting is restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def train_on_repeated_tokens(steps: int = 160) -> GPT:
+    """A 2-layer attention-only GPT trained on [r, r] sequences of random tokens r (fixed seed)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=V, block_size=2 * HALF, attn_only=True))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        half = torch.randint(0, V, (32, HALF), generator=generator)
+        tokens = torch.cat([half, half], dim=1)
+        _, loss = model(tokens[:, :-1], tokens[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def repeated_half_loss(model, tokens, hooks=()) -> float:
+    """Mean cross-entropy of the predictions of the second copy's tokens (its first one excepted)."""
+    with torch.no_grad(), model.hooks(hooks):
+        logits = model(tokens[:, :-1])
+    return F.cross_entropy(logits[:, HALF:].reshape(-1, V), tokens[:, HALF + 1:].reshape(-1)).item()
+
+
+def test_trained_induction_head_is_found_and_matters_most():
+    model = train_on_repeated_tokens()
+    scores = detectors.induction_scores(model, HALF, batch=16, seed=5)
+    assert scores.shape == (2, 2) and (scores >= 0).all() and (scores <= 1).all()
+    best = divmod(int(scores.argmax()), 2)
+    assert scores.max() > 0.3 and scores.flatten().sort().values[0] < 0.15  # a clear winner, not uniform
+    tokens = detectors.repeated_random_tokens(V, HALF, batch=64, seed=6)
+    base = repeated_half_loss(model, tokens)
+    assert base < 0.5  # the model copies the first half (log V = 3.18 without copying)
+    damage = {(layer, head): repeated_half_loss(model, tokens, ablate_heads([(layer, head)])) - base
+              for layer in range(2) for head in range(2)}
+    assert max(damage, key=damage.get) == best, (scores, damage)
+    assert damage[best] > 1.0
+
+
+def test_named_patterns_and_scores_by_hand():
+    tokens = torch.tensor([5, 1, 2, 5, 1, 3])
+    prev = detectors.get_previous_token_head_detection_pattern(tokens)
+    assert prev[3, 2] == 1 and prev.sum() == 5
+    dup = detectors.get_duplicate_token_head_detection_pattern(tokens)
+    assert dup.nonzero().tolist() == [[3, 0], [4, 1]]
+    ind = detectors.get_induction_head_detection_pattern(tokens)
+    assert ind.nonzero().tolist() == [[3, 1], [4, 2]]  # after the earlier 5 came 1, after the earlier 1 came 2
+    both = detectors.get_duplicate_token_head_detection_pattern(tokens, causal=False)
+    assert both.nonzero().tolist() == [[0, 3], [1, 4], [3, 0], [4, 1]]
+    # a pattern that is half on the previous token: "mul" share 0.5 on rows 1.. (row 0 all on itself)
+    pattern = torch.zeros(6, 6)
+    pattern[0, 0] = 1
+    for i in range(1, 6):
+        pattern[i, i - 1] = pattern[i, i] = 0.5
+    assert detectors.compute_head_attention_similarity_score(pattern, prev) == pytest.approx(2.5 / 6)
+    assert detectors.compute_head_attention_similarity_score(pattern, prev, exclude_current_token=True) == 1.0
+
+
+def test_detectors_on_gpt_bert_and_the_encoder_decoder():
+    gpt = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, vocab_size=20, block_size=16)).eval()
+    tokens = torch.randint(0, 20, (3, 12))
+    sink = detectors.attention_sink_scores(gpt, tokens)
+    _, cache = gpt.run_with_cache(tokens)
+    expected = cache["blocks.1.attn.pattern"][:, :, 1:, 0].mean(dim=(0, 2))
+    torch.testing.assert_close(sink[1], expected)
+    only = detectors.detect_head(gpt, tokens, "previous_token_head", heads=[(1, 0)])
+    assert (only[0] == -1).all() and only[1, 1] == -1 and 0 <= only[1, 0] <= 1
+    bert = BERT(BERTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=20, block_size=16)).eval()
+    scores = detectors.detect_head(bert, tokens, "duplicate_token_head", error_measure="abs")
+    assert scores.shape == (1, 2) and (scores <= 1).all()
+    s2s = Seq2Seq(Seq2SeqConfig(n_layer=2, n_head=2, n_embd=16, vocab_size=20, block_size=8)).eval()
+    src, tgt = torch.randint(0, 20, (2, 6)), torch.randint(0, 20, (2, 6))
+    align = detectors.reversal_alignment(6, 6)
+    assert align.flip(1).equal(torch.eye(6))  # the anti-diagonal
+    scores = detectors.alignment_scores(s2s, src, tgt, align)
+    _, cache = s2s.run_with_cache(src, tgt)
+    by_hand = (cache["decoder.blocks.0.cross_attn.pattern"][:, 1] * align).sum(dim=(1, 2)) / 6  # rows sum to 1
+    assert scores[0, 1] == pytest.approx(by_hand.mean().item(), abs=1e-6)
+    encoder = detectors.detect_head(s2s, (src, tgt), "previous_token_head", stack="encoder")
+    assert encoder.shape == (2, 2)
+
+
+def test_bad_detector_requests_are_clear_errors():
+    gpt = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, vocab_size=20, block_size=16)).eval()
+    tokens = torch.randint(0, 20, (1, 10))
+    with pytest.raises(LensError, match=r"head \(1, 2\) does not exist"):
+        detectors.detect_head(gpt, tokens, "induction_head", heads=[(1, 2)])
+    with pytest.raises(LensError, match="unknown head type"):
+        detectors.detect_head(gpt, tokens, "copy_head")
+    with pytest.raises(LensError, match="detection pattern is"):
+        detectors.detect_head(gpt, tokens, torch.eye(9))
+    with pytest.raises(LensError, match="encoder-decoder"):
+        detectors.alignment_scores(gpt, tokens, tokens, torch.eye(10))
+    with pytest.raises(LensError, match="block_size"):
+        detectors.induction_scores(gpt, seq_len=9)
+    s2s = Seq2Seq(Seq2SeqConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=20, block_size=8)).eval()
+    with pytest.raises(LensError, match="alignment_scores"):
+        detectors.detect_head(s2s, (tokens[:, :5], tokens[:, :5]), "induction_head", attention="cross_attn")

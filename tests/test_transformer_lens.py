@@ -1,0 +1,87 @@
+"""Against TransformerLens itself: one small random GPT-2 (3 heads) loaded into both gives the same numbers.
+
+TransformerLens 4 boots a local Hugging Face folder with TransformerBridge.boot_transformers (offline).
+Its bridge does not fold the norms' gains into the next weights, so its apply_ln_to_stack and
+logit_attrs leave the final norm's gain out while headscope's apply it: the final gain is set to 1
+here, where the two conventions agree (every other gain and bias, the final bias included, is random).
+"""
+
+import os
+
+import pytest
+import torch
+from transformer_lens import patching as tl_patching
+from transformer_lens.head_detector import compute_head_attention_similarity_score as tl_score
+from transformer_lens.head_detector import get_induction_head_detection_pattern as tl_induction
+from transformer_lens.model_bridge import TransformerBridge
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from lens import detectors, patching
+from model import GPT
+
+TOL = dict(atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=3, n_embd=48, n_positions=32, vocab_size=101,
+                                    bos_token_id=0, eos_token_id=0)).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "ln" in name:  # GPT-2's init leaves gains 1 and biases 0: draw them instead
+                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.3)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+        hf.transformer.ln_f.weight.fill_(1.0)
+    folder = tmp_path_factory.mktemp("gpt2tiny")
+    hf.save_pretrained(folder)
+    bridge = TransformerBridge.boot_transformers(str(folder), hf_model=hf, device="cpu")
+    return GPT.from_pretrained(str(folder)).eval(), bridge
+
+
+def test_cache_methods_match_transformer_lens(models):
+    ours, bridge = models
+    tokens = torch.randint(0, 101, (2, 10), generator=torch.Generator().manual_seed(1))
+    tl_logits, tl_cache = bridge.run_with_cache(tokens)
+    logits, cache = ours.run_with_cache(tokens)
+    torch.testing.assert_close(logits, tl_logits, **TOL)
+    for apply_ln in (False, True):
+        torch.testing.assert_close(cache.accumulated_resid(apply_ln=apply_ln, incl_mid=True),
+                                   tl_cache.accumulated_resid(apply_ln=apply_ln, incl_mid=True), **TOL)
+    ours_heads, labels = cache.stack_head_results(return_labels=True)
+    tl_heads, tl_labels = tl_cache.stack_head_results(return_labels=True)
+    assert labels == tl_labels
+    torch.testing.assert_close(ours_heads, tl_heads, **TOL)
+    parts, labels = cache.decompose_resid(pos_slice=-1, return_labels=True)
+    tl_parts, tl_labels = tl_cache.decompose_resid(pos_slice=-1, return_labels=True)
+    assert labels == tl_labels
+    torch.testing.assert_close(parts, tl_parts, **TOL)
+    for target, wrong in ((tokens[:, -1], None), (tokens[:, 0], tokens[:, 1])):
+        torch.testing.assert_close(cache.logit_attrs(parts, target, wrong, pos_slice=-1),
+                                   tl_cache.logit_attrs(tl_parts, target, wrong, pos_slice=-1), **TOL)
+    full, labels = cache.get_full_resid_decomposition(return_labels=True)
+    tl_full, tl_labels = tl_cache.get_full_resid_decomposition(return_labels=True)
+    assert labels == tl_labels
+    torch.testing.assert_close(full, tl_full, **TOL)
+
+
+def test_detectors_and_patching_match_transformer_lens(models):
+    ours, bridge = models
+    tokens = detectors.repeated_random_tokens(101, 6, batch=1, seed=2)  # (1, 12)
+    _, tl_cache = bridge.run_with_cache(tokens)
+    expected = torch.tensor([[tl_score(tl_cache[f"blocks.{l}.attn.hook_pattern"][0, h], tl_induction(tokens[0]),
+                                       exclude_bos=False, exclude_current_token=False, error_measure="mul")
+                              for h in range(3)] for l in range(2)])
+    torch.testing.assert_close(detectors.detect_head(ours, tokens, "induction_head"), expected, **TOL)
+    clean = torch.randint(0, 101, (1, 8), generator=torch.Generator().manual_seed(3))
+    corrupted = clean.clone()
+    corrupted[0, 3] = (corrupted[0, 3] + 1) % 101
+    metric = lambda logits: logits[0, -1, 5] - logits[0, -1, 7]  # noqa: E731
+    _, tl_clean = bridge.run_with_cache(clean)
+    _, clean_cache = ours.run_with_cache(clean)
+    for kind in ("resid_pre", "attn_head_out_all_pos"):
+        ours_table = getattr(patching, f"get_act_patch_{kind}")(ours, corrupted, clean_cache, metric)
+        tl_table = getattr(tl_patching, f"get_act_patch_{kind}")(bridge, corrupted, tl_clean, metric)
+        torch.testing.assert_close(ours_table, tl_table.float(), **TOL)
