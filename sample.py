@@ -149,6 +149,9 @@ def sample_seq2seq(model, tokenizer, cfg: SampleConfig, device: str, dtype: str)
     sources = [line for line in read_prompt(cfg.start).splitlines() if line.strip()]
     if not sources:
         raise ConfigError("the prompt is empty; pass a line of text with --start.")
+    if cfg.attention_dir and not any(name.endswith(".pattern") for name in model.hook_names()):
+        raise ConfigError("this model has no attention to draw (an RNN trained with attention=False); "
+                          "drop --attention_dir.")
     ids = [tokenizer.encode(line) for line in sources]
     limit = model.config.source_len
     if max(map(len, ids)) > limit:
@@ -180,10 +183,13 @@ def sample_seq2seq(model, tokenizer, cfg: SampleConfig, device: str, dtype: str)
 
 RUNNERS = {"gpt": sample_gpt, "bert": fill_mask}  # model_type -> what sample.py does with it
 RUNNERS["seq2seq"] = sample_seq2seq
+RUNNERS["rnn"] = sample_seq2seq  # the RNN encoder-decoder decodes the same way
 # options that one model family alone uses: given for another, they would be silently ignored
 ONLY_FOR = {"ablate": "gpt", "ablate_mode": "gpt", "candidates": "bert", "decoding": "seq2seq", "beam_size": "seq2seq",
             "length_penalty": "seq2seq"}
-FAMILY_NAMES = {"gpt": "a GPT", "bert": "a BERT (fill-mask)", "seq2seq": "an encoder-decoder"}
+SAME_OPTIONS = {"rnn": "seq2seq"}  # a family that takes another's options
+FAMILY_NAMES = {"gpt": "a GPT", "bert": "a BERT (fill-mask)", "seq2seq": "an encoder-decoder",
+                "rnn": "an RNN encoder-decoder"}
 
 
 def main(argv: list[str]) -> None:
@@ -204,8 +210,9 @@ def main(argv: list[str]) -> None:
             raise ConfigError(f"{cfg.init_from} has {model.config.vocab_size} token ids, not GPT-2's "
                               f"{tokenizer.vocab_size}; sample from it with a checkpoint of ours instead.")
     source = cfg.out_dir if cfg.init_from == "resume" else cfg.init_from
+    family = SAME_OPTIONS.get(model_type, model_type)
     for key in given:  # another family's option, set to something other than its default
-        if ONLY_FOR.get(key, model_type) != model_type and getattr(cfg, key) != getattr(SampleConfig, key):
+        if ONLY_FOR.get(key, family) != family and getattr(cfg, key) != getattr(SampleConfig, key):
             hint = " (in Python: model.hooks(ablate_heads(...)), model/interventions.py)" if key == "ablate" else ""
             raise ConfigError(f"--{key} is for {FAMILY_NAMES[ONLY_FOR[key]]} checkpoint and {source} holds "
                               f"{FAMILY_NAMES[model_type]}; drop --{key}{hint}.")

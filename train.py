@@ -25,7 +25,7 @@ from data.tokenizer import TokenizerError, from_meta
 from data.tokens import TokenFileError
 from model import MODELS, CheckpointError, ConfigError, TrainConfig, load_checkpoint, save_checkpoint
 from model import distributed
-from model.config import MODEL_CONFIGS, build, coerce, field_types, from_dict, parse_args, to_dict
+from model.config import MODEL_CONFIGS, build, check_family_keys, coerce, field_types, from_dict, parse_args, to_dict
 from model.mfu import device_peak, flops_per_token, mfu
 from model.muon import make_muon_adamw
 from model.pretrained import pretrained_config
@@ -101,6 +101,7 @@ def load_config(argv: list[str]):
     model_type = str(values.get("model_type", "gpt"))
     if model_type not in MODEL_CONFIGS:
         raise ConfigError(f"model_type must be one of {', '.join(MODEL_CONFIGS)}, got {model_type!r}.")
+    check_family_keys(values, model_type)  # e.g. --cell (an RNN's) on a Transformer: an error, not ignored
     cfg, model_cfg = build(values, TrainConfig, MODEL_CONFIGS[model_type])
     ckpt = None
     if cfg.init_from == "resume":

@@ -105,6 +105,7 @@ tokenizer); declares the special tokens its family adds (`specials`); has `get(s
 dict[str, float]`, which train.py averages over its evaluation batches, and `evaluate(model) ->
 dict[str, float]`, called once per evaluation for metrics that need more than a forward pass."""
 BATCHES["seq2seq"] = PairBatches  # data/pairs.py: source/target pairs grouped by length
+BATCHES["rnn"] = PairBatches  # the RNN encoder-decoder reads the same pairs
 
 
 def batch_generator(*keys) -> torch.Generator:
