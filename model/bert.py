@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.attention import make_mask
+from model.attention import make_mask, reinforce_term
 from model.checkpoint import CheckpointError
 from model.config import BERTConfig
 from model.hooks import HookedModel
@@ -104,7 +104,7 @@ class BERT(HookedModel, nn.Module):
             return logits
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), labels.reshape(-1),
                                ignore_index=IGNORE_INDEX)
-        return logits, loss
+        return logits, loss + reinforce_term(self, logits, labels, IGNORE_INDEX)  # + 0, REINFORCE's gradient
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.attention import KVCache
+from model.attention import KVCache, reinforce_term
 from model.config import GPTConfig
 from model.hooks import HookedModel
 from model.layers import Block, init_weights, make_norm, softcap
@@ -76,7 +76,7 @@ class GPT(HookedModel, nn.Module):
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return logits, loss + reinforce_term(self, logits, targets)  # + 0, with REINFORCE hard attention's gradient
 
     @torch.no_grad()
     def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

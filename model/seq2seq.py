@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.attention import KVCache, make_mask
+from model.attention import KVCache, make_mask, reinforce_term
 from model.config import Seq2SeqConfig
 from model.hooks import HookedModel
 from model.layers import Block, init_weights, make_norm, softcap
@@ -126,7 +126,7 @@ class Seq2Seq(HookedModel, nn.Module):
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return logits, loss + reinforce_term(self, logits, targets)  # + 0, with REINFORCE hard attention's gradient
 
     def new_caches(self, source_len: int) -> tuple[list[KVCache], list[KVCache]]:
         """Empty self-attention and cross-attention caches, one of each per decoder block."""
