@@ -280,7 +280,7 @@ def plot_curves(results: list[dict], path: str) -> None:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="300 iterations, 50 snippets per bucket")
-    parser.add_argument("--iters", type=int, default=1200, help="training iterations per model")
+    parser.add_argument("--iters", type=int, default=1500, help="training iterations per model")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--max_len", type=int, default=50, help="longest snippet (buckets of 10 up to it)")
