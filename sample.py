@@ -39,10 +39,10 @@ def check_options(given: dict, cfg: SampleConfig, model_type: str) -> None:
     """Refuse another family's option set to something other than its default (it would be silently ignored)."""
     source = cfg.out_dir if cfg.init_from == "resume" else cfg.init_from
     for key in given:
-        owner = next((name for name, f in FAMILIES.items() if key in f.sample_options), model_type)
-        if owner != model_type and getattr(cfg, key) != getattr(SampleConfig, key):
+        owners = [name for name, f in FAMILIES.items() if key in f.sample_options]  # e.g. seq2seq and rnn: --decoding
+        if owners and model_type not in owners and getattr(cfg, key) != getattr(SampleConfig, key):
             hint = " (in Python: model.hooks(ablate_heads(...)), lens/interventions.py)" if key == "ablate" else ""
-            raise ConfigError(f"--{key} is for {FAMILIES[owner].description} checkpoint and {source} holds "
+            raise ConfigError(f"--{key} is for {FAMILIES[owners[0]].description} checkpoint and {source} holds "
                               f"{FAMILIES[model_type].description}; drop --{key}{hint}.")
 
 

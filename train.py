@@ -26,7 +26,7 @@ from lens.training_probe import probe
 from model import GPT
 from training import distributed
 from training.config import TrainConfig, build, coerce, field_types, from_dict, parse_args, to_dict
-from training.families import family
+from training.families import check_family_keys, family
 from training.logger import RunLogger, log_attention
 from training.mfu import device_peak, flops_per_token, mfu
 from training.muon import make_muon_adamw
@@ -98,7 +98,9 @@ def estimate_loss(model, batches, cfg: TrainConfig, autocast, ranks) -> dict:
 def load_config(argv: list[str]):
     """Build (TrainConfig, model config, checkpoint or None) from the command line."""
     values = parse_args(argv)
-    cfg, model_cfg = build(values, TrainConfig, family(str(values.get("model_type", "gpt"))).config)
+    model_type = str(values.get("model_type", "gpt"))
+    check_family_keys(values, model_type)  # e.g. --cell (an RNN's) on a Transformer: an error, not ignored
+    cfg, model_cfg = build(values, TrainConfig, family(model_type).config)
     ckpt = None
     if cfg.init_from == "resume":
         ckpt = load_checkpoint(cfg.out_dir)

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from model.hooks import HookPoint
 from model.rotary import Rotary
-from weights.common import ConfigError
+from weights.common import IGNORE_INDEX, ConfigError
 
 SCORES: dict[str, type] = {}
 WEIGHTINGS: dict[str, type] = {}
@@ -59,6 +59,14 @@ def check_variants(config) -> None:
     if config.hard_attention_eval not in Hard.eval_modes:
         raise ConfigError(f"hard_attention_eval must be one of {', '.join(Hard.eval_modes)}, "
                           f"got {config.hard_attention_eval!r}.")
+    if config.hard_attention_baseline not in Hard.baselines:
+        raise ConfigError(f"hard_attention_baseline must be one of {', '.join(Hard.baselines)}, "
+                          f"got {config.hard_attention_baseline!r}.")
+    if not 0.0 <= config.hard_attention_baseline_momentum < 1.0:
+        raise ConfigError("hard_attention_baseline_momentum must be in [0, 1), "
+                          f"got {config.hard_attention_baseline_momentum}.")
+    if not 0.0 <= config.hard_attention_entropy < float("inf"):
+        raise ConfigError(f"hard_attention_entropy must be >= 0 and finite, got {config.hard_attention_entropy}.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,31 +213,97 @@ class Hard(Weighting):
     - `gumbel`: straight-through Gumbel-softmax. The forward pass picks argmax(scores + Gumbel noise),
       a sample from softmax(scores); the backward pass uses the gradient of softmax((scores + noise) / tau).
     - `straight_through`: the forward pass picks argmax(scores); the backward pass uses softmax(scores / tau).
+    - `reinforce`: the forward pass samples a key from p = softmax(scores / tau); no gradient flows
+      through the choice. The scores learn from the score-function estimator (Williams, 1992; Xu et
+      al., 2015): the model's forward hands the per-sequence losses to `reinforce_term`, whose
+      gradient is sum_b w_b (loss_b - baseline) grad log p(choices of b), minus an entropy bonus.
     At evaluation `eval_mode` picks the argmax or a sample (Gumbel-max). Masked keys (score -inf) are
     never chosen; a row whose keys are all masked gets zero weights.
     """
 
-    estimators = ("gumbel", "straight_through")
+    estimators = ("gumbel", "straight_through", "reinforce")
     eval_modes = ("argmax", "sample")
+    baselines = ("moving_average", "none")
 
     def __init__(self, config=None):
         super().__init__(config)
         self.temperature = getattr(config, "hard_attention_temperature", 1.0)
         self.estimator = getattr(config, "hard_attention_estimator", "gumbel")
         self.eval_mode = getattr(config, "hard_attention_eval", "argmax")
+        self.log_prob = self.entropy = None  # (B,) of the last training forward pass (reinforce)
+        if self.estimator == "reinforce":
+            self.use_baseline = getattr(config, "hard_attention_baseline", "moving_average") != "none"
+            self.momentum = getattr(config, "hard_attention_baseline_momentum", 0.9)
+            self.entropy_weight = getattr(config, "hard_attention_entropy", 0.0)
+            self.register_buffer("baseline", torch.tensor(float("nan")))  # nan: no step seen yet
 
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
         has_key = scores.isfinite().any(dim=-1, keepdim=True)  # False for rows with every key masked
         dtype, scores = scores.dtype, scores.float().masked_fill(~has_key, 0.0)
+        if self.training and self.estimator == "reinforce":
+            return self.sample_for_reinforce(scores, has_key).to(dtype)
         noisy = self.training and self.estimator == "gumbel" or not self.training and self.eval_mode == "sample"
         if noisy:  # Gumbel(0, 1) noise: argmax(scores + noise) is a sample from softmax(scores)
-            uniform = torch.rand_like(scores).clamp_(min=torch.finfo(scores.dtype).tiny)
-            scores = scores - torch.log(-torch.log(uniform))
+            scores = scores + gumbel_noise(scores)
         choice = F.one_hot(scores.argmax(dim=-1), scores.size(-1)).to(scores.dtype)  # (B, nh, T, S)
         if self.training and torch.is_grad_enabled():
             soft = F.softmax(scores / self.temperature, dim=-1)
             choice = choice + (soft - soft.detach())  # the value of the choice, the gradient of soft
         return (choice * has_key).to(dtype)
+
+    def sample_for_reinforce(self, scores: torch.Tensor, has_key: torch.Tensor) -> torch.Tensor:
+        """One-hot sample from softmax(scores / tau); keep each sequence's log-probability and entropy."""
+        log_p = F.log_softmax(scores / self.temperature, dim=-1)  # (B, nh, T, S)
+        index = (log_p.detach() + gumbel_noise(log_p)).argmax(dim=-1, keepdim=True)  # (B, nh, T, 1)
+        real = has_key.squeeze(-1)  # (B, nh, T): rows with a key to choose
+        if torch.is_grad_enabled():
+            chosen = log_p.gather(-1, index).squeeze(-1) * real
+            entropy = -(log_p.exp() * log_p.masked_fill(log_p == float("-inf"), 0.0)).sum(-1) * real
+            self.log_prob, self.entropy = chosen.flatten(1).sum(1), entropy.flatten(1).sum(1)  # (B,)
+        choice = torch.zeros_like(scores).scatter_(-1, index, 1.0)  # (B, nh, T, S), no gradient
+        return choice * has_key
+
+    def reinforce_term(self, seq_loss: torch.Tensor, seq_weight: torch.Tensor) -> torch.Tensor:
+        """Surrogate whose gradient is the REINFORCE estimate for the last forward pass; its value is 0.
+
+        seq_loss (B,): each sequence's mean loss (minus the reward); seq_weight (B,): its share of the
+        batch loss. Updates the moving-average baseline (after use: the estimate stays unbiased).
+        """
+        log_prob, entropy = self.log_prob, self.entropy
+        self.log_prob = self.entropy = None
+        seq_loss = seq_loss.detach().float()
+        baseline = self.baseline if self.use_baseline and not self.baseline.isnan() else None
+        advantage = seq_loss - (baseline if baseline is not None else 0.0)
+        term = (seq_weight * advantage * log_prob).sum() - self.entropy_weight * (seq_weight * entropy).sum()
+        if self.use_baseline:
+            batch_mean = (seq_weight * seq_loss).sum() / seq_weight.sum()
+            new = batch_mean if baseline is None else self.momentum * baseline + (1 - self.momentum) * batch_mean
+            self.baseline.copy_(new)
+        return term - term.detach()
+
+
+def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) noise shaped like `like`: argmax(logits + noise) is a sample from softmax(logits)."""
+    uniform = torch.rand_like(like, dtype=torch.float).clamp_(min=torch.finfo(torch.float).tiny)
+    return -torch.log(-torch.log(uniform))
+
+
+def reinforce_term(model: nn.Module, logits: torch.Tensor, targets: torch.Tensor,
+                   ignore_index: int = IGNORE_INDEX) -> torch.Tensor | float:
+    """Sum of the REINFORCE surrogates of every hard weighting that sampled in this forward pass (else 0).
+
+    logits (B, T, V) and targets (B, T) give each sequence's mean token loss (its minus reward) and
+    its share of the batch's mean loss; add the result to the loss (its value is 0, only its gradient counts).
+    """
+    pending = [m for m in model.modules() if isinstance(m, Hard) and m.log_prob is not None]
+    if not pending:
+        return 0.0
+    token_loss = F.cross_entropy(logits.detach().flatten(0, 1).float(), targets.reshape(-1),
+                                 ignore_index=ignore_index, reduction="none").view(targets.shape)  # (B, T)
+    counts = (targets != ignore_index).sum(1).float()  # (B,)
+    seq_loss = token_loss.sum(1) / counts.clamp(min=1)
+    seq_weight = counts / counts.sum().clamp(min=1)
+    return sum(m.reinforce_term(seq_loss, seq_weight) for m in pending)
 
 
 # ----------------------------------------------------------------------------------------------

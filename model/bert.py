@@ -90,7 +90,7 @@ class BERT(Family):
         The loss counts only positions whose label is not IGNORE_INDEX (-100): the masked ones.
         """
         logits = self.head(self.encode(input_ids, attention_mask, token_type_ids))
-        return logits_and_loss(logits, labels, self.config.logit_softcap)
+        return logits_and_loss(logits, labels, self.config.logit_softcap, self)
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -30,8 +30,12 @@ class TransformerConfig:
     cross_attn_score: str = "scaled_dot"  # the same two choices for cross-attention (encoder-decoder only)
     cross_attn_weighting: str = "softmax"
     hard_attention_temperature: float = 1.0  # tau of the hard weighting's training estimator
-    hard_attention_estimator: str = "gumbel"  # 'gumbel' (straight-through Gumbel-softmax) or 'straight_through'
+    hard_attention_estimator: str = "gumbel"  # 'gumbel' (straight-through Gumbel-softmax), 'straight_through' or 'reinforce'
     hard_attention_eval: str = "argmax"  # hard attention at evaluation: 'argmax' or 'sample'
+    # REINFORCE estimator only (hard_attention_estimator='reinforce'; model/attention.py Hard)
+    hard_attention_baseline: str = "moving_average"  # subtracted from the per-sequence loss: 'moving_average' or 'none'
+    hard_attention_baseline_momentum: float = 0.9  # the moving average's decay per training step
+    hard_attention_entropy: float = 0.0  # weight of the entropy bonus on the sampling distribution
     activation: str = "gelu"  # MLP non-linearity (model/layers.py ACTIVATIONS); GPT-2 uses gelu_tanh
     # MLP hidden width (BERT's intermediate_size, GPT-2's n_inner); None: 4 * n_embd, or for a gated
     # activation (SwiGLU) 2/3 of that rounded up to a multiple of 8, which keeps the parameter count
@@ -151,4 +155,94 @@ class Seq2SeqConfig(TransformerConfig):
         return self.source_vocab_size == self.vocab_size
 
 
-__all__ = ["ConfigError", "TransformerConfig", "GPTConfig", "BERTConfig", "Seq2SeqConfig"]
+@dataclass
+class RNNConfig:
+    """An RNN encoder-decoder (model/rnn.py): a GRU or LSTM encoder (bidirectional by default) and decoder.
+
+    attention=False: the decoder starts from, and reads at every step, one fixed-size summary of the
+    source (Cho et al., 2014). attention=True: each decoder state queries the encoder states through
+    the shared Attention module (Luong et al., 2015; attn_score='additive' is Bahdanau et al.'s score).
+    Sizes follow Seq2SeqConfig: block_size/vocab_size are the target side's; each source size given
+    as 0 is set to the target side's in __post_init__.
+    """
+
+    block_size: int = 64  # longest target (BOS + tokens, or tokens + EOS) decoded
+    vocab_size: int = 65  # set from the dataset's meta.json by train.py
+    source_block_size: int = 0  # longest source; 0: block_size
+    source_vocab_size: int = 0  # 0: one vocabulary (and embedding) for source and target
+    cell: str = "gru"  # recurrent cell: 'gru' or 'lstm'
+    n_layer: int = 1  # stacked recurrent layers, in the encoder and in the decoder
+    n_embd: int = 128  # token embeddings, decoder state and encoder states (both directions together)
+    bidirectional: bool = True  # encoder reads the source both ways (n_embd / 2 per direction)
+    attention: bool = True
+    n_head: int = 1  # heads of the decoder's attention over the encoder states
+    attn_score: str = "additive"  # how a decoder state is compared with an encoder state
+    attn_weighting: str = "softmax"
+    hard_attention_temperature: float = 1.0  # the options of attn_weighting='hard', as in TransformerConfig
+    hard_attention_estimator: str = "gumbel"
+    hard_attention_eval: str = "argmax"
+    hard_attention_baseline: str = "moving_average"
+    hard_attention_baseline_momentum: float = 0.9
+    hard_attention_entropy: float = 0.0
+    dropout: float = 0.0
+    bias: bool = True
+    tie_embeddings: bool = True  # the output layer shares the target embedding's weights
+    # what the shared Attention module reads; fixed for this family (no positions, no QK-norm)
+    qk_norm = False
+    pos_emb = "none"
+    norm_eps = 1e-5
+    logit_softcap = 0.0
+    cells = ("gru", "lstm")
+
+    def __post_init__(self):
+        for name in ("block_size", "vocab_size", "n_layer", "n_embd", "n_head"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        for name in ("source_block_size", "source_vocab_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be a positive integer, or 0 for the target side's value.")
+        if self.cell not in self.cells:
+            raise ConfigError(f"cell must be one of {', '.join(self.cells)}, got {self.cell!r}.")
+        if self.bidirectional and self.n_embd % 2:
+            raise ConfigError(f"a bidirectional encoder gives n_embd / 2 to each direction; make n_embd "
+                              f"({self.n_embd}) even or set bidirectional=False.")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}).")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}.")
+        defaults = RNNConfig.__dataclass_fields__
+        if not self.attention and any(getattr(self, k) != defaults[k].default for k in ("attn_score", "attn_weighting")):
+            raise ConfigError("attn_score and attn_weighting choose the attention, which attention=False turns off; "
+                              "drop them or set attention=True.")
+        check_variants(self)
+        self.source_block_size = self.source_block_size or self.block_size
+        self.source_vocab_size = self.source_vocab_size or self.vocab_size
+
+    # the decoder's attention is cross-attention: check_variants reads these names
+    @property
+    def cross_attn_score(self) -> str:
+        """The score of the decoder's attention over the encoder states (= attn_score)."""
+        return self.attn_score
+
+    @property
+    def cross_attn_weighting(self) -> str:
+        """The weighting of the decoder's attention (= attn_weighting)."""
+        return self.attn_weighting
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.n_embd // self.n_head
+
+    @property
+    def shared_vocab(self) -> bool:
+        """True when source and target use one vocabulary and one embedding table."""
+        return self.source_vocab_size == self.vocab_size
+
+    def with_vocab_size(self, vocab_size: int) -> "RNNConfig":
+        """A copy for another vocabulary; a source vocabulary shared with the target follows it."""
+        source = vocab_size if self.shared_vocab else self.source_vocab_size
+        return dataclasses.replace(self, vocab_size=vocab_size, source_vocab_size=source)
+
+
+__all__ = ["ConfigError", "TransformerConfig", "GPTConfig", "BERTConfig", "Seq2SeqConfig", "RNNConfig"]

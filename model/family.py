@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.attention import reinforce_term
 from model.hooks import HookedModel
 from model.layers import softcap
 from weights.common import IGNORE_INDEX
@@ -45,13 +46,21 @@ def tie_head(head: nn.Linear, embedding: nn.Embedding, config) -> None:
         head.zero_init = True
 
 
-def logits_and_loss(logits: torch.Tensor, targets: torch.Tensor | None, cap: float = 0.0):
+def logits_and_loss(logits: torch.Tensor, targets: torch.Tensor | None, cap: float = 0.0,
+                    model: nn.Module | None = None):
     """Soft-capped logits (B, T, V); with targets (B, T) also the mean cross-entropy over the targets
-    that are not IGNORE_INDEX (-100)."""
+    that are not IGNORE_INDEX (-100).
+
+    Given the model, the loss also carries the REINFORCE surrogate of its hard attention layers that
+    sampled in this forward pass (model/attention.py reinforce_term): its value is 0, its gradient trains
+    their scores.
+    """
     logits = softcap(logits, cap)
     if targets is None:
         return logits
     loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+    if model is not None:
+        loss = loss + reinforce_term(model, logits, targets)
     return logits, loss
 
 

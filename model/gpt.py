@@ -91,7 +91,7 @@ class GPT(Family):
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:]
-        return logits_and_loss(self.lm_head(x), targets, self.config.logit_softcap)  # (B, T, V) [, loss]
+        return logits_and_loss(self.lm_head(x), targets, self.config.logit_softcap, self)  # (B, T, V) [, loss]
 
     @torch.no_grad()
     def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

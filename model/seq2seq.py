@@ -117,7 +117,7 @@ class Seq2Seq(Family):
         """
         memory = self.encoder(src, src_mask)
         return logits_and_loss(self.lm_head(self.decoder(tgt, memory, src_mask, tgt_mask)), targets,
-                               self.config.logit_softcap)
+                               self.config.logit_softcap, self)
 
     def new_caches(self, source_len: int) -> tuple[list[KVCache], list[KVCache]]:
         """Empty self-attention and cross-attention caches, one of each per decoder block."""

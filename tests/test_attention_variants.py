@@ -173,7 +173,10 @@ def test_cross_attention_has_its_own_variant():
     ("cross_attn_weighting", "argmax", "cross_attn_weighting must be one of"),
     ("hard_attention_temperature", 0.0, "hard_attention_temperature must be > 0"),
     ("hard_attention_temperature", float("inf"), "hard_attention_temperature must be > 0 and finite"),
-    ("hard_attention_estimator", "reinforce", "hard_attention_estimator must be one of gumbel, straight_through"),
+    ("hard_attention_estimator", "score_function", "hard_attention_estimator must be one of gumbel, straight_through, reinforce"),
+    ("hard_attention_baseline", "learned", "hard_attention_baseline must be one of moving_average, none"),
+    ("hard_attention_baseline_momentum", 1.0, "hard_attention_baseline_momentum must be in"),
+    ("hard_attention_entropy", -0.1, "hard_attention_entropy must be >= 0"),
     ("hard_attention_eval", "beam", "hard_attention_eval must be one of argmax, sample"),
 ])
 def test_invalid_variants_are_config_errors(key, value, match):

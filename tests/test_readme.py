@@ -27,7 +27,10 @@ SHORT_RUN = ["--device=cpu", "--max_iters=2", "--eval_iters=1", "--eval_interval
              "--warmup_iters=0", "--compile=False"]
 # the README's out_dir names, and the README training command that makes each (the sampling commands read them)
 CHECKPOINTS = {"out": "python train.py", "out-bert": "python train.py config/bert_shakespeare_char.py",
-               "out-seq2seq": "python train.py config/seq2seq_reverse.py"}
+               "out-seq2seq": "python train.py config/seq2seq_reverse.py",
+               "out-rnn": "python train.py --model_type=rnn --dataset=reverse --block_size=42 --source_block_size=40 "
+                          "--out_dir=out-rnn --n_embd=128 --batch_size=32 --max_iters=1500 --learning_rate=3e-3 "
+                          "--eval_interval=500"}
 ALIASES = {"out-shakespeare": "out", "out-big": "out-bert"}  # made by skipped commands: a checkpoint of the same use
 NEEDS_INTERNET = "needs the internet"
 SKIPPED = {  # exact command -> why it does not run here
@@ -115,7 +118,7 @@ def small_args(argv: list[str], work: str, chars: str, pairs: str) -> list[str]:
         values = parse_args(args)
         if values.get("init_from") == "resume":  # a stored run (a checkpoint of the work folder): its model stays
             return SHORT_RUN[:3]
-        seq2seq = values.get("model_type") == "seq2seq"
+        seq2seq = values.get("model_type") in ("seq2seq", "rnn")  # the encoder-decoders read pairs
         return [*SHORT_RUN, *TINY_MODEL, *([] if seq2seq else ["--block_size=32"]),
                 f"--data_dir={pairs if seq2seq else chars}", f"--out_dir={out}", "--overwrite=True"]
     plays = os.path.join(chars, "input.txt")
@@ -132,6 +135,9 @@ def small_args(argv: list[str], work: str, chars: str, pairs: str) -> list[str]:
                                              "--speed_rounds=1", f"--data_dir={chars}", *SHORT_RUN[2:], *TINY_MODEL],
         "benchmarks/modern_recipe.py": [f"--data_dir={chars}", f"--out={os.path.join(work, 'new', 'bench')}",
                                         "--eval_interval=1", *SHORT_RUN, *TINY_MODEL],
+        "benchmarks/bottleneck.py": ["--iters=2", "--per_bucket=2", "--max_len=10", "--batch_size=2", "--jobs=1",
+                                     f"--out={os.path.join(work, 'new', 'bench')}"],
+        "tools/export_hf.py": [],  # exports the work folder's tiny `out` into it
         "bench.py": ["--configs=cpu_char", "--steps=1", "--warmup=0", "--new_tokens=2", "--device=cpu"],
     }
     if script not in appended:
@@ -207,4 +213,4 @@ def test_commands_found():
     joined = [text(c) for c in COMMANDS]
     assert "torchrun --standalone --nproc_per_node=2 train.py --device=cpu" in joined
     assert any(j.startswith("python sample.py --out_dir=out --start=ROMEO:") and j.endswith("--seed=1337") for j in joined)
-    assert len(COMMANDS) > 30 and all(c[0] in ("python", "pip", "torchrun") for c in COMMANDS), joined
+    assert len(COMMANDS) > 30 and all(c[0] in ("python", "pip", "torchrun", "bash") for c in COMMANDS), joined

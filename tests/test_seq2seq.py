@@ -311,7 +311,7 @@ def test_pair_batches_metrics_on_a_hand_made_case(tmp_path):
     batches = PairBatches(str(tmp_path), Seq2SeqConfig(vocab_size=tok.vocab_size, block_size=8), 2, tokenizer=tok)
     a, b, c, eos = (*tok.encode("abc"), tok.special_ids["[EOS]"])
     batch = batches.collate([([a, b], [b, a]), ([c], [c])])
-    assert batch["targets"].tolist() == [[b, a, eos], [c, eos, -1]]
+    assert batch["targets"].tolist() == [[b, a, eos], [c, eos, IGNORE_INDEX]]
     predicted = torch.tensor([[b, a, a], [c, c, eos]])  # right: b, a (not EOS); c (not EOS); padding not counted
     logits = torch.nn.functional.one_hot(predicted, tok.vocab_size).float()
     assert batches.eval_metrics(logits, batch) == {"token_accuracy": 3 / 5}

@@ -1,5 +1,5 @@
 """What sample.py does with each model family: continue a prompt (GPT), fill its masks (BERT), decode
-each of its lines (encoder-decoder); and the attention maps of the result (--attention_dir).
+each of its lines (encoder-decoder, Transformer or RNN); and the attention maps of the result (--attention_dir).
 
 training/families.py registers each function as its family's `decode`.
 """
@@ -191,6 +191,9 @@ def sample_seq2seq(model, tokenizer, cfg: SampleConfig, device: str, dtype: str)
     sources = [line for line in read_prompt(cfg.start).splitlines() if line.strip()]
     if not sources:
         raise ConfigError("the prompt is empty; pass a line of text with --start.")
+    if cfg.attention_dir and not any(name.endswith(".pattern") for name in model.hook_names()):
+        raise ConfigError("this model has no attention to draw (an RNN trained with attention=False); "
+                          "drop --attention_dir.")
     ids = [tokenizer.encode(line) for line in sources]
     limit = model.config.source_block_size
     if max(map(len, ids)) > limit:

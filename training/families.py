@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from data.loader import LMBatches
 from data.mlm import MLMBatches
 from data.pairs import PairBatches
-from model import BERT, GPT, BERTConfig, GPTConfig, Seq2Seq, Seq2SeqConfig
-from training.config import from_dict
+from model import BERT, GPT, BERTConfig, GPTConfig, RNNConfig, RNNEncoderDecoder, Seq2Seq, Seq2SeqConfig
+from training.config import TrainConfig, field_types, from_dict
 from training.decoding import fill_mask, sample_gpt, sample_seq2seq
 from weights.checkpoint import CheckpointError, upgrade_state
 from weights.common import ConfigError
@@ -33,6 +33,9 @@ FAMILIES: dict[str, ModelFamily] = {
     "bert": ModelFamily(BERT, BERTConfig, MLMBatches, fill_mask, "a BERT (fill-mask)", ("candidates",)),
     "seq2seq": ModelFamily(Seq2Seq, Seq2SeqConfig, PairBatches, sample_seq2seq, "an encoder-decoder",
                            ("decoding", "beam_size", "length_penalty")),
+    # model/rnn.py: GRU/LSTM encoder-decoder, with or without attention; the same pairs and decoding as seq2seq
+    "rnn": ModelFamily(RNNEncoderDecoder, RNNConfig, PairBatches, sample_seq2seq, "an RNN encoder-decoder",
+                       ("decoding", "beam_size", "length_penalty")),
 }
 
 
@@ -41,6 +44,17 @@ def family(model_type: str) -> ModelFamily:
     if model_type not in FAMILIES:
         raise ConfigError(f"model_type must be one of {', '.join(FAMILIES)}, got {model_type!r}.")
     return FAMILIES[model_type]
+
+
+def check_family_keys(values: dict, model_type: str) -> None:
+    """Raise a ConfigError for a model option that belongs to another family than model_type (e.g. --cell,
+    an RNN's, on a Transformer), naming its families; build() would only call it unknown."""
+    own = set(field_types(TrainConfig)) | set(field_types(family(model_type).config))
+    for key in values:
+        owners = [name for name, entry in FAMILIES.items() if key not in own and key in field_types(entry.config)]
+        if owners:
+            raise ConfigError(f"{key} is an option of model_type={' or '.join(owners)}, not of "
+                              f"model_type={model_type}; drop --{key} or pick another --model_type.")
 
 
 def model_from_checkpoint(ckpt: dict):
