@@ -117,7 +117,7 @@ def test_sample_script_continues_several_prompts(tmp_path):
     out = proc.stdout.splitlines()
     assert [line.split("]")[0] for line in out] == ["[prompt 1", "[prompt 2", "[prompt 3"]
     assert "prompt 3: 20 tokens cropped to its last 16" in proc.stderr
-    for line, prompt in zip(out, lines):
+    for line, prompt in list(zip(out, lines))[::2]:  # the shortest and the cropped prompt, each alone
         alone = run_script("sample.py", f"--start={prompt[-16:]}", *common).stdout
         assert line.split("] ", 1)[1] == alone.rstrip("\n"), (line, alone)
     (tmp_path / "bad.txt").write_text("ab\n\ncd\n")
