@@ -50,8 +50,8 @@ class GPT(Family):
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str, dropout: float = 0.0, block_size: int | None = None) -> "GPT":
-        """OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local Hugging Face GPT-2 folder;
-        a block_size below GPT-2's 1024 keeps the first position embeddings."""
+        """OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local Hugging Face GPT-2, Llama or Qwen3
+        folder (any MLP width); a block_size below the model's keeps the first position embeddings."""
         values, state = read_gpt2(name_or_dir, dropout, block_size)
         model = cls(gpt2_config(values, name_or_dir))
         own = {k: v for k, v in model.state_dict().items() if not (model.config.tie_embeddings and k == "lm_head.weight")}
