@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 
@@ -8,14 +9,27 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_threads():
-    """Every test starts from seed 0 on one thread: a trained loss then does not depend on the core count."""
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """The whole suite (module fixtures too) on one thread: a trained loss then does not depend on the core
+    count, and OpenMP does not spin against a busy CPU. Scripts run by run_script use their own defaults."""
     threads = torch.get_num_threads()
-    torch.manual_seed(0)
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from seed 0."""
+    torch.manual_seed(0)
+
+
+def copy_dataset(source, folder):
+    """Copy a prepared dataset's files (train.bin, val.bin, meta.json) into folder; return folder."""
+    for name in ("train.bin", "val.bin", "meta.json"):
+        shutil.copy(source / name, folder / name)
+    return folder
 
 
 @pytest.fixture(scope="session")

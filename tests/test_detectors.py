@@ -12,15 +12,6 @@ from lens.interventions import ablate_heads
 V, HALF = 24, 8  # vocabulary, length of the random half that is repeated
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest (and deterministically) on one thread; the setting is restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def train_on_repeated_tokens(steps: int = 160) -> GPT:
     """A 2-layer attention-only GPT trained on [r, r] sequences of random tokens r (fixed seed)."""
     torch.manual_seed(0)

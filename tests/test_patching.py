@@ -8,15 +8,6 @@ from model import GPT, GPTConfig, Seq2Seq, Seq2SeqConfig
 from model.cache import LensError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest (and deterministically) on one thread; the setting is restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_gpt(**overrides):
     torch.manual_seed(2)
     config = dict(n_layer=2, n_head=3, n_embd=24, vocab_size=50, block_size=16, bias=True)

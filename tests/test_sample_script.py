@@ -1,13 +1,13 @@
 """sample.py's options, run in-process on tiny trained checkpoints: --start=FILE:, --seed, --temperature,
 --top_p, and the encoder-decoder's --decoding=sample; each output compared with the model's own decoding."""
 
-import shutil
 
 import pytest
 import torch
 
 import sample
 import train
+from conftest import copy_dataset
 from data.pairs import reverse_pairs, write_pairs_dataset
 from data.tokenizer import from_meta
 from model import ConfigError, load_checkpoint
@@ -17,21 +17,10 @@ TINY = ["--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_
         "--log_interval=100", "--warmup_iters=2", "--learning_rate=3e-3", "--device=cpu", "--dtype=float32"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: the same numbers on any machine, and no OpenMP spinning against a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def gpt_dir(char_data, tmp_path_factory):
     """A GPT trained for 20 iterations on a copy of the char dataset."""
-    folder = tmp_path_factory.mktemp("sample_gpt")
-    for name in ("train.bin", "val.bin", "meta.json"):
-        shutil.copy(char_data / name, folder / name)
+    folder = copy_dataset(char_data, tmp_path_factory.mktemp("sample_gpt"))
     train.main([f"--data_dir={folder}", f"--out_dir={folder / 'out'}", "--max_iters=20", "--eval_interval=20", *TINY])
     return folder / "out"
 

@@ -4,13 +4,13 @@ the checkpoint policy, --attn_stats_interval, and the GPT-2 initialisation it st
 import dataclasses
 import json
 import math
-import shutil
 
 import pytest
 import torch
 from torch import nn
 
 import train
+from conftest import copy_dataset
 from data.tokenizer import from_meta
 from lens.recorder import head_stats_all, stats_table
 from model import GPT, GPTConfig, load_checkpoint
@@ -22,22 +22,10 @@ TINY = ["--n_layer=2", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_
         "--log_interval=100", "--warmup_iters=2", "--learning_rate=3e-3", "--device=cpu", "--dtype=float32"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: the same numbers on any machine, and no OpenMP spinning against a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data(char_data, tmp_path_factory):
     """A private copy of the char dataset (the session fixture's files stay untouched)."""
-    folder = tmp_path_factory.mktemp("loopdata")
-    for name in ("train.bin", "val.bin", "meta.json"):
-        shutil.copy(char_data / name, folder / name)
-    return folder
+    return copy_dataset(char_data, tmp_path_factory.mktemp("loopdata"))
 
 
 def run(data, out, *args):
