@@ -1,9 +1,9 @@
 """The fixed-size bottleneck, measured: RNN encoder-decoders with and without attention, and a Transformer,
 reversing Shakespeare snippets of 1 to 50 characters; then hard attention trained three ways.
 
-    python benchmarks/bottleneck.py --quick          # a few minutes: 300 iterations per model
-    python benchmarks/bottleneck.py                  # the documented run (docs/bottleneck.md)
-    python benchmarks/bottleneck.py --only=bottleneck --iters=2000 --out=bench-bottleneck
+    python benchmarks/bottleneck.py --quick          # 300 iterations per model (10.6 min at load 11 on 2 cores)
+    python benchmarks/bottleneck.py --jobs=5         # the documented run (docs/bottleneck.md), 1,500 iterations
+    python benchmarks/bottleneck.py --only=hard --iters=3000 --out=bench-hard
 
 Every model gets the same budget: the same number of training iterations of the same batches (snippets
 drawn at random positions of the first 90% of the corpus; a batch's longest length is uniform in
