@@ -28,6 +28,7 @@ SHORT_RUN = ["--device=cpu", "--max_iters=2", "--eval_iters=1", "--eval_interval
 # the README's out_dir names, and the README training command that makes each (the sampling commands read them)
 CHECKPOINTS = {"out": "python train.py", "out-bert": "python train.py config/bert_shakespeare_char.py",
                "out-seq2seq": "python train.py config/seq2seq_reverse.py",
+               "out-induction-repeats": "python train.py config/induction_shakespeare_repeats.py",
                "out-rnn": "python train.py --model_type=rnn --dataset=reverse --block_size=42 --source_block_size=40 "
                           "--out_dir=out-rnn --n_embd=128 --batch_size=32 --max_iters=1500 --learning_rate=3e-3 "
                           "--eval_interval=500"}
@@ -89,6 +90,8 @@ def skip_reason(argv: list[str]) -> str | None:
         return SKIPPED[text(argv)]
     argv = without_optional(argv)
     script = [a for a in argv if a.endswith(".py")][:1]
+    if script == ["tools/circuits.py"] and option(argv, "init_from") not in (None, "resume"):
+        return f"{NEEDS_INTERNET} (downloads OpenAI's GPT-2 from the Hugging Face Hub)"
     if script == ["train.py"] or script == ["sample.py"]:
         values = parse_args(argv[argv.index(script[0]) + 1:])
         if str(values.get("init_from", "scratch" if script == ["train.py"] else "resume")) not in ("scratch", "resume"):
@@ -125,6 +128,7 @@ def small_args(argv: list[str], work: str, chars: str, pairs: str) -> list[str]:
     appended = {
         "sample.py": ["--device=cpu", "--max_new_tokens=3", "--num_samples=1"],
         "tools/plot_metrics.py": [],
+        "tools/plot_heads.py": [],  # reads the tiny induction run the fixture trained
         "data/shakespeare_char/prepare.py": [],  # reads the work folder's (small) input.txt
         "data/shakespeare/prepare.py": [f"--input={plays}", f"--out_dir={data}"],  # not all 38 plays, nor into data/
         "data/fineweb/prepare.py": [f"--out_dir={data}", "--num_proc=1", "--shard_tokens=2000", "--val_tokens=500"],
