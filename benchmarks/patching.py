@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the repository instead of this folder, whose bottleneck.py would shadow pandas' optional `bottleneck`
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 from lens import patching  # noqa: E402
 from model import GPT  # noqa: E402
 

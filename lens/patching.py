@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from model.cache import LensError, get_stack
+from model.attention import KVCache
 from model.layers import softcap
 
 Metric = Callable[[torch.Tensor], torch.Tensor | float]
@@ -72,6 +73,13 @@ def kind_sites(model, kind: str, clean_cache, stack: str | None = None) -> tuple
     return indices, patches
 
 
+# hooks inside a block whose activation holds only the positions a pass computes, and their time dim (after
+# batch): a causal pass that starts at position p (the positions before it read from the corrupted run) can
+# patch them. Keys, values, scores and patterns also span the cached positions, so patching them starts at 0.
+TIME_DIMS = {"resid_pre": 0, "resid_mid": 0, "resid_post": 0, "attn.out": 0, "mlp.post": 0, "mlp.out": 0,
+             "attn.z": 1, "attn.q": 1}
+
+
 def default_batch_size(logits_elements: int) -> int:
     """Patched copies per forward pass: about 2^25 logits (128 MiB in float32) at a time, at least 1."""
     return max(1, (1 << 25) // max(1, logits_elements))
@@ -95,20 +103,27 @@ def activation_patch(model, corrupted_tokens, clean_cache, patching_metric: Metr
 
     Patches run `batch_size` at a time in one forward pass each (default: about 2^25 logits per pass);
     an empty patch gives the corrupted metric. `progress` (a label) prints a counter on stderr.
+    A decoder-only model's pass starts where its patches do (see Corrupted): at their first block, and
+    at their first position when every site names one.
     """
     inputs = as_inputs(corrupted_tokens)
     structure = get_stack(model)
     check_lengths(inputs, clean_cache, structure)
     results, size, todo = [], batch_size, list(patches)
     with torch.no_grad():
-        streams = None  # a decoder-only model restarts each pass at its first patched block (see forward_from)
+        corrupted = None
         if structure.prefix == "" and structure.causal and len(inputs) == 1:
-            streams = model.run_with_cache(*inputs, names_filter="blocks.*.resid_pre")[1]
+            corrupted = Corrupted(model, inputs[0])
         while todo:
-            chunk, todo = todo[:size or 1], todo[size or 1:]  # without a size, one patch first to learn it
-            values = run_patches(model, inputs, clean_cache, patching_metric, chunk, streams)
+            size = size or 1  # without a size, one patch first to learn it
+            chunk = todo[:size]
+            if corrupted is not None:  # one start (block, position) per pass: cut where the block changes
+                layer = corrupted.start(chunk[:1])[0]
+                chunk = list(itertools.takewhile(lambda patch: corrupted.start([patch])[0] == layer, chunk))
+            todo = todo[len(chunk):]
+            values = run_patches(model, inputs, clean_cache, patching_metric, chunk, corrupted)
             results += [value for value, _ in values]
-            size = size or default_batch_size(values[0][1])
+            size = batch_size or default_batch_size(values[0][1])
             if progress:
                 print(f"\r{progress}: {len(results)}/{len(patches)} patches", end="", file=sys.stderr, flush=True)
     if progress:
@@ -116,33 +131,70 @@ def activation_patch(model, corrupted_tokens, clean_cache, patching_metric: Metr
     return torch.tensor(results, dtype=torch.float32)
 
 
-def first_block(patches: Sequence[list[Site]]) -> int:
-    """The lowest block index any site of the patches is in (0 when a site lies before the blocks)."""
-    layers = [re.match(r"blocks\.(\d+)\.", name) for patch in patches for name, _ in patch]
-    return min((int(m.group(1)) if m else 0 for m in layers), default=0)
+class Corrupted:
+    """The corrupted run of a decoder-only (causal) model, kept so that a patched pass can skip what a patch
+    cannot change: the blocks before its first patched block (their output is the corrupted run's), and the
+    positions before its first patched position (causal attention: nothing later flows back). Such a pass
+    starts from the corrupted residual stream and reads the skipped positions' keys and values from here.
+    """
+
+    def __init__(self, model, tokens: torch.Tensor):
+        names = [f"blocks.{l}.{hook}" for l in range(len(model.blocks)) for hook in ("resid_pre", "attn.k", "attn.v")]
+        self.logits, self.cache = model.run_with_cache(tokens, names_filter=names)
+        self.n_layer, self.length = len(model.blocks), tokens.size(1)
+
+    def start(self, patches: Sequence[list[Site]]) -> tuple[int, int]:
+        """(first block, first position) a pass over these patches must compute; (0, 0): the whole model."""
+        layer, position = self.n_layer, self.length
+        for patch in patches:
+            for name, index in patch:
+                found = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+                if not found:  # a site before the blocks (embeddings): the whole pass
+                    return 0, 0
+                layer = min(layer, int(found.group(1)))
+                dim = TIME_DIMS.get(found.group(2))
+                at = index[dim] if dim is not None and len(index) > dim else None
+                position = min(position, at if isinstance(at, int) and at >= 0 else 0)
+        return (0, 0) if layer == self.n_layer else (layer, position)
+
+    def forward(self, model, layer: int, position: int, copies: int) -> torch.Tensor:
+        """Logits of `copies` repeats of the run, blocks from `layer` on computed for positions >= `position`."""
+        x = self.cache[f"blocks.{layer}.resid_pre"][:, position:]
+        x = x.repeat(copies, *([1] * (x.dim() - 1)))
+        repeat = lambda t: t.repeat(copies, 1, 1, 1)  # noqa: E731  (B, nh, T, hs) -> (copies*B, ...)
+        for l in range(layer, self.n_layer):
+            cache = KVCache.holding(repeat(self.cache[f"blocks.{l}.attn.k"]), repeat(self.cache[f"blocks.{l}.attn.v"]),
+                                    position)
+            x = model.blocks[l](x, causal=True, cache=cache)
+        logits = softcap(model.lm_head(model.ln_f(x)), model.config.logit_softcap)
+        if position:
+            before = self.logits[:, :position]
+            logits = torch.cat([before.repeat(copies, 1, 1), logits], dim=1)
+        return logits
 
 
-def forward_from(model, layer: int, x: torch.Tensor) -> torch.Tensor:
-    """A GPT's logits from the stream x (B, T, C) entering block `layer`: the blocks before are skipped,
-    their output being the same as in the corrupted run."""
-    for block in model.blocks[layer:]:
-        x = block(x, causal=True)
-    return softcap(model.lm_head(model.ln_f(x)), model.config.logit_softcap)
-
-
-def run_patches(model, inputs: tuple, clean_cache, metric: Metric, patches: Sequence[list[Site]], streams=None):
+def run_patches(model, inputs: tuple, clean_cache, metric: Metric, patches: Sequence[list[Site]],
+                corrupted: Corrupted | None = None):
     """One forward pass over len(patches) copies of the corrupted input; [(metric value, logits per copy)].
 
-    streams (the corrupted run's resid_pre values of a GPT) let the pass start at the first patched block."""
+    With `corrupted` (a decoder-only model's corrupted run) the pass starts at the patches' first block
+    and position."""
     K = len(patches)
     batch = inputs[0].size(0)
+    layer, position = corrupted.start(patches) if corrupted is not None else (0, 0)
     by_hook: dict[str, list[tuple[int, tuple]]] = {}
     for k, patch in enumerate(patches):
         for name, index in patch:
+            if position:  # the pass holds positions >= position only: index and clean values shift
+                dim = TIME_DIMS[name.split(".", 2)[2]]
+                index = (*index[:dim], index[dim] - position, *index[dim + 1:])
             by_hook.setdefault(name, []).append((k, index))
 
     def setter(activation: torch.Tensor, name: str) -> torch.Tensor:
         clean = clean_cache[name]
+        if position:
+            dim = TIME_DIMS[name.split(".", 2)[2]] + 1
+            clean = clean.narrow(dim, position, clean.size(dim) - position)
         copies = activation.view(K, *clean.shape) if activation.shape[1:] == clean.shape[1:] \
             and activation.size(0) == K * clean.size(0) else None
         if copies is None:
@@ -154,14 +206,11 @@ def run_patches(model, inputs: tuple, clean_cache, metric: Metric, patches: Sequ
             copies[(k, slice(None), *index)] = clean[(slice(None), *index)].to(copies.dtype)
         return copies.view(activation.shape)
 
-    repeated = tuple(x.repeat(K, *([1] * (x.dim() - 1))) for x in inputs)  # (K*B, ...): copy k is rows kB..
-    start = first_block(patches) if streams is not None else 0
     with model.hooks([(list(by_hook), setter)] if by_hook else []):
-        if start > 0:
-            stream = streams[f"blocks.{start}.resid_pre"]
-            logits = forward_from(model, start, stream.repeat(K, *([1] * (stream.dim() - 1))))
+        if corrupted is not None and (layer or position):
+            logits = corrupted.forward(model, layer, position, K)
         else:
-            logits = model(*repeated)
+            logits = model(*(x.repeat(K, *([1] * (x.dim() - 1))) for x in inputs))  # (K*B, ...): copy k is rows kB..
     logits = logits.view(K, batch, *logits.shape[1:])
     return [(float(metric(logits[k])), logits[k].numel()) for k in range(K)]
 

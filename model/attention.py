@@ -339,6 +339,13 @@ class KVCache:
         self.k = self.v = None
         self.len = 0
 
+    @classmethod
+    def holding(cls, k: torch.Tensor, v: torch.Tensor, length: int) -> "KVCache":
+        """A cache of k.size(2) positions whose first `length` are k, v (B, nh, L, hs), copied (the rest is room)."""
+        cache = cls(k.size(2))
+        cache.k, cache.v, cache.len = k.clone(), v.clone(), length
+        return cache
+
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nh, T, hs) after the cached ones; return all keys and values so far."""
         B, nh, T, hs = k.shape

@@ -60,6 +60,36 @@ def test_batched_patching_equals_a_loop_of_single_patches(kind):
     assert table.numel() == len(patches)
 
 
+@pytest.mark.parametrize("kind", ["resid_pre", "resid_mid", "attn_out", "attn_head_out_by_pos", "attn_head_q_by_pos"])
+def test_passes_that_start_late_equal_the_loop_with_rotary_positions_and_odd_sizes(kind):
+    # a GPT's pass starts at the patches' first block and position (the positions before come from the
+    # corrupted run's keys and values): rotary offsets, QK-norm, a soft cap, 3 layers, odd head size
+    model = random_gpt(n_layer=3, n_head=5, n_embd=30, pos_emb="rope", qk_norm=True, logit_softcap=9.0,
+                       block_size=11)
+    clean = torch.randint(0, 50, (2, 11), generator=torch.Generator().manual_seed(4))
+    corrupted = clean.clone()
+    corrupted[:, [1, 8]] = (corrupted[:, [1, 8]] + 3) % 50
+    _, clean_cache = model.run_with_cache(clean)
+    metric_all = lambda logits: (logits[:, :, 3] - logits[:, :, 5]).mean()  # noqa: E731  every position counts
+    _, patches = patching.kind_sites(model, kind, clean_cache)
+    expected = []
+    for patch in patches:  # the plain model, one pass per patch
+        (name, index), = patch
+
+        def setter(activation, hook_name, index=index):
+            activation = activation.clone()
+            activation[(slice(None), *index)] = clean_cache[hook_name][(slice(None), *index)]
+            return activation
+
+        with torch.no_grad(), model.hooks([([name], setter)]):
+            expected.append(float(metric_all(model(corrupted))))
+    for batch_size in (None, 4):
+        got = patching.activation_patch(model, corrupted, clean_cache, metric_all, patches, batch_size=batch_size)
+        torch.testing.assert_close(got, torch.tensor(expected), atol=1e-5, rtol=1e-5)
+    starts = {patching.Corrupted(model, corrupted).start([patch]) for patch in patches}
+    assert max(position for _, position in starts) == 10 and max(layer for layer, _ in starts) == 2
+
+
 def test_patching_a_whole_stream_restores_clean_and_patching_nothing_keeps_corrupted():
     model = random_gpt()
     clean, corrupted = prompts()
