@@ -1,5 +1,6 @@
 """CPU speed side by side in one process: training steps in float32 eager, bf16 autocast and compiled;
-decoding with today's KV cache, the static cache, and the static cache with a compiled step.
+decoding with today's KV cache, the static cache, and the static cache with a compiled step, beside
+the floor of any decoder made of torch's matrix products (the step's matrix-vector products alone).
 
     python benchmarks/cpu_speed.py                       # both parts (many minutes on 2 busy cores)
     python benchmarks/cpu_speed.py --part=train --rounds=5
@@ -79,6 +80,21 @@ def bench_train(rounds: int, steps: int) -> None:
                   f"| {base / dt:.2f}x |", flush=True)
 
 
+def matvec_floor(model):
+    """n -> None: n times every weight matrix one decoding step multiplies by (every nn.Linear, the head
+    included), each on one vector, and nothing else: no attention, norms or Python around them. Every
+    decoder built on torch's matrix products needs at least this time per token (it reads every weight)."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = [torch.randn(1, m.in_features) for m in layers]
+
+    def run(n: int) -> None:
+        with torch.no_grad():
+            for _ in range(n):
+                for layer, x in zip(layers, inputs):
+                    torch.nn.functional.linear(x, layer.weight, layer.bias)
+    return run
+
+
 def bench_decode(rounds: int, new_tokens: int) -> None:
     """Print greedy tokens/s at config/shakespeare_char.py's size: today, static cache, static + compiled."""
     torch.manual_seed(0)
@@ -87,9 +103,11 @@ def bench_decode(rounds: int, new_tokens: int) -> None:
     eager, compiled = StaticDecoder(model, 1), StaticDecoder(model, 1, compile=True)
     variants = {"GPT.generate (KV cache)": lambda n: model.generate(prompt, n, temperature=0),
                 "static cache, eager": lambda n: eager.generate(prompt, n, temperature=0),
-                "static cache, compiled step": lambda n: compiled.generate(prompt, n, temperature=0)}
+                "static cache, compiled step": lambda n: compiled.generate(prompt, n, temperature=0),
+                "floor: the step's matrix-vector products alone": matvec_floor(model)}
     first = {name: timed(lambda: fn(4)) for name, fn in variants.items()}
     same = torch.equal(variants["GPT.generate (KV cache)"](new_tokens), compiled.generate(prompt, new_tokens, temperature=0))
+    same = same and torch.equal(model.generate(prompt, new_tokens, temperature=0), eager.generate(prompt, new_tokens, temperature=0))
     speeds = {name: [] for name in variants}
     for _ in range(rounds):
         for name, fn in variants.items():
