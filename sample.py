@@ -7,6 +7,8 @@
     python sample.py --out_dir=out-bert --start="To be, or not to [MASK]"   # a BERT fills its masks
     python sample.py --out_dir=out-seq2seq --start="a line of text"      # encoder-decoder: greedy
     python sample.py --out_dir=out-seq2seq --start="a line" --decoding=beam --beam_size=4
+    python sample.py --out_dir=out-rnn --start="a line of text" --attention_dir=attn-rnn  # the RNN encoder-decoder
+    python sample.py --start="ROMEO:" --fast_decode=True   # static KV cache + compiled step (compiles first)
     python sample.py --init_from=gpt2 --start="The meaning of life is"    # OpenAI's GPT-2 (or a HF folder)
 """
 

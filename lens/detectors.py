@@ -139,18 +139,22 @@ def repeated_random_tokens(vocab_size: int, seq_len: int, batch: int = 8, seed: 
     return tokens if bos is None else torch.cat([torch.full((batch, 1), bos), tokens], dim=1)
 
 
-def induction_scores(model, seq_len: int | None = None, batch: int = 8, seed: int = 0, **kwargs) -> torch.Tensor:
+def induction_scores(model, seq_len: int | None = None, batch: int = 8, seed: int = 0,
+                     halves: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
     """detect_head's induction score of every head on repeated random tokens: (n_layer, n_head).
 
-    seq_len defaults to half the context (block_size // 2).
+    seq_len defaults to half the context (block_size // 2). `halves` (B, L) scores those sequences,
+    each followed by itself, instead: e.g. validation text, whose tokens a small model has learnt
+    (a character model barely trains the rare characters that random ids draw as often as 'e').
     """
-    seq_len = seq_len or model.config.block_size // 2
-    if 2 * seq_len > model.config.block_size:
-        raise LensError(f"2 x seq_len ({2 * seq_len}) exceeds block_size {model.config.block_size}; "
+    if halves is None:
+        seq_len = seq_len or model.config.block_size // 2
+        halves = repeated_random_tokens(model.config.vocab_size, seq_len, batch, seed)[:, :seq_len]
+    if 2 * halves.size(1) > model.config.block_size:
+        raise LensError(f"2 x seq_len ({2 * halves.size(1)}) exceeds block_size {model.config.block_size}; "
                         f"use seq_len <= {model.config.block_size // 2}.")
     device = next(model.parameters()).device
-    tokens = repeated_random_tokens(model.config.vocab_size, seq_len, batch, seed).to(device)
-    return detect_head(model, tokens, "induction_head", **kwargs)
+    return detect_head(model, torch.cat([halves, halves], dim=1).to(device), "induction_head", **kwargs)
 
 
 def attention_sink_scores(model, tokens, cache=None, stack: str | None = None, attention: str = "attn") -> torch.Tensor:

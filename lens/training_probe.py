@@ -3,6 +3,8 @@
 At every evaluation train.py adds to its metrics.jsonl record (and wandb):
 - ``induction/L{l}H{h}``: each head's induction score on repeated random tokens (detect_head "mul"),
   and ``induction_max`` the largest;
+- ``induction_text/L{l}H{h}`` and ``induction_text_max``: the same score on validation text followed by
+  itself (the first half of each probe sequence, twice): the tokens the model has actually learnt;
 - ``previous_token/L{l}H{h}`` and ``previous_token_max`` on a validation batch;
 - ``icl_score``: the loss on late positions of a context minus the loss on early ones (Olsson et al.
   2022 take the 500th token minus the 50th; here the mean over the last 1/16 of the context minus
@@ -44,6 +46,8 @@ def probe(model, batch: dict, seed: int = 0, n_sequences: int = 8) -> dict[str, 
         with torch.no_grad():
             idx, targets = batch["idx"][:n_sequences], batch["targets"][:n_sequences]
             record = head_scores("induction", induction_scores(model, batch=n_sequences, seed=seed))
+            halves = idx[:, :model.config.block_size // 2]  # validation text, each followed by itself
+            record.update(head_scores("induction_text", induction_scores(model, halves=halves)))
             record.update(head_scores("previous_token", detect_head(model, idx, "previous_token_head")))
             record["icl_score"] = round(in_context_score(model, idx, targets), 4)
     finally:

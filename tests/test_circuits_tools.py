@@ -23,12 +23,25 @@ def test_head_probe_logs_scores_and_plot_draws_them(char_data, tmp_path):
         heads = [v for k, v in row.items() if k.startswith("induction/L")]
         assert len(heads) == 4 and all(0 <= v <= 1 for v in heads) and row["induction_max"] == max(heads)
         assert isinstance(row["icl_score"], float) and "previous_token/L1H1" in row
+        text = [v for k, v in row.items() if k.startswith("induction_text/L")]
+        assert len(text) == 4 and all(0 <= v <= 1 for v in text) and row["induction_text_max"] == max(text)
     png = tmp_path / "heads.png"
     proc = run_script("tools/plot_heads.py", str(out), "-o", str(png))
     assert png.stat().st_size > 10_000 and "3 evaluations" in proc.stdout
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "metrics.jsonl").write_text(json.dumps({"iter": 0, "val_loss": 1.0}) + "\n")
     assert "head_probe" in one_line_error(run_script("tools/plot_heads.py", str(tmp_path / "plain"), check=False))
+
+
+def test_induction_scores_on_given_halves_score_them_followed_by_themselves():
+    from lens.detectors import detect_head, induction_scores
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=3, n_embd=24, vocab_size=13, block_size=20)).eval()
+    halves = torch.randint(0, 13, (2, 10))
+    expected = detect_head(model, torch.cat([halves, halves], dim=1), "induction_head")
+    torch.testing.assert_close(induction_scores(model, halves=halves), expected)
+    assert not torch.allclose(induction_scores(model, seq_len=10, batch=2), expected)  # random ids: others
 
 
 def test_in_context_score_is_late_minus_early_loss():

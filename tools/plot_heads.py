@@ -3,7 +3,8 @@
     python train.py config/induction_shakespeare_char.py       # logs them (head_probe=True)
     python tools/plot_heads.py out-induction -o heads.png      # a run folder or its metrics.jsonl
 
-Left: each head's induction score (thin lines) and the largest (thick); previous-token max dashed.
+Left: each head's induction score on repeated random tokens (thin lines) and the largest (thick black),
+the largest on repeated validation text (thick green, when logged); previous-token max dashed.
 Right: the in-context score (late-context loss minus early-context loss) and the val loss. Needs matplotlib.
 """
 
@@ -28,7 +29,10 @@ def plot(records: list[dict], out_path: str, title: str) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name in heads:
         left.plot(steps, [r.get(name, float("nan")) for r in records], lw=0.8, alpha=0.6, label=name.split("/")[1])
-    left.plot(steps, [r["induction_max"] for r in records], "k-", lw=2, label="induction max")
+    left.plot(steps, [r["induction_max"] for r in records], "k-", lw=2, label="induction max (random tokens)")
+    if any("induction_text_max" in r for r in records):
+        left.plot(steps, [r.get("induction_text_max", float("nan")) for r in records], "C2-", lw=2,
+                  label="induction max (repeated val text)")
     left.plot(steps, [r.get("previous_token_max", float("nan")) for r in records], "k--", lw=1.2,
               label="previous-token max")
     left.set_ylabel("detector score (share of attention)")
