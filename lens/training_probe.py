@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from lens.detectors import detect_head, induction_scores
 from model.cache import LensError
+from weights.common import IGNORE_INDEX
 
 
 def in_context_score(model, idx: torch.Tensor, targets: torch.Tensor) -> float:
@@ -22,7 +23,8 @@ def in_context_score(model, idx: torch.Tensor, targets: torch.Tensor) -> float:
     if T < 16:
         raise LensError(f"the in-context score needs contexts of at least 16 tokens, got {T}.")
     logits = model(idx)
-    loss = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none", ignore_index=-1)  # (B, T)
+    loss = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none",
+                           ignore_index=IGNORE_INDEX)  # (B, T)
     late, early = loss[:, T - T // 16:], loss[:, T // 16:T // 8]
     return (late.mean() - early.mean()).item()
 
