@@ -16,17 +16,24 @@ import torch.nn.functional as F
 
 from lens.detectors import detect_head, induction_scores
 from model.cache import LensError
+from weights.common import IGNORE_INDEX
 
 
 def in_context_score(model, idx: torch.Tensor, targets: torch.Tensor) -> float:
-    """Mean loss over the last T/16 positions minus the mean over positions [T/16, T/8): (B, T) batches."""
+    """Mean loss over the last T/16 positions minus the mean over positions [T/16, T/8): (B, T) batches;
+    targets equal to IGNORE_INDEX (-100) are left out of both means."""
     T = idx.size(1)
     if T < 16:
         raise LensError(f"the in-context score needs contexts of at least 16 tokens, got {T}.")
     logits = model(idx)
-    loss = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none", ignore_index=-1)  # (B, T)
-    late, early = loss[:, T - T // 16:], loss[:, T // 16:T // 8]
-    return (late.mean() - early.mean()).item()
+    loss = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none",
+                           ignore_index=IGNORE_INDEX)  # (B, T), 0 at ignored targets
+    kept = (targets != IGNORE_INDEX).float()
+
+    def mean(cols: slice) -> torch.Tensor:  # over the positions whose targets count
+        return loss[:, cols].sum() / kept[:, cols].sum().clamp(min=1)
+
+    return (mean(slice(T - T // 16, T)) - mean(slice(T // 16, T // 8))).item()
 
 
 def head_scores(name: str, scores: torch.Tensor) -> dict[str, float]:

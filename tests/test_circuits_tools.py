@@ -5,11 +5,13 @@ import json
 import torch
 
 from conftest import one_line_error, run_script
+from data.shakespeare_repeats.prepare import repeat_chunks, repeat_lines
 from data.tokenizer import CharTokenizer
 from lens import report, training_probe
 from lens.logit_lens import logit_lens, top_tokens
 from model import GPT, GPTConfig, save_checkpoint
 from training.config import to_dict
+from weights.common import IGNORE_INDEX
 
 
 def test_head_probe_logs_scores_and_plot_draws_them(char_data, tmp_path):
@@ -52,6 +54,27 @@ def test_in_context_score_is_late_minus_early_loss():
         loss = torch.nn.functional.cross_entropy(model(idx).transpose(1, 2), targets, reduction="none")
         expected = loss[:, 30:].mean() - loss[:, 2:4].mean()  # T = 32: last 2 positions, positions [2, 4)
         assert abs(training_probe.in_context_score(model, idx, targets) - expected.item()) < 1e-6
+        ignored = targets.clone()
+        ignored[0, 30:] = ignored[1, 2] = IGNORE_INDEX  # left out of the means, not counted as zero loss
+        late = loss[1:, 30:].mean()
+        early = torch.cat([loss[0, 2:4], loss[1, 3:4], loss[2, 2:4]]).mean()
+        assert abs(training_probe.in_context_score(model, idx, ignored) - (late - early).item()) < 1e-6
+
+
+def test_repeated_chunks_keep_the_text_in_order_and_copy_it_10_to_120_characters_later():
+    text = "".join(chr(0x100 + i) for i in range(3000))  # distinct characters: a repeat is a copy
+    out = repeat_chunks(text)
+    first, distances = {}, []
+    for pos, char in enumerate(out):
+        if char in first:
+            distances.append(pos - first[char])
+        else:
+            first[char] = pos
+    assert "".join(first) == text and len(out) == len(text) + len(distances)  # each character once or twice
+    assert max(distances) <= 120 and sum(d < 10 for d in distances) < 10  # only a short last chunk is nearer
+    assert 0.25 < len(distances) / len(out) < 0.45  # about a third of the output is copied
+    assert repeat_chunks(text) == out and repeat_chunks(text, seed=1) != out
+    assert repeat_lines("ab\n\ncd") == "ab\nab\ncd\ncd\n"
 
 
 def tiny_checkpoint(folder):
