@@ -19,6 +19,7 @@ import torch.nn.functional as F
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository, not benchmarks/
 
 from data.loader import read_meta  # noqa: E402
+from data.tokens import load_tokens  # noqa: E402
 from lens.interventions import ablate_heads  # noqa: E402
 from training.families import model_from_checkpoint  # noqa: E402
 from weights.checkpoint import load_checkpoint  # noqa: E402
@@ -52,7 +53,7 @@ def main(argv: list[str]) -> None:
     if meta["vocab_size"] != model.config.vocab_size:
         sys.exit(f"error: {args.data_dir} has {meta['vocab_size']} tokens and the model {model.config.vocab_size}; "
                  "give the --data_dir the model was trained on.")
-    val = torch.from_numpy(np.fromfile(os.path.join(args.data_dir, "val.bin"), dtype=np.uint16).astype(np.int64))
+    val = torch.from_numpy(load_tokens(os.path.join(args.data_dir, "val.bin")).astype(np.int64))  # after its header
     T = model.config.block_size
     starts = torch.randint(0, len(val) - T - 1, (args.sequences,), generator=torch.Generator().manual_seed(0))
     x = torch.stack([val[i:i + T] for i in starts])

@@ -161,7 +161,7 @@ class Corrupted:
         """Logits of `copies` repeats of the run, blocks from `layer` on computed for positions >= `position`."""
         x = self.cache[f"blocks.{layer}.resid_pre"][:, position:]
         x = x.repeat(copies, *([1] * (x.dim() - 1)))
-        repeat = lambda t: t.repeat(copies, 1, 1, 1)  # noqa: E731  (B, nh, T, hs) -> (copies*B, ...)
+        repeat = lambda t: t.repeat(copies, 1, 1, 1)  # noqa: E731  (B, nh, T, hs) -> a new (copies*B, ...)
         for l in range(layer, self.n_layer):
             cache = KVCache.holding(repeat(self.cache[f"blocks.{l}.attn.k"]), repeat(self.cache[f"blocks.{l}.attn.v"]),
                                     position)

@@ -341,9 +341,10 @@ class KVCache:
 
     @classmethod
     def holding(cls, k: torch.Tensor, v: torch.Tensor, length: int) -> "KVCache":
-        """A cache of k.size(2) positions whose first `length` are k, v (B, nh, L, hs), copied (the rest is room)."""
+        """A cache of k.size(2) positions whose first `length` are k, v (B, nh, L, hs); it writes the next
+        positions into these tensors, so pass ones nothing else reads."""
         cache = cls(k.size(2))
-        cache.k, cache.v, cache.len = k.clone(), v.clone(), length
+        cache.k, cache.v, cache.len = k, v, length
         return cache
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,7 +28,7 @@ def metric(logits):
     return logits[:, -1, 3].mean() - logits[:, -1, 5].mean()
 
 
-def naive(model, corrupted, clean_cache, patches):
+def naive(model, corrupted, clean_cache, patches, metric=metric):
     """One forward pass per patch, each with its own hook."""
     values = []
     for patch in patches:
@@ -72,20 +72,10 @@ def test_passes_that_start_late_equal_the_loop_with_rotary_positions_and_odd_siz
     _, clean_cache = model.run_with_cache(clean)
     metric_all = lambda logits: (logits[:, :, 3] - logits[:, :, 5]).mean()  # noqa: E731  every position counts
     _, patches = patching.kind_sites(model, kind, clean_cache)
-    expected = []
-    for patch in patches:  # the plain model, one pass per patch
-        (name, index), = patch
-
-        def setter(activation, hook_name, index=index):
-            activation = activation.clone()
-            activation[(slice(None), *index)] = clean_cache[hook_name][(slice(None), *index)]
-            return activation
-
-        with torch.no_grad(), model.hooks([([name], setter)]):
-            expected.append(float(metric_all(model(corrupted))))
+    expected = naive(model, corrupted, clean_cache, patches, metric_all)  # the plain model, one pass per patch
     for batch_size in (None, 4):
         got = patching.activation_patch(model, corrupted, clean_cache, metric_all, patches, batch_size=batch_size)
-        torch.testing.assert_close(got, torch.tensor(expected), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     starts = {patching.Corrupted(model, corrupted).start([patch]) for patch in patches}
     assert max(position for _, position in starts) == 10 and max(layer for layer, _ in starts) == 2
 
