@@ -70,7 +70,7 @@ def pytest_collection_modifyitems(config, items):
     """Skip the tests marked `cuda` on a machine without a CUDA GPU."""
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (run tools/gpu_check.sh on one)")
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run python tools/gpu_check.py on one)")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)

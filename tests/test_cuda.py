@@ -1,4 +1,4 @@
-"""CUDA-only checks (skipped without a GPU; tools/gpu_check.sh runs them on one)."""
+"""CUDA-only checks (skipped without a GPU; python tools/gpu_check.py runs them on one)."""
 
 import pytest
 import torch
