@@ -396,3 +396,20 @@ def test_a_hook_that_returns_the_wrong_shape_or_type_is_named():
     with pytest.raises(TypeError, match="names_filter"):
         model.run_with_cache(idx, names_filter=3)
     assert hooks_attached(model) == []
+
+
+def test_head_stats_leave_padding_queries_out():
+    from model import BERT, BERTConfig
+
+    bert = BERT(BERTConfig(vocab_size=19, n_layer=1, n_head=2, n_embd=16, block_size=8)).eval()
+    ids = torch.tensor([[2, 5, 6, 7, 3, 0, 0], [2, 9, 4, 3, 0, 0, 0]])
+    mask = (ids != 0).long()  # BERT's padding queries attend to the real keys: full rows of weights
+    _, cache = bert.run_with_cache(ids, attention_mask=mask, names_filter="*.pattern")
+    stats = head_stats_all(cache, query_mask=mask)["blocks.0.attn"]
+    alone = [bert.run_with_cache(ids[i:i + 1, :n], names_filter="*.pattern")[1]["blocks.0.attn.pattern"]
+             for i, n in enumerate((5, 4))]
+    for stat in ("entropy", "max", "distance"):  # the mean over the 9 real query rows of both runs alone
+        rows = [head_stats(p)[stat] * p.size(2) for p in alone]
+        torch.testing.assert_close(stats[stat], sum(rows) / 9)
+    with pytest.raises(ValueError, match="query_mask"):
+        head_stats(cache["blocks.0.attn.pattern"], query_mask=mask[:, :5])
