@@ -83,12 +83,11 @@ def layer_heads(heads, n_layers: int, n_head: int) -> dict[int, list[int]]:
 def run_for_patterns(model, tokens, cache, stack: str | None, attention: str):
     """(the cache, the stack, the stack's own token ids (B, T)), running the model when no cache is given."""
     structure = get_stack(model, stack)
-    inputs = as_inputs(tokens)
+    inputs = tuple(x[None] if x.dim() == 1 else x for x in as_inputs(tokens))  # one (T,) sequence: (1, T)
     if cache is None:
         with torch.no_grad():
             _, cache = model.run_with_cache(*inputs, names_filter=f"*{attention}.pattern")
-    stack_tokens = inputs[-1] if structure.prefix == "decoder." else inputs[0]
-    return cache, structure, stack_tokens if stack_tokens.dim() == 2 else stack_tokens[None]
+    return cache, structure, inputs[-1] if structure.prefix == "decoder." else inputs[0]
 
 
 def detect_head(model, tokens, detection_pattern, heads=None, cache=None, *, exclude_bos: bool = False,
@@ -108,6 +107,9 @@ def detect_head(model, tokens, detection_pattern, heads=None, cache=None, *, exc
         raise LensError(f"{detection_pattern} compares a sequence with itself; for cross-attention use "
                         "alignment_scores with a source-target map.")
     cache, structure, ids = run_for_patterns(model, tokens, cache, stack, attention)
+    if isinstance(detection_pattern, str) and ids.size(1) < 2:
+        raise LensError(f"{detection_pattern} needs sequences of at least 2 tokens (a previous or earlier token to "
+                        f"attend to); these have {ids.size(1)}.")
     n_layers = len(structure.blocks)
     n_head = getattr(structure.blocks[0], attention).n_head
     scores = -torch.ones(n_layers, n_head)

@@ -13,7 +13,7 @@ import numpy as np
 
 from lens.viewer import TOP_K, viewer_html
 from lens.views import AttentionView, display_token, views_from_maps
-from weights.common import ConfigError
+from weights.common import ConfigError, atomic_write
 
 __all__ = ["AttentionView", "display_token", "views_from_maps", "save_heatmaps", "heatmap_figure", "save_npz",
            "write_attention", "viewer_html"]
@@ -36,7 +36,8 @@ def save_heatmaps(view: AttentionView, out_dir: str, max_labels: int = 80) -> li
     for name, maps in view.layers.items():
         fig = heatmap_figure(maps, view.query_tokens, view.key_tokens, f"{view.title}: {name}", max_labels)
         path = os.path.join(out_dir, f"{name}.png")
-        fig.savefig(path, dpi=100)
+        with atomic_write(path) as f:
+            fig.savefig(f, format="png", dpi=100)
         plt.close(fig)
         paths.append(path)
     return paths
@@ -85,12 +86,14 @@ def save_npz(views: list[AttentionView], path: str) -> None:
         arrays.update({name: maps.astype(np.float32) for name, maps in view.layers.items()})
         arrays[f"view{i}.query_tokens"] = np.array(view.query_tokens, dtype=str)
         arrays[f"view{i}.key_tokens"] = np.array(view.key_tokens, dtype=str)
-    np.savez_compressed(path, **arrays)
+    with atomic_write(path) as f:  # a temporary file, renamed onto path once whole
+        np.savez_compressed(f, **arrays)
 
 
 def write_attention(out_dir: str, views: list[AttentionView], title: str = "attention",
                     png: bool = True, top_k: int = TOP_K) -> list[str]:
     """Write PNGs (one per layer), attention.html and attention.npz into out_dir; return the paths.
+    Each file is written atomically: an interrupted call leaves the previous one whole.
 
     A long page keeps each query row's top_k weights (lens/viewer.py); attention.npz keeps them all.
     """
@@ -100,8 +103,9 @@ def write_attention(out_dir: str, views: list[AttentionView], title: str = "atte
         for view in views:
             paths += save_heatmaps(view, out_dir)
     html_path = os.path.join(out_dir, "attention.html")
-    with open(html_path, "w", encoding="utf-8") as f:
-        f.write(viewer_html(views, title, top_k=top_k))
+    page = viewer_html(views, title, top_k=top_k)
+    with atomic_write(html_path, "w") as f:
+        f.write(page)
     npz_path = os.path.join(out_dir, "attention.npz")
     save_npz(views, npz_path)
     return paths + [html_path, npz_path]

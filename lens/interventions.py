@@ -30,8 +30,18 @@ def by_module(heads) -> dict[str, list[int]]:
     """Group heads by attention module name: {"blocks.1.attn": [0, 2], ...}."""
     grouped = {}
     for layer, head in heads:
+        if isinstance(head, bool) or not isinstance(head, int) or head < 0:
+            raise ConfigError(f"head {head!r} of {attn_name(layer)}: heads are whole numbers from 0 "
+                              "(write (layer, head) pairs such as (1, 2)).")
         grouped.setdefault(attn_name(layer), []).append(head)
     return grouped
+
+
+def check_heads(name: str, idx: list[int], n_head: int) -> None:
+    """A ConfigError unless every head index is one of the module's n_head heads."""
+    missing = [h for h in idx if h >= n_head]
+    if missing:
+        raise ConfigError(f"head {missing[0]} of {name} does not exist: it has heads 0..{n_head - 1}.")
 
 
 def parse_heads(spec: str, model) -> list[tuple[str, int]]:
@@ -55,6 +65,14 @@ def parse_heads(spec: str, model) -> list[tuple[str, int]]:
     if not heads:
         raise ConfigError("no heads given; write LAYER.HEAD such as 0.1, several separated by commas.")
     return heads
+
+
+def check_means(means: dict[str, torch.Tensor], name: str, z: torch.Tensor) -> None:
+    """A ConfigError unless means[name] is (n_head, head_dim) for this z (B, nh, T, hs)."""
+    want = (z.size(1), z.size(3))
+    if name not in means or tuple(means[name].shape) != want:
+        raise ConfigError(f"the means hold no {want} (n_head, head_dim) entry for {name}; compute them with "
+                          "head_means(model, ..., heads=heads) for the heads you ablate.")
 
 
 def head_means(model, *args, heads, position_mask: torch.Tensor | None = None, **kwargs) -> dict[str, torch.Tensor]:
@@ -94,6 +112,9 @@ def ablate_heads(heads, mode: str = "zero", means: dict[str, torch.Tensor] | Non
 
     def make(name: str, idx: list[int]):
         def hook(z: torch.Tensor, hook_name: str) -> torch.Tensor:
+            check_heads(name, idx, z.size(1))
+            if mode == "mean" and means is not None:
+                check_means(means, name, z)
             z = z.clone()  # (B, nh, T, hs)
             if mode == "zero":
                 z[:, idx] = 0.0
@@ -110,22 +131,24 @@ def ablate_heads(heads, mode: str = "zero", means: dict[str, torch.Tensor] | Non
 def scale_heads(heads, factor: float) -> list:
     """Hooks that multiply the output z of each head by `factor` (0 ablates, 2 amplifies)."""
 
-    def make(idx: list[int]):
+    def make(name: str, idx: list[int]):
         def hook(z: torch.Tensor, hook_name: str) -> torch.Tensor:
+            check_heads(name, idx, z.size(1))
             z = z.clone()
             z[:, idx] = z[:, idx] * factor
             return z
         return hook
 
-    return [(f"{name}.z", make(idx)) for name, idx in by_module(heads).items()]
+    return [(f"{name}.z", make(name, idx)) for name, idx in by_module(heads).items()]
 
 
 def replace_pattern(head: Head, pattern: torch.Tensor) -> list:
     """Hooks that make one head use `pattern` ((T, S), or (B, T, S) per batch row) as its weights."""
-    name, idx = attn_name(head[0]), head[1]
+    (name, [idx]), = by_module([head]).items()
 
     def hook(weights: torch.Tensor, hook_name: str) -> torch.Tensor:
         B, nh, T, S = weights.shape
+        check_heads(name, [idx], nh)
         rows = len(pattern) if pattern.dim() == 3 else 1
         if pattern.shape[-2:] != (T, S) or pattern.dim() not in (2, 3) or rows not in (1, B):
             raise ValueError(f"{hook_name} head {idx} has a ({T}, {S}) pattern here for {B} batch rows; the "

@@ -97,6 +97,27 @@ def check_lengths(inputs: tuple, clean_cache, structure) -> None:
                         f"{tuple(corrupted.shape[:2])}; patching needs the same shape (pad or crop the prompts).")
 
 
+def check_sites(patches: Sequence[list[Site]], clean_cache) -> None:
+    """A LensError for a site whose index falls outside its activation in the clean run."""
+    for patch in patches:
+        for name, index in patch:
+            shape = tuple(clean_cache[name].shape[1:])
+            try:
+                clean_cache[name][(slice(None), *index)]
+            except IndexError:
+                raise LensError(f"the site {name}{list(index)} is outside the clean run's {shape} values (batch dim "
+                                "left out); index positions and heads from 0 to their size - 1.") from None
+
+
+def scalar(value, what: str = "the patching metric") -> torch.Tensor:
+    """The metric's value as a 0-dim tensor; a LensError unless it is one number."""
+    value = torch.as_tensor(value)
+    if value.numel() != 1:
+        raise LensError(f"{what} returned {tuple(value.shape)} values; it must return one number per run "
+                        "(e.g. logits[0, -1, right] - logits[0, -1, wrong], or .mean() over the batch).")
+    return value.reshape(())
+
+
 def activation_patch(model, corrupted_tokens, clean_cache, patching_metric: Metric, patches: Sequence[list[Site]],
                      batch_size: int | None = None, progress: str | None = None) -> torch.Tensor:
     """The metric after each patch (a list of sites set to their clean values), (len(patches),).
@@ -109,6 +130,7 @@ def activation_patch(model, corrupted_tokens, clean_cache, patching_metric: Metr
     inputs = as_inputs(corrupted_tokens)
     structure = get_stack(model)
     check_lengths(inputs, clean_cache, structure)
+    check_sites(patches, clean_cache)
     results, size, todo = [], batch_size, list(patches)
     with torch.no_grad():
         corrupted = None
@@ -212,7 +234,7 @@ def run_patches(model, inputs: tuple, clean_cache, metric: Metric, patches: Sequ
         else:
             logits = model(*(x.repeat(K, *([1] * (x.dim() - 1))) for x in inputs))  # (K*B, ...): copy k is rows kB..
     logits = logits.view(K, batch, *logits.shape[1:])
-    return [(float(metric(logits[k])), logits[k].numel()) for k in range(K)]
+    return [(float(scalar(metric(logits[k]))), logits[k].numel()) for k in range(K)]
 
 
 def patch_table(model, corrupted_tokens, clean_cache, patching_metric: Metric, kind: str,
@@ -283,7 +305,7 @@ def attribution_patch(model, corrupted_tokens, clean_cache, patching_metric: Met
         return None
 
     with torch.enable_grad(), model.hooks([(names, capture)]):
-        metric = torch.as_tensor(patching_metric(model(*inputs)))
+        metric = scalar(patching_metric(model(*inputs)))
     if not metric.requires_grad:
         raise LensError("the patching metric does not depend on the logits' gradient graph; compute it from the "
                         "logits with torch operations (no .item() or float()).")

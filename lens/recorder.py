@@ -79,19 +79,26 @@ class AttentionRecorder:
         return [{name: m[i, :, p:, p:] for name, m in maps.items()} for i, p in enumerate(pads)]
 
 
-def head_stats(pattern: torch.Tensor, cross: bool = False) -> dict[str, torch.Tensor]:
+def head_stats(pattern: torch.Tensor, cross: bool = False,
+               query_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per-head summary of a pattern (B, nh, T, S) or (nh, T, S): each stat is (nh,).
 
     entropy: nats per query row (0 = one key, log S = uniform); max: the largest weight of a row;
     distance: mean |query position - key position| weighted by attention (NaN for cross-attention).
     Queries are taken to be the last T of the S keys (true for self-attention with a cache).
-    Rows without weights (padding, positions never fed) are left out.
+    Rows without weights (positions never fed) are left out, and so are the query rows where
+    `query_mask` (B, T) is 0: padding, which may still hold weights (BERT's padding attends to the text).
     """
     p = pattern.float()
     if p.dim() == 3:
         p = p[None]
     B, nh, T, S = p.shape
     valid = (p.sum(-1) > 0.5).float()  # (B, nh, T)
+    if query_mask is not None:
+        if query_mask.shape != (B, T):
+            raise ValueError(f"query_mask is {tuple(query_mask.shape)} but the pattern has {B} rows of {T} queries; "
+                             "pass the attention_mask of the run that made it.")
+        valid = valid * query_mask.to(valid.device).bool()[:, None, :]
     count = valid.sum(dim=(0, 2)).clamp(min=1)
     mean = lambda per_row: (per_row * valid).sum(dim=(0, 2)) / count  # noqa: E731
     entropy = -torch.special.xlogy(p, p).sum(-1)
@@ -105,9 +112,11 @@ def head_stats(pattern: torch.Tensor, cross: bool = False) -> dict[str, torch.Te
     return stats
 
 
-def head_stats_all(maps: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """head_stats for every `...pattern` map, keyed by attention module name (cross-attention by its name)."""
-    return {name.removesuffix(".pattern"): head_stats(p, cross=name.endswith("cross_attn.pattern"))
+def head_stats_all(maps: dict[str, torch.Tensor],
+                   query_mask: torch.Tensor | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """head_stats for every `...pattern` map, keyed by attention module name (cross-attention by its name);
+    `query_mask` (B, T) leaves padding queries out of maps of one stack (GPT, BERT)."""
+    return {name.removesuffix(".pattern"): head_stats(p, cross=name.endswith("cross_attn.pattern"), query_mask=query_mask)
             for name, p in maps.items()}
 
 

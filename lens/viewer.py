@@ -27,6 +27,7 @@ import torch
 
 from lens.recorder import head_stats
 from lens.views import AttentionView
+from weights.common import atomic_write
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 THUMB = 64  # thumbnail side, in cells
@@ -142,9 +143,10 @@ class AttentionViewer:
         return viewer_html(self.views, self.title, self.top_k, self.scores)
 
     def save(self, path: str) -> str:
-        """Write the page to path; return path."""
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.html())
+        """Write the page to path (atomically: a temporary file, then a rename); return path."""
+        page = self.html()
+        with atomic_write(path, "w") as f:
+            f.write(page)
         return path
 
     def _repr_html_(self) -> str:

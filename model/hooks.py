@@ -55,6 +55,9 @@ class HookedModel:
             return names
         if callable(names_filter):
             return [n for n in names if names_filter(n)]
+        if not isinstance(names_filter, (str, Iterable)):
+            raise TypeError(f"names_filter must be a hook name or glob, a list of them, a predicate on the name or "
+                            f"None (every hook point); got {type(names_filter).__name__}.")
         patterns = [names_filter] if isinstance(names_filter, str) else list(names_filter)
         selected = []
         for pattern in patterns:
@@ -103,6 +106,11 @@ def _call_with_name(fn: HookFn, name: str):
     """Adapt fn(tensor, name) to torch's forward-hook signature hook(module, inputs, output)."""
 
     def hook(module, inputs, output):
-        return fn(output, name)
+        result = fn(output, name)
+        if result is not None and not (isinstance(result, torch.Tensor) and result.shape == output.shape):
+            got = tuple(result.shape) if isinstance(result, torch.Tensor) else f"a {type(result).__name__}"
+            raise ValueError(f"the hook on {name} returned {got} for a {tuple(output.shape)} value; return a tensor "
+                             "of the same shape to replace it, or None to leave it unchanged.")
+        return result
 
     return hook

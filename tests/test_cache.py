@@ -120,3 +120,15 @@ def test_bad_requests_are_clear_errors():
     _, cache = dropout.run_with_cache(idx)
     with pytest.raises(LensError, match="model.eval"):
         cache.decompose_resid()
+
+
+def test_layer_zero_has_no_heads_and_its_stream_is_the_embeddings():
+    model = tiny_gpt()
+    idx = torch.randint(0, 50, (2, 5))
+    _, cache = model.run_with_cache(idx)
+    heads, labels = cache.stack_head_results(0, return_labels=True)
+    assert heads.shape == (0, 2, 5, 24) and labels == []  # TransformerLens: an empty stack
+    assert cache.stack_head_results(0, pos_slice=-1, apply_ln=True).shape == (0, 2, 24)
+    parts, labels = cache.get_full_resid_decomposition(0, return_labels=True)
+    assert labels == ["embed", "pos_embed", "bias"]
+    torch.testing.assert_close(parts.sum(0), cache["blocks.0.resid_pre"], atol=1e-5, rtol=0)

@@ -109,3 +109,14 @@ def test_bad_detector_requests_are_clear_errors():
     s2s = Seq2Seq(Seq2SeqConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=20, block_size=8)).eval()
     with pytest.raises(LensError, match="alignment_scores"):
         detectors.detect_head(s2s, (tokens[:, :5], tokens[:, :5]), "induction_head", attention="cross_attn")
+
+
+def test_one_sequence_without_a_batch_dim_and_too_short_sequences():
+    gpt = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, vocab_size=20, block_size=16)).eval()
+    tokens = torch.randint(0, 20, (10,), generator=torch.Generator().manual_seed(0))
+    for name in detectors.HEAD_NAMES:  # (T,) ids score as the batch of one (1, T)
+        torch.testing.assert_close(detectors.detect_head(gpt, tokens, name), detectors.detect_head(gpt, tokens[None], name))
+    for name in detectors.HEAD_NAMES:  # one token has no previous or earlier token: NaN with exclude_bos before
+        with pytest.raises(LensError, match="at least 2 tokens"):
+            detectors.detect_head(gpt, tokens[None, :1], name, exclude_bos=True)
+    assert detectors.detect_head(gpt, tokens[None, :2], "previous_token_head").isfinite().all()

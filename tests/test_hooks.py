@@ -367,3 +367,49 @@ def test_head_means_leave_padding_out_when_asked():
     assert not torch.allclose(everything, padded, atol=1e-3)  # padding positions pull the plain mean
     with pytest.raises(ValueError, match="position_mask"):
         head_means(model, ids, attention_mask=mask, position_mask=mask[:, :5], heads=heads)
+
+
+def test_interventions_on_heads_that_do_not_exist_are_clear_errors():
+    model = tiny()
+    idx = torch.randint(0, 19, (1, 4))
+    for hooks in (ablate_heads([(0, 3)]), scale_heads([(1, 5)], 2.0), replace_pattern((0, 3), torch.eye(4))):
+        with pytest.raises(ConfigError, match=r"heads 0\.\.2"):
+            with model.hooks(hooks):
+                model(idx)
+    with pytest.raises(ConfigError, match="whole numbers"):
+        ablate_heads([(0, -1)])  # not read as "the last head"
+    for means in ({"blocks.1.attn": torch.zeros(3, 8)}, {"blocks.0.attn": torch.zeros(2, 8)}):
+        with pytest.raises(ConfigError, match="head_means"):
+            with model.hooks(ablate_heads([(0, 1)], "mean", means)):
+                model(idx)
+    assert hooks_attached(model) == []
+
+
+def test_a_hook_that_returns_the_wrong_shape_or_type_is_named():
+    model = tiny()
+    idx = torch.randint(0, 19, (1, 4))
+    for fn, message in [(lambda z, name: z[:, :, :-1], r"blocks\.0\.attn\.z returned \(1, 3, 3, 8\)"),
+                        (lambda z, name: 1.0, r"blocks\.0\.attn\.z returned a float")]:
+        with pytest.raises(ValueError, match=message):
+            with model.hooks([("blocks.0.attn.z", fn)]):
+                model(idx)
+    with pytest.raises(TypeError, match="names_filter"):
+        model.run_with_cache(idx, names_filter=3)
+    assert hooks_attached(model) == []
+
+
+def test_head_stats_leave_padding_queries_out():
+    from model import BERT, BERTConfig
+
+    bert = BERT(BERTConfig(vocab_size=19, n_layer=1, n_head=2, n_embd=16, block_size=8)).eval()
+    ids = torch.tensor([[2, 5, 6, 7, 3, 0, 0], [2, 9, 4, 3, 0, 0, 0]])
+    mask = (ids != 0).long()  # BERT's padding queries attend to the real keys: full rows of weights
+    _, cache = bert.run_with_cache(ids, attention_mask=mask, names_filter="*.pattern")
+    stats = head_stats_all(cache, query_mask=mask)["blocks.0.attn"]
+    alone = [bert.run_with_cache(ids[i:i + 1, :n], names_filter="*.pattern")[1]["blocks.0.attn.pattern"]
+             for i, n in enumerate((5, 4))]
+    for stat in ("entropy", "max", "distance"):  # the mean over the 9 real query rows of both runs alone
+        rows = [head_stats(p)[stat] * p.size(2) for p in alone]
+        torch.testing.assert_close(stats[stat], sum(rows) / 9)
+    with pytest.raises(ValueError, match="query_mask"):
+        head_stats(cache["blocks.0.attn.pattern"], query_mask=mask[:, :5])

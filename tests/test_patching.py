@@ -153,3 +153,17 @@ def test_bad_patching_inputs_are_clear_errors():
     _, attn_cache = attn_only.run_with_cache(clean)
     with pytest.raises(LensError, match="attention-only"):
         patching.get_act_patch_mlp_out(attn_only, corrupted, attn_cache, metric)
+
+
+def test_sites_outside_the_run_and_metrics_that_are_not_one_number_are_clear_errors():
+    model = random_gpt()
+    clean, corrupted = prompts()
+    _, clean_cache = model.run_with_cache(clean)
+    for site in (("blocks.0.resid_pre", (8,)), ("blocks.1.attn.z", (3, 0))):  # position 8 of 8; head 3 of 3
+        with pytest.raises(LensError, match="outside"):
+            patching.activation_patch(model, corrupted, clean_cache, metric, [[site]])
+    vector = lambda logits: logits[:, -1, 3]  # noqa: E731  one value per batch row
+    with pytest.raises(LensError, match="one number"):
+        patching.get_act_patch_resid_pre(model, corrupted, clean_cache, vector)
+    with pytest.raises(LensError, match="one number"):
+        patching.get_attr_patch_resid_pre(model, corrupted, clean_cache, vector)

@@ -17,6 +17,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from lens import detectors, patching
+from lens.interventions import ablate_heads
 from model import GPT
 
 TOL = dict(atol=1e-4, rtol=0)
@@ -82,6 +83,69 @@ def test_detectors_and_patching_match_transformer_lens(models):
     _, tl_clean = bridge.run_with_cache(clean)
     _, clean_cache = ours.run_with_cache(clean)
     for kind in ("resid_pre", "attn_head_out_all_pos"):
+        ours_table = getattr(patching, f"get_act_patch_{kind}")(ours, corrupted, clean_cache, metric)
+        tl_table = getattr(tl_patching, f"get_act_patch_{kind}")(bridge, corrupted, tl_clean, metric)
+        torch.testing.assert_close(ours_table, tl_table.float(), **TOL)
+
+
+@pytest.fixture(scope="module")
+def odd_models(tmp_path_factory):
+    """3 layers, 3 heads of 15 dims (not a power of two), an MLP of 70 (not 4 x 45); random norms and biases."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=3, n_head=3, n_embd=45, n_inner=70, n_positions=32, vocab_size=53,
+                                    bos_token_id=0, eos_token_id=0)).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "ln" in name:
+                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.3)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+        hf.transformer.ln_f.weight.fill_(1.0)
+    folder = tmp_path_factory.mktemp("gpt2odd")
+    hf.save_pretrained(folder)
+    return GPT.from_pretrained(str(folder)).eval(), TransformerBridge.boot_transformers(str(folder), hf_model=hf,
+                                                                                       device="cpu")
+
+
+def test_odd_sizes_hooks_ablation_and_patching_match_transformer_lens(odd_models):
+    ours, bridge = odd_models
+    assert ours.config.head_dim == 15 and ours.config.mlp_width == 70
+    tokens = torch.randint(0, 53, (2, 11), generator=torch.Generator().manual_seed(1))
+    tl_logits, tl_cache = bridge.run_with_cache(tokens)
+    logits, cache = ours.run_with_cache(tokens)
+    torch.testing.assert_close(logits, tl_logits, **TOL)
+    for layer in range(3):
+        for name, tl_name in (("attn.pattern", "attn.hook_pattern"), ("attn.z", "attn.hook_z"), ("attn.q", "attn.hook_q"),
+                              ("attn.v", "attn.hook_v"), ("resid_mid", "hook_resid_mid"), ("mlp.post", "mlp.hook_post")):
+            expected = tl_cache[f"blocks.{layer}.{tl_name}"]  # TransformerLens: (B, T, nh, hs) per head
+            got = cache[f"blocks.{layer}.{name}"]
+            torch.testing.assert_close(got, expected.transpose(1, 2) if got.shape != expected.shape else expected, **TOL)
+    parts = cache.get_full_resid_decomposition(pos_slice=-1)
+    torch.testing.assert_close(parts, tl_cache.get_full_resid_decomposition(pos_slice=-1), **TOL)
+    torch.testing.assert_close(cache.logit_attrs(parts, tokens[:, -1], tokens[:, 0], pos_slice=-1),
+                               tl_cache.logit_attrs(tl_cache.get_full_resid_decomposition(pos_slice=-1), tokens[:, -1],
+                                                    tokens[:, 0], pos_slice=-1), **TOL)
+
+    def zero_head(head):
+        def hook(z, hook):
+            z = z.clone()
+            z[:, :, head] = 0.0  # TransformerLens' z is (B, T, nh, hs)
+            return z
+        return hook
+
+    with ours.hooks(ablate_heads([(0, 0), (2, 1)])):
+        ablated = ours(tokens)
+    tl_ablated = bridge.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", zero_head(0)),
+                                                          ("blocks.2.attn.hook_z", zero_head(1))])
+    torch.testing.assert_close(ablated, tl_ablated, **TOL)
+    clean = torch.randint(0, 53, (1, 9), generator=torch.Generator().manual_seed(3))
+    corrupted = clean.clone()
+    corrupted[0, 3] = (corrupted[0, 3] + 1) % 53
+    metric = lambda logits: logits[0, -1, 5] - logits[0, -1, 7]  # noqa: E731
+    _, tl_clean = bridge.run_with_cache(clean)
+    _, clean_cache = ours.run_with_cache(clean)
+    for kind in ("mlp_out", "attn_head_out_by_pos", "attn_head_k_all_pos", "attn_head_pattern_by_pos"):
         ours_table = getattr(patching, f"get_act_patch_{kind}")(ours, corrupted, clean_cache, metric)
         tl_table = getattr(tl_patching, f"get_act_patch_{kind}")(bridge, corrupted, tl_clean, metric)
         torch.testing.assert_close(ours_table, tl_table.float(), **TOL)

@@ -357,3 +357,35 @@ def test_log_attention_prints_stats_and_logs_images(monkeypatch, capsys):
     assert 0 < record["attn/blocks.0.attn.1/entropy"] <= np.log(8) and 0 < record["attn/blocks.1.attn.2/max"] <= 1
     assert isinstance(record["attn/blocks.1.attn/pattern"], wandb.Image)
     assert model.hook_names() and all(not p._forward_hooks for p in model.hook_points().values())
+
+
+def test_pages_and_maps_are_written_atomically(tmp_path, monkeypatch):
+    import lens.heatmaps as heatmaps
+
+    views = views_from_maps({"blocks.0.attn.pattern": fake_maps(3, 3)}, list("abc"))
+    folder = tmp_path / "attn"
+    write_attention(str(folder), views, png=False)
+    before = {name: (folder / name).read_bytes() for name in ("attention.html", "attention.npz")}
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(heatmaps, "viewer_html", fails)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        write_attention(str(folder), views, png=False)
+    monkeypatch.undo()
+
+    def half_written(file, **arrays):
+        file.write(b"PK\x03\x04 half")
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(heatmaps.np, "savez_compressed", half_written)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        write_attention(str(folder), views, png=False)
+    monkeypatch.undo()
+    viewer = AttentionViewer(views)
+    monkeypatch.setattr(viewer, "html", lambda: fails())
+    with pytest.raises(RuntimeError, match="interrupted"):
+        viewer.save(str(folder / "attention.html"))
+    assert {name: (folder / name).read_bytes() for name in before} == before  # the old files, whole
+    assert sorted(os.listdir(folder)) == ["attention.html", "attention.npz"]  # no temporary file left

@@ -27,6 +27,7 @@ from lens.logit_lens import logit_lens, top_tokens  # noqa: E402
 from model import GPT, CheckpointError, ConfigError, load_checkpoint  # noqa: E402
 from training.families import model_from_checkpoint  # noqa: E402
 from lens.heatmaps import views_from_maps, write_attention  # noqa: E402
+from weights.common import atomic_write  # noqa: E402
 
 
 def load(args):
@@ -168,10 +169,12 @@ def write_report(folder, model, cache, tokens, labels, values, det_header, det_r
                                                           "head", "attribution patching: head outputs")}
     sections = [("head detectors", report.html_table(det_header, det_rows))]
     for name, fig in figures.items():
-        fig.savefig(os.path.join(folder, f"{name}.png"), dpi=100)
+        with atomic_write(os.path.join(folder, f"{name}.png")) as f:
+            fig.savefig(f, format="png", dpi=100)
         sections.append((name.replace("_", " "), report.png_img(fig, name)))
-    with open(os.path.join(folder, "circuits.html"), "w", encoding="utf-8") as f:
-        f.write(report_page(sections, tokens))
+    page = report_page(sections, tokens)
+    with atomic_write(os.path.join(folder, "circuits.html"), "w") as f:
+        f.write(page)
     maps = {k: v.cpu() for k, v in cache.items() if k.endswith(".pattern")}
     write_attention(folder, views_from_maps(maps, tokens), png=False)
     print(f"\nwrote {folder}/circuits.html, {folder}/attention.html and {len(figures)} PNGs")

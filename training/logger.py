@@ -93,7 +93,7 @@ def log_attention(model, batch: dict, tokenizer, step: int, wandb_log: bool = Fa
             _, cache = model.run_with_cache(**first, names_filter="*attn.pattern", device="cpu")
     finally:
         model.train(was_training)
-    stats = head_stats_all(cache)
+    stats = head_stats_all(cache, query_mask=first.get("attention_mask"))  # BERT's padding queries left out
     print(f"attention at step {step}:\n{stats_table(stats)}")
     if not wandb_log:
         return
