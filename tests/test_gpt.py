@@ -121,6 +121,31 @@ def test_config_validation():
         GPTConfig(attn_score="nope")
 
 
+@pytest.mark.parametrize("change, message", [
+    (dict(n_embd=7.5, n_head=1), "n_embd must be a positive integer, got 7.5"),
+    (dict(n_head=2.0), "n_head must be a positive integer, got 2.0"),
+    (dict(block_size="64"), "block_size must be a positive integer, got '64'"),
+    (dict(n_layer=None), "n_layer must be a positive integer, got None"),
+    (dict(vocab_size=True), "vocab_size must be a positive integer, got True"),
+    (dict(norm_eps=-1e-5), "norm_eps must be a positive number"),
+    (dict(norm_eps=None), "norm_eps must be a positive number"),
+    (dict(dropout=None), r"dropout must be a number in \[0, 1\), got None"),
+])
+def test_sizes_of_the_wrong_type_are_config_errors(change, message):
+    from model import BERTConfig, ConfigError, RNNConfig, Seq2SeqConfig
+
+    with pytest.raises(ConfigError, match=message):
+        GPTConfig(**change)
+    with pytest.raises(ConfigError, match="n_encoder_layer must be a positive integer, or 0"):
+        Seq2SeqConfig(n_encoder_layer=1.5)
+    with pytest.raises(ConfigError, match="source_block_size must be a positive integer, or 0"):
+        Seq2SeqConfig(source_block_size=None)
+    with pytest.raises(ConfigError, match="n_embd must be a positive integer, got 8.0"):
+        RNNConfig(n_embd=8.0)
+    with pytest.raises(ConfigError, match="type_vocab_size must be 0"):
+        BERTConfig(type_vocab_size=None)
+
+
 def test_odd_head_counts():
     model = tiny(n_head=3, n_embd=24)
     idx = torch.randint(0, 23, (2, 5))
