@@ -197,6 +197,13 @@ def test_hostile_folders_are_one_clear_error_each(tmp_path):
     (tmp_path / "qwen" / "config.json").write_text(json.dumps({**qwen, "num_key_value_heads": 1}))
     with pytest.raises(PretrainedError, match="num_key_value_heads=1"):
         GPT.from_pretrained(str(tmp_path / "qwen"))
+    for change, message in (({"rms_norm_eps": None}, "rms_norm_eps must be a positive number, got None"),
+                            ({"rope_parameters": {"rope_theta": "big"}}, "rope_theta must be a positive number, got 'big'")):
+        (tmp_path / "qwen" / "config.json").write_text(json.dumps({**qwen, **change}))
+        with pytest.raises(PretrainedError, match=message):
+            GPT.pretrained_config(str(tmp_path / "qwen"))
+    (tmp_path / "qwen" / "config.json").write_text(json.dumps({**qwen, "head_dim": None}))  # transformers: the default
+    assert GPT.pretrained_config(str(tmp_path / "qwen")).head_dim == 12
 
 
 def test_export_command_line(tmp_path):
