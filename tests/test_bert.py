@@ -206,6 +206,10 @@ def test_from_pretrained_errors(hf_models, tmp_path):
     (bad / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
     with pytest.raises(CheckpointError, match="encoder.layer.2"):
         BERT.from_pretrained(str(bad))
+    for change in ({"is_decoder": True}, {"add_cross_attention": True}):  # a BertLMHeadModel: causal, same names
+        (bad / "config.json").write_text(json.dumps({**config, **change}))
+        with pytest.raises(CheckpointError, match=f"{next(iter(change))}=True.* bidirectional encoder"):
+            BERT.from_pretrained(str(bad))
     for change, message in (({"hidden_dropout_prob": None}, "dropout must be a number"),
                             ({"type_vocab_size": "2"}, "type_vocab_size must be 0"),
                             ({"hidden_size": 36.0}, "n_embd must be a positive integer")):
