@@ -21,6 +21,14 @@ from weights.hf_folder import PretrainedError
 __all__ = ["BERT", "MLMHead", "IGNORE_INDEX"]
 
 
+def bert_config(values: dict, source: str) -> BERTConfig:
+    """A BERTConfig from the keyword arguments weights/hf_bert.py read; a PretrainedError if it is invalid."""
+    try:
+        return BERTConfig(**values)
+    except (ConfigError, TypeError) as e:
+        raise PretrainedError(f"the config.json of {source} holds values our model cannot take ({e}).") from None
+
+
 class MLMHead(nn.Module):
     """BERT's prediction head: dense, activation, norm, then scores against every token embedding."""
 
@@ -108,11 +116,10 @@ class BERT(Family):
         `overrides` replace config values (e.g. dropout=0.0). Only tensors are read (weights_only).
         """
         hf_config, hf_state = read_bert(name_or_dir)
-        values = config_from_hf(hf_config)
         unknown = set(overrides) - {f.name for f in dataclasses.fields(BERTConfig)}
         if unknown:
             raise ConfigError(f"unknown BERTConfig key {sorted(unknown)[0]!r} in from_pretrained overrides.")
-        model = cls(BERTConfig(**{**values, **overrides}))
+        model = cls(dataclasses.replace(bert_config(config_from_hf(hf_config), name_or_dir), **overrides))
         state = state_from_hf(hf_state, model.config.n_layer, model.config.type_vocab_size)
         own = model.state_dict()
         for key, tensor in state.items():

@@ -13,6 +13,32 @@ from model.layers import ACTIVATIONS, NORMS
 from weights.common import ConfigError
 
 
+def is_size(value, minimum: int = 1) -> bool:
+    """Whether value is an int (not a bool, float or string) of at least `minimum`."""
+    return type(value) is int and value >= minimum
+
+
+def check_sizes(config, names: tuple[str, ...]) -> None:
+    """A ConfigError for the first of these fields that is not a positive integer."""
+    for name in names:
+        if not is_size(getattr(config, name)):
+            raise ConfigError(f"{name} must be a positive integer, got {getattr(config, name)!r}.")
+
+
+def check_source_sizes(config, names: tuple[str, ...]) -> None:
+    """A ConfigError for the first of these source-side fields that is neither 0 nor a positive integer."""
+    for name in names:
+        if not is_size(getattr(config, name), minimum=0):
+            raise ConfigError(f"{name} must be a positive integer, or 0 for the target side's value; "
+                              f"got {getattr(config, name)!r}.")
+
+
+def check_dropout(dropout) -> None:
+    """A ConfigError unless dropout is a number in [0, 1)."""
+    if type(dropout) not in (int, float) or not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be a number in [0, 1), got {dropout!r}.")
+
+
 @dataclass
 class TransformerConfig:
     """Sizes and options shared by every model family (decoder, encoder, encoder-decoder)."""
@@ -53,16 +79,13 @@ class TransformerConfig:
     logit_softcap: float = 0.0  # logits -> cap * tanh(logits / cap); 0 disables
 
     def __post_init__(self):
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        check_sizes(self, ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"))
         if self.n_embd % self.n_head != 0:
             raise ConfigError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                 f"pick n_head among {[h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0][:12]}."
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}.")
+        check_dropout(self.dropout)
         check_variants(self)
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}.")
@@ -70,6 +93,9 @@ class TransformerConfig:
             raise ConfigError(f"mlp_hidden must be a positive integer or None (4 * n_embd), got {self.mlp_hidden!r}.")
         if self.norm not in NORMS:
             raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}.")
+        if type(self.norm_eps) not in (int, float) or not 0 < self.norm_eps < float("inf"):
+            raise ConfigError(f"norm_eps must be a positive number (the norms add it to the variance), "
+                              f"got {self.norm_eps!r}.")
         if self.pos_emb not in ("learned", "rope"):
             raise ConfigError(f"pos_emb must be 'learned' or 'rope', got {self.pos_emb!r}.")
         if self.pos_emb == "rope" and self.head_dim % 2:
@@ -118,7 +144,7 @@ class BERTConfig(TransformerConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.type_vocab_size < 0:
+        if not is_size(self.type_vocab_size, minimum=0):
             raise ConfigError(f"type_vocab_size must be 0 (no segment embeddings) or more, got {self.type_vocab_size}.")
 
 
@@ -137,9 +163,7 @@ class Seq2SeqConfig(TransformerConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("n_encoder_layer", "source_block_size", "source_vocab_size"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be a positive integer, or 0 for the target side's value.")
+        check_source_sizes(self, ("n_encoder_layer", "source_block_size", "source_vocab_size"))
         self.n_encoder_layer = self.n_encoder_layer or self.n_layer
         self.source_block_size = self.source_block_size or self.block_size
         self.source_vocab_size = self.source_vocab_size or self.vocab_size
@@ -195,12 +219,8 @@ class RNNConfig:
     cells = ("gru", "lstm")
 
     def __post_init__(self):
-        for name in ("block_size", "vocab_size", "n_layer", "n_embd", "n_head"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}.")
-        for name in ("source_block_size", "source_vocab_size"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be a positive integer, or 0 for the target side's value.")
+        check_sizes(self, ("block_size", "vocab_size", "n_layer", "n_embd", "n_head"))
+        check_source_sizes(self, ("source_block_size", "source_vocab_size"))
         if self.cell not in self.cells:
             raise ConfigError(f"cell must be one of {', '.join(self.cells)}, got {self.cell!r}.")
         if self.bidirectional and self.n_embd % 2:
@@ -208,8 +228,7 @@ class RNNConfig:
                               f"({self.n_embd}) even or set bidirectional=False.")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}).")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}.")
+        check_dropout(self.dropout)
         defaults = RNNConfig.__dataclass_fields__
         if not self.attention and any(getattr(self, k) != defaults[k].default for k in ("attn_score", "attn_weighting")):
             raise ConfigError("attn_score and attn_weighting choose the attention, which attention=False turns off; "

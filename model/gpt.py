@@ -107,6 +107,8 @@ class GPT(Family):
         tokens (model/generation.py); each row then gets the tokens it would get alone. A list of
         generators, one per row, makes each row's sampling reproducible on its own.
         """
+        if idx.size(1) == 0:
+            raise ValueError("the prompt is empty; give every row at least one token (e.g. a start or <|endoftext|> token).")
         if attention_mask is not None:
             yield from generate_padded(self, idx, attention_mask, max_new_tokens, temperature, top_k, top_p,
                                        use_cache, generator)

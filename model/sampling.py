@@ -3,10 +3,23 @@
 import torch
 import torch.nn.functional as F
 
+from weights.common import ConfigError
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """A ConfigError unless temperature >= 0, top_k is None or a positive int and top_p is None or in (0, 1]."""
+    if not temperature >= 0:  # also rejects nan
+        raise ConfigError(f"temperature must be >= 0 (0 is greedy), got {temperature}.")
+    if top_k is not None and (type(top_k) is not int or top_k < 1):
+        raise ConfigError(f"top_k must be a positive integer or None, got {top_k!r}.")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ConfigError(f"top_p must be in (0, 1], got {top_p}.")
+
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Pick one token per row of logits (B, V) -> (B, 1). temperature 0 or top_k 1 is greedy."""
+    check_sampling(temperature, top_k, top_p)
     if temperature == 0 or top_k == 1:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float()

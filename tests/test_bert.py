@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from data.mlm import mask_tokens
-from model import BERT, BERTConfig, CheckpointError
+from model import BERT, BERTConfig, CheckpointError, ConfigError
 from weights.common import IGNORE_INDEX
 
 
@@ -206,6 +206,18 @@ def test_from_pretrained_errors(hf_models, tmp_path):
     (bad / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
     with pytest.raises(CheckpointError, match="encoder.layer.2"):
         BERT.from_pretrained(str(bad))
+    for change in ({"is_decoder": True}, {"add_cross_attention": True}):  # a BertLMHeadModel: causal, same names
+        (bad / "config.json").write_text(json.dumps({**config, **change}))
+        with pytest.raises(CheckpointError, match=f"{next(iter(change))}=True.* bidirectional encoder"):
+            BERT.from_pretrained(str(bad))
+    for change, message in (({"hidden_dropout_prob": None}, "dropout must be a number"),
+                            ({"type_vocab_size": "2"}, "type_vocab_size must be 0"),
+                            ({"hidden_size": 36.0}, "n_embd must be a positive integer")):
+        (bad / "config.json").write_text(json.dumps({**config, **change}))
+        with pytest.raises(CheckpointError, match=f"config.json of .* holds values our model cannot take .*{message}"):
+            BERT.from_pretrained(str(bad))
+    with pytest.raises(ConfigError, match="dropout must be a number"):  # the caller's own override: no folder blamed
+        BERT.from_pretrained(str(folder), dropout=2)
     (bad / "config.json").write_text(json.dumps(config))
     (bad / "model.safetensors").write_bytes(b"not a weights file")
     with pytest.raises(CheckpointError, match="corrupt"):

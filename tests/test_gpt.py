@@ -92,6 +92,32 @@ def test_extreme_temperatures_sample_valid_tokens():
     with pytest.raises(ConfigError, match="temperature"):
         SampleConfig(temperature=float("nan"))
 
+@pytest.mark.parametrize("sampling, message", [
+    (dict(temperature=-1.0), r"temperature must be >= 0 \(0 is greedy\), got -1.0"),
+    (dict(temperature=float("nan")), "temperature must be >= 0"),
+    (dict(top_k=0), "top_k must be a positive integer or None, got 0"),
+    (dict(top_k=-2), "top_k must be a positive integer or None"),
+    (dict(top_k=2.5), "top_k must be a positive integer or None"),
+    (dict(top_p=0.0), r"top_p must be in \(0, 1\], got 0.0"),
+    (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+])
+def test_bad_sampling_arguments_are_config_errors(sampling, message):
+    from model import ConfigError
+    from model.generation import pack
+
+    model, idx = tiny().eval(), torch.randint(0, 23, (2, 4))
+    with pytest.raises(ConfigError, match=message):
+        model.generate(idx, 3, **sampling)
+    padded, mask = pack([idx[0], idx[1, :1]])
+    with pytest.raises(ConfigError, match=message):  # a padded batch, one generator per row
+        model.generate(padded, 3, **sampling, attention_mask=mask, generator=[torch.Generator(), torch.Generator()])
+
+
+def test_an_empty_prompt_is_a_clear_error():
+    with pytest.raises(ValueError, match="at least one token"):
+        tiny().generate(torch.zeros(2, 0, dtype=torch.long), 3)
+
+
 def test_two_layer_model_overfits_one_batch():
     torch.manual_seed(0)
     model = tiny().train()
@@ -119,6 +145,31 @@ def test_config_validation():
         GPTConfig(n_embd=30, n_head=4)
     with pytest.raises(ConfigError, match="attn_score"):
         GPTConfig(attn_score="nope")
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(n_embd=7.5, n_head=1), "n_embd must be a positive integer, got 7.5"),
+    (dict(n_head=2.0), "n_head must be a positive integer, got 2.0"),
+    (dict(block_size="64"), "block_size must be a positive integer, got '64'"),
+    (dict(n_layer=None), "n_layer must be a positive integer, got None"),
+    (dict(vocab_size=True), "vocab_size must be a positive integer, got True"),
+    (dict(norm_eps=-1e-5), "norm_eps must be a positive number"),
+    (dict(norm_eps=None), "norm_eps must be a positive number"),
+    (dict(dropout=None), r"dropout must be a number in \[0, 1\), got None"),
+])
+def test_sizes_of_the_wrong_type_are_config_errors(change, message):
+    from model import BERTConfig, ConfigError, RNNConfig, Seq2SeqConfig
+
+    with pytest.raises(ConfigError, match=message):
+        GPTConfig(**change)
+    with pytest.raises(ConfigError, match="n_encoder_layer must be a positive integer, or 0"):
+        Seq2SeqConfig(n_encoder_layer=1.5)
+    with pytest.raises(ConfigError, match="source_block_size must be a positive integer, or 0"):
+        Seq2SeqConfig(source_block_size=None)
+    with pytest.raises(ConfigError, match="n_embd must be a positive integer, got 8.0"):
+        RNNConfig(n_embd=8.0)
+    with pytest.raises(ConfigError, match="type_vocab_size must be 0"):
+        BERTConfig(type_vocab_size=None)
 
 
 def test_odd_head_counts():

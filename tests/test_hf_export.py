@@ -162,6 +162,8 @@ def test_fine_tune_of_an_exported_then_imported_model_continues_with_the_same_lo
     (dict(logit_softcap=30.0), "logit_softcap=30.0"),
     (dict(norm="rmsnorm"), "norm='rmsnorm'"),
     (dict(MODERN, bias=True), "bias=True"),
+    (dict(attn_only=True), "attn_only=True"),
+    (dict(MODERN, attn_only=True), "attn_only=True"),
 ])
 def test_options_no_hf_class_expresses_are_refused_by_name(tmp_path, change, message):
     with pytest.raises(ExportError, match=message):
@@ -169,6 +171,8 @@ def test_options_no_hf_class_expresses_are_refused_by_name(tmp_path, change, mes
     assert not (tmp_path / "x").exists()  # nothing written
     with pytest.raises(ExportError, match="pos_emb='rope'"):
         BERT(BERTConfig(**SMALL, pos_emb="rope")).save_pretrained(str(tmp_path / "y"))
+    with pytest.raises(ExportError, match="attn_only=True"):
+        BERT(BERTConfig(**SMALL, attn_only=True)).save_pretrained(str(tmp_path / "y"))
     with pytest.raises(ExportError, match="seq2seq"):
         Seq2Seq(Seq2SeqConfig(**SMALL)).save_pretrained(str(tmp_path / "z"))
 
@@ -193,6 +197,13 @@ def test_hostile_folders_are_one_clear_error_each(tmp_path):
     (tmp_path / "qwen" / "config.json").write_text(json.dumps({**qwen, "num_key_value_heads": 1}))
     with pytest.raises(PretrainedError, match="num_key_value_heads=1"):
         GPT.from_pretrained(str(tmp_path / "qwen"))
+    for change, message in (({"rms_norm_eps": None}, "rms_norm_eps must be a positive number, got None"),
+                            ({"rope_parameters": {"rope_theta": "big"}}, "rope_theta must be a positive number, got 'big'")):
+        (tmp_path / "qwen" / "config.json").write_text(json.dumps({**qwen, **change}))
+        with pytest.raises(PretrainedError, match=message):
+            GPT.pretrained_config(str(tmp_path / "qwen"))
+    (tmp_path / "qwen" / "config.json").write_text(json.dumps({**qwen, "head_dim": None}))  # transformers: the default
+    assert GPT.pretrained_config(str(tmp_path / "qwen")).head_dim == 12
 
 
 def test_export_command_line(tmp_path):

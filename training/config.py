@@ -11,6 +11,7 @@ import os
 import typing
 from dataclasses import dataclass
 
+from model.sampling import check_sampling
 from weights.common import ConfigError
 from weights.hf_gpt2 import HUB_MODELS
 
@@ -135,12 +136,7 @@ class SampleConfig:
         check_init_from(self.init_from, ("resume",))
         if self.num_samples < 1 or self.max_new_tokens < 0:
             raise ConfigError("num_samples must be at least 1 and max_new_tokens not negative.")
-        if not self.temperature >= 0:  # also rejects nan
-            raise ConfigError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}.")
-        if self.top_k is not None and self.top_k < 1:
-            raise ConfigError(f"top_k must be a positive integer or None, got {self.top_k}.")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}.")
+        check_sampling(self.temperature, self.top_k, self.top_p)
 
 
 def check_init_from(init_from: str, own: tuple[str, ...]) -> None:

@@ -53,6 +53,10 @@ def config_from_hf(hf: dict) -> dict:
     activation = ACTIVATIONS.get(hf.get("hidden_act", "gelu"))
     if activation is None:
         raise PretrainedError(f"hidden_act {hf['hidden_act']!r} is not supported; use one of {', '.join(ACTIVATIONS)}.")
+    for key in ("is_decoder", "add_cross_attention"):  # a BertLMHeadModel has our names but causal attention
+        if hf.get(key):
+            raise PretrainedError(f"config.json sets {key}=True, which our BERT (a bidirectional encoder) does not "
+                                  "compute; load a BertForMaskedLM folder.")
     if (hf.get("position_embedding_type") or "absolute") != "absolute":
         raise PretrainedError(f"position_embedding_type {hf['position_embedding_type']!r} is not supported; "
                               "only absolute (learned) positions are.")

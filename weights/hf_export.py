@@ -5,7 +5,7 @@
     BERT (post-norm, LayerNorm, GELU, tied head)              -> BertForMaskedLM
 
 What a Hugging Face class cannot express (another attention score or weighting, relu2, soft-capped
-logits, ...) is refused with an ExportError naming the option. A model without biases exports to
+logits, blocks without an MLP, ...) is refused with an ExportError naming the option. A model without biases exports to
 GPT-2 or BERT with zero biases, which computes the same function. Like the import modules, this works
 on dicts only: it imports nothing of model/.
 """
@@ -36,8 +36,9 @@ def refuse_unless(config: dict, target: str, **required) -> None:
 
 
 def common_checks(config: dict, target: str) -> None:
-    """Options that no exported class expresses."""
-    refuse_unless(config, target, attn_score="scaled_dot", attn_weighting="softmax", logit_softcap=(0, 0.0))
+    """Options that no exported class expresses (every one has an MLP in each block)."""
+    refuse_unless(config, target, attn_score="scaled_dot", attn_weighting="softmax", logit_softcap=(0, 0.0),
+                  attn_only=False)
 
 
 def mlp_width(state: dict) -> int:

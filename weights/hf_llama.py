@@ -23,13 +23,20 @@ def positive_int(hf: dict, key: str) -> int:
     return value
 
 
+def positive_number(value, key: str) -> float:
+    """config.json's value of `key` as a float; a PretrainedError unless it is a positive number."""
+    if type(value) not in (int, float) or not value > 0:
+        raise PretrainedError(f"config.json's {key} must be a positive number, got {value!r}.")
+    return float(value)
+
+
 def check_llama(hf: dict, n_embd: int, n_head: int) -> None:
     """A PretrainedError for a Llama/Qwen3 option our GPT does not have."""
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     problems = {
         "hidden_act": hf.get("hidden_act", "silu") != "silu",
         "num_key_value_heads": hf.get("num_key_value_heads", n_head) != n_head,
-        "head_dim": hf.get("head_dim", n_embd // n_head) * n_head != n_embd,
+        "head_dim": (hf.get("head_dim") or n_embd // n_head) * n_head != n_embd,  # None: transformers' default
         "attention_bias": bool(hf.get("attention_bias", False)),
         "mlp_bias": bool(hf.get("mlp_bias", False)),
         "rope_parameters": rope.get("rope_type", rope.get("type", "default")) != "default",
@@ -52,8 +59,8 @@ def llama_config(hf: dict, dropout: float = 0.0, block_size: int | None = None) 
     default_width = 8 * math.ceil(8 * n_embd / 3 / 8)  # model/config.py's SwiGLU rule
     return dict(vocab_size=positive_int(hf, "vocab_size"), n_layer=positive_int(hf, "num_hidden_layers"),
                 n_head=n_head, n_embd=n_embd, block_size=block_size or positions, dropout=dropout, bias=False,
-                activation="swiglu", norm="rmsnorm", norm_eps=float(hf.get("rms_norm_eps", 1e-6)), pos_emb="rope",
-                rope_base=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+                activation="swiglu", norm="rmsnorm", norm_eps=positive_number(hf.get("rms_norm_eps", 1e-6), "rms_norm_eps"),
+                pos_emb="rope", rope_base=positive_number(rope.get("rope_theta", hf.get("rope_theta", 10000.0)), "rope_theta"),
                 qk_norm=hf["model_type"] == "qwen3", tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
                 mlp_hidden=None if width == default_width else width)
 
