@@ -1,5 +1,7 @@
 """Choosing the next token from logits: temperature, top-k, top-p (nucleus), greedy."""
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 
@@ -10,7 +12,7 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
     """A ConfigError unless temperature >= 0, top_k is None or a positive int and top_p is None or in (0, 1]."""
     if not temperature >= 0:  # also rejects nan
         raise ConfigError(f"temperature must be >= 0 (0 is greedy), got {temperature}.")
-    if top_k is not None and (type(top_k) is not int or top_k < 1):
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
         raise ConfigError(f"top_k must be a positive integer or None, got {top_k!r}.")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ConfigError(f"top_p must be in (0, 1], got {top_p}.")
