@@ -240,3 +240,54 @@ def test_writes_clear_temporaries_left_by_killed_processes(tmp_path):
     write_tokens(str(tmp_path / "train.bin"), [1, 2, 3], vocab_size=10)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["ckpt.pt", "train.bin", f"ckpt.pt.tmp{live_pid}", f"train.bin.tmp{live_pid}"])
+
+
+def dataset_files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_prepare_that_fails_midway_keeps_the_dataset_it_was_replacing(tmp_path, monkeypatch):
+    from data import tokens
+    from data.shakespeare_char.prepare import prepare
+
+    (tmp_path / "a.txt").write_text("abc\n" * 100)
+    (tmp_path / "b.txt").write_text("xyz\n" * 100)
+    prepare(str(tmp_path / "d"), str(tmp_path / "a.txt"))
+    before = dataset_files(tmp_path / "d")
+    write_tokens = tokens.write_tokens
+
+    def disk_full_at_val(path, *args):
+        if "val.bin" in os.path.basename(path):
+            raise OSError(28, "No space left on device")
+        write_tokens(path, *args)
+
+    monkeypatch.setattr(tokens, "write_tokens", disk_full_at_val)
+    with pytest.raises(tokens.TokenFileError, match="No space left on device"):
+        prepare(str(tmp_path / "d"), str(tmp_path / "b.txt"))
+    assert dataset_files(tmp_path / "d") == before  # the old dataset, whole, and no staged files left
+    monkeypatch.undo()
+    prepare(str(tmp_path / "d"), str(tmp_path / "b.txt"))
+    assert tokens.load_tokens(str(tmp_path / "d" / "val.bin")).size == 40
+
+
+def test_a_pairs_prepare_that_fails_midway_keeps_its_dataset_and_names_a_bad_out_dir(tmp_path, monkeypatch):
+    from data import pairs
+
+    pairs.write_pairs_dataset(str(tmp_path / "d"), [("ab", "ba")] * 5, [("cd", "dc")], {})
+    before = dataset_files(tmp_path / "d")
+    write_atomic = pairs.write_atomic
+
+    def disk_full_at_val(path, text):
+        if "val.jsonl" in os.path.basename(path):
+            raise OSError(28, "No space left on device")
+        write_atomic(path, text)
+
+    monkeypatch.setattr(pairs, "write_atomic", disk_full_at_val)
+    with pytest.raises(ValueError, match="No space left on device"):
+        pairs.write_pairs_dataset(str(tmp_path / "d"), [("xy", "yx")] * 5, [("zw", "wz")], {})
+    assert dataset_files(tmp_path / "d") == before
+    (tmp_path / "file").write_text("")
+    proc = run_script("data/reverse/prepare.py", "--max_plays=1", "--n_val=20", f"--out_dir={tmp_path / 'file'}",
+                      check=False)
+    assert "writable --out_dir" in one_line_error(proc)
+
