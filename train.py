@@ -31,7 +31,7 @@ from training.logger import RunLogger, log_attention
 from training.mfu import device_peak, flops_per_token, mfu
 from training.muon import make_muon_adamw
 from training.system import autocast as autocast_for, enable_tf32, pick_device, pick_dtype
-from weights.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from weights.checkpoint import RESUME_KEYS, CheckpointError, load_checkpoint, save_checkpoint
 from weights.common import ConfigError, UserError
 
 
@@ -103,7 +103,7 @@ def load_config(argv: list[str]):
     cfg, model_cfg = build(values, TrainConfig, family(model_type).config)
     ckpt = None
     if cfg.init_from == "resume":
-        ckpt = load_checkpoint(cfg.out_dir)
+        ckpt = load_checkpoint(cfg.out_dir, needs=RESUME_KEYS)
         # the stored run's settings, then whatever this command line sets explicitly (e.g. a longer max_iters)
         train_keys = field_types(TrainConfig)  # a key stored by an older headscope, or new since, is no error
         saved = {k: v for k, v in {**ckpt["train_config"], **values}.items() if k in train_keys}
@@ -227,11 +227,15 @@ def build_model(run: Run):
 def resume(run: Run, ckpt: dict, model, optimizer) -> None:
     """Load a checkpoint's weights, optimizer state, counters and random state into the run."""
     settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    matched = set(model.state_dict()) <= set(ckpt["model"])  # torch's loader keeps a missing weight's fresh init
     try:
         distributed.load_full_state(model, optimizer, ckpt["model"], ckpt["optimizer"])
     except (RuntimeError, KeyError, ValueError):
-        raise CheckpointError(f"{run.ckpt_path} does not match this model and optimizer; it is damaged "
-                              "or from an older headscope.") from None
+        matched = False
+    if not matched:
+        raise CheckpointError(f"{run.ckpt_path} does not match the model and optimizer it describes (damaged, "
+                              "or from an older headscope); restore it from a copy or start a new run in another "
+                              "out_dir.")
     for group, own in zip(optimizer.param_groups, settings):  # this run's settings (e.g. a new --muon_lr)
         group.update(own)
     run.iter_num = run.start_iter = ckpt["iter_num"]

@@ -291,3 +291,23 @@ def test_a_pairs_prepare_that_fails_midway_keeps_its_dataset_and_names_a_bad_out
                       check=False)
     assert "writable --out_dir" in one_line_error(proc)
 
+
+def test_checkpoints_lacking_parts_are_one_line_errors(char_data, tmp_path):
+    out = tmp_path / "out"
+    run_script("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=5", "--eval_interval=5", *SMALL)
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    nano = tmp_path / "nano"  # what nanoGPT's train.py saves: no tokenizer, model_type, train_config or rng
+    nano.mkdir()
+    torch.save({k: ckpt[k] for k in ("model", "model_args", "optimizer", "iter_num", "best_val_loss")},
+               nano / "ckpt.pt")
+    grown = tmp_path / "grown"  # a config that names more layers than the weights hold
+    grown.mkdir()
+    torch.save({**ckpt, "model_args": {**ckpt["model_args"], "n_layer": 3}}, grown / "ckpt.pt")
+    for folder in (nano, grown):
+        data = (folder / "ckpt.pt").read_bytes()
+        assert "checkpoint" in one_line_error(run_script("sample.py", f"--out_dir={folder}", check=False))
+        assert "checkpoint" in one_line_error(run_script("train.py", f"--out_dir={folder}", "--init_from=resume",
+                                                         "--max_iters=10", check=False))
+        assert (folder / "ckpt.pt").read_bytes() == data
+        assert not (folder / "metrics.jsonl").exists()
+

@@ -47,8 +47,14 @@ def upgrade_state(state: dict) -> dict:
     return upgraded
 
 
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Read a checkpoint written by save_checkpoint (any version); only tensors and plain data are accepted."""
+SAMPLE_KEYS = ("model", "model_args", "tokenizer")  # what sampling from a checkpoint needs
+RESUME_KEYS = SAMPLE_KEYS + ("model_type", "optimizer", "train_config", "iter_num", "best_val_loss", "rng")
+
+
+def load_checkpoint(path: str, map_location="cpu", needs: tuple[str, ...] = ()) -> dict:
+    """Read a checkpoint written by save_checkpoint (any version); only tensors and plain data are accepted.
+
+    `needs`: the entries the caller reads besides the weights and their config (e.g. RESUME_KEYS)."""
     if os.path.isdir(path):
         path = os.path.join(path, "ckpt.pt")
     if not os.path.exists(path):
@@ -59,5 +65,9 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} is corrupt or not a headscope checkpoint; retrain or restore it.") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise CheckpointError(f"{path} is not a headscope checkpoint (no model weights and config).")
+    missing = [key for key in needs if key not in ckpt]
+    if missing:  # e.g. nanoGPT's ckpt.pt: weights and config, but no tokenizer or random state
+        raise CheckpointError(f"{path} has no {missing[0]!r} entry, so it was not written by headscope's train.py; "
+                              "train a headscope model or restore the checkpoint.")
     ckpt["model"] = upgrade_state(ckpt["model"])
     return ckpt
