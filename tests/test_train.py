@@ -311,3 +311,11 @@ def test_checkpoints_lacking_parts_are_one_line_errors(char_data, tmp_path):
         assert (folder / "ckpt.pt").read_bytes() == data
         assert not (folder / "metrics.jsonl").exists()
 
+
+def test_a_checkpoint_that_cannot_be_saved_is_a_one_line_error(char_data, tmp_path):
+    out = tmp_path / "out"
+    (out / "ckpt.pt").mkdir(parents=True)  # in the way of the checkpoint, as a full disk or a read-only folder would be
+    proc = run_script("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=5", "--eval_interval=5",
+                      "--overwrite=True", *SMALL, check=False)
+    assert "cannot save" in one_line_error(proc)
+    assert (out / "ckpt.pt").is_dir() and not [p for p in out.iterdir() if ".tmp" in p.name]

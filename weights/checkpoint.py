@@ -20,10 +20,15 @@ class CheckpointError(UserError, ValueError):
 
 
 def save_checkpoint(payload: dict, path: str) -> None:
-    """Write payload to path through a temporary file and a rename: a crash leaves the old file intact."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with atomic_write(path) as f:
-        torch.save(payload, f)
+    """Write payload to path through a temporary file and a rename: a crash or a full disk leaves the old file intact."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with atomic_write(path) as f:
+            torch.save(payload, f)
+    except OSError as e:
+        kept = "the previous one is intact" if os.path.isfile(path) else "none was saved"
+        raise CheckpointError(f"cannot save the checkpoint {path} ({e.strerror or e}; {kept}); free some disk space "
+                              "or pick a writable --out_dir.") from None
 
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DDP's, in either order (nanoGPT: module._orig_mod.)
