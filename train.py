@@ -244,6 +244,9 @@ def resume(run: Run, ckpt: dict, model, optimizer) -> None:
     exact = distributed.restore_rng(ckpt["rng"], run.ranks)
     run.log.print(f"resuming from {run.ckpt_path} at iter {run.iter_num}" + ("" if exact else
                   " (saved by another number of processes: same data, new dropout randomness)"))
+    if run.iter_num >= run.cfg.max_iters and not run.cfg.eval_only:
+        run.log.print(f"iter {run.iter_num} already reaches max_iters={run.cfg.max_iters}, so there is nothing to train; "
+                      "pass a larger --max_iters to continue.")
 
 
 def evaluate_and_save(run: Run, model, optimizer, lr: float, elapsed: float, tokens_per_s: float) -> None:

@@ -96,6 +96,10 @@ def test_resume_matches_uninterrupted_run(char_data, tmp_path):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
     wa, wb = (load_checkpoint(str(tmp_path / d))["model"] for d in ("full", "split"))
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    done = (tmp_path / "split" / "ckpt.pt").read_bytes()
+    proc = run_script("train.py", f"--out_dir={tmp_path / 'split'}", "--max_iters=30", "--init_from=resume")
+    assert "nothing to train" in proc.stdout and "--max_iters" in proc.stdout  # was a silent no-op
+    assert (tmp_path / "split" / "ckpt.pt").read_bytes() == done and len(metrics(tmp_path / "split")) == 5
 
 
 def test_user_errors_are_one_line_and_harmless(char_data, tmp_path):
