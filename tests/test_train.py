@@ -240,10 +240,12 @@ def test_writes_clear_temporaries_left_by_killed_processes(tmp_path):
     for name in ("ckpt.pt", "train.bin"):
         (tmp_path / f"{name}.tmp{dead_pid}").write_bytes(b"half a file")
         (tmp_path / f"{name}.tmp{live_pid}").write_bytes(b"being written")
+    (tmp_path / f"val.bin.tmp{dead_pid}.tmp{dead_pid}").write_bytes(b"half a staged file")  # data/tokens.py replace_dataset
     save_checkpoint({"x": torch.ones(2)}, str(tmp_path / "ckpt.pt"))
     write_tokens(str(tmp_path / "train.bin"), [1, 2, 3], vocab_size=10)
+    write_tokens(str(tmp_path / "val.bin"), [1, 2, 3], vocab_size=10)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["ckpt.pt", "train.bin", f"ckpt.pt.tmp{live_pid}", f"train.bin.tmp{live_pid}"])
+        ["ckpt.pt", "train.bin", "val.bin", f"ckpt.pt.tmp{live_pid}", f"train.bin.tmp{live_pid}"])
 
 
 def dataset_files(folder):
