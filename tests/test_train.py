@@ -325,3 +325,21 @@ def test_a_checkpoint_that_cannot_be_saved_is_a_one_line_error(char_data, tmp_pa
                       "--overwrite=True", *SMALL, check=False)
     assert "cannot save" in one_line_error(proc)
     assert (out / "ckpt.pt").is_dir() and not [p for p in out.iterdir() if ".tmp" in p.name]
+
+
+def test_float16_resume_keeps_the_loss_scale(char_data, tmp_path, monkeypatch):
+    import functools
+
+    import train
+
+    # the scale doubles every 3 clean steps (torch: 2000), so by iteration 10 it has grown past what float16 holds
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, growth_interval=3))
+    common = [f"--data_dir={char_data}", "--eval_interval=10", "--dtype=float16", "--device=cpu", "--log_interval=100",
+              *SMALL]
+    train.main([f"--out_dir={tmp_path / 'full'}", "--max_iters=20", *common])
+    train.main([f"--out_dir={tmp_path / 'split'}", "--max_iters=10", *common])
+    train.main([f"--out_dir={tmp_path / 'split'}", "--max_iters=20", "--init_from=resume", "--device=cpu"])
+    full, split = (load_checkpoint(str(tmp_path / d)) for d in ("full", "split"))
+    assert [r["val_loss"] for r in metrics(tmp_path / "full")] == [r["val_loss"] for r in metrics(tmp_path / "split")]
+    assert all(torch.equal(full["model"][k], split["model"][k]) for k in full["model"])
+    assert full["scaler"] == split["scaler"] and full["scaler"]["scale"] != 65536.0

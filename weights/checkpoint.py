@@ -1,7 +1,8 @@
 """Checkpoints: written atomically, read without unpickling code (`weights_only=True`).
 
 A checkpoint is a dict: "model" (state dict), "model_type", "model_args" (the model config as a dict),
-"optimizer", "train_config", "tokenizer", "iter_num", "best_val_loss", "rng", "elapsed_s", "wandb_id".
+"optimizer", "scaler" (float16's loss scale), "train_config", "tokenizer", "iter_num", "best_val_loss", "rng",
+"elapsed_s", "wandb_id".
 Reading one upgrades what older headscope versions wrote (renamed parameters and config keys).
 """
 
