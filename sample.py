@@ -19,14 +19,14 @@ from model import GPT
 from training.config import SampleConfig, build, parse_args
 from training.families import FAMILIES, model_from_checkpoint
 from training.system import pick_device, pick_dtype
-from weights.checkpoint import load_checkpoint
+from weights.checkpoint import SAMPLE_KEYS, load_checkpoint
 from weights.common import ConfigError, UserError
 
 
 def load_model(cfg: SampleConfig, device: str):
     """(model in eval mode, tokenizer, model_type) from out_dir's checkpoint, or GPT-2 with its tokenizer."""
     if cfg.init_from == "resume":
-        ckpt = load_checkpoint(cfg.out_dir)
+        ckpt = load_checkpoint(cfg.out_dir, needs=SAMPLE_KEYS)
         return (model_from_checkpoint(ckpt).to(device).eval(), from_meta(ckpt["tokenizer"]),
                 ckpt.get("model_type", "gpt"))
     model = GPT.from_pretrained(cfg.init_from).to(device).eval()  # OpenAI's GPT-2 or a Hugging Face folder

@@ -31,7 +31,7 @@ from training.logger import RunLogger, log_attention
 from training.mfu import device_peak, flops_per_token, mfu
 from training.muon import make_muon_adamw
 from training.system import autocast as autocast_for, enable_tf32, pick_device, pick_dtype
-from weights.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from weights.checkpoint import RESUME_KEYS, CheckpointError, load_checkpoint, save_checkpoint
 from weights.common import ConfigError, UserError
 
 
@@ -103,7 +103,7 @@ def load_config(argv: list[str]):
     cfg, model_cfg = build(values, TrainConfig, family(model_type).config)
     ckpt = None
     if cfg.init_from == "resume":
-        ckpt = load_checkpoint(cfg.out_dir)
+        ckpt = load_checkpoint(cfg.out_dir, needs=RESUME_KEYS)
         # the stored run's settings, then whatever this command line sets explicitly (e.g. a longer max_iters)
         train_keys = field_types(TrainConfig)  # a key stored by an older headscope, or new since, is no error
         saved = {k: v for k, v in {**ckpt["train_config"], **values}.items() if k in train_keys}
@@ -224,25 +224,34 @@ def build_model(run: Run):
     return model, train_model, optimizer, scaler
 
 
-def resume(run: Run, ckpt: dict, model, optimizer) -> None:
-    """Load a checkpoint's weights, optimizer state, counters and random state into the run."""
+def resume(run: Run, ckpt: dict, model, optimizer, scaler) -> None:
+    """Load a checkpoint's weights, optimizer state, loss scale, counters and random state into the run."""
     settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    matched = set(model.state_dict()) <= set(ckpt["model"])  # torch's loader keeps a missing weight's fresh init
     try:
         distributed.load_full_state(model, optimizer, ckpt["model"], ckpt["optimizer"])
     except (RuntimeError, KeyError, ValueError):
-        raise CheckpointError(f"{run.ckpt_path} does not match this model and optimizer; it is damaged "
-                              "or from an older headscope.") from None
+        matched = False
+    if not matched:
+        raise CheckpointError(f"{run.ckpt_path} does not match the model and optimizer it describes (damaged, "
+                              "or from an older headscope); restore it from a copy or start a new run in another "
+                              "out_dir.")
     for group, own in zip(optimizer.param_groups, settings):  # this run's settings (e.g. a new --muon_lr)
         group.update(own)
+    if scaler.is_enabled() and ckpt.get("scaler"):  # float16: the loss scale and its growth count
+        scaler.load_state_dict(ckpt["scaler"])
     run.iter_num = run.start_iter = ckpt["iter_num"]
     run.best_val_loss = ckpt["best_val_loss"]
     run.elapsed_before, run.wandb_id = ckpt.get("elapsed_s", 0.0), ckpt.get("wandb_id")
     exact = distributed.restore_rng(ckpt["rng"], run.ranks)
     run.log.print(f"resuming from {run.ckpt_path} at iter {run.iter_num}" + ("" if exact else
                   " (saved by another number of processes: same data, new dropout randomness)"))
+    if run.iter_num >= run.cfg.max_iters and not run.cfg.eval_only:
+        run.log.print(f"iter {run.iter_num} already reaches max_iters={run.cfg.max_iters}, so there is nothing to train; "
+                      "pass a larger --max_iters to continue.")
 
 
-def evaluate_and_save(run: Run, model, optimizer, lr: float, elapsed: float, tokens_per_s: float) -> None:
+def evaluate_and_save(run: Run, model, optimizer, scaler, lr: float, elapsed: float, tokens_per_s: float) -> None:
     """Estimate the losses, record them, and save a checkpoint when the model is finite and good enough."""
     cfg = run.cfg
     losses = estimate_loss(model, run.batches, cfg, run.autocast, run.ranks)  # every rank takes part
@@ -260,7 +269,7 @@ def evaluate_and_save(run: Run, model, optimizer, lr: float, elapsed: float, tok
     rng = distributed.rng_states(run.ranks)  # collective
     if run.ranks.master:
         save_checkpoint({
-            "model": model_state, "optimizer": optim_state,
+            "model": model_state, "optimizer": optim_state, "scaler": scaler.state_dict(),
             "model_type": cfg.model_type, "model_args": to_dict(run.model_cfg), "train_config": to_dict(cfg),
             "tokenizer": run.tokenizer.meta(), "iter_num": run.iter_num, "best_val_loss": run.best_val_loss,
             "rng": rng, "elapsed_s": elapsed, "wandb_id": run.wandb_id}, run.ckpt_path)
@@ -336,7 +345,7 @@ def main(argv: list[str]) -> None:
     if ranks.device.startswith("cuda") and peak is None:
         run.log.print(f"MFU unknown for {gpu_name} (not in training/mfu.py's table of peak FLOP/s)")
     if ckpt is not None:
-        resume(run, ckpt, model, optimizer)
+        resume(run, ckpt, model, optimizer, scaler)
     del ckpt
     run.wandb_id = run.log.start(model_cfg, run.start_iter, run.wandb_id)
 
@@ -349,7 +358,7 @@ def main(argv: list[str]) -> None:
         resumed_here = run.iter_num == run.start_iter > 0 and not cfg.eval_only  # evaluated before the save
         if (run.iter_num % cfg.eval_interval == 0 or run.iter_num >= cfg.max_iters or cfg.eval_only) \
                 and not resumed_here:
-            evaluate_and_save(run, model, optimizer, lr, run.elapsed_before + time.perf_counter() - t_start,
+            evaluate_and_save(run, model, optimizer, scaler, lr, run.elapsed_before + time.perf_counter() - t_start,
                               tokens_per_s)
             if cfg.eval_only:
                 break

@@ -21,7 +21,7 @@ import torch
 
 from data.corpus import shakespeare_text
 from data.tokenizer import CharTokenizer
-from data.tokens import TokenFileError
+from data.tokens import TokenFileError, replace_dataset
 from weights.common import IGNORE_INDEX, ConfigError, atomic_write
 
 SPLITS = ("train", "val")
@@ -124,17 +124,14 @@ def split_pairs(pairs: list[tuple[str, str]], n_val: int, seed: int = 0):
 
 
 def write_pairs_dataset(out_dir: str, train: list, val: list, meta_extra: dict) -> dict:
-    """Write train.jsonl, val.jsonl and (last) meta.json with a char tokenizer over all the pairs."""
+    """Write train.jsonl, val.jsonl and (last) meta.json with a char tokenizer over all the pairs
+    (the dataset already in out_dir stays whole until they are written: data/tokens.py replace_dataset)."""
     tokenizer = CharTokenizer.from_text("".join(s + t for s, t in train + val))
-    os.makedirs(out_dir, exist_ok=True)
-    meta_path = os.path.join(out_dir, "meta.json")
-    if os.path.exists(meta_path):  # meta.json marks a complete dataset: drop it until the new one is whole
-        os.remove(meta_path)
-    for split, pairs in zip(SPLITS, (train, val)):
-        write_atomic(os.path.join(out_dir, f"{split}.jsonl"),
-                     "".join(json.dumps({"source": s, "target": t}, ensure_ascii=False) + "\n" for s, t in pairs))
     meta = {**tokenizer.meta(), "format": "pairs", "train_pairs": len(train), "val_pairs": len(val), **meta_extra}
-    write_atomic(meta_path, json.dumps(meta, ensure_ascii=False, indent=1))
+    texts = {f"{split}.jsonl": "".join(json.dumps({"source": s, "target": t}, ensure_ascii=False) + "\n"
+                                       for s, t in pairs) for split, pairs in zip(SPLITS, (train, val))}
+    replace_dataset(out_dir, {name: lambda path, text=text: write_atomic(path, text) for name, text in texts.items()},
+                    meta)
     return meta
 
 

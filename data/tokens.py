@@ -2,7 +2,7 @@
 
 The header lets a reader tell a complete file from one cut mid-write or from a foreign file.
 Files are written to a temporary name and renamed into place, so a crash never leaves half a file
-under the real name.
+under the real name; a dataset's files are all written before any replaces the old dataset's.
 """
 
 import glob
@@ -13,7 +13,7 @@ import struct
 import numpy as np
 import torch
 
-from weights.common import UserError, atomic_write
+from weights.common import UserError, atomic_write, temporary_path
 
 MAGIC = b"HSTOKENS"
 VERSION = 1
@@ -114,18 +114,37 @@ def write_json(path: str, obj: dict) -> None:
         json.dump(obj, f, ensure_ascii=False, indent=1)
 
 
-def write_split_dataset(out_dir: str, ids, vocab_size: int, meta: dict, val_fraction: float = 0.1) -> dict:
-    """train.bin (the first 1 - val_fraction of ids), val.bin (the rest), then meta.json; return the meta."""
-    n_train = int(len(ids) * (1 - val_fraction))
+def replace_dataset(out_dir: str, writers: dict, meta: dict) -> None:
+    """Write a dataset's files into out_dir, then its meta.json, keeping the dataset already there until
+    the new one is written: a crash or an error leaves the old one whole (or, killed during the renames
+    at the end, none: meta.json marks a complete dataset and is written last).
+
+    writers maps each file name to a function that writes the file to the path it is given.
+    """
+    staged = {name: temporary_path(os.path.join(out_dir, name)) for name in writers}  # clears killed runs' too
     meta_path = os.path.join(out_dir, "meta.json")
     try:
         os.makedirs(out_dir, exist_ok=True)
-        if os.path.exists(meta_path):  # meta.json marks a complete dataset: drop it until the new one is whole
+        for name, write in writers.items():
+            write(staged[name])
+        if os.path.exists(meta_path):
             os.remove(meta_path)
-        write_tokens(os.path.join(out_dir, "train.bin"), ids[:n_train], vocab_size)
-        write_tokens(os.path.join(out_dir, "val.bin"), ids[n_train:], vocab_size)
-        meta = {**meta, "train_tokens": n_train, "val_tokens": len(ids) - n_train}
-        write_json(meta_path, meta)  # written last: its presence means "prepared"
+        for name, path in staged.items():
+            os.replace(path, os.path.join(out_dir, name))
+        write_json(meta_path, meta)
     except OSError as e:
-        raise TokenFileError(f"cannot write the dataset to {out_dir} ({e.strerror}); pick a writable --out_dir.")
+        raise TokenFileError(f"cannot write the dataset to {out_dir} ({e.strerror or e}); "
+                             "pick a writable --out_dir with free space.") from None
+    finally:
+        for path in staged.values():
+            if os.path.isfile(path):
+                os.remove(path)
+
+
+def write_split_dataset(out_dir: str, ids, vocab_size: int, meta: dict, val_fraction: float = 0.1) -> dict:
+    """train.bin (the first 1 - val_fraction of ids), val.bin (the rest), then meta.json; return the meta."""
+    n_train = int(len(ids) * (1 - val_fraction))
+    meta = {**meta, "train_tokens": n_train, "val_tokens": len(ids) - n_train}
+    replace_dataset(out_dir, {"train.bin": lambda path: write_tokens(path, ids[:n_train], vocab_size),
+                              "val.bin": lambda path: write_tokens(path, ids[n_train:], vocab_size)}, meta)
     return meta

@@ -96,6 +96,10 @@ def test_resume_matches_uninterrupted_run(char_data, tmp_path):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
     wa, wb = (load_checkpoint(str(tmp_path / d))["model"] for d in ("full", "split"))
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    done = (tmp_path / "split" / "ckpt.pt").read_bytes()
+    proc = run_script("train.py", f"--out_dir={tmp_path / 'split'}", "--max_iters=30", "--init_from=resume")
+    assert "nothing to train" in proc.stdout and "--max_iters" in proc.stdout  # was a silent no-op
+    assert (tmp_path / "split" / "ckpt.pt").read_bytes() == done and len(metrics(tmp_path / "split")) == 5
 
 
 def test_user_errors_are_one_line_and_harmless(char_data, tmp_path):
@@ -236,7 +240,106 @@ def test_writes_clear_temporaries_left_by_killed_processes(tmp_path):
     for name in ("ckpt.pt", "train.bin"):
         (tmp_path / f"{name}.tmp{dead_pid}").write_bytes(b"half a file")
         (tmp_path / f"{name}.tmp{live_pid}").write_bytes(b"being written")
+    (tmp_path / f"val.bin.tmp{dead_pid}.tmp{dead_pid}").write_bytes(b"half a staged file")  # data/tokens.py replace_dataset
     save_checkpoint({"x": torch.ones(2)}, str(tmp_path / "ckpt.pt"))
     write_tokens(str(tmp_path / "train.bin"), [1, 2, 3], vocab_size=10)
+    write_tokens(str(tmp_path / "val.bin"), [1, 2, 3], vocab_size=10)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["ckpt.pt", "train.bin", f"ckpt.pt.tmp{live_pid}", f"train.bin.tmp{live_pid}"])
+        ["ckpt.pt", "train.bin", "val.bin", f"ckpt.pt.tmp{live_pid}", f"train.bin.tmp{live_pid}"])
+
+
+def dataset_files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_prepare_that_fails_midway_keeps_the_dataset_it_was_replacing(tmp_path, monkeypatch):
+    from data import tokens
+    from data.shakespeare_char.prepare import prepare
+
+    (tmp_path / "a.txt").write_text("abc\n" * 100)
+    (tmp_path / "b.txt").write_text("xyz\n" * 100)
+    prepare(str(tmp_path / "d"), str(tmp_path / "a.txt"))
+    before = dataset_files(tmp_path / "d")
+    write_tokens = tokens.write_tokens
+
+    def disk_full_at_val(path, *args):
+        if "val.bin" in os.path.basename(path):
+            raise OSError(28, "No space left on device")
+        write_tokens(path, *args)
+
+    monkeypatch.setattr(tokens, "write_tokens", disk_full_at_val)
+    with pytest.raises(tokens.TokenFileError, match="No space left on device"):
+        prepare(str(tmp_path / "d"), str(tmp_path / "b.txt"))
+    assert dataset_files(tmp_path / "d") == before  # the old dataset, whole, and no staged files left
+    monkeypatch.undo()
+    prepare(str(tmp_path / "d"), str(tmp_path / "b.txt"))
+    assert tokens.load_tokens(str(tmp_path / "d" / "val.bin")).size == 40
+
+
+def test_a_pairs_prepare_that_fails_midway_keeps_its_dataset_and_names_a_bad_out_dir(tmp_path, monkeypatch):
+    from data import pairs
+
+    pairs.write_pairs_dataset(str(tmp_path / "d"), [("ab", "ba")] * 5, [("cd", "dc")], {})
+    before = dataset_files(tmp_path / "d")
+    write_atomic = pairs.write_atomic
+
+    def disk_full_at_val(path, text):
+        if "val.jsonl" in os.path.basename(path):
+            raise OSError(28, "No space left on device")
+        write_atomic(path, text)
+
+    monkeypatch.setattr(pairs, "write_atomic", disk_full_at_val)
+    with pytest.raises(ValueError, match="No space left on device"):
+        pairs.write_pairs_dataset(str(tmp_path / "d"), [("xy", "yx")] * 5, [("zw", "wz")], {})
+    assert dataset_files(tmp_path / "d") == before
+    (tmp_path / "file").write_text("")
+    proc = run_script("data/reverse/prepare.py", "--max_plays=1", "--n_val=20", f"--out_dir={tmp_path / 'file'}",
+                      check=False)
+    assert "writable --out_dir" in one_line_error(proc)
+
+
+def test_checkpoints_lacking_parts_are_one_line_errors(char_data, tmp_path):
+    out = tmp_path / "out"
+    run_script("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=5", "--eval_interval=5", *SMALL)
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    nano = tmp_path / "nano"  # what nanoGPT's train.py saves: no tokenizer, model_type, train_config or rng
+    nano.mkdir()
+    torch.save({k: ckpt[k] for k in ("model", "model_args", "optimizer", "iter_num", "best_val_loss")},
+               nano / "ckpt.pt")
+    grown = tmp_path / "grown"  # a config that names more layers than the weights hold
+    grown.mkdir()
+    torch.save({**ckpt, "model_args": {**ckpt["model_args"], "n_layer": 3}}, grown / "ckpt.pt")
+    for folder in (nano, grown):
+        data = (folder / "ckpt.pt").read_bytes()
+        assert "checkpoint" in one_line_error(run_script("sample.py", f"--out_dir={folder}", check=False))
+        assert "checkpoint" in one_line_error(run_script("train.py", f"--out_dir={folder}", "--init_from=resume",
+                                                         "--max_iters=10", check=False))
+        assert (folder / "ckpt.pt").read_bytes() == data
+        assert not (folder / "metrics.jsonl").exists()
+
+
+def test_a_checkpoint_that_cannot_be_saved_is_a_one_line_error(char_data, tmp_path):
+    out = tmp_path / "out"
+    (out / "ckpt.pt").mkdir(parents=True)  # in the way of the checkpoint, as a full disk or a read-only folder would be
+    proc = run_script("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=5", "--eval_interval=5",
+                      "--overwrite=True", *SMALL, check=False)
+    assert "cannot save" in one_line_error(proc)
+    assert (out / "ckpt.pt").is_dir() and not [p for p in out.iterdir() if ".tmp" in p.name]
+
+
+def test_float16_resume_keeps_the_loss_scale(char_data, tmp_path, monkeypatch):
+    import functools
+
+    import train
+
+    # the scale doubles every 3 clean steps (torch: 2000), so by iteration 10 it has grown past what float16 holds
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, growth_interval=3))
+    common = [f"--data_dir={char_data}", "--eval_interval=10", "--dtype=float16", "--device=cpu", "--log_interval=100",
+              *SMALL]
+    train.main([f"--out_dir={tmp_path / 'full'}", "--max_iters=20", *common])
+    train.main([f"--out_dir={tmp_path / 'split'}", "--max_iters=10", *common])
+    train.main([f"--out_dir={tmp_path / 'split'}", "--max_iters=20", "--init_from=resume", "--device=cpu"])
+    full, split = (load_checkpoint(str(tmp_path / d)) for d in ("full", "split"))
+    assert [r["val_loss"] for r in metrics(tmp_path / "full")] == [r["val_loss"] for r in metrics(tmp_path / "split")]
+    assert all(torch.equal(full["model"][k], split["model"][k]) for k in full["model"])
+    assert full["scaler"] == split["scaler"] and full["scaler"]["scale"] != 65536.0

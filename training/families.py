@@ -67,5 +67,6 @@ def model_from_checkpoint(ckpt: dict):
     try:
         net.load_state_dict(upgrade_state(ckpt["model"]))
     except RuntimeError:
-        raise CheckpointError("checkpoint weights do not match the model config it stores; it is damaged.") from None
+        raise CheckpointError("the checkpoint's weights do not match the model config it stores, so it is damaged; "
+                              "restore it from a copy or train a new one.") from None
     return net

@@ -1,7 +1,8 @@
 """Checkpoints: written atomically, read without unpickling code (`weights_only=True`).
 
 A checkpoint is a dict: "model" (state dict), "model_type", "model_args" (the model config as a dict),
-"optimizer", "train_config", "tokenizer", "iter_num", "best_val_loss", "rng", "elapsed_s", "wandb_id".
+"optimizer", "scaler" (float16's loss scale), "train_config", "tokenizer", "iter_num", "best_val_loss", "rng",
+"elapsed_s", "wandb_id".
 Reading one upgrades what older headscope versions wrote (renamed parameters and config keys).
 """
 
@@ -20,10 +21,15 @@ class CheckpointError(UserError, ValueError):
 
 
 def save_checkpoint(payload: dict, path: str) -> None:
-    """Write payload to path through a temporary file and a rename: a crash leaves the old file intact."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with atomic_write(path) as f:
-        torch.save(payload, f)
+    """Write payload to path through a temporary file and a rename: a crash or a full disk leaves the old file intact."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with atomic_write(path) as f:
+            torch.save(payload, f)
+    except OSError as e:
+        kept = "the previous one is intact" if os.path.isfile(path) else "none was saved"
+        raise CheckpointError(f"cannot save the checkpoint {path} ({e.strerror or e}; {kept}); free some disk space "
+                              "or pick a writable --out_dir.") from None
 
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DDP's, in either order (nanoGPT: module._orig_mod.)
@@ -47,8 +53,14 @@ def upgrade_state(state: dict) -> dict:
     return upgraded
 
 
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Read a checkpoint written by save_checkpoint (any version); only tensors and plain data are accepted."""
+SAMPLE_KEYS = ("model", "model_args", "tokenizer")  # what sampling from a checkpoint needs
+RESUME_KEYS = SAMPLE_KEYS + ("model_type", "optimizer", "train_config", "iter_num", "best_val_loss", "rng")
+
+
+def load_checkpoint(path: str, map_location="cpu", needs: tuple[str, ...] = ()) -> dict:
+    """Read a checkpoint written by save_checkpoint (any version); only tensors and plain data are accepted.
+
+    `needs`: the entries the caller reads besides the weights and their config (e.g. RESUME_KEYS)."""
     if os.path.isdir(path):
         path = os.path.join(path, "ckpt.pt")
     if not os.path.exists(path):
@@ -59,5 +71,9 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} is corrupt or not a headscope checkpoint; retrain or restore it.") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise CheckpointError(f"{path} is not a headscope checkpoint (no model weights and config).")
+    missing = [key for key in needs if key not in ckpt]
+    if missing:  # e.g. nanoGPT's ckpt.pt: weights and config, but no tokenizer or random state
+        raise CheckpointError(f"{path} has no {missing[0]!r} entry, so it was not written by headscope's train.py; "
+                              "train a headscope model or restore the checkpoint.")
     ckpt["model"] = upgrade_state(ckpt["model"])
     return ckpt

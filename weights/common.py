@@ -41,7 +41,7 @@ def temporary_path(path: str) -> str:
     """A temporary name next to path for this process, after removing the ones that processes killed
     mid-write left behind (their process is gone), which would otherwise stay on disk for good."""
     for stale in glob.glob(glob.escape(path) + ".tmp*"):
-        pid = re.fullmatch(r"\.tmp(\d+)", stale[len(path):])
+        pid = re.fullmatch(r"\.tmp(\d+)(?:\.tmp\d+)*", stale[len(path):])  # nested: a staged file's own temporary
         if pid and int(pid.group(1)) != os.getpid() and not process_alive(int(pid.group(1))):
             try:
                 os.remove(stale)
