@@ -66,11 +66,14 @@ class StaticDecoder:
         self.caches = [StaticKVCache(self.slot) for _ in model.blocks]
         self.step = self._step
         if compile:
-            mode = "reduce-overhead" if param.is_cuda else None  # CUDA graphs on a GPU
-            # on the CPU, SDPA's math form lets inductor fuse one query's attention into its own loops:
-            # 13% more tokens/s than the flash kernel here, same greedy tokens (docs/benchmarks.md)
-            step = self._step if param.is_cuda else self._math_step
-            self.step = torch.compile(step, mode=mode, fullgraph=True, dynamic=False)
+            if param.is_cuda:  # CUDA graphs replay the whole step
+                self.step = torch.compile(self._step, mode="reduce-overhead", fullgraph=True, dynamic=False)
+            else:
+                # SDPA's math form lets inductor fuse one query's attention into its own loops (13% more
+                # tokens/s than the flash kernel), and a C++ wrapper calls the step's kernels without
+                # Python in between (3-8% more); same greedy tokens (docs/benchmarks.md)
+                self.step = torch.compile(self._math_step, fullgraph=True, dynamic=False,
+                                          options={"cpp_wrapper": True})
 
     def _step(self, token: torch.Tensor) -> torch.Tensor:
         """One new token (B, 1) at self.position, written at self.slot -> logits (B, V)."""
