@@ -11,7 +11,8 @@ and AdamW on random tokens (the model's speed, not the data loader's); the first
 Sampling generates --new_tokens tokens for one sequence from a one-token prompt. --batched adds
 16 prompts of mixed lengths (1 to block_size / 2 tokens) continued in one left-padded batch vs one
 at a time (greedy, KV cache): new tokens per second over all 16. --fast_decode adds sampling with
-the static KV cache and compiled one-token step (model/fast_decode.py; compilation not timed).
+the static KV cache and compiled one-token step (model/fast_decode.py; compilation not timed), and
+with --batched the 16 prompts' padded batch through it.
 """
 
 import argparse
@@ -112,7 +113,7 @@ def bench_one(name: str, args) -> dict:
     del optimizer, loss, idx
 
     sampling = sampling_speed(model.eval(), device, amp, args.new_tokens)
-    extra = bench_batched(model, amp, device, args.new_tokens) if args.batched else {}
+    extra = bench_batched(model, amp, device, args.new_tokens, args.fast_decode) if args.batched else {}
     if args.fast_decode:
         extra["sample tok/s (static, compiled)"] = f"{bench_static(model, amp, device, args.new_tokens):.3g}"
     return {"config": name, "params": f"{model.num_params() / 1e6:.1f}M", "device": gpu if device_type == "cuda"
@@ -137,8 +138,10 @@ def bench_static(model, amp, device: str, new_tokens: int) -> float:
     return new_tokens / (time.perf_counter() - t0)
 
 
-def bench_batched(model, amp, device: str, new_tokens: int, n_prompts: int = 16) -> dict:
-    """Greedy tokens/s for n_prompts prompts of mixed lengths: one padded batch vs one prompt at a time."""
+def bench_batched(model, amp, device: str, new_tokens: int, fast: bool = False, n_prompts: int = 16) -> dict:
+    """Greedy tokens/s for n_prompts prompts of mixed lengths: one padded batch vs one prompt at a time
+    (and, with fast, the padded batch through StaticDecoder's compiled step, compilation excluded)."""
+    from model.fast_decode import StaticDecoder
     from model.generation import pack
 
     g = torch.Generator().manual_seed(0)
@@ -158,8 +161,19 @@ def bench_batched(model, amp, device: str, new_tokens: int, n_prompts: int = 16)
                     model.generate(prompt[None], new_tokens, temperature=0)
             sync(device)
             speeds[batched] = n_prompts * new_tokens / (time.perf_counter() - t0)
-    return {f"{n_prompts} prompts batched tok/s": f"{speeds[True]:.3g}",
+        if fast:
+            decoder = StaticDecoder(model, batch_size=n_prompts, compile=True)
+            decoder.generate(idx, 4, temperature=0, attention_mask=mask)  # compiles the step
+            sync(device)
+            t0 = time.perf_counter()
+            decoder.generate(idx, new_tokens, temperature=0, attention_mask=mask)
+            sync(device)
+            speeds["fast"] = n_prompts * new_tokens / (time.perf_counter() - t0)
+    rows = {f"{n_prompts} prompts batched tok/s": f"{speeds[True]:.3g}",
             f"{n_prompts} prompts one at a time tok/s": f"{speeds[False]:.3g}"}
+    if fast:
+        rows[f"{n_prompts} prompts batched, static compiled tok/s"] = f"{speeds['fast']:.3g}"
+    return rows
 
 
 def main(argv: list[str]) -> None:

@@ -12,8 +12,9 @@ as a CUDA graph). The prompt (prefill) runs eagerly: its length varies.
         ...
 
 Greedy decoding gives the tokens of GPT.generate; the context window moves on in the same way
-(the last block_size // 2 tokens are fed again when it is full). Prompts share one length here
-(for left-padded prompts of different lengths use GPT.generate with attention_mask).
+(the last block_size // 2 tokens are fed again when it is full). Prompts of different lengths are
+left-padded with an attention_mask (1 = real token), as for GPT.generate: each row counts its own
+positions, never attends to padding and gets the tokens it gets alone.
 """
 
 from collections.abc import Iterator
@@ -21,7 +22,9 @@ from collections.abc import Iterator
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from model.generation import Generators, sample_rows
+import torch.nn.functional as F
+
+from model.generation import Generators, padded_causal_mask, padded_positions, rewindow, sample_rows, unpad
 from model.layers import softcap
 
 
@@ -54,7 +57,8 @@ def forward_static(model, idx: torch.Tensor, positions: torch.Tensor, mask: torc
 
 
 class StaticDecoder:
-    """Decodes batches of batch_size prompts of one length with a static cache; reusable across calls."""
+    """Decodes batches of batch_size prompts (left-padded if their lengths differ) with a static cache;
+    reusable across calls."""
 
     def __init__(self, model, batch_size: int = 1, compile: bool = False):
         self.model, self.batch_size = model, batch_size
@@ -62,7 +66,7 @@ class StaticDecoder:
         L = model.config.block_size
         self.slot = torch.zeros(1, dtype=torch.long, device=param.device)  # the new token's cache slot
         self.position = torch.zeros(batch_size, 1, dtype=torch.long, device=param.device)
-        self.mask = torch.zeros(1, 1, 1, L, dtype=torch.bool, device=param.device)  # slots written so far
+        self.mask = torch.zeros(batch_size, 1, 1, L, dtype=torch.bool, device=param.device)  # real slots so far
         self.caches = [StaticKVCache(self.slot) for _ in model.blocks]
         self.step = self._step
         if compile:
@@ -84,18 +88,21 @@ class StaticDecoder:
         with sdpa_kernel(SDPBackend.MATH):
             return self._step(token)
 
-    def prefill(self, window: torch.Tensor) -> torch.Tensor:
-        """Fill the cache with window (B, T) from slot 0 (eagerly); return the last position's logits."""
+    def prefill(self, window: torch.Tensor, window_mask: torch.Tensor) -> torch.Tensor:
+        """Fill the cache with window (B, T), left-padded where window_mask (B, T) is 0, from slot 0
+        (eagerly); return the last position's logits (B, V)."""
         B, T = window.shape
-        L, device = self.model.config.block_size, window.device
-        slots = torch.arange(T, device=device)
+        slots = torch.arange(T, device=window.device)
         for cache in self.caches:
             cache.slot = slots
-        mask = (torch.arange(L, device=device)[None, :] <= slots[:, None])[None, None]  # (1, 1, T, L)
-        logits = forward_static(self.model, window, slots.expand(B, T), mask, self.caches)
+        mask = F.pad(padded_causal_mask(window_mask, T), (0, self.model.config.block_size - T))  # (B, 1, T, L)
+        positions = padded_positions(window_mask)  # (B, T): each row counts its real tokens from 0
+        logits = forward_static(self.model, window, positions, mask, self.caches)
         for cache in self.caches:
             cache.slot = self.slot
-        self.mask.copy_(torch.arange(L, device=device) < T)
+        self.mask.zero_()
+        self.mask[:, 0, 0, :T] = window_mask.bool()
+        self.position.copy_(positions[:, -1:])
         return logits
 
     def allocate(self, dtype: torch.dtype) -> None:
@@ -109,32 +116,34 @@ class StaticDecoder:
 
     @torch.no_grad()
     def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                        top_k: int | None = None, top_p: float | None = None,
-                        generator: Generators = None) -> Iterator[torch.Tensor]:
-        """Yield (B, 1) new tokens continuing idx (B, T), as GPT.generate_stream with its KV cache."""
+                        top_k: int | None = None, top_p: float | None = None, generator: Generators = None,
+                        attention_mask: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+        """Yield (B, 1) new tokens continuing idx (B, T) (left-padded where attention_mask is 0), as
+        GPT.generate_stream does with its KV cache."""
         if idx.size(0) != self.batch_size:
             raise ValueError(f"this decoder was built for batches of {self.batch_size}; got {idx.size(0)} prompts.")
         block_size = self.model.config.block_size
         device_type = idx.device.type
         autocast = torch.is_autocast_enabled(device_type)
         self.allocate(torch.get_autocast_dtype(device_type) if autocast else next(self.model.parameters()).dtype)
-        window, length = idx[:, -block_size:], 0
+        rows = unpad(idx, torch.ones_like(idx) if attention_mask is None else attention_mask)
+        starts = [max(0, len(r) - block_size) for r in rows]  # each row's window: rows[i][starts[i]:]
+        length = 0  # cache slots filled
         for _ in range(max_new_tokens):
-            if length == 0 or length + 1 > block_size:  # first step, or the window is full
-                if length:
-                    window = idx[:, -max(1, block_size // 2):]
-                logits, length = self.prefill(window), window.size(1)
+            if length == 0 or length + 1 > block_size:  # first step, or the cache is full: feed the windows
+                window, window_mask = rewindow(rows, starts, block_size, max(1, block_size // 2))
+                logits, length = self.prefill(window, window_mask), window.size(1)
             else:
                 self.slot.fill_(length)
-                self.position.fill_(length)
+                self.position.add_(1)
                 self.mask[..., length] = True
                 logits = self.step(pending)
                 length += 1
             next_token = sample_rows(logits, temperature, top_k, top_p, generator)
-            idx = torch.cat([idx, next_token], dim=1)
+            rows = [torch.cat([row, t]) for row, t in zip(rows, next_token)]
             pending = next_token
             yield next_token
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:
-        """idx (B, T) extended by max_new_tokens tokens (B, T + max_new_tokens)."""
+        """idx (B, T) extended by max_new_tokens tokens (B, T + max_new_tokens); sampling as generate_stream."""
         return torch.cat([idx, *self.generate_stream(idx, max_new_tokens, **sampling)], dim=1)

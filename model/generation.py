@@ -70,6 +70,15 @@ def pack(windows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
+def rewindow(rows: list[torch.Tensor], starts: list[int], block_size: int, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pack every row's window rows[i][starts[i]:] (ids, mask as pack); a row whose window has grown past
+    block_size first moves its start on to keep only its last `keep` tokens (starts is updated)."""
+    for i, row in enumerate(rows):
+        if len(row) - starts[i] > block_size:
+            starts[i] = len(row) - keep
+    return pack([row[s:] for row, s in zip(rows, starts)])
+
+
 @torch.no_grad()
 def generate_padded(model, idx: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                     temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -82,10 +91,7 @@ def generate_padded(model, idx: torch.Tensor, attention_mask: torch.Tensor, max_
     for _ in range(max_new_tokens):
         full = caches is not None and caches[0].len + 1 > block_size
         if caches is None or full or not use_cache:  # (re)build: feed every row's window
-            for i, row in enumerate(rows):
-                if len(row) - starts[i] > block_size:  # this row's window is full: keep its last half
-                    starts[i] = len(row) - (max(1, block_size // 2) if use_cache else block_size)
-            pending, mask = pack([row[s:] for row, s in zip(rows, starts)])
+            pending, mask = rewindow(rows, starts, block_size, max(1, block_size // 2) if use_cache else block_size)
             caches = [KVCache(block_size) for _ in model.blocks] if use_cache else None
         else:
             mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)

@@ -120,6 +120,8 @@ def test_sample_script_continues_several_prompts(tmp_path):
     for line, prompt in list(zip(out, lines))[::2]:  # the shortest and the cropped prompt, each alone
         alone = run_script("sample.py", f"--start={prompt[-16:]}", *common).stdout
         assert line.split("] ", 1)[1] == alone.rstrip("\n"), (line, alone)
+    fast = run_script("sample.py", f"--prompts={tmp_path / 'prompts.txt'}", *common, "--fast_decode=True")
+    assert fast.stdout == proc.stdout  # the static cache and compiled step: the same padded greedy text
     (tmp_path / "bad.txt").write_text("ab\n\ncd\n")
     error = one_line_error(run_script("sample.py", f"--prompts={tmp_path / 'bad.txt'}", *common, check=False))
     assert "line 2" in error and "empty" in error

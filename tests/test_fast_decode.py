@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from model.fast_decode import StaticDecoder
-from test_batched_generation import tiny_gpt
+from model.generation import pack
+from test_batched_generation import prompts, tiny_gpt
 
 
 @pytest.mark.parametrize("pos_emb", ["learned", "rope"])
@@ -31,3 +32,25 @@ def test_compiled_decode_step_gives_todays_greedy_tokens():
     decoder = StaticDecoder(model, batch_size=1, compile=True)
     for n_new in (30, 6):  # the compiled step is reused by the second call
         assert torch.equal(decoder.generate(idx, n_new, temperature=0), model.generate(idx, n_new, temperature=0))
+
+
+@pytest.mark.parametrize("pos_emb,compile", [("learned", False), ("rope", False), ("learned", True)])
+def test_padded_prompts_get_the_tokens_each_gets_alone(pos_emb, compile):
+    model = tiny_gpt(pos_emb)
+    rows = prompts()  # lengths 1 to the context limit (16)
+    idx, mask = pack(rows)
+    decoder = StaticDecoder(model, batch_size=len(rows), compile=compile)
+    n_new = 24  # more than the window: every row's context moves on, at different steps
+    out = decoder.generate(idx, n_new, temperature=0, attention_mask=mask)
+    assert torch.equal(out, model.generate(idx, n_new, temperature=0, attention_mask=mask))
+    for i, row in enumerate(rows):
+        alone = model.generate(row[None], n_new, temperature=0)
+        assert torch.equal(out[i, idx.size(1):], alone[0, len(row):]), i
+    seeds = [10, 11, 12, 13]
+    sampled = decoder.generate(idx, 12, top_k=20, top_p=0.9, attention_mask=mask,
+                               generator=[torch.Generator().manual_seed(s) for s in seeds])
+    reference = model.generate(idx, 12, top_k=20, top_p=0.9, attention_mask=mask,
+                               generator=[torch.Generator().manual_seed(s) for s in seeds])
+    assert torch.equal(sampled, reference)
+    assert torch.equal(decoder.generate(idx[:, -3:], 5, temperature=0),  # reused unpadded: as today
+                       model.generate(idx[:, -3:], 5, temperature=0))

@@ -117,13 +117,18 @@ def sample_gpt_batch(model, tokenizer, cfg: SampleConfig, device: str, dtype: st
     """
     if cfg.attention_dir or cfg.ablate:
         raise ConfigError("--attention_dir and --ablate work on one prompt; pass it with --start instead of --prompts.")
+    if cfg.fast_decode and not cfg.use_cache:
+        raise ConfigError("--fast_decode decodes with its static KV cache; drop --use_cache=False.")
     prompts = read_prompt_lines(cfg.prompts, tokenizer, model.config.block_size)
     idx, mask = pack([torch.tensor(ids, dtype=torch.long, device=device) for ids in prompts])
     generators = [torch.Generator(device=device).manual_seed(cfg.seed + i) for i in range(len(prompts))]
+    sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generators,
+                    attention_mask=mask)
+    fast = StaticDecoder(model, len(prompts), compile=True) if cfg.fast_decode else None
     for n in range(cfg.num_samples):
         with autocast(device, dtype):
-            out = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.use_cache,
-                                 generators, attention_mask=mask)
+            out = fast.generate(idx, cfg.max_new_tokens, **sampling) if fast else \
+                model.generate(idx, cfg.max_new_tokens, use_cache=cfg.use_cache, **sampling)
         for i, ids in enumerate(prompts):
             label = f"[prompt {i + 1}" + (f", sample {n + 1}]" if cfg.num_samples > 1 else "]")
             print(f"{label} {tokenizer.decode(ids + out[i, idx.size(1):].tolist())}")
