@@ -107,6 +107,8 @@ def load_config(argv: list[str]):
         # the stored run's settings, then whatever this command line sets explicitly (e.g. a longer max_iters)
         train_keys = field_types(TrainConfig)  # a key stored by an older headscope, or new since, is no error
         saved = {k: v for k, v in {**ckpt["train_config"], **values}.items() if k in train_keys}
+        if saved.get("fsdp") and "fsdp" not in values and distributed.world_size() == 1:
+            saved["fsdp"] = False  # an FSDP run resumed on one process: nothing to shard (the checkpoint is whole)
         cfg = build(saved, TrainConfig)[0]
         if cfg.optimizer != ckpt["train_config"].get("optimizer", "adamw"):
             raise ConfigError(f"{cfg.out_dir} was trained with optimizer={ckpt['train_config'].get('optimizer', 'adamw')}; "

@@ -91,6 +91,10 @@ def test_fsdp_from_scratch_equals_one_process(char_data, single, tmp_path):
     out = tmp_path / "fsdp"
     torchrun(f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=10", "--fsdp=True", *TINY)
     assert_same_run(single, out)
+    # one process resumes the FSDP run without being told --fsdp=False (it cannot shard, and needs not)
+    proc = run_script("train.py", f"--out_dir={out}", "--init_from=resume", "--max_iters=15", env=ONE_THREAD)
+    assert "resuming" in proc.stdout and "FSDP" not in proc.stdout and metrics(out)[-1]["iter"] == 15
+    assert load_checkpoint(str(out))["train_config"]["fsdp"] is False
 
 
 def test_accumulation_must_split_evenly(char_data, tmp_path):
