@@ -269,12 +269,13 @@ def evaluate_and_save(run: Run, model, optimizer, scaler, lr: float, elapsed: fl
     run.best_val_loss = min(run.best_val_loss, losses["val_loss"])
     model_state, optim_state = distributed.full_state(model, optimizer)  # collective
     rng = distributed.rng_states(run.ranks)  # collective
-    if run.ranks.master:
-        save_checkpoint({
-            "model": model_state, "optimizer": optim_state, "scaler": scaler.state_dict(),
-            "model_type": cfg.model_type, "model_args": to_dict(run.model_cfg), "train_config": to_dict(cfg),
-            "tokenizer": run.tokenizer.meta(), "iter_num": run.iter_num, "best_val_loss": run.best_val_loss,
-            "rng": rng, "elapsed_s": elapsed, "wandb_id": run.wandb_id}, run.ckpt_path)
+    with distributed.stop_together(run.ranks):  # rank 0 cannot save (disk full): every rank stops with a line
+        if run.ranks.master:
+            save_checkpoint({
+                "model": model_state, "optimizer": optim_state, "scaler": scaler.state_dict(),
+                "model_type": cfg.model_type, "model_args": to_dict(run.model_cfg), "train_config": to_dict(cfg),
+                "tokenizer": run.tokenizer.meta(), "iter_num": run.iter_num, "best_val_loss": run.best_val_loss,
+                "rng": rng, "elapsed_s": elapsed, "wandb_id": run.wandb_id}, run.ckpt_path)
 
 
 def train_step(run: Run, model, train_model, optimizer, scaler) -> tuple[float, float, bool]:
@@ -349,7 +350,8 @@ def main(argv: list[str]) -> None:
     if ckpt is not None:
         resume(run, ckpt, model, optimizer, scaler)
     del ckpt
-    run.wandb_id = run.log.start(model_cfg, run.start_iter, run.wandb_id)
+    with distributed.stop_together(ranks):  # rank 0 alone opens metrics.jsonl and wandb; if it cannot, all stop
+        run.wandb_id = run.log.start(model_cfg, run.start_iter, run.wandb_id)
 
     t_start = time.perf_counter()
     window_start, window_iters, tokens_per_s = time.perf_counter(), 0, 0.0
