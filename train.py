@@ -187,9 +187,9 @@ def setup_data(cfg: TrainConfig, model_cfg, ckpt: dict | None, ranks):
     """(tokenizer, batch maker, model config with the dataset's vocabulary); one rank prepares the data."""
     folder = dataset_dir(cfg.dataset, cfg.data_dir)
     batch_maker = family(cfg.model_type).batches
-    if ranks.master:
-        read_meta(folder, prepare_if_missing=True)  # one rank prepares the dataset on first use
-    distributed.barrier(ranks)
+    with distributed.stop_together(ranks):  # the others wait; if rank 0 cannot prepare it, every rank stops
+        if ranks.master:
+            read_meta(folder, prepare_if_missing=True)  # one rank prepares the dataset on first use
     tokenizer = from_meta(read_meta(folder)).with_specials(batch_maker.specials)
     if cfg.init_from not in ("scratch", "resume") and tokenizer.vocab_size != model_cfg.vocab_size:
         raise ConfigError(f"{cfg.init_from} has {model_cfg.vocab_size} token ids but dataset {folder} is tokenized "

@@ -155,6 +155,12 @@ def test_rank_zero_failing_to_write_stops_every_rank_with_one_line(char_data, tm
     assert "[rank 1] error: rank 0 stopped" in proc.stderr, proc.stderr  # not gloo's "Connection closed by peer"
     assert "[rank1]: Traceback" not in proc.stderr and "Connection closed" not in proc.stderr, proc.stderr
 
+    # rank 0 alone prepares a dataset, and finds none to prepare
+    proc = torchrun(f"--data_dir={tmp_path / 'nodata'}", f"--out_dir={tmp_path / 'out'}", *TINY, check=False)
+    assert proc.returncode != 0 and "error: no prepared dataset in" in proc.stderr, proc.stderr
+    assert "[rank 1] error: rank 0 stopped: no prepared dataset in" in proc.stderr, proc.stderr
+    assert "[rank1]: Traceback" not in proc.stderr and "Connection closed" not in proc.stderr, proc.stderr
+
     # rank 0 cannot save the first checkpoint (ckpt.pt is a folder): both ranks stop at that evaluation
     out = tmp_path / "out"
     (out / "ckpt.pt").mkdir(parents=True)
