@@ -134,6 +134,8 @@ def load_config(argv: list[str]):
     # unset: one micro-batch per process; the checkpoint records the effective (global) count, so a resume keeps it
     key = "gradient_accumulation_steps"
     stored = key in (ckpt["train_config"] if ckpt is not None else {}) and key not in values
+    if stored and cfg.eval_only and cfg.gradient_accumulation_steps % distributed.world_size():
+        stored = False  # an evaluation trains nothing: any number of processes may share it
     steps = distributed.accumulation_steps(cfg.gradient_accumulation_steps if key in values or stored else None,
                                            distributed.world_size(), resumed=stored)
     return replace(cfg, gradient_accumulation_steps=steps), model_cfg, ckpt

@@ -144,6 +144,10 @@ def test_resume_keeps_the_stored_global_batch(char_data, tmp_path):
                            "--max_iters=4"], cwd=REPO, capture_output=True, text=True, env=env)
     assert proc.returncode == 1 and proc.stderr.startswith(
         "error: this run was trained with gradient_accumulation_steps=1"), proc.stderr
+    # evaluating it trains nothing: two processes may (the same losses as one)
+    one = run_script("train.py", f"--out_dir={tmp_path}", "--init_from=resume", "--eval_only", env=ONE_THREAD)
+    two = torchrun(f"--out_dir={tmp_path}", "--init_from=resume", "--eval_only")
+    assert one.stdout.splitlines()[-1] == two.stdout.splitlines()[-1] and "step 2: train loss" in two.stdout
 
 
 def test_rank_zero_failing_to_write_stops_every_rank_with_one_line(char_data, tmp_path):
