@@ -107,6 +107,8 @@ def load_config(argv: list[str]):
         # the stored run's settings, then whatever this command line sets explicitly (e.g. a longer max_iters)
         train_keys = field_types(TrainConfig)  # a key stored by an older headscope, or new since, is no error
         saved = {k: v for k, v in {**ckpt["train_config"], **values}.items() if k in train_keys}
+        if saved.get("fsdp") and "fsdp" not in values and distributed.world_size() == 1:
+            saved["fsdp"] = False  # an FSDP run resumed on one process: nothing to shard (the checkpoint is whole)
         cfg = build(saved, TrainConfig)[0]
         if cfg.optimizer != ckpt["train_config"].get("optimizer", "adamw"):
             raise ConfigError(f"{cfg.out_dir} was trained with optimizer={ckpt['train_config'].get('optimizer', 'adamw')}; "
@@ -132,6 +134,8 @@ def load_config(argv: list[str]):
     # unset: one micro-batch per process; the checkpoint records the effective (global) count, so a resume keeps it
     key = "gradient_accumulation_steps"
     stored = key in (ckpt["train_config"] if ckpt is not None else {}) and key not in values
+    if stored and cfg.eval_only and cfg.gradient_accumulation_steps % distributed.world_size():
+        stored = False  # an evaluation trains nothing: any number of processes may share it
     steps = distributed.accumulation_steps(cfg.gradient_accumulation_steps if key in values or stored else None,
                                            distributed.world_size(), resumed=stored)
     return replace(cfg, gradient_accumulation_steps=steps), model_cfg, ckpt
@@ -185,9 +189,9 @@ def setup_data(cfg: TrainConfig, model_cfg, ckpt: dict | None, ranks):
     """(tokenizer, batch maker, model config with the dataset's vocabulary); one rank prepares the data."""
     folder = dataset_dir(cfg.dataset, cfg.data_dir)
     batch_maker = family(cfg.model_type).batches
-    if ranks.master:
-        read_meta(folder, prepare_if_missing=True)  # one rank prepares the dataset on first use
-    distributed.barrier(ranks)
+    with distributed.stop_together(ranks):  # the others wait; if rank 0 cannot prepare it, every rank stops
+        if ranks.master:
+            read_meta(folder, prepare_if_missing=True)  # one rank prepares the dataset on first use
     tokenizer = from_meta(read_meta(folder)).with_specials(batch_maker.specials)
     if cfg.init_from not in ("scratch", "resume") and tokenizer.vocab_size != model_cfg.vocab_size:
         raise ConfigError(f"{cfg.init_from} has {model_cfg.vocab_size} token ids but dataset {folder} is tokenized "
@@ -267,12 +271,13 @@ def evaluate_and_save(run: Run, model, optimizer, scaler, lr: float, elapsed: fl
     run.best_val_loss = min(run.best_val_loss, losses["val_loss"])
     model_state, optim_state = distributed.full_state(model, optimizer)  # collective
     rng = distributed.rng_states(run.ranks)  # collective
-    if run.ranks.master:
-        save_checkpoint({
-            "model": model_state, "optimizer": optim_state, "scaler": scaler.state_dict(),
-            "model_type": cfg.model_type, "model_args": to_dict(run.model_cfg), "train_config": to_dict(cfg),
-            "tokenizer": run.tokenizer.meta(), "iter_num": run.iter_num, "best_val_loss": run.best_val_loss,
-            "rng": rng, "elapsed_s": elapsed, "wandb_id": run.wandb_id}, run.ckpt_path)
+    with distributed.stop_together(run.ranks):  # rank 0 cannot save (disk full): every rank stops with a line
+        if run.ranks.master:
+            save_checkpoint({
+                "model": model_state, "optimizer": optim_state, "scaler": scaler.state_dict(),
+                "model_type": cfg.model_type, "model_args": to_dict(run.model_cfg), "train_config": to_dict(cfg),
+                "tokenizer": run.tokenizer.meta(), "iter_num": run.iter_num, "best_val_loss": run.best_val_loss,
+                "rng": rng, "elapsed_s": elapsed, "wandb_id": run.wandb_id}, run.ckpt_path)
 
 
 def train_step(run: Run, model, train_model, optimizer, scaler) -> tuple[float, float, bool]:
@@ -347,7 +352,8 @@ def main(argv: list[str]) -> None:
     if ckpt is not None:
         resume(run, ckpt, model, optimizer, scaler)
     del ckpt
-    run.wandb_id = run.log.start(model_cfg, run.start_iter, run.wandb_id)
+    with distributed.stop_together(ranks):  # rank 0 alone opens metrics.jsonl and wandb; if it cannot, all stop
+        run.wandb_id = run.log.start(model_cfg, run.start_iter, run.wandb_id)
 
     t_start = time.perf_counter()
     window_start, window_iters, tokens_per_s = time.perf_counter(), 0, 0.0

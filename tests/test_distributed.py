@@ -91,6 +91,10 @@ def test_fsdp_from_scratch_equals_one_process(char_data, single, tmp_path):
     out = tmp_path / "fsdp"
     torchrun(f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=10", "--fsdp=True", *TINY)
     assert_same_run(single, out)
+    # one process resumes the FSDP run without being told --fsdp=False (it cannot shard, and needs not)
+    proc = run_script("train.py", f"--out_dir={out}", "--init_from=resume", "--max_iters=15", env=ONE_THREAD)
+    assert "resuming" in proc.stdout and "FSDP" not in proc.stdout and metrics(out)[-1]["iter"] == 15
+    assert load_checkpoint(str(out))["train_config"]["fsdp"] is False
 
 
 def test_accumulation_must_split_evenly(char_data, tmp_path):
@@ -140,3 +144,33 @@ def test_resume_keeps_the_stored_global_batch(char_data, tmp_path):
                            "--max_iters=4"], cwd=REPO, capture_output=True, text=True, env=env)
     assert proc.returncode == 1 and proc.stderr.startswith(
         "error: this run was trained with gradient_accumulation_steps=1"), proc.stderr
+    # evaluating it trains nothing: two processes may (the same losses as one)
+    one = run_script("train.py", f"--out_dir={tmp_path}", "--init_from=resume", "--eval_only", env=ONE_THREAD)
+    two = torchrun(f"--out_dir={tmp_path}", "--init_from=resume", "--eval_only")
+    assert one.stdout.splitlines()[-1] == two.stdout.splitlines()[-1] and "step 2: train loss" in two.stdout
+
+
+def test_rank_zero_failing_to_write_stops_every_rank_with_one_line(char_data, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "file" / "out"  # rank 0 alone writes to out_dir, and cannot
+    proc = torchrun(f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=4", *TINY, check=False)
+    assert proc.returncode != 0
+    assert f"error: cannot write to out_dir '{out}'" in proc.stderr, proc.stderr
+    assert "[rank 1] error: rank 0 stopped" in proc.stderr, proc.stderr  # not gloo's "Connection closed by peer"
+    assert "[rank1]: Traceback" not in proc.stderr and "Connection closed" not in proc.stderr, proc.stderr
+
+    # rank 0 alone prepares a dataset, and finds none to prepare
+    proc = torchrun(f"--data_dir={tmp_path / 'nodata'}", f"--out_dir={tmp_path / 'out'}", *TINY, check=False)
+    assert proc.returncode != 0 and "error: no prepared dataset in" in proc.stderr, proc.stderr
+    assert "[rank 1] error: rank 0 stopped: no prepared dataset in" in proc.stderr, proc.stderr
+    assert "[rank1]: Traceback" not in proc.stderr and "Connection closed" not in proc.stderr, proc.stderr
+
+    # rank 0 cannot save the first checkpoint (ckpt.pt is a folder): both ranks stop at that evaluation
+    out = tmp_path / "out"
+    (out / "ckpt.pt").mkdir(parents=True)
+    proc = torchrun(f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=10", "--overwrite=True", *TINY,
+                    check=False)
+    assert proc.returncode != 0 and "step 5:" in proc.stdout and "step 10:" not in proc.stdout
+    assert "error: cannot save the checkpoint" in proc.stderr, proc.stderr
+    assert "[rank 1] error: rank 0 stopped: cannot save the checkpoint" in proc.stderr, proc.stderr
+    assert "[rank1]: Traceback" not in proc.stderr and "Connection closed" not in proc.stderr, proc.stderr

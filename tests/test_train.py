@@ -228,6 +228,21 @@ def test_wandb_offline_logging(char_data, tmp_path):
     assert load_checkpoint(str(tmp_path / "out"))["wandb_id"] in runs[0].name
 
 
+@pytest.mark.parametrize("fake, expected", [
+    ("raise ModuleNotFoundError(\"No module named 'wandb'\", name='wandb')",
+     "error: --wandb_log=True needs wandb (pip install wandb), or drop --wandb_log."),
+    ("def init(**kwargs):\n    raise RuntimeError('No API key configured')",
+     "error: wandb could not start a run (RuntimeError: No API key configured); log in (wandb login), set "
+     "WANDB_MODE=offline, or drop --wandb_log.")])
+def test_wandb_missing_or_failing_is_one_line(char_data, tmp_path, fake, expected):
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "wandb.py").write_text(fake + "\n")
+    proc = run_script("train.py", f"--data_dir={char_data}", f"--out_dir={tmp_path / 'out'}", "--max_iters=2",
+                      "--wandb_log=True", *SMALL, check=False, env={"PYTHONPATH": str(tmp_path / "fake"),
+                                                                     "WANDB_MODE": "online"})
+    assert one_line_error(proc) == expected
+
+
 def test_writes_clear_temporaries_left_by_killed_processes(tmp_path):
     import subprocess
     import sys

@@ -17,7 +17,11 @@ import torch
 import torch.distributed as dist
 
 from model.layers import Block
-from weights.common import ConfigError
+from weights.common import ConfigError, UserError
+
+
+class RankStopped(UserError, RuntimeError):
+    """Another rank failed in a block that only some ranks can fail in (rank 0's writes); see stop_together."""
 
 
 @dataclass
@@ -93,6 +97,29 @@ def barrier(ranks: Ranks) -> None:
     """Wait until every rank gets here (e.g. for rank 0 to prepare a dataset)."""
     if ranks.launched:
         dist.barrier()
+
+
+@contextmanager
+def stop_together(ranks: Ranks):
+    """Run a block that may fail on some ranks only (rank 0 alone writes out_dir, wandb and checkpoints).
+
+    A UserError in it stops every rank, collectively: the failing rank raises its own, every other rank
+    a RankStopped naming it, rather than going on to the next collective and dying there on gloo's or
+    NCCL's "connection closed" (or waiting for it until the timeout).
+    """
+    error = None
+    try:
+        yield
+    except UserError as e:
+        error = e
+    if ranks.launched:
+        messages = [None] * ranks.world_size
+        dist.all_gather_object(messages, None if error is None else str(error))
+        failed = [(rank, message) for rank, message in enumerate(messages) if message is not None]
+        if failed and error is None:
+            raise RankStopped(f"rank {failed[0][0]} stopped: {failed[0][1]}")
+    if error is not None:
+        raise error
 
 
 def teardown() -> None:

@@ -49,11 +49,18 @@ class RunLogger:
             except OSError as e:
                 raise ConfigError(f"cannot write to out_dir {cfg.out_dir!r} ({e.strerror}); pick a writable --out_dir.")
         if cfg.wandb_log:
-            import wandb  # lazy: only --wandb_log needs it
-
-            run = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, id=wandb_id, resume="allow",
-                             config={**to_dict(cfg), **to_dict(model_cfg)},
-                             dir=os.environ.get("WANDB_DIR") or cfg.out_dir)  # not the current folder
+            try:
+                import wandb  # lazy: only --wandb_log needs it
+            except ImportError:
+                raise ConfigError("--wandb_log=True needs wandb (pip install wandb), or drop --wandb_log.") from None
+            try:
+                run = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, id=wandb_id, resume="allow",
+                                 config={**to_dict(cfg), **to_dict(model_cfg)},
+                                 dir=os.environ.get("WANDB_DIR") or cfg.out_dir)  # not the current folder
+            except Exception as e:  # no login, no network, a bad project: wandb's errors have no common class
+                reason = (str(e).strip().splitlines() or [""])[0]
+                raise ConfigError(f"wandb could not start a run ({type(e).__name__}: {reason}); log in (wandb "
+                                  "login), set WANDB_MODE=offline, or drop --wandb_log.") from None
             self.wandb, wandb_id = wandb, run.id
         return wandb_id
 
