@@ -394,7 +394,9 @@ if __name__ == "__main__":
     try:
         main(sys.argv[1:])
     except (UserError, FileNotFoundError) as e:
-        sys.exit(f"{tag}error: {e}")
+        print(f"{tag}error: {e}", file=sys.stderr, flush=True)
+        distributed.settle(e)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(f"{tag}interrupted; the last checkpoint in out_dir is intact (continue with --init_from=resume).")
     finally:

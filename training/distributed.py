@@ -117,9 +117,18 @@ def stop_together(ranks: Ranks):
         dist.all_gather_object(messages, None if error is None else str(error))
         failed = [(rank, message) for rank, message in enumerate(messages) if message is not None]
         if failed and error is None:
-            raise RankStopped(f"rank {failed[0][0]} stopped: {failed[0][1]}")
+            error = RankStopped(f"rank {failed[0][0]} stopped: {failed[0][1]}")
+        if error is not None:
+            error.shared = True  # every rank stops here: see settle
     if error is not None:
         raise error
+
+
+def settle(error: BaseException) -> None:
+    """After a rank has printed why it stops: when every rank stops on the same error (stop_together),
+    wait for the others to print theirs, so that no rank exits first and torchrun's SIGTERM cuts one off."""
+    if getattr(error, "shared", False) and dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def teardown() -> None:
