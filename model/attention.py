@@ -272,13 +272,15 @@ class Hard(Weighting):
         log_prob, entropy = self.log_prob, self.entropy
         self.log_prob = self.entropy = None
         seq_loss = seq_loss.detach().float()
-        baseline = self.baseline if self.use_baseline and not self.baseline.isnan() else None
-        advantage = seq_loss - (baseline if baseline is not None else 0.0)
+        first = self.baseline.isnan()  # no step seen yet: no baseline (tensor ops, no Python branch: compiles)
+        baseline = torch.where(first, 0.0, self.baseline) if self.use_baseline else 0.0
+        advantage = seq_loss - baseline
         term = (seq_weight * advantage * log_prob).sum() - self.entropy_weight * (seq_weight * entropy).sum()
         if self.use_baseline:
             batch_mean = (seq_weight * seq_loss).sum() / seq_weight.sum()
-            new = batch_mean if baseline is None else self.momentum * baseline + (1 - self.momentum) * batch_mean
-            self.baseline.copy_(new)
+            # a new tensor, not copy_: compiled (AOT autograd) backward passes may recompute the advantage
+            # from the buffer after an in-place update, with the new baseline in place of the one used
+            self.baseline = torch.where(first, batch_mean, self.momentum * baseline + (1 - self.momentum) * batch_mean)
         return term - term.detach()
 
 
