@@ -40,33 +40,40 @@ def register(registry: dict, name: str):
 
 def check_variant(score: str, weighting: str, prefix: str = "attn_") -> None:
     """Raise a ConfigError unless `score` and `weighting` name registered, compatible variants."""
-    if score not in SCORES:
+    if not isinstance(score, str) or score not in SCORES:  # not a str: a list would not even hash
         raise ConfigError(f"{prefix}score must be one of {', '.join(SCORES)}, got {score!r}.")
-    if weighting not in WEIGHTINGS:
+    if not isinstance(weighting, str) or weighting not in WEIGHTINGS:
         raise ConfigError(f"{prefix}weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}.")
+
+
+def is_number(value) -> bool:
+    """Whether value is an int or float (not a bool, a string or None)."""
+    return type(value) in (int, float)
+
+
+def check_choice(config, name: str, choices: tuple[str, ...]) -> None:
+    """A ConfigError unless config.<name> is one of the strings in `choices`."""
+    value = getattr(config, name)
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}.")
 
 
 def check_variants(config) -> None:
     """Raise a ConfigError unless the config's self- and cross-attention variants and their options are valid."""
     check_variant(config.attn_score, config.attn_weighting, "attn_")
     check_variant(config.cross_attn_score, config.cross_attn_weighting, "cross_attn_")
-    if not 0 < config.hard_attention_temperature < float("inf"):  # inf: -inf / inf = nan in the masked scores
-        raise ConfigError("hard_attention_temperature must be > 0 and finite, "
-                          f"got {config.hard_attention_temperature}.")
-    if config.hard_attention_estimator not in Hard.estimators:
-        raise ConfigError(f"hard_attention_estimator must be one of {', '.join(Hard.estimators)}, "
-                          f"got {config.hard_attention_estimator!r}.")
-    if config.hard_attention_eval not in Hard.eval_modes:
-        raise ConfigError(f"hard_attention_eval must be one of {', '.join(Hard.eval_modes)}, "
-                          f"got {config.hard_attention_eval!r}.")
-    if config.hard_attention_baseline not in Hard.baselines:
-        raise ConfigError(f"hard_attention_baseline must be one of {', '.join(Hard.baselines)}, "
-                          f"got {config.hard_attention_baseline!r}.")
-    if not 0.0 <= config.hard_attention_baseline_momentum < 1.0:
-        raise ConfigError("hard_attention_baseline_momentum must be in [0, 1), "
-                          f"got {config.hard_attention_baseline_momentum}.")
-    if not 0.0 <= config.hard_attention_entropy < float("inf"):
-        raise ConfigError(f"hard_attention_entropy must be >= 0 and finite, got {config.hard_attention_entropy}.")
+    tau = config.hard_attention_temperature
+    if not (is_number(tau) and 0 < tau < float("inf")):  # inf: -inf / inf = nan in the masked scores
+        raise ConfigError(f"hard_attention_temperature must be > 0 and finite, got {tau!r}.")
+    check_choice(config, "hard_attention_estimator", Hard.estimators)
+    check_choice(config, "hard_attention_eval", Hard.eval_modes)
+    check_choice(config, "hard_attention_baseline", Hard.baselines)
+    momentum = config.hard_attention_baseline_momentum
+    if not (is_number(momentum) and 0.0 <= momentum < 1.0):
+        raise ConfigError(f"hard_attention_baseline_momentum must be in [0, 1), got {momentum!r}.")
+    entropy = config.hard_attention_entropy
+    if not (is_number(entropy) and 0.0 <= entropy < float("inf")):
+        raise ConfigError(f"hard_attention_entropy must be >= 0 and finite, got {entropy!r}.")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -178,6 +178,14 @@ def test_cross_attention_has_its_own_variant():
     ("hard_attention_baseline_momentum", 1.0, "hard_attention_baseline_momentum must be in"),
     ("hard_attention_entropy", -0.1, "hard_attention_entropy must be >= 0"),
     ("hard_attention_eval", "beam", "hard_attention_eval must be one of argmax, sample"),
+    # values of the wrong type (from Python; the command line converts them): the same sentence, no TypeError
+    ("attn_weighting", ["softmax"], "attn_weighting must be one of softmax, hard, got \\['softmax'\\]"),
+    ("hard_attention_estimator", {"gumbel": 1}, "hard_attention_estimator must be one of"),
+    ("hard_attention_temperature", "0.5", "hard_attention_temperature must be > 0 and finite, got '0.5'"),
+    ("hard_attention_temperature", None, "hard_attention_temperature must be > 0"),
+    ("hard_attention_temperature", True, "hard_attention_temperature must be > 0"),
+    ("hard_attention_baseline_momentum", "0.9", "hard_attention_baseline_momentum must be in"),
+    ("hard_attention_entropy", None, "hard_attention_entropy must be >= 0"),
 ])
 def test_invalid_variants_are_config_errors(key, value, match):
     with pytest.raises(ConfigError, match=match):
