@@ -38,6 +38,10 @@ def register(registry: dict, name: str):
     return add
 
 
+HARD_OPTIONS = ("hard_attention_temperature", "hard_attention_estimator", "hard_attention_eval")
+REINFORCE_OPTIONS = ("hard_attention_baseline", "hard_attention_baseline_momentum", "hard_attention_entropy")
+
+
 def check_variant(score: str, weighting: str, prefix: str = "attn_") -> None:
     """Raise a ConfigError unless `score` and `weighting` name registered, compatible variants."""
     if not isinstance(score, str) or score not in SCORES:  # not a str: a list would not even hash
@@ -74,6 +78,21 @@ def check_variants(config) -> None:
     entropy = config.hard_attention_entropy
     if not (is_number(entropy) and 0.0 <= entropy < float("inf")):
         raise ConfigError(f"hard_attention_entropy must be >= 0 and finite, got {entropy!r}.")
+    check_options_apply(config)
+
+
+def check_options_apply(config) -> None:
+    """A ConfigError for a hard_attention_* option changed from its default where nothing would read it."""
+    fields = type(config).__dataclass_fields__
+    changed = [n for n in HARD_OPTIONS + REINFORCE_OPTIONS if getattr(config, n) != fields[n].default]
+    hard = "hard" in (config.attn_weighting, config.cross_attn_weighting)
+    for name in changed:
+        if not hard:
+            raise ConfigError(f"{name} applies to hard attention only, and no attention here is hard; "
+                              "set attn_weighting=hard (or cross_attn_weighting=hard) or drop it.")
+        if name in REINFORCE_OPTIONS and config.hard_attention_estimator != "reinforce":
+            raise ConfigError(f"{name} applies to hard_attention_estimator=reinforce only, not "
+                              f"{config.hard_attention_estimator!r}; set the estimator to reinforce or drop it.")
 
 
 # ----------------------------------------------------------------------------------------------
