@@ -38,35 +38,61 @@ def register(registry: dict, name: str):
     return add
 
 
+HARD_OPTIONS = ("hard_attention_temperature", "hard_attention_estimator", "hard_attention_eval")
+REINFORCE_OPTIONS = ("hard_attention_baseline", "hard_attention_baseline_momentum", "hard_attention_entropy")
+
+
 def check_variant(score: str, weighting: str, prefix: str = "attn_") -> None:
     """Raise a ConfigError unless `score` and `weighting` name registered, compatible variants."""
-    if score not in SCORES:
+    if not isinstance(score, str) or score not in SCORES:  # not a str: a list would not even hash
         raise ConfigError(f"{prefix}score must be one of {', '.join(SCORES)}, got {score!r}.")
-    if weighting not in WEIGHTINGS:
+    if not isinstance(weighting, str) or weighting not in WEIGHTINGS:
         raise ConfigError(f"{prefix}weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}.")
+
+
+def is_number(value) -> bool:
+    """Whether value is an int or float (not a bool, a string or None)."""
+    return type(value) in (int, float)
+
+
+def check_choice(config, name: str, choices: tuple[str, ...]) -> None:
+    """A ConfigError unless config.<name> is one of the strings in `choices`."""
+    value = getattr(config, name)
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}.")
 
 
 def check_variants(config) -> None:
     """Raise a ConfigError unless the config's self- and cross-attention variants and their options are valid."""
     check_variant(config.attn_score, config.attn_weighting, "attn_")
     check_variant(config.cross_attn_score, config.cross_attn_weighting, "cross_attn_")
-    if not 0 < config.hard_attention_temperature < float("inf"):  # inf: -inf / inf = nan in the masked scores
-        raise ConfigError("hard_attention_temperature must be > 0 and finite, "
-                          f"got {config.hard_attention_temperature}.")
-    if config.hard_attention_estimator not in Hard.estimators:
-        raise ConfigError(f"hard_attention_estimator must be one of {', '.join(Hard.estimators)}, "
-                          f"got {config.hard_attention_estimator!r}.")
-    if config.hard_attention_eval not in Hard.eval_modes:
-        raise ConfigError(f"hard_attention_eval must be one of {', '.join(Hard.eval_modes)}, "
-                          f"got {config.hard_attention_eval!r}.")
-    if config.hard_attention_baseline not in Hard.baselines:
-        raise ConfigError(f"hard_attention_baseline must be one of {', '.join(Hard.baselines)}, "
-                          f"got {config.hard_attention_baseline!r}.")
-    if not 0.0 <= config.hard_attention_baseline_momentum < 1.0:
-        raise ConfigError("hard_attention_baseline_momentum must be in [0, 1), "
-                          f"got {config.hard_attention_baseline_momentum}.")
-    if not 0.0 <= config.hard_attention_entropy < float("inf"):
-        raise ConfigError(f"hard_attention_entropy must be >= 0 and finite, got {config.hard_attention_entropy}.")
+    tau = config.hard_attention_temperature
+    if not (is_number(tau) and 0 < tau < float("inf")):  # inf: -inf / inf = nan in the masked scores
+        raise ConfigError(f"hard_attention_temperature must be > 0 and finite, got {tau!r}.")
+    check_choice(config, "hard_attention_estimator", Hard.estimators)
+    check_choice(config, "hard_attention_eval", Hard.eval_modes)
+    check_choice(config, "hard_attention_baseline", Hard.baselines)
+    momentum = config.hard_attention_baseline_momentum
+    if not (is_number(momentum) and 0.0 <= momentum < 1.0):
+        raise ConfigError(f"hard_attention_baseline_momentum must be in [0, 1), got {momentum!r}.")
+    entropy = config.hard_attention_entropy
+    if not (is_number(entropy) and 0.0 <= entropy < float("inf")):
+        raise ConfigError(f"hard_attention_entropy must be >= 0 and finite, got {entropy!r}.")
+    check_options_apply(config)
+
+
+def check_options_apply(config) -> None:
+    """A ConfigError for a hard_attention_* option changed from its default where nothing would read it."""
+    fields = type(config).__dataclass_fields__
+    changed = [n for n in HARD_OPTIONS + REINFORCE_OPTIONS if getattr(config, n) != fields[n].default]
+    hard = "hard" in (config.attn_weighting, config.cross_attn_weighting)
+    for name in changed:
+        if not hard:
+            raise ConfigError(f"{name} applies to hard attention only, and no attention here is hard; "
+                              "set attn_weighting=hard (or cross_attn_weighting=hard) or drop it.")
+        if name in REINFORCE_OPTIONS and config.hard_attention_estimator != "reinforce":
+            raise ConfigError(f"{name} applies to hard_attention_estimator=reinforce only, not "
+                              f"{config.hard_attention_estimator!r}; set the estimator to reinforce or drop it.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,13 +298,15 @@ class Hard(Weighting):
         log_prob, entropy = self.log_prob, self.entropy
         self.log_prob = self.entropy = None
         seq_loss = seq_loss.detach().float()
-        baseline = self.baseline if self.use_baseline and not self.baseline.isnan() else None
-        advantage = seq_loss - (baseline if baseline is not None else 0.0)
+        first = self.baseline.isnan()  # no step seen yet: no baseline (tensor ops, no Python branch: compiles)
+        baseline = torch.where(first, 0.0, self.baseline) if self.use_baseline else 0.0
+        advantage = seq_loss - baseline
         term = (seq_weight * advantage * log_prob).sum() - self.entropy_weight * (seq_weight * entropy).sum()
         if self.use_baseline:
             batch_mean = (seq_weight * seq_loss).sum() / seq_weight.sum()
-            new = batch_mean if baseline is None else self.momentum * baseline + (1 - self.momentum) * batch_mean
-            self.baseline.copy_(new)
+            # a new tensor, not copy_: compiled (AOT autograd) backward passes may recompute the advantage
+            # from the buffer after an in-place update, with the new baseline in place of the one used
+            self.baseline = torch.where(first, batch_mean, self.momentum * baseline + (1 - self.momentum) * batch_mean)
         return term - term.detach()
 
 

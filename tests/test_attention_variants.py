@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model.attention import SCORES, Additive, Attention, KVCache, make_mask
-from model.config import ConfigError, GPTConfig
+from model.config import ConfigError, GPTConfig, RNNConfig, Seq2SeqConfig
 from model.gpt import GPT
 from model.layers import Block
 from weights.common import IGNORE_INDEX
@@ -178,10 +178,36 @@ def test_cross_attention_has_its_own_variant():
     ("hard_attention_baseline_momentum", 1.0, "hard_attention_baseline_momentum must be in"),
     ("hard_attention_entropy", -0.1, "hard_attention_entropy must be >= 0"),
     ("hard_attention_eval", "beam", "hard_attention_eval must be one of argmax, sample"),
+    # values of the wrong type (from Python; the command line converts them): the same sentence, no TypeError
+    ("attn_weighting", ["softmax"], "attn_weighting must be one of softmax, hard, got \\['softmax'\\]"),
+    ("hard_attention_estimator", {"gumbel": 1}, "hard_attention_estimator must be one of"),
+    ("hard_attention_temperature", "0.5", "hard_attention_temperature must be > 0 and finite, got '0.5'"),
+    ("hard_attention_temperature", None, "hard_attention_temperature must be > 0"),
+    ("hard_attention_temperature", True, "hard_attention_temperature must be > 0"),
+    ("hard_attention_baseline_momentum", "0.9", "hard_attention_baseline_momentum must be in"),
+    ("hard_attention_entropy", None, "hard_attention_entropy must be >= 0"),
 ])
 def test_invalid_variants_are_config_errors(key, value, match):
     with pytest.raises(ConfigError, match=match):
         GPTConfig(**{key: value})
+
+
+@pytest.mark.parametrize("options,match", [
+    (dict(hard_attention_estimator="reinforce"), "hard_attention_estimator applies to hard attention only"),
+    (dict(hard_attention_temperature=0.5), "hard_attention_temperature applies to hard attention only"),
+    (dict(attn_weighting="hard", hard_attention_entropy=0.1), "hard_attention_entropy applies to "
+                                                                "hard_attention_estimator=reinforce only"),
+    (dict(attn_weighting="hard", hard_attention_estimator="straight_through", hard_attention_baseline="none"),
+     "hard_attention_baseline applies to hard_attention_estimator=reinforce only"),
+])
+def test_hard_attention_options_that_would_be_ignored_are_config_errors(options, match):
+    with pytest.raises(ConfigError, match=match):
+        GPTConfig(**options)
+    with pytest.raises(ConfigError, match=match):
+        RNNConfig(**options)
+    # where they apply, the same options are accepted
+    GPTConfig(**{**options, "attn_weighting": "hard", "hard_attention_estimator": "reinforce"})
+    Seq2SeqConfig(**{**options, "cross_attn_weighting": "hard", "hard_attention_estimator": "reinforce"})
 
 
 @pytest.mark.parametrize("score,weighting,extra", ESTIMATORS)

@@ -1,5 +1,6 @@
 """REINFORCE for hard attention: the estimator against the exact gradient of the expected loss, masks, the families."""
 
+import copy
 import types
 
 import pytest
@@ -133,3 +134,21 @@ def test_families_train_the_scores_by_reinforce_and_report_the_plain_loss():
     _, loss = rnn(idx, idx, idx)
     loss.backward()
     assert rnn.decoder.cross_attn.scorer.weight.grad.abs().sum() > 0
+
+
+def test_a_reinforce_training_step_compiles_as_one_graph_and_equals_eager():
+    """The surrogate is part of the family's forward, so fullgraph compile must trace it (baseline included)."""
+    torch.manual_seed(0)
+    eager = GPT(GPTConfig(n_layer=1, n_head=3, n_embd=15, block_size=8, vocab_size=11, attn_score="general",
+                          attn_weighting="hard", hard_attention_estimator="reinforce"))
+    twin = copy.deepcopy(eager)
+    compiled = torch.compile(twin, fullgraph=True, backend="aot_eager")  # a graph break is an error
+    for step in range(3):  # the first step sets the baseline, the next ones use and move it
+        idx = torch.randint(0, 11, (4, 8))
+        for model, call in ((eager, eager), (twin, compiled)):
+            torch.manual_seed(step)  # the same samples in both
+            model.zero_grad()
+            call(idx, idx)[1].backward()
+        torch.testing.assert_close(twin.blocks[0].attn.weighting.baseline, eager.blocks[0].attn.weighting.baseline)
+        for (name, p), q in zip(eager.named_parameters(), twin.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, msg=name)
