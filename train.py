@@ -24,6 +24,7 @@ from data.loader import batch_generator, dataset_dir, read_meta
 from data.tokenizer import from_meta
 from lens.training_probe import probe
 from model import GPT
+from model.attention import check_options_apply
 from training import distributed
 from training.config import TrainConfig, build, coerce, field_types, from_dict, parse_args, to_dict
 from training.families import check_family_keys, family
@@ -101,6 +102,8 @@ def load_config(argv: list[str]):
     model_type = str(values.get("model_type", "gpt"))
     check_family_keys(values, model_type)  # e.g. --cell (an RNN's) on a Transformer: an error, not ignored
     cfg, model_cfg = build(values, TrainConfig, family(model_type).config)
+    if hasattr(model_cfg, "attn_weighting"):
+        check_options_apply(model_cfg)  # e.g. a hard_attention_* option with no hard attention
     ckpt = None
     if cfg.init_from == "resume":
         ckpt = load_checkpoint(cfg.out_dir, needs=RESUME_KEYS)

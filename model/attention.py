@@ -78,11 +78,14 @@ def check_variants(config) -> None:
     entropy = config.hard_attention_entropy
     if not (is_number(entropy) and 0.0 <= entropy < float("inf")):
         raise ConfigError(f"hard_attention_entropy must be >= 0 and finite, got {entropy!r}.")
-    check_options_apply(config)
 
 
 def check_options_apply(config) -> None:
-    """A ConfigError for a hard_attention_* option changed from its default where nothing would read it."""
+    """A ConfigError for a hard_attention_* option changed from its default where nothing would read it.
+
+    Checked for the settings of a new run (train.py), not in the config itself: a checkpoint that holds
+    such an option still loads (the option changes nothing).
+    """
     fields = type(config).__dataclass_fields__
     changed = [n for n in HARD_OPTIONS + REINFORCE_OPTIONS if getattr(config, n) != fields[n].default]
     hard = "hard" in (config.attn_weighting, config.cross_attn_weighting)

@@ -1,15 +1,20 @@
 """Every attention variant (score x weighting) under every mask: weights, paths, gradients, learning."""
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from model.attention import SCORES, Additive, Attention, KVCache, make_mask
+from model.attention import SCORES, Additive, Attention, KVCache, check_options_apply, make_mask
 from model.config import ConfigError, GPTConfig, RNNConfig, Seq2SeqConfig
 from model.gpt import GPT
 from model.layers import Block
 from weights.common import IGNORE_INDEX
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 VARIANTS = [(score, weighting) for score in ("scaled_dot", "dot", "general", "additive")
             for weighting in ("softmax", "hard")]
@@ -201,13 +206,23 @@ def test_invalid_variants_are_config_errors(key, value, match):
      "hard_attention_baseline applies to hard_attention_estimator=reinforce only"),
 ])
 def test_hard_attention_options_that_would_be_ignored_are_config_errors(options, match):
+    with pytest.raises(ConfigError, match=match):  # what train.py checks for a new run
+        check_options_apply(GPTConfig(**options))  # the config itself builds: a checkpoint with it still loads
     with pytest.raises(ConfigError, match=match):
-        GPTConfig(**options)
-    with pytest.raises(ConfigError, match=match):
-        RNNConfig(**options)
+        check_options_apply(RNNConfig(**options))
     # where they apply, the same options are accepted
-    GPTConfig(**{**options, "attn_weighting": "hard", "hard_attention_estimator": "reinforce"})
-    Seq2SeqConfig(**{**options, "cross_attn_weighting": "hard", "hard_attention_estimator": "reinforce"})
+    check_options_apply(GPTConfig(**{**options, "attn_weighting": "hard", "hard_attention_estimator": "reinforce"}))
+    check_options_apply(Seq2SeqConfig(**{**options, "cross_attn_weighting": "hard",
+                                         "hard_attention_estimator": "reinforce"}))
+
+
+def test_train_refuses_a_hard_attention_option_with_soft_attention():
+    proc = subprocess.run([sys.executable, "train.py", "--hard_attention_estimator=reinforce", "--max_iters=1"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == ["error: hard_attention_estimator applies to hard attention only, and no "
+                                                "attention here is hard; set attn_weighting=hard (or "
+                                                "cross_attn_weighting=hard) or drop it."], proc.stderr
 
 
 @pytest.mark.parametrize("score,weighting,extra", ESTIMATORS)
