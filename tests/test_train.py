@@ -228,6 +228,24 @@ def test_wandb_offline_logging(char_data, tmp_path):
     assert load_checkpoint(str(tmp_path / "out"))["wandb_id"] in runs[0].name
 
 
+def test_wandb_without_an_account_is_one_error_line(tmp_path, monkeypatch):
+    # wandb_log=True (given, or restored on resume) without `wandb login` nor WANDB_MODE=offline: a ConfigError
+    import wandb
+
+    from model import GPTConfig
+    from training.config import TrainConfig
+    from training.logger import RunLogger
+    from weights.common import ConfigError
+
+    def no_key(**kwargs):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", no_key)
+    logger = RunLogger(TrainConfig(out_dir=str(tmp_path / "out"), wandb_log=True), master=True)
+    with pytest.raises(ConfigError, match=r"No API key configured.*WANDB_MODE=offline.*--wandb_log=False"):
+        logger.start(GPTConfig(), 0, None)
+
+
 def test_writes_clear_temporaries_left_by_killed_processes(tmp_path):
     import subprocess
     import sys

@@ -49,11 +49,19 @@ class RunLogger:
             except OSError as e:
                 raise ConfigError(f"cannot write to out_dir {cfg.out_dir!r} ({e.strerror}); pick a writable --out_dir.")
         if cfg.wandb_log:
-            import wandb  # lazy: only --wandb_log needs it
-
-            run = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, id=wandb_id, resume="allow",
-                             config={**to_dict(cfg), **to_dict(model_cfg)},
-                             dir=os.environ.get("WANDB_DIR") or cfg.out_dir)  # not the current folder
+            try:
+                import wandb  # lazy: only --wandb_log needs it
+            except ImportError:
+                raise ConfigError("--wandb_log=True needs the wandb package: pip install wandb; "
+                                  "or pass --wandb_log=False.") from None
+            try:
+                run = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, id=wandb_id, resume="allow",
+                                 config={**to_dict(cfg), **to_dict(model_cfg)},
+                                 dir=os.environ.get("WANDB_DIR") or cfg.out_dir)  # not the current folder
+            except wandb.errors.Error as e:  # no API key, no connection, ...
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ConfigError(f"wandb cannot start a run ({first}); run `wandb login`, set WANDB_MODE=offline "
+                                  "(no account needed) or pass --wandb_log=False.") from None
             self.wandb, wandb_id = wandb, run.id
         return wandb_id
 
