@@ -75,7 +75,7 @@ def main(argv: list[str]) -> None:
     for layer in range(model.config.n_layer):
         for head in range(model.config.n_head):
             c, o = losses(ablate_heads([(f"blocks.{layer}.attn", head)]))
-            print(f"| L{layer}H{head} | {c:.3f} (+{c - base[0]:.3f}) | {o:.3f} (+{o - base[1]:.3f}) |")
+            print(f"| L{layer}H{head} | {c:.3f} ({c - base[0]:+.3f}) | {o:.3f} ({o - base[1]:+.3f}) |")
 
 
 if __name__ == "__main__":
