@@ -1,6 +1,6 @@
 """Train a headscope model.
 
-    python train.py                                    # char-level GPT on the built-in Shakespeare (CPU: ~3 min)
+    python train.py                                    # char-level GPT on the built-in Shakespeare (CPU: minutes)
     python train.py config/shakespeare_char_cpu.py     # nanoGPT's documented CPU settings
     python train.py config/shakespeare_char.py --device=cuda --compile=True
     python train.py --out_dir=out --init_from=resume   # continue exactly where a run stopped
