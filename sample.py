@@ -16,7 +16,7 @@ import sys
 
 from data.tokenizer import GPT2Tokenizer, from_meta
 from model import GPT
-from training.config import SampleConfig, build, parse_args
+from training.config import SampleConfig, build, parse_args, usage, wants_help
 from training.families import FAMILIES, model_from_checkpoint
 from training.system import pick_device, pick_dtype
 from weights.checkpoint import SAMPLE_KEYS, load_checkpoint
@@ -50,6 +50,9 @@ def check_options(given: dict, cfg: SampleConfig, model_type: str) -> None:
 
 def main(argv: list[str]) -> None:
     """Sample from the model named on the command line."""
+    if wants_help(argv):
+        print(usage(__doc__, {"options (defaults)": SampleConfig}), end="")
+        return
     given = parse_args(argv)
     cfg = build(given, SampleConfig)[0]
     device = pick_device(cfg.device)

@@ -1,6 +1,6 @@
 """Train a headscope model.
 
-    python train.py                                    # char-level GPT on the built-in Shakespeare (CPU: ~3 min)
+    python train.py                                    # char-level GPT on the built-in Shakespeare (CPU: minutes)
     python train.py config/shakespeare_char_cpu.py     # nanoGPT's documented CPU settings
     python train.py config/shakespeare_char.py --device=cuda --compile=True
     python train.py --out_dir=out --init_from=resume   # continue exactly where a run stopped
@@ -26,8 +26,8 @@ from lens.training_probe import probe
 from model import GPT
 from model.attention import check_options_apply
 from training import distributed
-from training.config import TrainConfig, build, coerce, field_types, from_dict, parse_args, to_dict
-from training.families import check_family_keys, family
+from training.config import TrainConfig, build, coerce, field_types, from_dict, parse_args, to_dict, usage, wants_help
+from training.families import FAMILIES, check_family_keys, family
 from training.logger import RunLogger, log_attention
 from training.mfu import device_peak, flops_per_token, mfu
 from training.muon import make_muon_adamw
@@ -342,8 +342,25 @@ def log_progress(run: Run, loss_value: float, lr: float, seconds: float, iters: 
     return tokens_per_s
 
 
+def family_notes() -> tuple[str, ...]:
+    """--help's line per model_type other than gpt: which model keys it has beyond GPT's, and which it lacks."""
+    gpt = field_types(FAMILIES["gpt"].config)
+    notes = []
+    for name, entry in FAMILIES.items():
+        own = field_types(entry.config)
+        extra, lacks = [k for k in own if k not in gpt], [k for k in gpt if k not in own]
+        notes.append(f"model_type={name}: gpt's model keys" + (f", without {', '.join(lacks)}" if lacks else "")
+                     + (f"; also {', '.join(extra)}" if extra else "") + ".")
+    return tuple(notes[1:])
+
+
 def main(argv: list[str]) -> None:
     """Train (or, with --eval_only, evaluate) the model the command line describes."""
+    if wants_help(argv):
+        print(usage(__doc__, {"training options (defaults)": TrainConfig,
+                              "model options of model_type=gpt (defaults)": FAMILIES["gpt"].config},
+                    family_notes()), end="")
+        return
     cfg, model_cfg, ckpt = load_config(argv)
     ranks, dtype, autocast = setup_system(cfg, ckpt)
     tokenizer, batches, model_cfg = setup_data(cfg, model_cfg, ckpt, ranks)

@@ -40,7 +40,7 @@ def copied_targets(seq: list[int], newline: int) -> torch.Tensor:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", help="a run folder of a GPT trained on data/shakespeare_repeats")
     parser.add_argument("--data_dir", default="data/shakespeare_repeats")
     parser.add_argument("--sequences", type=int, default=64)
@@ -75,7 +75,7 @@ def main(argv: list[str]) -> None:
     for layer in range(model.config.n_layer):
         for head in range(model.config.n_head):
             c, o = losses(ablate_heads([(f"blocks.{layer}.attn", head)]))
-            print(f"| L{layer}H{head} | {c:.3f} (+{c - base[0]:.3f}) | {o:.3f} (+{o - base[1]:.3f}) |")
+            print(f"| L{layer}H{head} | {c:.3f} ({c - base[0]:+.3f}) | {o:.3f} ({o - base[1]:+.3f}) |")
 
 
 if __name__ == "__main__":

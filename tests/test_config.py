@@ -70,3 +70,25 @@ def test_every_shipped_config_builds(path):
     values = parse_args([path])
     cfg, model_cfg = build(values, TrainConfig, family(str(values.get("model_type", "gpt"))).config)
     assert cfg.max_iters > 0 and model_cfg.n_embd % model_cfg.n_head == 0
+
+
+def test_help_of_train_and_sample_lists_every_key_with_its_default(capsys):
+    import dataclasses
+
+    import sample
+    import train
+    from training.families import FAMILIES
+    train.main(["config/bert_shakespeare_char.py", "--help"])  # nothing is read or trained
+    text = capsys.readouterr().out
+    assert text.startswith("Train a headscope model.")
+    for cls in (TrainConfig, GPTConfig):
+        for f in dataclasses.fields(cls):
+            assert f"  --{f.name}=" in text, f.name
+    assert "  --out_dir=out\n" in text and "  --data_dir=''\n" in text and "  --mlp_hidden=None\n" in text
+    for name in FAMILIES:
+        assert name == "gpt" or f"model_type={name}: gpt's model keys" in text
+    assert "also type_vocab_size" in text and "cell" in text
+    sample.main(["-h"])
+    text = capsys.readouterr().out
+    assert text.startswith("Sample text from a trained model")
+    assert "  --start='\\n'\n" in text and "  --top_k=200\n" in text and "  --decoding=greedy\n" in text

@@ -227,3 +227,30 @@ def test_max_tokens_inside_the_val_split_says_to_raise_it(tmp_path):
         build_shards(*args, max_tokens=5, progress=False)  # smaller than the first document
     meta = build_shards(*args, progress=False)  # the same command without the limit continues
     assert meta["complete"] and meta["documents"] == 2 and meta["val_tokens"] == meta["train_tokens"] == 602
+
+
+def test_hub_offline_is_one_error_without_the_retry_warnings(monkeypatch):
+    # offline, huggingface_hub retries and logs a warning per try; the script says one line instead
+    import logging
+
+    import datasets
+
+    from data.fineweb.prepare import hub_documents
+    seen = []
+    retries = logging.getLogger("huggingface_hub.utils._http")
+    handler = logging.Handler()
+    handler.emit = seen.append
+    retries.addHandler(handler)
+
+    def offline(*args, **kwargs):
+        retries.warning("'[Errno -2] Name or service not known' thrown while requesting HEAD https://huggingface.co")
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    level = logging.getLogger("huggingface_hub").level
+    try:
+        with pytest.raises(PrepareError, match="cannot open org/corpus .*--input"):
+            next(hub_documents("org/corpus", "cfg", "train", "text")(0))
+    finally:
+        retries.removeHandler(handler)
+    assert not seen and logging.getLogger("huggingface_hub").level == level

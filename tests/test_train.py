@@ -230,10 +230,10 @@ def test_wandb_offline_logging(char_data, tmp_path):
 
 @pytest.mark.parametrize("fake, expected", [
     ("raise ModuleNotFoundError(\"No module named 'wandb'\", name='wandb')",
-     "error: --wandb_log=True needs wandb (pip install wandb), or drop --wandb_log."),
+     "error: --wandb_log=True needs wandb (pip install wandb), or pass --wandb_log=False."),
     ("def init(**kwargs):\n    raise RuntimeError('No API key configured')",
      "error: wandb could not start a run (RuntimeError: No API key configured); log in (wandb login), set "
-     "WANDB_MODE=offline, or drop --wandb_log.")])
+     "WANDB_MODE=offline, or pass --wandb_log=False.")])
 def test_wandb_missing_or_failing_is_one_line(char_data, tmp_path, fake, expected):
     (tmp_path / "fake").mkdir()
     (tmp_path / "fake" / "wandb.py").write_text(fake + "\n")
@@ -241,6 +241,24 @@ def test_wandb_missing_or_failing_is_one_line(char_data, tmp_path, fake, expecte
                       "--wandb_log=True", *SMALL, check=False, env={"PYTHONPATH": str(tmp_path / "fake"),
                                                                      "WANDB_MODE": "online"})
     assert one_line_error(proc) == expected
+
+
+def test_wandb_without_an_account_is_one_error_line(tmp_path, monkeypatch):
+    # wandb_log=True (given, or restored on resume) without `wandb login` nor WANDB_MODE=offline: a ConfigError
+    import wandb
+
+    from model import GPTConfig
+    from training.config import TrainConfig
+    from training.logger import RunLogger
+    from weights.common import ConfigError
+
+    def no_key(**kwargs):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", no_key)
+    logger = RunLogger(TrainConfig(out_dir=str(tmp_path / "out"), wandb_log=True), master=True)
+    with pytest.raises(ConfigError, match=r"UsageError: No API key configured.*WANDB_MODE=offline.*--wandb_log=False"):
+        logger.start(GPTConfig(), 0, None)
 
 
 def test_writes_clear_temporaries_left_by_killed_processes(tmp_path):

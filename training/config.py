@@ -8,6 +8,7 @@ The model's own sizes are the model configs of model/config.py.
 import ast
 import dataclasses
 import os
+import textwrap
 import typing
 from dataclasses import dataclass
 
@@ -231,6 +232,27 @@ def parse_args(argv: list[str]) -> dict:
     return values
 
 
+def wants_help(argv: list[str]) -> bool:
+    """Whether the command line asks for the usage text (-h or --help anywhere)."""
+    return any(arg in ("-h", "--help") for arg in argv)
+
+
+def usage(doc: str, defaults: dict[str, type], notes: tuple[str, ...] = ()) -> str:
+    """A script's --help: its docstring, every --key=default of each titled config class, then the notes."""
+    parts = [doc.strip(), ""]
+    for title, cls in defaults.items():
+        parts += [f"{title}:"] + [f"  --{f.name}={default_text(f)}" for f in dataclasses.fields(cls)] + [""]
+    for note in notes:
+        parts += textwrap.wrap(note, width=100, subsequent_indent="  ") + [""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def default_text(field: dataclasses.Field) -> str:
+    """A field's default as typed on the command line (a string's repr shows an empty or newline default)."""
+    value = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    return repr(value) if isinstance(value, str) and (not value or not value.isprintable()) else str(value)
+
+
 def build(values: dict, *classes: type) -> list:
     """Split raw values among dataclasses by field name, type-check them and build each one."""
     types = [field_types(cls) for cls in classes]
@@ -257,4 +279,4 @@ def from_dict(cls, values: dict):
 
 
 __all__ = ["ConfigError", "TrainConfig", "SampleConfig", "read_config_file", "parse_args", "build", "to_dict",
-           "from_dict", "coerce", "field_types"]
+           "from_dict", "coerce", "field_types", "usage", "wants_help"]

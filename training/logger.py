@@ -52,7 +52,7 @@ class RunLogger:
             try:
                 import wandb  # lazy: only --wandb_log needs it
             except ImportError:
-                raise ConfigError("--wandb_log=True needs wandb (pip install wandb), or drop --wandb_log.") from None
+                raise ConfigError("--wandb_log=True needs wandb (pip install wandb), or pass --wandb_log=False.") from None
             try:
                 run = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, id=wandb_id, resume="allow",
                                  config={**to_dict(cfg), **to_dict(model_cfg)},
@@ -60,7 +60,7 @@ class RunLogger:
             except Exception as e:  # no login, no network, a bad project: wandb's errors have no common class
                 reason = (str(e).strip().splitlines() or [""])[0]
                 raise ConfigError(f"wandb could not start a run ({type(e).__name__}: {reason}); log in (wandb "
-                                  "login), set WANDB_MODE=offline, or drop --wandb_log.") from None
+                                  "login), set WANDB_MODE=offline, or pass --wandb_log=False.") from None
             self.wandb, wandb_id = wandb, run.id
         return wandb_id
 

@@ -12,6 +12,7 @@ needs `pip install datasets` and internet; tiktoken's files must be available (d
 """
 
 import argparse
+import logging
 import os
 import sys
 
@@ -33,11 +34,16 @@ def hub_documents(name: str, config: str, split: str, text_field: str):
                            "or pass local files with --input.") from None
 
     def documents(skip: int):
+        hub_logger = logging.getLogger("huggingface_hub")  # its retries print a warning per try: one line here
+        level = hub_logger.level
+        hub_logger.setLevel(logging.ERROR)
         try:
             stream = load_dataset(name, name=config or None, split=split, streaming=True)
         except Exception as e:  # offline, unknown name, ...
             raise PrepareError(f"cannot open {name} ({config}) on the Hugging Face Hub ({type(e).__name__}); "
                                "check the name and your connection, or pass local files with --input.") from None
+        finally:
+            hub_logger.setLevel(level)
         if skip:
             stream = stream.skip(skip)
         for row in stream:
