@@ -480,7 +480,7 @@ class Attention(nn.Module):
         T, S = q.size(2), k.size(2)
         if mask is None and causal and T > 1 and offset > 0:
             mask = make_mask(T, S, causal=True, offset=offset, device=x.device)
-        sdpa_causal = causal and mask is None and T > 1  # offset is 0 here, so T == S
+        sdpa_causal = causal and mask is None and offset == 0  # T == S here (a Python bool, also for symbolic T)
 
         explicit = need_weights or self.scores.active or self.pattern.active or not self.weighting.fast \
             or self.scorer.sdpa_scale is None

@@ -52,6 +52,7 @@ def train_step(model, batch, call=None):
 
 @pytest.mark.parametrize("make_case", [gpt_case, bert_case, seq2seq_case], ids=["gpt", "bert", "seq2seq"])
 def test_compiled_training_step_equals_eager(make_case):
+    torch._dynamo.reset()  # no shapes remembered from other tests in this process (they would make these dynamic)
     torch.manual_seed(0)
     model, batch = make_case()
     eager_loss, eager_grads = train_step(model, batch)
@@ -62,6 +63,19 @@ def test_compiled_training_step_equals_eager(make_case):
         assert grads.keys() == eager_grads.keys()
         for name, grad in grads.items():
             assert torch.allclose(grad, eager_grads[name], atol=GRAD_ATOL, rtol=GRAD_RTOL), name
+
+
+@pytest.mark.parametrize("make_case", [gpt_case, bert_case, seq2seq_case], ids=["gpt", "bert", "seq2seq"])
+def test_the_forward_compiles_as_one_graph_with_dynamic_shapes(make_case):
+    """What a recompilation for a new length does (Dynamo then marks the length dynamic), asked for at once:
+    no Python value may come from a symbolic size (SDPA's is_causal was one). aot_eager: tracing, not C++."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model, batch = make_case()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend="aot_eager")
+    for length in (16, 11, 1):
+        cropped = {name: value[:, :length] for name, value in batch.items()}
+        assert torch.allclose(compiled(**cropped)[1], model(**cropped)[1], rtol=LOSS_RTOL), length
 
 
 def test_hooks_and_graph_breaks():
