@@ -128,9 +128,12 @@ class StaticDecoder:
         self.allocate(torch.get_autocast_dtype(device_type) if autocast else next(self.model.parameters()).dtype)
         rows = unpad(idx, torch.ones_like(idx) if attention_mask is None else attention_mask)
         starts = [max(0, len(r) - block_size) for r in rows]  # each row's window: rows[i][starts[i]:]
-        length = 0  # cache slots filled
+        length, grown = 0, []  # cache slots filled; tokens made since rows was last extended
         for _ in range(max_new_tokens):
             if length == 0 or length + 1 > block_size:  # first step, or the cache is full: feed the windows
+                if grown:
+                    rows = [torch.cat([row, new]) for row, new in zip(rows, torch.cat(grown, dim=1))]
+                    grown = []
                 window, window_mask = rewindow(rows, starts, block_size, max(1, block_size // 2))
                 logits, length = self.prefill(window, window_mask), window.size(1)
             else:
@@ -140,7 +143,7 @@ class StaticDecoder:
                 logits = self.step(pending)
                 length += 1
             next_token = sample_rows(logits, temperature, top_k, top_p, generator)
-            rows = [torch.cat([row, t]) for row, t in zip(rows, next_token)]
+            grown.append(next_token)
             pending = next_token
             yield next_token
 
