@@ -14,6 +14,7 @@ the causal cut: duplicate tokens and induction targets on both sides of the quer
 import torch
 
 from lens.patching import as_inputs
+from lens.recorder import real_positions, strip_padding
 from model.cache import LensError, get_stack
 
 HEAD_NAMES = ("previous_token_head", "duplicate_token_head", "induction_head")
@@ -80,23 +81,50 @@ def layer_heads(heads, n_layers: int, n_head: int) -> dict[int, list[int]]:
     return grouped
 
 
-def run_for_patterns(model, tokens, cache, stack: str | None, attention: str):
-    """(the cache, the stack, the stack's own token ids (B, T)), running the model when no cache is given."""
+def run_for_patterns(model, tokens, cache, stack: str | None, attention: str, attention_mask=None):
+    """(the cache, the stack, the stack's own token ids (B, T), its queries' and keys' real positions), running
+    the model (with the padding mask) when no cache is given; the real positions are None without a mask."""
     structure = get_stack(model, stack)
     inputs = tuple(x[None] if x.dim() == 1 else x for x in as_inputs(tokens))  # one (T,) sequence: (1, T)
+    run_kwargs, query_real, key_real = padding_masks(structure, attention, attention_mask, inputs)
     if cache is None:
         with torch.no_grad():
-            _, cache = model.run_with_cache(*inputs, names_filter=f"*{attention}.pattern")
-    return cache, structure, inputs[-1] if structure.prefix == "decoder." else inputs[0]
+            _, cache = model.run_with_cache(*inputs, names_filter=f"*{attention}.pattern", **run_kwargs)
+    ids = inputs[-1] if structure.prefix == "decoder." else inputs[0]
+    return cache, structure, ids, query_real, key_real
+
+
+def padding_masks(structure, attention: str, attention_mask, inputs: tuple[torch.Tensor, ...]):
+    """(the model's mask keyword arguments, the queries' real positions (B, T), the keys' (B, S)) for a padded
+    batch: GPT and BERT take attention_mask (B, T); an encoder-decoder (src_mask, tgt_mask), like its tokens."""
+    if attention_mask is None:
+        return {}, None, None
+    device = inputs[0].device
+    if structure.prefix not in ("encoder.", "decoder."):
+        real = real_positions(attention_mask, tuple(inputs[0].shape))
+        return {"attention_mask": real.to(device)}, real, real
+    if not (isinstance(attention_mask, (tuple, list)) and len(attention_mask) == 2):
+        raise LensError("an encoder-decoder takes attention_mask=(src_mask, tgt_mask) like its tokens (src, tgt); "
+                        "either may be None.")
+    src, tgt = (None if m is None else real_positions(m, tuple(x.shape), name)
+                for m, x, name in zip(attention_mask, inputs, ("src_mask", "tgt_mask")))
+    run_kwargs = {key: m.to(device) for key, m in (("src_mask", src), ("tgt_mask", tgt)) if m is not None}
+    encoder = structure.prefix == "encoder."
+    return run_kwargs, src if encoder else tgt, src if encoder or attention == "cross_attn" else tgt
 
 
 def detect_head(model, tokens, detection_pattern, heads=None, cache=None, *, exclude_bos: bool = False,
                 exclude_current_token: bool = False, error_measure: str = "mul", stack: str | None = None,
-                attention: str = "attn") -> torch.Tensor:
+                attention: str = "attn", attention_mask=None) -> torch.Tensor:
     """Score every head's pattern on `tokens` ((B, T) ids; Seq2Seq: (src, tgt)) against a detection pattern.
 
     detection_pattern: one of HEAD_NAMES (built from each sequence's tokens) or a (T, S) tensor.
     Heads left out of `heads` score -1. Returns (n_layer, n_head), the mean over the batch.
+
+    attention_mask (B, T), 1 at real tokens and 0 at padding (Seq2Seq: (src_mask, tgt_mask), either None),
+    is given to the model and leaves padding out as queries and keys: each row scores as it would alone
+    (named patterns are built from its real tokens; a (T, S) tensor loses the same rows and columns).
+    With `cache`, pass the mask the cache was run with.
     """
     if error_measure not in ("mul", "abs"):
         raise LensError(f"error_measure must be 'mul' or 'abs', got {error_measure!r}.")
@@ -106,25 +134,34 @@ def detect_head(model, tokens, detection_pattern, heads=None, cache=None, *, exc
     if isinstance(detection_pattern, str) and attention == "cross_attn":
         raise LensError(f"{detection_pattern} compares a sequence with itself; for cross-attention use "
                         "alignment_scores with a source-target map.")
-    cache, structure, ids = run_for_patterns(model, tokens, cache, stack, attention)
-    if isinstance(detection_pattern, str) and ids.size(1) < 2:
+    cache, structure, ids, query_real, key_real = run_for_patterns(model, tokens, cache, stack, attention,
+                                                                   attention_mask)
+    shortest = ids.size(1) if query_real is None else int(query_real.sum(dim=1).min())
+    if isinstance(detection_pattern, str) and shortest < 2:
         raise LensError(f"{detection_pattern} needs sequences of at least 2 tokens (a previous or earlier token to "
-                        f"attend to); these have {ids.size(1)}.")
+                        f"attend to); {'these have' if query_real is None else 'the shortest row has'} {shortest}.")
     n_layers = len(structure.blocks)
     n_head = getattr(structure.blocks[0], attention).n_head
     scores = -torch.ones(n_layers, n_head)
     for layer, hs in layer_heads(heads, n_layers, n_head).items():
         pattern = cache[structure.name(layer, f"{attention}.pattern")]  # (B, nh, T, S)
         for b in range(pattern.size(0)):
-            if isinstance(detection_pattern, str):
-                target = PATTERNS[detection_pattern](ids[b].cpu(), causal=structure.causal)
-            else:
+            queries = None if query_real is None else query_real[b]
+            keys = None if key_real is None else key_real[b]
+            if isinstance(detection_pattern, str):  # a self-attention pattern: queries and keys are one sequence
+                row_ids = ids[b].cpu()
+                target = PATTERNS[detection_pattern](row_ids if queries is None else row_ids[queries],
+                                                     causal=structure.causal)
+            else:  # given over the batch's (T, S) positions: it loses the row's padding too
                 target = torch.as_tensor(detection_pattern)
-            if target.shape != pattern.shape[-2:]:
-                raise LensError(f"the detection pattern is {tuple(target.shape)} but {structure.name(layer, attention)}"
-                                f" has ({pattern.size(2)}, {pattern.size(3)}) patterns here.")
+                if target.shape != pattern.shape[-2:]:
+                    raise LensError(f"the detection pattern is {tuple(target.shape)} but "
+                                    f"{structure.name(layer, attention)} has ({pattern.size(2)}, {pattern.size(3)}) "
+                                    "patterns here.")
+                target = strip_padding(target, queries, keys)
+            row = strip_padding(pattern[b], queries, keys)  # (nh, T, S) without padding
             for h in hs:
-                s = compute_head_attention_similarity_score(pattern[b, h].cpu(), target, exclude_bos,
+                s = compute_head_attention_similarity_score(row[h].cpu(), target, exclude_bos,
                                                             exclude_current_token, error_measure)
                 scores[layer, h] = s if b == 0 else scores[layer, h] + s
         for h in hs:
@@ -149,6 +186,9 @@ def induction_scores(model, seq_len: int | None = None, batch: int = 8, seed: in
     each followed by itself, instead: e.g. validation text, whose tokens a small model has learnt
     (a character model barely trains the rare characters that random ids draw as often as 'e').
     """
+    if "attention_mask" in kwargs:
+        raise LensError("induction_scores repeats unpadded sequences and takes no attention_mask; score a padded "
+                        "batch of repeated sequences with detect_head(..., \"induction_head\", attention_mask=).")
     if halves is None:
         seq_len = seq_len or model.config.block_size // 2
         halves = repeated_random_tokens(model.config.vocab_size, seq_len, batch, seed)[:, :seq_len]
@@ -161,7 +201,7 @@ def induction_scores(model, seq_len: int | None = None, batch: int = 8, seed: in
 
 def attention_sink_scores(model, tokens, cache=None, stack: str | None = None, attention: str = "attn") -> torch.Tensor:
     """Mean weight every head puts on the first key, over query rows after the first: (n_layer, n_head)."""
-    cache, structure, _ = run_for_patterns(model, tokens, cache, stack, attention)
+    cache, structure, *_ = run_for_patterns(model, tokens, cache, stack, attention)
     rows = []
     for layer in range(len(structure.blocks)):
         pattern = cache[structure.name(layer, f"{attention}.pattern")].float()  # (B, nh, T, S)

@@ -75,8 +75,44 @@ class AttentionRecorder:
         if any(self.cross.values()) or any(name.startswith("encoder.") for name in self.calls):
             raise ValueError("row_maps is for a decoder-only model (GPT) generating a padded batch.")
         maps = self.maps(start_len)
-        pads = (attention_mask == 0).sum(dim=1).tolist()
-        return [{name: m[i, :, p:, p:] for name, m in maps.items()} for i, p in enumerate(pads)]
+        if not maps:
+            return []
+        B, _, N, _ = next(iter(maps.values())).shape
+        real = real_positions(attention_mask, (B, start_len), left_padded=True)
+        real = torch.cat([real, real.new_ones(B, N - start_len)], dim=1)  # generated tokens are all real
+        return [{name: strip_padding(m[i], real[i], real[i]) for name, m in maps.items()} for i in range(B)]
+
+
+def real_positions(attention_mask, shape: tuple[int, int], name: str = "attention_mask",
+                   left_padded: bool = False) -> torch.Tensor:
+    """A padding mask (B, T), 1 or True at real tokens and 0 at padding (Hugging Face's convention), checked
+    against the batch's (B, T) and returned as a bool tensor on the CPU.
+
+    A mask of another shape, with values other than 0 and 1, with a row of padding only or (with
+    `left_padded`, as generation needs) with a real token before padding is a ValueError.
+    """
+    mask = torch.as_tensor(attention_mask).detach().cpu()
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(mask.shape)} but the batch is {tuple(shape)} (rows, tokens); "
+                         "pass the mask of the run that made it.")
+    if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
+        raise ValueError(f"{name} must hold only 1 (real token) and 0 (padding).")
+    real = mask.bool()
+    if not real.any(dim=1).all():
+        raise ValueError(f"a row of {name} is all padding; give every row at least one real token.")
+    if left_padded and (real[:, :-1] & ~real[:, 1:]).any():
+        raise ValueError(f"{name} must be left-padded: each row's zeros first, then its ones.")
+    return real
+
+
+def strip_padding(pattern: torch.Tensor, query_real: torch.Tensor | None, key_real: torch.Tensor | None):
+    """One row's pattern (..., T, S) without its padding query rows and key columns; None keeps all of them.
+    query_real (T,) and key_real (S,) are that row's real_positions."""
+    if query_real is not None:
+        pattern = pattern[..., query_real.to(pattern.device), :]
+    if key_real is not None:
+        pattern = pattern[..., key_real.to(pattern.device)]
+    return pattern
 
 
 def head_stats(pattern: torch.Tensor, cross: bool = False,

@@ -93,6 +93,8 @@ def test_attention_recorder_on_a_padded_batch_shows_no_padding():
     with AttentionRecorder(model) as recorder:
         model.generate(idx, 4, temperature=0, attention_mask=mask)
     per_row = recorder.row_maps(idx.size(1), mask)
+    with pytest.raises(ValueError, match="attention_mask must be left-padded"):
+        recorder.row_maps(idx.size(1), mask.flip(1))  # generation takes left padding only
     for row, maps in zip(rows, per_row):
         with AttentionRecorder(model) as alone:
             model.generate(row[None], 4, temperature=0)

@@ -8,6 +8,7 @@ from lens import detectors
 from model import BERT, GPT, BERTConfig, GPTConfig, Seq2Seq, Seq2SeqConfig
 from model.cache import LensError
 from lens.interventions import ablate_heads
+from model.generation import pack
 
 V, HALF = 24, 8  # vocabulary, length of the random half that is repeated
 
@@ -120,3 +121,65 @@ def test_one_sequence_without_a_batch_dim_and_too_short_sequences():
         with pytest.raises(LensError, match="at least 2 tokens"):
             detectors.detect_head(gpt, tokens[None, :1], name, exclude_bos=True)
     assert detectors.detect_head(gpt, tokens[None, :2], "previous_token_head").isfinite().all()
+
+
+def padded(rows: list[torch.Tensor], left: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows padded with id 0 (a real token id too, so padding looks like duplicates) and their mask."""
+    ids, mask = pack(rows if left else [r.flip(0) for r in rows])
+    return (ids, mask) if left else (ids.flip(1), mask.flip(1))
+
+
+def test_padded_batches_score_each_row_as_it_scores_alone():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    gpt = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, vocab_size=20, block_size=16)).eval()
+    bert = BERT(BERTConfig(n_layer=2, n_head=2, n_embd=16, vocab_size=20, block_size=16)).eval()
+    rows = [torch.randint(0, 20, (n,), generator=g) for n in (12, 5, 8)]
+    rows[1][2] = rows[2][4] = 0  # the pad id as a real token: after left padding it precedes the row's first token
+    for model, left in ((gpt, True), (bert, False)):  # GPT generates from left padding, BERT pads on the right
+        ids, mask = padded(rows, left)
+        for name in detectors.HEAD_NAMES:
+            for options in ({}, {"error_measure": "abs"}, {"exclude_bos": True, "exclude_current_token": True}):
+                alone = [detectors.detect_head(model, r[None], name, **options) for r in rows]
+                for i in range(len(rows)):
+                    row = detectors.detect_head(model, ids[i:i + 1], name, attention_mask=mask[i:i + 1], **options)
+                    torch.testing.assert_close(row, alone[i], atol=1e-6, rtol=0)
+                batch = detectors.detect_head(model, ids, name, attention_mask=mask, **options)
+                torch.testing.assert_close(batch, torch.stack(alone).mean(0), atol=1e-6, rtol=0)
+        _, cache = model.run_with_cache(ids, attention_mask=mask)  # a cache of the masked run: the same scores
+        torch.testing.assert_close(detectors.detect_head(model, ids, "duplicate_token_head", cache=cache,
+                                                         attention_mask=mask),
+                                   detectors.detect_head(model, ids, "duplicate_token_head", attention_mask=mask))
+    unmasked = detectors.detect_head(gpt, ids, "duplicate_token_head")  # pad ids counted as duplicates
+    assert not torch.allclose(unmasked, detectors.detect_head(gpt, ids, "duplicate_token_head", attention_mask=mask),
+                              atol=1e-3)
+    s2s = Seq2Seq(Seq2SeqConfig(n_layer=2, n_head=2, n_embd=16, vocab_size=20, block_size=8)).eval()
+    srcs = [torch.randint(0, 20, (n,), generator=g) for n in (6, 3, 5)]
+    tgts = [torch.randint(0, 20, (n,), generator=g) for n in (4, 6, 2)]
+    (src, src_mask), (tgt, tgt_mask) = padded(srcs, left=False), padded(tgts, left=False)
+    align = detectors.reversal_alignment(6, 6)
+    for i, (s, t) in enumerate(zip(srcs, tgts)):
+        one = dict(attention_mask=(src_mask[i:i + 1], tgt_mask[i:i + 1]))
+        for stack in ("encoder", "decoder"):
+            torch.testing.assert_close(
+                detectors.detect_head(s2s, (src[i:i + 1], tgt[i:i + 1]), "previous_token_head", stack=stack, **one),
+                detectors.detect_head(s2s, (s[None], t[None]), "previous_token_head", stack=stack), atol=1e-6, rtol=0)
+        torch.testing.assert_close(detectors.alignment_scores(s2s, src[i:i + 1], tgt[i:i + 1], align, **one),
+                                   detectors.alignment_scores(s2s, s[None], t[None], align[:len(t), :len(s)]),
+                                   atol=1e-6, rtol=0)
+
+
+def test_bad_padding_masks_for_detectors_are_clear_errors():
+    gpt = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=20, block_size=16)).eval()
+    ids, mask = padded([torch.arange(1, 9), torch.arange(1, 2)])
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 7\) but the batch is \(2, 8\)"):
+        detectors.detect_head(gpt, ids, "previous_token_head", attention_mask=mask[:, 1:])
+    with pytest.raises(LensError, match="at least 2 tokens.*the shortest row has 1"):
+        detectors.detect_head(gpt, ids, "previous_token_head", attention_mask=mask)
+    with pytest.raises(ValueError, match="all padding"):
+        detectors.detect_head(gpt, ids, "previous_token_head", attention_mask=torch.zeros_like(mask))
+    with pytest.raises(LensError, match="takes no attention_mask"):
+        detectors.induction_scores(gpt, seq_len=4, attention_mask=mask)
+    s2s = Seq2Seq(Seq2SeqConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=20, block_size=8)).eval()
+    with pytest.raises(LensError, match=r"attention_mask=\(src_mask, tgt_mask\)"):
+        detectors.detect_head(s2s, (ids, ids), "previous_token_head", attention_mask=mask)

@@ -15,7 +15,8 @@ import torch
 
 from conftest import run_script
 from data.tokenizer import CharTokenizer
-from model import GPT, GPTConfig, save_checkpoint
+from model import GPT, GPTConfig, Seq2Seq, Seq2SeqConfig, save_checkpoint
+from model.generation import pack
 from training.config import SampleConfig, to_dict
 from weights.common import ConfigError
 from lens import viewer as viewer_module
@@ -140,6 +141,84 @@ def test_views_group_self_and_cross_attention():
         views_from_maps(maps, list("abc"))
     with pytest.raises(ValueError, match="key tokens"):
         views_from_maps({"blocks.0.attn.pattern": fake_maps(T, T)}, list("ab"))
+
+
+def padded_runs():
+    """A tiny GPT and Seq2Seq, padded batches of 3 rows (GPT left-padded, Seq2Seq right-padded) and each row's
+    caches alone: (model kind, batch cache, masks, rows' ids, rows' caches)."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    gpt = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, vocab_size=20, block_size=16)).eval()
+    rows = [torch.randint(1, 20, (n,), generator=g) for n in (9, 4, 6)]
+    idx, mask = pack(rows)  # left-padded with id 0
+    _, cache = gpt.run_with_cache(idx, attention_mask=mask)
+    alone = [gpt.run_with_cache(r[None])[1] for r in rows]
+    s2s = Seq2Seq(Seq2SeqConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=20, block_size=8)).eval()
+    srcs = [torch.randint(1, 20, (n,), generator=g) for n in (5, 3, 6)]
+    tgts = [torch.randint(1, 20, (n,), generator=g) for n in (4, 6, 2)]
+    src, src_mask = (x.flip(1) for x in pack([r.flip(0) for r in srcs]))  # right-padded
+    tgt, tgt_mask = (x.flip(1) for x in pack([r.flip(0) for r in tgts]))
+    _, s2s_cache = s2s.run_with_cache(src, tgt, src_mask=src_mask, tgt_mask=tgt_mask)
+    s2s_alone = [s2s.run_with_cache(s[None], t[None])[1] for s, t in zip(srcs, tgts)]
+    return (idx, mask, rows, cache, alone), (src, src_mask, srcs, tgt, tgt_mask, tgts, s2s_cache, s2s_alone)
+
+
+def names(ids: torch.Tensor, mask: torch.Tensor | None = None) -> list[str]:
+    return [f"t{i}" if mask is None or keep else "[PAD]" for i, keep in
+            zip(ids.tolist(), [1] * len(ids) if mask is None else mask.tolist())]
+
+
+def test_views_of_a_padded_row_leave_its_padding_out(tmp_path):
+    (idx, mask, rows, cache, alone), s2s = padded_runs()
+    for i, row in enumerate(rows):
+        views = views_from_maps(cache, names(idx[i], mask[i]), batch_index=i, attention_mask=mask)
+        [by_itself] = views_from_maps(alone[i], names(row))
+        assert views[0].query_tokens == views[0].key_tokens == names(row)
+        for name, maps in by_itself.layers.items():
+            assert maps.shape == views[0].layers[name].shape == (2, len(row), len(row))
+            assert np.allclose(views[0].layers[name], maps, atol=1e-6), name
+        real_only = views_from_maps(cache, names(row), batch_index=i, attention_mask=mask)  # the real tokens alone
+        assert real_only[0].query_tokens == names(row)
+        assert all(np.array_equal(real_only[0].layers[n], m) for n, m in views[0].layers.items())
+        paths = write_attention(str(tmp_path / f"row{i}"), views, png=False)
+        page = open(paths[0], encoding="utf-8").read()
+        [data] = page_data(page)
+        assert data["queries"] == data["keys"] == names(row)
+        assert "[PAD]" not in page and "[PAD]" not in AttentionViewer(views).html()  # nowhere in the page
+        saved = np.load(paths[1])
+        assert list(saved["view0.query_tokens"]) == list(saved["view0.key_tokens"]) == names(row)
+    src, src_mask, srcs, tgt, tgt_mask, tgts, s2s_cache, s2s_alone = s2s
+    for i, (s, t) in enumerate(zip(srcs, tgts)):
+        views = views_from_maps(s2s_cache, names(tgt[i], tgt_mask[i]), names(src[i], src_mask[i]), batch_index=i,
+                                attention_mask=tgt_mask, source_mask=src_mask)
+        by_itself = views_from_maps(s2s_alone[i], names(t), names(s))
+        assert [v.title for v in views] == ["encoder self-attention", "decoder self-attention",
+                                            "decoder cross-attention"]
+        for view, single in zip(views, by_itself):
+            assert (view.query_tokens, view.key_tokens) == (single.query_tokens, single.key_tokens)
+            assert "[PAD]" not in view.query_tokens + view.key_tokens
+            for name, maps in single.layers.items():
+                assert np.allclose(view.layers[name], maps, atol=1e-6), name
+        assert views[2].layers["decoder.blocks.0.cross_attn"].shape == (2, len(t), len(s))
+
+
+def test_bad_padding_masks_are_clear_errors():
+    (idx, mask, rows, cache, alone), s2s = padded_runs()
+    tokens = names(idx[1], mask[1])
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(3, 8\) but the batch is \(3, 9\)"):
+        views_from_maps(cache, tokens, batch_index=1, attention_mask=mask[:, 1:])
+    with pytest.raises(ValueError, match="marks 4 of row 1's 9 tokens as real but 5 tokens were given"):
+        views_from_maps(cache, tokens[4:], batch_index=1, attention_mask=mask)
+    with pytest.raises(ValueError, match="only 1 .real token. and 0"):
+        views_from_maps(cache, tokens, batch_index=1, attention_mask=mask * 2)
+    empty = mask.clone()
+    empty[1] = 0
+    with pytest.raises(ValueError, match="a row of attention_mask is all padding"):
+        views_from_maps(cache, tokens, batch_index=1, attention_mask=empty)
+    src, src_mask, srcs, tgt, tgt_mask, tgts, s2s_cache, _ = s2s
+    with pytest.raises(ValueError, match=r"source_mask has shape \(3, 5\) but the batch is \(3, 6\)"):
+        views_from_maps(s2s_cache, names(tgt[0]), names(src[0]), source_mask=src_mask[:, :5])
+    assert "[PAD]" in tokens and views_from_maps(cache, tokens, batch_index=1)[0].query_tokens == tokens  # no mask
 
 
 def test_write_attention_files(tmp_path):
