@@ -39,6 +39,8 @@ def write_tokens(path: str, tokens, vocab_size: int) -> None:
     """Write token ids to `path` atomically, in the smallest dtype for vocab_size; check every id fits."""
     dtype = dtype_for_vocab(vocab_size)
     tokens = np.asarray(tokens)
+    if tokens.size and tokens.dtype.kind not in "iu":  # a cast would truncate 1.5 to 1 silently
+        raise TokenFileError(f"token ids must be integers, not {tokens.dtype}.")
     if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
         raise TokenFileError(f"token ids must lie in [0, {vocab_size}); found {tokens.min()}..{tokens.max()}.")
     tokens = tokens.astype(dtype, copy=False)
