@@ -57,7 +57,12 @@ class MLMBatches:
         self.data = {split: Windows(split_files(folder, split), self.window - 1) for split in ("train", "val")}
         ids = tokenizer.special_ids
         self.pad_id, self.mask_id, self.cls_id, self.sep_id = (ids[s] for s in self.specials)
-        self.n_random = tokenizer.base_vocab_size  # random replacements come from the base vocabulary only
+        # the windows may hold special tokens too: the documents' separators of sharded data (data/shards.py:
+        # [EOS], or GPT-2's <|endoftext|>, the last id of its base vocabulary); they are never masked
+        self.base_vocab_size = tokenizer.base_vocab_size
+        self.eot_id = getattr(tokenizer, "eot_id", None)
+        # random replacements come from the base vocabulary only, <|endoftext|> left out
+        self.n_random = self.eot_id if self.eot_id == self.base_vocab_size - 1 else self.base_vocab_size
         # the unigram baseline predicts the training split's most frequent token at every masked position
         # (counted over its first 16M tokens, so that a web-scale split is not read whole)
         head, left = [], self.unigram_tokens
@@ -66,7 +71,11 @@ class MLMBatches:
             left -= len(head[-1])
             if left <= 0:
                 break
-        self.most_frequent = int(np.bincount(np.concatenate(head)).argmax())
+        counts = np.bincount(np.concatenate(head))
+        counts[self.base_vocab_size:] = 0  # separators are never masked: not a guess for a masked token
+        if self.eot_id is not None and self.eot_id < len(counts):
+            counts[self.eot_id] = 0
+        self.most_frequent = int(counts.argmax())
 
     def get(self, split: str, generator: torch.Generator) -> dict:
         """One batch drawn with `generator`: input_ids, attention_mask (1 = real token) and labels (B, T)."""
@@ -82,7 +91,10 @@ class MLMBatches:
         ids = ids.masked_fill(~text & (pos > 0), self.pad_id)
         ids[torch.arange(B), lengths + 1] = self.sep_id
         attention_mask = pos <= lengths[:, None] + 1  # [CLS], the text and [SEP]
-        input_ids, labels = mask_tokens(ids, text, self.mask_id, self.n_random, generator, self.mask_prob)
+        eligible = text & (ids < self.base_vocab_size)  # not the separators of sharded documents
+        if self.eot_id is not None:
+            eligible &= ids != self.eot_id
+        input_ids, labels = mask_tokens(ids, eligible, self.mask_id, self.n_random, generator, self.mask_prob)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         return {k: v.to(self.device) for k, v in batch.items()}
 

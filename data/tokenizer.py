@@ -58,6 +58,8 @@ class Tokenizer:
         out, run = [], []
         for i in ids:
             i = int(i)
+            if not 0 <= i < self.vocab_size:  # a negative id would index the characters from the end
+                raise TokenizerError(f"token id {i} is not in this tokenizer's vocabulary (ids 0..{self.vocab_size - 1}).")
             if i in names:
                 out.append(self._decode(run))
                 out.append(names[i])

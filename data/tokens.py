@@ -8,6 +8,7 @@ under the real name; a dataset's files are all written before any replaces the o
 import glob
 import json
 import os
+import re
 import struct
 
 import numpy as np
@@ -39,6 +40,8 @@ def write_tokens(path: str, tokens, vocab_size: int) -> None:
     """Write token ids to `path` atomically, in the smallest dtype for vocab_size; check every id fits."""
     dtype = dtype_for_vocab(vocab_size)
     tokens = np.asarray(tokens)
+    if tokens.size and tokens.dtype.kind not in "iu":  # a cast would truncate 1.5 to 1 silently
+        raise TokenFileError(f"token ids must be integers, not {tokens.dtype}.")
     if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
         raise TokenFileError(f"token ids must lie in [0, {vocab_size}); found {tokens.min()}..{tokens.max()}.")
     tokens = tokens.astype(dtype, copy=False)
@@ -66,10 +69,14 @@ class Windows:
         self.files, self.T = files, T
         self.parts = [load_tokens(path) for path in files]
         counts = [max(0, len(part) - T) for part in self.parts]  # window starts per file
-        if sum(counts) == 0:
-            n = sum(len(p) for p in self.parts)
-            raise TokenFileError(f"{os.path.basename(files[0])} in {os.path.dirname(files[0])} has {n} tokens, "
-                                 f"fewer than the {T + 1} one window needs; use a smaller block_size or more text.")
+        if sum(counts) == 0 and len(files) == 1:
+            raise TokenFileError(f"{os.path.basename(files[0])} in {os.path.dirname(files[0])} has {len(self.parts[0])} "
+                                 f"tokens, fewer than the {T + 1} one window needs; use a smaller block_size or more text.")
+        if sum(counts) == 0:  # a window never crosses shards: their total does not count
+            name = re.sub(r"_\d+\.bin$", "_*.bin", os.path.basename(files[0]))
+            raise TokenFileError(f"the {len(files)} {name} shards in {os.path.dirname(files[0])} are each shorter than "
+                                 f"one window (the longest has {max(len(p) for p in self.parts)} tokens, a window "
+                                 f"{T + 1}); use a smaller block_size or larger shards (--shard_tokens).")
         self.ends = np.cumsum(counts)
 
     def sample(self, n: int, generator: torch.Generator) -> np.ndarray:

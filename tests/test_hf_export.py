@@ -219,3 +219,26 @@ def test_export_command_line(tmp_path):
         assert (model(x) - hf(input_ids=x).logits).abs().max() < 1e-4
     line = one_line_error(run_script("tools/export_hf.py", f"--out_dir={tmp_path / 'none'}", "--to=x", check=False))
     assert "no checkpoint" in line
+
+
+HOSTILE = ["a\u0301b", "\U0001F600 x", "c\r\n\x00", "  \t\n\n ", "x[MASK]y", "[MASK][PAD]", "\u2028\u00a0\ufeff", "",
+           "[ MASK]", "a<|endoftext|>b", "'s 've 'll naïve 日本語"]
+
+
+def test_exported_tokenizers_equal_ours_on_hostile_text(tmp_path):
+    """The tokenizer files alone, loaded by AutoTokenizer: the same ids and text as ours."""
+    from data.tokenizer import CharTokenizer, GPT2Tokenizer
+    from weights.hf_tokenizer import tokenizer_files
+
+    pytest.importorskip("tiktoken")
+    chars = CharTokenizer.from_text("".join(HOSTILE)).with_specials(("[PAD]", "[MASK]", "[CLS]", "[SEP]"))
+    for name, tok in (("char", chars), ("gpt2", GPT2Tokenizer().with_specials(("[PAD]", "[MASK]")))):
+        folder = tmp_path / name
+        folder.mkdir()
+        for file, text in tokenizer_files(tok.meta(), 64).items():
+            (folder / file).write_text(text, encoding="utf-8")
+        hf = transformers.AutoTokenizer.from_pretrained(str(folder))
+        for text in [*HOSTILE, "".join(HOSTILE) * 50]:
+            ids = tok.encode(text, allow_specials=True)
+            assert hf.encode(text, add_special_tokens=False) == ids, (name, text)
+            assert hf.decode(ids) == tok.decode(ids) == text, (name, text)

@@ -77,6 +77,31 @@ def test_batches_frame_windows_and_mask_only_text(char_data):
     assert all(torch.equal(batch[k], again[k]) for k in batch)  # the generator decides everything
 
 
+
+@pytest.mark.parametrize("kind", ["char", "gpt2"])
+def test_document_separators_are_never_masked_nor_drawn(kind, tmp_path):
+    """Windows of sharded data hold each document's separator ([EOS], GPT-2's <|endoftext|>): a special token,
+    so never selected, never a random replacement, and not the unigram baseline's guess."""
+    from data.shards import build_shards
+    from data.tokenizer import CharTokenizer, GPT2Tokenizer
+
+    docs = ["a", "b", "ab"] * 200  # short documents: the separator is the most frequent token
+    base = CharTokenizer.from_text("ab") if kind == "char" else GPT2Tokenizer()
+    meta = build_shards(str(tmp_path), lambda skip: iter(docs[skip:]), base.meta(), "test", shard_tokens=500,
+                        val_tokens=100, progress=False)
+    tok = from_meta(meta).with_specials(MLMBatches.specials)
+    sep = tok.special_ids["[EOS]"] if kind == "char" else tok.eot_id
+    batches = MLMBatches(str(tmp_path), BERTConfig(block_size=16, vocab_size=tok.vocab_size), 512, "cpu", tok)
+    batch = batches.get("train", torch.Generator().manual_seed(0))
+    ids, labels = batch["input_ids"], batch["labels"]
+    selected = labels != IGNORE_INDEX
+    assert (ids == sep).any() and selected.any()  # separators are in the rows, as text tokens are
+    assert not (labels == sep).any()
+    assert not (ids[selected] == sep).any()
+    if kind == "gpt2":  # random replacements are drawn below n_random: <|endoftext|> is GPT-2's last id
+        assert batches.n_random == sep == tok.base_vocab_size - 1
+    assert batches.most_frequent != sep
+
 def test_eval_metrics(char_data):
     batches, tok = make_batches(char_data, batch_size=4)
     batch = batches.get("val", torch.Generator().manual_seed(0))

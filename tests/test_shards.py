@@ -254,3 +254,15 @@ def test_hub_offline_is_one_error_without_the_retry_warnings(monkeypatch):
     finally:
         retries.removeHandler(handler)
     assert not seen and logging.getLogger("huggingface_hub").level == level
+
+
+def test_shards_all_shorter_than_a_window_say_so(tmp_path):
+    from data.tokens import Windows, split_files, write_tokens
+
+    for i in range(3):  # 30 tokens in all, but no shard holds the 17 that one window needs
+        write_tokens(str(tmp_path / f"train_{i:06d}.bin"), np.arange(10), vocab_size=10)
+    with pytest.raises(TokenFileError, match=r"3 train_\*\.bin shards .* longest has 10 tokens.*17"):
+        Windows(split_files(str(tmp_path), "train"), 16)
+    write_tokens(str(tmp_path / "val.bin"), np.arange(10), vocab_size=10)
+    with pytest.raises(TokenFileError, match=r"val\.bin in .* has 10 tokens, fewer than the 17"):
+        Windows(split_files(str(tmp_path), "val"), 16)

@@ -201,6 +201,20 @@ def test_truncated_token_file_is_detected(tmp_path):
 
 
 
+def test_token_files_take_integer_ids_only(tmp_path):
+    import numpy as np
+
+    from data.tokens import TokenFileError, load_tokens, write_tokens
+
+    path = str(tmp_path / "t.bin")
+    for ids in (np.array([1.5, 2.0]), torch.tensor([0.0, 3.7]), np.array([True, False])):  # 1.5 was written as 1
+        with pytest.raises(TokenFileError, match="integer"):
+            write_tokens(path, ids, vocab_size=10)
+    write_tokens(path, torch.tensor([3, 9]), vocab_size=10)
+    write_tokens(str(tmp_path / "empty.bin"), [], vocab_size=10)  # an empty split (np.asarray([]) is float64)
+    assert load_tokens(path).tolist() == [3, 9] and load_tokens(str(tmp_path / "empty.bin")).tolist() == []
+
+
 @pytest.mark.parametrize("content", [b"[]", b"null", b"\xff{}", b'{"tokenizer": "char"}', b'{"tokenizer": "char", "chars": 5}'])
 def test_damaged_meta_json_is_a_clear_error(tmp_path, content):
     from data.loader import read_meta
