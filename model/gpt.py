@@ -96,8 +96,8 @@ class GPT(Family):
     @torch.no_grad()
     def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                         top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
-                        generator: Generators = None,
-                        attention_mask: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+                        generator: Generators = None, attention_mask: torch.Tensor | None = None,
+                        stop_token: int | None = None) -> Iterator[torch.Tensor]:
         """Yield (B, 1) new tokens one at a time, continuing idx (B, T).
 
         With the KV cache the prompt is processed once, then one token per step. When the context
@@ -106,9 +106,28 @@ class GPT(Family):
         Prompts of different lengths: left-pad them and pass `attention_mask` (B, T), 1 at real
         tokens (model/generation.py); each row then gets the tokens it would get alone. A list of
         generators, one per row, makes each row's sampling reproducible on its own.
+        `stop_token`: a row that has emitted it emits it again (Hugging Face's eos_token_id with
+        pad_token_id the same), and the stream ends once every row has.
         """
         if idx.size(1) == 0:
             raise ValueError("the prompt is empty; give every row at least one token (e.g. a start or <|endoftext|> token).")
+        tokens = self.new_tokens(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, attention_mask)
+        if stop_token is None:
+            yield from tokens
+            return
+        done = torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
+        for token in tokens:
+            token = token.masked_fill(done, stop_token)
+            done |= token == stop_token
+            yield token
+            if done.all():
+                return
+
+    @torch.no_grad()
+    def new_tokens(self, idx: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
+                   top_p: float | None, use_cache: bool, generator: Generators,
+                   attention_mask: torch.Tensor | None) -> Iterator[torch.Tensor]:
+        """generate_stream without stop_token."""
         if attention_mask is not None:
             yield from generate_padded(self, idx, attention_mask, max_new_tokens, temperature, top_k, top_p,
                                        use_cache, generator)
@@ -133,9 +152,11 @@ class GPT(Family):
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
-                 generator: Generators = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                 generator: Generators = None, attention_mask: torch.Tensor | None = None,
+                 stop_token: int | None = None) -> torch.Tensor:
         """Return idx (B, T) extended by max_new_tokens sampled tokens (B, T + max_new_tokens);
-        left-padded prompts with `attention_mask` as in generate_stream."""
+        left-padded prompts with `attention_mask`, and `stop_token` (fewer tokens once every row has
+        emitted it), as in generate_stream."""
         new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator,
-                                        attention_mask))
+                                        attention_mask, stop_token))
         return torch.cat([idx, *new], dim=1)

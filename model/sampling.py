@@ -1,4 +1,12 @@
-"""Choosing the next token from logits: temperature, top-k, top-p (nucleus), greedy."""
+"""Choosing the next token from logits: temperature, top-k, top-p (nucleus), greedy.
+
+The distribution is Hugging Face's for the same settings (TemperatureLogitsWarper, TopKLogitsWarper,
+TopPLogitsWarper, in that order, on float32 logits; tests/test_gpt.py compares them): top-k keeps every
+token tied with the k-th, top-p keeps the token that crosses top_p and at least one. Deliberate
+differences: temperature 0 is greedy (HF refuses it when sampling); top_k 1 is the argmax, the lowest id
+of a tie (HF's samples among the tied maxima); tokens tied at the top-p edge keep the lowest ids (HF's
+unstable sort keeps whichever it puts last, for a short row the highest ids).
+"""
 
 import numbers
 
@@ -18,22 +26,34 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
         raise ConfigError(f"top_p must be in (0, 1], got {top_p}.")
 
 
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick one token per row of logits (B, V) -> (B, 1). temperature 0 or top_k 1 is greedy."""
+def filtered_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None) -> torch.Tensor:
+    """The distribution (B, V) that sample_next draws from for logits (B, V); greedy: one-hot at the argmax."""
     check_sampling(temperature, top_k, top_p)
     if temperature == 0 or top_k == 1:
-        return logits.argmax(dim=-1, keepdim=True)
+        return F.one_hot(logits.argmax(dim=-1), logits.size(-1)).float()
     logits = logits.float()
     logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # <= 0: a tiny temperature cannot overflow
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cum = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        drop = cum - F.softmax(sorted_logits, dim=-1) >= top_p  # keep the smallest set reaching top_p
+        # stable: of tokens tied at the edge the lowest ids stay (as argmax picks the lowest), on any device
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
+        # the mass from each token down to the least likely one, summed from the bottom up (Hugging Face's
+        # sums: the tail is small, so this rounds less than 1 minus the mass above, which comes near 1)
+        tail = F.softmax(sorted_logits.flip(-1), dim=-1).cumsum(dim=-1).flip(-1)
+        drop = tail <= 1 - top_p  # keep the smallest set reaching top_p: the token that crosses it stays
+        drop[:, 0] = False  # and always the most likely token
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+    return F.softmax(logits, dim=-1)
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick one token per row of logits (B, V) -> (B, 1). temperature 0 or top_k 1 is greedy."""
+    check_sampling(temperature, top_k, top_p)
+    if temperature == 0 or top_k == 1:
+        return logits.argmax(dim=-1, keepdim=True)
+    return torch.multinomial(filtered_probs(logits, temperature, top_k, top_p), num_samples=1, generator=generator)

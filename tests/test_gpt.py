@@ -176,3 +176,45 @@ def test_odd_head_counts():
     model = tiny(n_head=3, n_embd=24)
     idx = torch.randint(0, 23, (2, 5))
     assert torch.equal(model.generate(idx, 8, top_k=1), model.generate(idx, 8, top_k=1, use_cache=False))
+
+
+def hf_filtered_probs(logits, temperature, top_k, top_p):
+    """The distribution Hugging Face's generate samples from: its warpers in its order (temperature, top-k, top-p)."""
+    warpers = pytest.importorskip("transformers.generation.logits_process")
+    ids, scores = torch.zeros(logits.size(0), 1, dtype=torch.long), logits.float()
+    chain = [warpers.TemperatureLogitsWarper(temperature)]
+    chain += [warpers.TopKLogitsWarper(top_k)] if top_k is not None else []
+    chain += [warpers.TopPLogitsWarper(top_p)] if top_p is not None else []
+    for warper in chain:
+        scores = warper(ids, scores)
+    return torch.softmax(scores, dim=-1)
+
+
+@pytest.mark.parametrize("V", [2, 3, 50, 50257])
+def test_the_filtered_distribution_is_hugging_faces(V):
+    from model.sampling import filtered_probs
+
+    gen = torch.Generator().manual_seed(1)
+    for scale in (1.0, 3.0, 10.0):
+        logits = torch.randn(16, V, generator=gen) * scale  # no ties: HF and we break them differently
+        logits[torch.rand(16, V, generator=gen) < 0.2] = float("-inf")
+        logits[:, 0] = 0.0  # every row keeps a finite logit
+        for temperature in (1e-6, 0.7, 1.0, 2.0):
+            for top_k in (None, 2, 50, V + 5):
+                for top_p in (None, 0.5, 0.9, 0.95):
+                    ours = filtered_probs(logits, temperature, top_k, top_p)
+                    theirs = hf_filtered_probs(logits, temperature, top_k, top_p)
+                    setting = (scale, temperature, top_k, top_p)
+                    assert torch.equal(ours > 0, theirs > 0), setting  # the same tokens kept
+                    assert torch.allclose(ours, theirs, atol=1e-6, rtol=0), setting
+
+
+def test_ties_at_the_top_p_edge_keep_the_lowest_ids():
+    from model.sampling import filtered_probs
+
+    for V in (4, 64, 1000):  # torch.sort breaks ties one way for a short row, another for a long one
+        probs = filtered_probs(torch.zeros(1, V), top_p=0.5)
+        assert (probs[0] > 0).nonzero().flatten().tolist() == list(range(V // 2)), V
+    probs = filtered_probs(torch.tensor([[2.0, 1.0, 1.0, 1.0, 0.0]]), top_k=2)  # top-k keeps a whole tie
+    assert (probs[0] > 0).tolist() == [True, True, True, True, False]
+    assert filtered_probs(torch.tensor([[1.0, 3.0, 3.0]]), temperature=0).tolist() == [[0.0, 1.0, 0.0]]

@@ -52,6 +52,41 @@ def test_logits_and_greedy_generation_match_huggingface(hf_dir):
     assert len(set(theirs[0, 6:].tolist())) >= 5  # a varied continuation, not one repeated token
 
 
+def test_padded_batches_seeded_sampling_and_stop_tokens_match_huggingface(hf_dir):
+    from model.generation import pack
+
+    folder, hf = hf_dir
+    model = GPT.from_pretrained(str(folder)).eval()
+    gen = torch.Generator().manual_seed(3)
+    idx, mask = pack([torch.randint(1, 97, (n,), generator=gen) for n in (1, 7, 12, 4)])
+    theirs = hf.generate(idx, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0,
+                         eos_token_id=None)
+    for use_cache in (True, False):  # greedy, left-padded: token for token
+        assert model.generate(idx, 20, temperature=0, attention_mask=mask, use_cache=use_cache).tolist() == \
+            theirs.tolist()
+    prompt = idx[1:2, -7:]
+    for temperature, top_k, top_p in [(1.0, None, None), (0.8, 20, 0.9), (1.3, None, 0.7), (1.0, 3, 0.5)]:
+        for seed in range(3):  # the same distributions, so the same draws from the same global random stream
+            torch.manual_seed(seed)
+            theirs = hf.generate(prompt, max_new_tokens=25, do_sample=True, temperature=temperature,
+                                 top_k=top_k or 0, top_p=top_p or 1.0, pad_token_id=0, eos_token_id=None)
+            for use_cache in (True, False):
+                torch.manual_seed(seed)
+                ours = model.generate(prompt, 25, temperature, top_k, top_p, use_cache=use_cache)
+                assert ours.tolist() == theirs.tolist(), (temperature, top_k, top_p, seed, use_cache)
+    idx, mask = idx[1:], mask[1:]
+    rows = model.generate(idx, 20, temperature=0, attention_mask=mask)[:, 12:].tolist()
+    stop = next(t for t in rows[-1] if all(t in row for row in rows))  # every row emits it, at different steps
+    theirs = hf.generate(idx, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=stop,
+                         eos_token_id=stop)  # finished rows are padded with the stop token
+    assert theirs.size(1) < 32
+    for use_cache in (True, False):
+        ours = model.generate(idx, 20, temperature=0, attention_mask=mask, stop_token=stop, use_cache=use_cache)
+        assert ours.tolist() == theirs.tolist()
+    streamed = list(model.generate_stream(idx[:1], 20, temperature=0, attention_mask=mask[:1], stop_token=stop))
+    assert streamed[-1].item() == stop and stop not in torch.cat(streamed[:-1]).tolist()
+
+
 def test_pytorch_bin_and_cropped_block_size(hf_dir, tmp_path):
     folder, hf = hf_dir
     (tmp_path / "config.json").write_text((folder / "config.json").read_text())

@@ -131,6 +131,38 @@ def test_a_beam_wider_than_the_vocabulary_never_goes_on_after_eos():
         assert outputs == greedy  # this model's best outputs: EOS right after one token
 
 
+@pytest.mark.parametrize("length_penalty", [0.0, 0.6, 1.0, 2.0])
+def test_a_beam_as_wide_as_every_output_finds_the_best_one(length_penalty):
+    import itertools
+
+    torch.manual_seed(3)
+    model = Seq2Seq(Seq2SeqConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=4)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.7)
+        model.lm_head.weight[3] -= 0.9  # EOS less sure: outputs of 0 to 3 tokens, which the penalty reorders
+    bos, eos, limit = 2, 3, 3
+    sources = [[1], [0, 2, 1], [3, 1, 0, 0, 2]]
+
+    def best(row):  # every output of up to `limit` tokens, ranked as documented (the length counts EOS)
+        scored = []
+        for n in range(limit + 1):
+            for out in map(list, itertools.product(range(3), repeat=n)):
+                ids = out + [eos] if n < limit else out
+                logp = torch.log_softmax(model(torch.tensor([row]), torch.tensor([[bos, *ids[:-1]]]))[0], -1)
+                scored.append((sum(logp[i, t].item() for i, t in enumerate(ids)) / len(ids) ** length_penalty, out))
+        return max(scored)[1]
+
+    src, src_mask = torch.zeros(3, 5, dtype=torch.long), torch.zeros(3, 5, dtype=torch.bool)
+    for i, row in enumerate(sources):
+        src[i, :len(row)], src_mask[i, :len(row)] = torch.tensor(row), True
+    expected = [best(row) for row in sources]
+    assert expected == [[0, 0, 0], [], [] if length_penalty == 0 else [2, 2, 2]]
+    for use_cache in (True, False):  # 4 ** 3 beams: nothing is ever pruned; each source gets its own
+        assert model.beam_search(src, bos, eos, src_mask, beam_size=64, max_new_tokens=limit,
+                                 length_penalty=length_penalty, use_cache=use_cache) == expected
+
+
 def test_sampling_is_seeded_and_respects_top_k():
     model = scrambled()
     src, src_mask = padded(ROWS)
