@@ -23,12 +23,11 @@ from model import GPT
 TOL = dict(atol=1e-4, rtol=0)
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def random_gpt2_pair(folder, **sizes):
+    """(headscope GPT, TransformerLens bridge) of one random GPT-2 with random norms and biases."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=3, n_embd=48, n_positions=32, vocab_size=101,
-                                    bos_token_id=0, eos_token_id=0)).eval()
+    hf = GPT2LMHeadModel(GPT2Config(n_positions=32, bos_token_id=0, eos_token_id=0, **sizes)).eval()
     with torch.no_grad():
         for name, p in hf.named_parameters():
             if "ln" in name:  # GPT-2's init leaves gains 1 and biases 0: draw them instead
@@ -36,10 +35,14 @@ def models(tmp_path_factory):
             elif name.endswith("bias"):
                 p.normal_(0.0, 0.1)
         hf.transformer.ln_f.weight.fill_(1.0)
-    folder = tmp_path_factory.mktemp("gpt2tiny")
     hf.save_pretrained(folder)
     bridge = TransformerBridge.boot_transformers(str(folder), hf_model=hf, device="cpu")
     return GPT.from_pretrained(str(folder)).eval(), bridge
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return random_gpt2_pair(tmp_path_factory.mktemp("gpt2tiny"), n_layer=2, n_head=3, n_embd=48, vocab_size=101)
 
 
 def test_cache_methods_match_transformer_lens(models):
@@ -91,21 +94,8 @@ def test_detectors_and_patching_match_transformer_lens(models):
 @pytest.fixture(scope="module")
 def odd_models(tmp_path_factory):
     """3 layers, 3 heads of 15 dims (not a power of two), an MLP of 70 (not 4 x 45); random norms and biases."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=3, n_head=3, n_embd=45, n_inner=70, n_positions=32, vocab_size=53,
-                                    bos_token_id=0, eos_token_id=0)).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "ln" in name:
-                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.3)
-            elif name.endswith("bias"):
-                p.normal_(0.0, 0.1)
-        hf.transformer.ln_f.weight.fill_(1.0)
-    folder = tmp_path_factory.mktemp("gpt2odd")
-    hf.save_pretrained(folder)
-    return GPT.from_pretrained(str(folder)).eval(), TransformerBridge.boot_transformers(str(folder), hf_model=hf,
-                                                                                       device="cpu")
+    return random_gpt2_pair(tmp_path_factory.mktemp("gpt2odd"), n_layer=3, n_head=3, n_embd=45, n_inner=70,
+                            vocab_size=53)
 
 
 def test_odd_sizes_hooks_ablation_and_patching_match_transformer_lens(odd_models):
