@@ -24,7 +24,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import torch.nn.functional as F
 
-from model.generation import Generators, padded_causal_mask, padded_positions, rewindow, sample_rows, unpad
+from model.generation import (Generators, padded_causal_mask, padded_positions, rewindow, sample_rows, unpad,
+                              until_stopped)
 from model.layers import softcap
 
 
@@ -114,12 +115,20 @@ class StaticDecoder:
                 cache.k = torch.zeros(shape, dtype=dtype, device=param.device)
                 cache.v = torch.zeros(shape, dtype=dtype, device=param.device)
 
-    @torch.no_grad()
     def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                         top_k: int | None = None, top_p: float | None = None, generator: Generators = None,
-                        attention_mask: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+                        attention_mask: torch.Tensor | None = None,
+                        stop_token: int | None = None) -> Iterator[torch.Tensor]:
         """Yield (B, 1) new tokens continuing idx (B, T) (left-padded where attention_mask is 0), as
-        GPT.generate_stream does with its KV cache."""
+        GPT.generate_stream does with its KV cache (stop_token too)."""
+        tokens = self.new_tokens(idx, max_new_tokens, temperature, top_k, top_p, generator, attention_mask)
+        return until_stopped(tokens, stop_token)
+
+    @torch.no_grad()
+    def new_tokens(self, idx: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
+                   top_p: float | None, generator: Generators,
+                   attention_mask: torch.Tensor | None) -> Iterator[torch.Tensor]:
+        """generate_stream without stop_token."""
         if idx.size(0) != self.batch_size:
             raise ValueError(f"this decoder was built for batches of {self.batch_size}; got {idx.size(0)} prompts.")
         block_size = self.model.config.block_size

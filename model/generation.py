@@ -70,6 +70,22 @@ def pack(windows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
+def until_stopped(tokens: Iterator[torch.Tensor], stop_token: int | None) -> Iterator[torch.Tensor]:
+    """The (B, 1) tokens as they come; with stop_token, a row that has emitted it emits it again (Hugging
+    Face's eos_token_id with pad_token_id the same), and the stream ends once every row has."""
+    if stop_token is None:
+        yield from tokens
+        return
+    done = None  # (B, 1): the rows that have emitted stop_token
+    for token in tokens:
+        done = torch.zeros_like(token, dtype=torch.bool) if done is None else done
+        token = token.masked_fill(done, stop_token)
+        done = done | (token == stop_token)
+        yield token
+        if done.all():
+            return
+
+
 def rewindow(rows: list[torch.Tensor], starts: list[int], block_size: int, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pack every row's window rows[i][starts[i]:] (ids, mask as pack); a row whose window has grown past
     block_size first moves its start on to keep only its last `keep` tokens (starts is updated)."""

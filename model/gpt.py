@@ -19,7 +19,8 @@ from model.family import Family, embed, logits_and_loss, tie_head
 from model.layers import Block, init_weights, make_norm
 from weights.hf_folder import PretrainedError, check_state
 from weights.hf_gpt2 import pretrained_config, read_gpt2
-from model.generation import Generators, generate_padded, padded_causal_mask, padded_positions, sample_rows
+from model.generation import (Generators, generate_padded, padded_causal_mask, padded_positions, sample_rows,
+                              until_stopped)
 
 
 def gpt2_config(values: dict, source: str) -> GPTConfig:
@@ -112,16 +113,7 @@ class GPT(Family):
         if idx.size(1) == 0:
             raise ValueError("the prompt is empty; give every row at least one token (e.g. a start or <|endoftext|> token).")
         tokens = self.new_tokens(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, attention_mask)
-        if stop_token is None:
-            yield from tokens
-            return
-        done = torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
-        for token in tokens:
-            token = token.masked_fill(done, stop_token)
-            done |= token == stop_token
-            yield token
-            if done.all():
-                return
+        yield from until_stopped(tokens, stop_token)
 
     @torch.no_grad()
     def new_tokens(self, idx: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,

@@ -54,3 +54,16 @@ def test_padded_prompts_get_the_tokens_each_gets_alone(pos_emb, compile):
     assert torch.equal(sampled, reference)
     assert torch.equal(decoder.generate(idx[:, -3:], 5, temperature=0),  # reused unpadded: as today
                        model.generate(idx[:, -3:], 5, temperature=0))
+
+
+def test_stop_token_as_gpt_generate():
+    model = tiny_gpt("learned")
+    rows = prompts()
+    idx, mask = pack(rows)
+    free = model.generate(idx, 20, temperature=0, attention_mask=mask)[:, idx.size(1):]
+    stop = int(free[1, 3])  # row 1 emits it at step 3 (maybe others earlier): they then repeat it
+    decoder = StaticDecoder(model, batch_size=len(rows))
+    ours = decoder.generate(idx, 20, temperature=0, attention_mask=mask, stop_token=stop)
+    reference = model.generate(idx, 20, temperature=0, attention_mask=mask, stop_token=stop)
+    assert torch.equal(ours, reference)
+    assert (ours[1, idx.size(1) + 3:] == stop).all()
