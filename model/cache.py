@@ -247,9 +247,8 @@ class ActivationCache(dict):
 
     def _finish(self, parts, layer, mlp_input, apply_ln, pos_slice) -> torch.Tensor:
         """Slice positions, stack on a new first dim, apply the frozen norm if asked; no parts: (0, B, [T], C)."""
-        if not parts:  # e.g. the heads before block 0
-            parts = [self[self.structure.name(0, "resid_pre")]]
-            return torch.stack([slice_pos(p, pos_slice) for p in parts])[:0]
+        if not parts:  # e.g. the heads before block 0: an empty stack of the residual stream's shape
+            return slice_pos(self[self.structure.name(0, "resid_pre")], pos_slice)[None][:0]
         components = torch.stack([slice_pos(p, pos_slice) for p in parts])  # (n, B, [T], C)
         if apply_ln:
             components = self.apply_ln_to_stack(components, layer, mlp_input, pos_slice)

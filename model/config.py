@@ -8,7 +8,7 @@ import math
 import typing
 from dataclasses import dataclass
 
-from model.attention import check_variants
+from model.attention import check_variants, is_number
 from model.layers import ACTIVATIONS, NORMS
 from weights.common import ConfigError
 
@@ -35,7 +35,7 @@ def check_source_sizes(config, names: tuple[str, ...]) -> None:
 
 def check_dropout(dropout) -> None:
     """A ConfigError unless dropout is a number in [0, 1)."""
-    if type(dropout) not in (int, float) or not 0.0 <= dropout < 1.0:
+    if not (is_number(dropout) and 0.0 <= dropout < 1.0):
         raise ConfigError(f"dropout must be a number in [0, 1), got {dropout!r}.")
 
 
@@ -93,7 +93,7 @@ class TransformerConfig:
             raise ConfigError(f"mlp_hidden must be a positive integer or None (4 * n_embd), got {self.mlp_hidden!r}.")
         if self.norm not in NORMS:
             raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}.")
-        if type(self.norm_eps) not in (int, float) or not 0 < self.norm_eps < float("inf"):
+        if not (is_number(self.norm_eps) and 0 < self.norm_eps < float("inf")):
             raise ConfigError(f"norm_eps must be a positive number (the norms add it to the variance), "
                               f"got {self.norm_eps!r}.")
         if self.pos_emb not in ("learned", "rope"):

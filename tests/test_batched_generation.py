@@ -122,7 +122,11 @@ def test_sample_script_continues_several_prompts(tmp_path):
     for line, prompt in list(zip(out, lines))[::2]:  # the shortest and the cropped prompt, each alone
         alone = run_script("sample.py", f"--start={prompt[-16:]}", *common).stdout
         assert line.split("] ", 1)[1] == alone.rstrip("\n"), (line, alone)
+    fast_alone = run_script("sample.py", f"--start={lines[0]}", *common, "--fast_decode=True")
+    assert "for 1 prompt(s)" in fast_alone.stderr
+    assert fast_alone.stdout.rstrip("\n") == out[0].split("] ", 1)[1]
     fast = run_script("sample.py", f"--prompts={tmp_path / 'prompts.txt'}", *common, "--fast_decode=True")
+    assert "--fast_decode: a static KV cache for 3 prompt(s)" in fast.stderr  # the batch went through it
     assert fast.stdout == proc.stdout  # the static cache and compiled step: the same padded greedy text
     (tmp_path / "bad.txt").write_text("ab\n\ncd\n")
     error = one_line_error(run_script("sample.py", f"--prompts={tmp_path / 'bad.txt'}", *common, check=False))

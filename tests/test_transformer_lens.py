@@ -40,6 +40,20 @@ def random_gpt2_pair(folder, **sizes):
     return GPT.from_pretrained(str(folder)).eval(), bridge
 
 
+def assert_patching_matches(ours, bridge, vocab: int, length: int, kinds) -> None:
+    """Each get_act_patch_KIND table equals TransformerLens' when one token of a random clean prompt changes."""
+    clean = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(3))
+    corrupted = clean.clone()
+    corrupted[0, 3] = (corrupted[0, 3] + 1) % vocab
+    metric = lambda logits: logits[0, -1, 5] - logits[0, -1, 7]  # noqa: E731
+    _, tl_clean = bridge.run_with_cache(clean)
+    _, clean_cache = ours.run_with_cache(clean)
+    for kind in kinds:
+        ours_table = getattr(patching, f"get_act_patch_{kind}")(ours, corrupted, clean_cache, metric)
+        tl_table = getattr(tl_patching, f"get_act_patch_{kind}")(bridge, corrupted, tl_clean, metric)
+        torch.testing.assert_close(ours_table, tl_table.float(), **TOL)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     return random_gpt2_pair(tmp_path_factory.mktemp("gpt2tiny"), n_layer=2, n_head=3, n_embd=48, vocab_size=101)
@@ -79,16 +93,7 @@ def test_detectors_and_patching_match_transformer_lens(models):
                                        exclude_bos=False, exclude_current_token=False, error_measure="mul")
                               for h in range(3)] for l in range(2)])
     torch.testing.assert_close(detectors.detect_head(ours, tokens, "induction_head"), expected, **TOL)
-    clean = torch.randint(0, 101, (1, 8), generator=torch.Generator().manual_seed(3))
-    corrupted = clean.clone()
-    corrupted[0, 3] = (corrupted[0, 3] + 1) % 101
-    metric = lambda logits: logits[0, -1, 5] - logits[0, -1, 7]  # noqa: E731
-    _, tl_clean = bridge.run_with_cache(clean)
-    _, clean_cache = ours.run_with_cache(clean)
-    for kind in ("resid_pre", "attn_head_out_all_pos"):
-        ours_table = getattr(patching, f"get_act_patch_{kind}")(ours, corrupted, clean_cache, metric)
-        tl_table = getattr(tl_patching, f"get_act_patch_{kind}")(bridge, corrupted, tl_clean, metric)
-        torch.testing.assert_close(ours_table, tl_table.float(), **TOL)
+    assert_patching_matches(ours, bridge, 101, 8, ("resid_pre", "attn_head_out_all_pos"))
 
 
 @pytest.fixture(scope="module")
@@ -129,13 +134,4 @@ def test_odd_sizes_hooks_ablation_and_patching_match_transformer_lens(odd_models
     tl_ablated = bridge.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", zero_head(0)),
                                                           ("blocks.2.attn.hook_z", zero_head(1))])
     torch.testing.assert_close(ablated, tl_ablated, **TOL)
-    clean = torch.randint(0, 53, (1, 9), generator=torch.Generator().manual_seed(3))
-    corrupted = clean.clone()
-    corrupted[0, 3] = (corrupted[0, 3] + 1) % 53
-    metric = lambda logits: logits[0, -1, 5] - logits[0, -1, 7]  # noqa: E731
-    _, tl_clean = bridge.run_with_cache(clean)
-    _, clean_cache = ours.run_with_cache(clean)
-    for kind in ("mlp_out", "attn_head_out_by_pos", "attn_head_k_all_pos", "attn_head_pattern_by_pos"):
-        ours_table = getattr(patching, f"get_act_patch_{kind}")(ours, corrupted, clean_cache, metric)
-        tl_table = getattr(tl_patching, f"get_act_patch_{kind}")(bridge, corrupted, tl_clean, metric)
-        torch.testing.assert_close(ours_table, tl_table.float(), **TOL)
+    assert_patching_matches(ours, bridge, 53, 9, ("mlp_out", "attn_head_out_by_pos", "attn_head_k_all_pos", "attn_head_pattern_by_pos"))

@@ -21,6 +21,13 @@ from training.system import autocast
 from weights.common import ConfigError
 
 
+def fast_decoder(model, batch_size: int) -> StaticDecoder:
+    """--fast_decode's decoder; says on stderr that its first token waits for the compilation."""
+    print(f"--fast_decode: a static KV cache for {batch_size} prompt(s); the first token waits while the "
+          "one-token step compiles", file=sys.stderr)
+    return StaticDecoder(model, batch_size, compile=True)
+
+
 def read_prompt(start: str) -> str:
     """The prompt text: `start` itself, or the contents of the file named by FILE:path."""
     if not start.startswith("FILE:"):
@@ -59,7 +66,7 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
             raise ConfigError(f"cannot create {cfg.attention_dir} ({e.strerror}); pick a writable --attention_dir.")
     if cfg.fast_decode and (recorder or interventions or not cfg.use_cache):
         raise ConfigError("--fast_decode runs the plain cached model; drop --attention_dir, --ablate or --use_cache=False.")
-    stream = StaticDecoder(model, 1, compile=True).generate_stream if cfg.fast_decode else \
+    stream = fast_decoder(model, 1).generate_stream if cfg.fast_decode else \
         lambda *a, generator: model.generate_stream(*a, use_cache=cfg.use_cache, generator=generator)
     samples = []
     for n in range(cfg.num_samples):
@@ -124,7 +131,7 @@ def sample_gpt_batch(model, tokenizer, cfg: SampleConfig, device: str, dtype: st
     generators = [torch.Generator(device=device).manual_seed(cfg.seed + i) for i in range(len(prompts))]
     sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generators,
                     attention_mask=mask)
-    fast = StaticDecoder(model, len(prompts), compile=True) if cfg.fast_decode else None
+    fast = fast_decoder(model, len(prompts)) if cfg.fast_decode else None
     for n in range(cfg.num_samples):
         with autocast(device, dtype):
             out = fast.generate(idx, cfg.max_new_tokens, **sampling) if fast else \

@@ -93,12 +93,6 @@ def setup(device: str) -> Ranks:
     return Ranks(rank, local_rank, world_size, device)
 
 
-def barrier(ranks: Ranks) -> None:
-    """Wait until every rank gets here (e.g. for rank 0 to prepare a dataset)."""
-    if ranks.launched:
-        dist.barrier()
-
-
 @contextmanager
 def stop_together(ranks: Ranks):
     """Run a block that may fail on some ranks only (rank 0 alone writes out_dir, wandb and checkpoints).
