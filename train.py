@@ -24,7 +24,7 @@ from data.loader import batch_generator, dataset_dir, read_meta
 from data.tokenizer import from_meta
 from lens.training_probe import probe
 from model import GPT
-from model.attention import check_options_apply
+from model.hard_attention import check_options_apply
 from training import distributed
 from training.config import TrainConfig, build, coerce, field_types, from_dict, parse_args, to_dict, usage, wants_help
 from training.families import FAMILIES, check_family_keys, family

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from model.attention import KVCache
+from model.attention import PastKeyValues
 from model.config import ConfigError, GPTConfig
 from model.hooks import HookPoint
 from model.family import Family, embed, logits_and_loss, tie_head
@@ -68,7 +68,7 @@ class GPT(Family):
         return gpt2_config(pretrained_config(name_or_dir, dropout, block_size), name_or_dir)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                caches: list[KVCache] | None = None, last_only: bool = False,
+                caches: list[PastKeyValues] | None = None, last_only: bool = False,
                 attention_mask: torch.Tensor | None = None):
         """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy when targets are given.
 
@@ -132,7 +132,7 @@ class GPT(Family):
                 if caches is None or caches[0].len + pending.size(1) > block_size:
                     keep = block_size if caches is None else max(1, block_size // 2)
                     pending = idx[:, -keep:]
-                    caches = [KVCache(block_size) for _ in self.blocks]
+                    caches = [PastKeyValues(block_size) for _ in self.blocks]
                 logits = self(pending, caches=caches, last_only=True)
             else:
                 logits = self(idx[:, -block_size:], last_only=True)

@@ -12,6 +12,7 @@ import textwrap
 import typing
 from dataclasses import dataclass
 
+from model.config import flatten, nested_configs, unflatten
 from model.sampling import check_sampling
 from weights.common import ConfigError
 from weights.hf_gpt2 import HUB_MODELS
@@ -148,9 +149,28 @@ def check_init_from(init_from: str, own: tuple[str, ...]) -> None:
 
 
 def field_types(cls) -> dict[str, type]:
-    """Map each dataclass field name to its resolved type."""
+    """Map each key of a config class to its resolved type; a nested config's fields as `<field>_<name>`."""
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    nested = nested_configs(cls)
+    types = {}
+    for f in dataclasses.fields(cls):
+        if f.name in nested:
+            types.update({f"{f.name}_{k}": t for k, t in field_types(nested[f.name]).items()})
+        else:
+            types[f.name] = hints[f.name]
+    return types
+
+
+def field_defaults(cls) -> dict[str, object]:
+    """Each key of a config class (as in field_types) with its default value."""
+    defaults = {}
+    for f in dataclasses.fields(cls):
+        value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(value):
+            defaults.update({f"{f.name}_{k}": v for k, v in flatten(value).items()})
+        else:
+            defaults[f.name] = value
+    return defaults
 
 
 def coerce(key: str, value, typ):
@@ -241,15 +261,14 @@ def usage(doc: str, defaults: dict[str, type], notes: tuple[str, ...] = ()) -> s
     """A script's --help: its docstring, every --key=default of each titled config class, then the notes."""
     parts = [doc.strip(), ""]
     for title, cls in defaults.items():
-        parts += [f"{title}:"] + [f"  --{f.name}={default_text(f)}" for f in dataclasses.fields(cls)] + [""]
+        parts += [f"{title}:"] + [f"  --{k}={default_text(v)}" for k, v in field_defaults(cls).items()] + [""]
     for note in notes:
         parts += textwrap.wrap(note, width=100, subsequent_indent="  ") + [""]
     return "\n".join(parts).rstrip() + "\n"
 
 
-def default_text(field: dataclasses.Field) -> str:
-    """A field's default as typed on the command line (a string's repr shows an empty or newline default)."""
-    value = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+def default_text(value) -> str:
+    """A default as typed on the command line (a string's repr shows an empty or newline default)."""
     return repr(value) if isinstance(value, str) and (not value or not value.isprintable()) else str(value)
 
 
@@ -263,19 +282,20 @@ def build(values: dict, *classes: type) -> list:
     built = []
     for cls, typs in zip(classes, types):
         kwargs = {k: coerce(k, v, typs[k]) for k, v in values.items() if k in typs}
-        built.append(cls(**kwargs))
+        built.append(cls(**unflatten(cls, kwargs)))
     return built
 
 
 def to_dict(cfg) -> dict:
-    """A dataclass as a plain dict (safe to store in a weights_only checkpoint)."""
-    return dataclasses.asdict(cfg)
+    """A config as a plain flat dict (safe to store in a weights_only checkpoint; nested configs' fields
+    under their flat keys, hard_attention_estimator, as every version has stored them)."""
+    return flatten(cfg)
 
 
 def from_dict(cls, values: dict):
-    """Rebuild a dataclass from a stored dict, ignoring keys this version no longer has."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})
+    """Rebuild a config from a stored flat dict, ignoring keys this version no longer has."""
+    names = set(field_types(cls)) | {f.name for f in dataclasses.fields(cls)}
+    return cls(**unflatten(cls, {k: v for k, v in values.items() if k in names}))
 
 
 __all__ = ["ConfigError", "TrainConfig", "SampleConfig", "read_config_file", "parse_args", "build", "to_dict",
