@@ -206,7 +206,8 @@ def setup_data(cfg: TrainConfig, model_cfg, ckpt: dict | None, ranks):
         theirs = tokenizer.vocab_size if tokenizer.vocab_size != model_cfg.vocab_size else "as many, other tokens"
         raise ConfigError(f"the checkpoint's vocabulary ({model_cfg.vocab_size}) differs from dataset "
                           f"{cfg.dataset} ({theirs}); resume on the dataset it was trained on.")
-    return tokenizer, batch_maker(folder, model_cfg, cfg.batch_size, ranks.device, tokenizer), model_cfg
+    packing = (cfg.packing,) if cfg.packing.needs_separator else ()  # GPT's and BERT's batch makers take it
+    return tokenizer, batch_maker(folder, model_cfg, cfg.batch_size, ranks.device, tokenizer, *packing), model_cfg
 
 
 def build_model(run: Run):
@@ -221,6 +222,8 @@ def build_model(run: Run):
     run.log.print(f"{cfg.model_type}: {model.num_params() / 1e6:.2f}M parameters, device {ranks.device}, dtype "
                   f"{run.dtype}, {run.tokens_per_iter:,} tokens per iteration, {ranks.world_size} process(es)"
                   + (", FSDP" if cfg.fsdp else ", DDP" if ranks.launched else ""))
+    if cfg.packing.needs_separator:
+        run.log.print(run.batches.describe())  # padding and documents cut at the rows' edges
     run.log.print(distributed.describe_batch(cfg.batch_size, model_cfg.block_size, cfg.gradient_accumulation_steps,
                                              ranks.world_size))
     train_model = distributed.wrap(model, ranks, cfg.fsdp, cfg.compile, run.dtype)  # DDP, FSDP or model itself
