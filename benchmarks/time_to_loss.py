@@ -25,27 +25,10 @@ import os
 import subprocess
 import sys
 
+from modern_recipe import read_metrics  # the evaluations of a finished run (benchmarks/ is on sys.path)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"a": "config/shakespeare_char_cpu.py", "b": "config/shakespeare_char_cpu_modern.py"}
-
-
-def read_evaluations(out_dir: str) -> list[dict]:
-    """The evaluations of a finished run (out_dir/metrics.jsonl); exits with a clear line when there are none."""
-    path = os.path.join(out_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        sys.exit(f"error: no metrics file at {path}; give the folder of finished runs (bench --out).")
-    rows = []
-    with open(path) as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a killed run
-                continue
-            if isinstance(row, dict) and {"iter", "val_loss", "tokens"} <= row.keys():
-                rows.append(row)
-    if not rows:
-        sys.exit(f"error: {path} holds no evaluations; train until the first eval_interval.")
-    return rows
 
 
 def student_t_cdf(t: float, df: int) -> float:
@@ -101,7 +84,7 @@ def table(runs: dict[str, list[str]], target: float) -> str:
             f"train s to {target:.4f}", "final val loss", f"p(final >= {target:.4f})"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, dirs in runs.items():
-        evaluations = [read_evaluations(d) for d in dirs]
+        evaluations = [read_metrics(d) for d in dirs]
         hits = [h for h in (reach(rows, target) for rows in evaluations) if h is not None]
         seconds = [h["train_s"] for h in hits if "train_s" in h]
         finals = [rows[-1]["val_loss"] for rows in evaluations]
@@ -173,7 +156,7 @@ def main() -> None:
             train_both(args, extra, seed)
         runs = {name: [os.path.join(args.out, name, f"seed_{s}") for s in range(1337, 1337 + args.seeds)]
                 for name in ("a", "b")}
-    finals = [read_evaluations(d)[-1]["val_loss"] for d in runs["a"]]
+    finals = [read_metrics(d)[-1]["val_loss"] for d in runs["a"]]
     target = sum(finals) / len(finals) if args.target == "a" else float(args.target)
     names = ("A", "B") if args.table else (f"A: {args.a} {args.a_set}".strip(), f"B: {args.b} {args.b_set}".strip())
     print(table(dict(zip(names, (runs["a"], runs["b"]))), target))

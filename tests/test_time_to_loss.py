@@ -25,7 +25,8 @@ def test_one_sided_test_and_table(tmp_path):
         for seed, losses in enumerate(runs):
             folder = tmp_path / name / f"seed_{seed}"
             folder.mkdir(parents=True)
-            rows = [{"iter": 10 * i, "val_loss": v, "tokens": 100 * i, "train_s": 2.0 * i} for i, v in enumerate(losses)]
+            rows = [{"iter": 10 * i, "val_loss": v, "tokens": 100 * i, "train_s": 2.0 * i,
+                     "elapsed_s": 3.0 * i} for i, v in enumerate(losses)]
             (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = run_script("benchmarks/time_to_loss.py", "--table", str(tmp_path)).stdout
     lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in out.splitlines()[2:]}
