@@ -392,9 +392,12 @@ def document_mask(doc_ids: torch.Tensor, q_len: int, causal: bool, key_padding_m
     if flex:  # compiled on CUDA (a Python loop over blocks otherwise); on the CPU, for tests, as it is
         build = compiled_create_block_mask if doc_ids.is_cuda else create_block_mask
         return build(may_attend, B, None, q_len, S, device=doc_ids.device)
-    q = torch.arange(q_len, device=doc_ids.device)
-    kv = torch.arange(S, device=doc_ids.device)
-    return may_attend(torch.arange(B, device=doc_ids.device)[:, None, None, None], None, q[:, None], kv[None, :])
+    allowed = doc_ids[:, offset:, None] == doc_ids[:, None, :]  # (B, T, S): the same mask, by broadcasting
+    if causal:
+        allowed = allowed & make_mask(q_len, S, causal=True, offset=offset, device=doc_ids.device)[0]
+    if key_padding_mask is not None:
+        allowed = allowed & key_padding_mask.bool()[:, None, :]
+    return allowed[:, None]  # (B, 1, T, S)
 
 
 def dense_mask(block_mask: BlockMask) -> torch.Tensor:
