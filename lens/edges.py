@@ -267,6 +267,10 @@ class Plain:
         if bias is not None:
             self.total = self.total + bias
 
+    def needed(self, first: int, n: int) -> bool:
+        """Whether any receiver reads senders first .. first + n - 1 of this run (else they need not run)."""
+        return True
+
     def inputs(self, group: Group) -> torch.Tensor:
         """The inputs (B, T, R, C) of a group's receivers."""
         n = group.receivers.stop - group.receivers.start
@@ -330,6 +334,14 @@ class Circuit(Plain):
         super().add_bias(bias)
         if bias is not None:
             self.alt_total = self.alt_total + bias
+
+    def needed(self, first: int, n: int) -> bool:
+        return bool((self.mask[first:first + n] > 0).any())
+
+    def skip(self, first: int, n: int) -> None:
+        """Senders no kept edge reads: they count as their alt values (a difference of 0)."""
+        alt = self.alt[first:first + n].sum(0)
+        self.total, self.alt_total = self.total + alt, self.alt_total + alt
 
     def inputs(self, group: Group) -> torch.Tensor:
         mask = self.mask[:group.n_prev, group.receivers].to(self.diff.dtype)  # (s, R)
@@ -430,9 +442,14 @@ def edge_forward(graph: EdgeGraph, inputs: tuple, mixer: Plain, input_value: tor
     sender, groups = 2 if stack.encode is not None else 1, iter(graph.groups)
     for block in stack.blocks:
         attn = block.attn
-        q, k, v = project_heads(attn.c_attn.weight, attn.c_attn.bias, block.ln_1(mixer.inputs(next(groups))), attn.n_head)
-        heads, bias = attend(attn, q, k, v, stack.causal, keys)
-        mixer.send(sender, heads)
+        group = next(groups)
+        if mixer.needed(sender, attn.n_head):
+            q, k, v = project_heads(attn.c_attn.weight, attn.c_attn.bias, block.ln_1(mixer.inputs(group)), attn.n_head)
+            heads, bias = attend(attn, q, k, v, stack.causal, keys)
+            mixer.send(sender, heads)
+        else:
+            mixer.skip(sender, attn.n_head)
+            bias = attn.c_proj.bias
         mixer.add_bias(bias)
         sender += attn.n_head
         if stack.encode is not None:
@@ -446,6 +463,10 @@ def edge_forward(graph: EdgeGraph, inputs: tuple, mixer: Plain, input_value: tor
             mixer.add_bias(bias)
             sender += cross.n_head
         if not block.attn_only:
-            mixer.send(sender, block.mlp(block.ln_2(mixer.inputs(next(groups))[:, :, 0])).unsqueeze(2))
+            group = next(groups)
+            if mixer.needed(sender, 1):
+                mixer.send(sender, block.mlp(block.ln_2(mixer.inputs(group)[:, :, 0])).unsqueeze(2))
+            else:
+                mixer.skip(sender, 1)
             sender += 1
     return stack.head(mixer.inputs(next(groups))[:, :, 0])
