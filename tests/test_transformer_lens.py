@@ -63,7 +63,7 @@ def test_cache_methods_match_transformer_lens(models):
     ours, bridge = models
     tokens = torch.randint(0, 101, (2, 10), generator=torch.Generator().manual_seed(1))
     tl_logits, tl_cache = bridge.run_with_cache(tokens)
-    logits, cache = ours.run_with_cache(tokens)
+    (logits, _), cache = ours.run_with_cache(tokens)
     torch.testing.assert_close(logits, tl_logits, **TOL)
     for apply_ln in (False, True):
         torch.testing.assert_close(cache.accumulated_resid(apply_ln=apply_ln, incl_mid=True),
@@ -108,7 +108,7 @@ def test_odd_sizes_hooks_ablation_and_patching_match_transformer_lens(odd_models
     assert ours.config.head_dim == 15 and ours.config.mlp_width == 70
     tokens = torch.randint(0, 53, (2, 11), generator=torch.Generator().manual_seed(1))
     tl_logits, tl_cache = bridge.run_with_cache(tokens)
-    logits, cache = ours.run_with_cache(tokens)
+    (logits, _), cache = ours.run_with_cache(tokens)
     torch.testing.assert_close(logits, tl_logits, **TOL)
     for layer in range(3):
         for name, tl_name in (("attn.pattern", "attn.hook_pattern"), ("attn.z", "attn.hook_z"), ("attn.q", "attn.hook_q"),
@@ -130,7 +130,7 @@ def test_odd_sizes_hooks_ablation_and_patching_match_transformer_lens(odd_models
         return hook
 
     with ours.hooks(ablate_heads([(0, 0), (2, 1)])):
-        ablated = ours(tokens)
+        ablated, _ = ours(tokens)
     tl_ablated = bridge.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", zero_head(0)),
                                                           ("blocks.2.attn.hook_z", zero_head(1))])
     torch.testing.assert_close(ablated, tl_ablated, **TOL)
