@@ -17,14 +17,18 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from lens import detectors, patching
+from lens.folding import fold_weights
 from lens.interventions import ablate_heads
-from model import GPT
+from lens.weight_space import WeightSpace, head_weights
+from model import BERT, GPT, BERTConfig, GPTConfig
+from model.cache import LensError
 
 TOL = dict(atol=1e-4, rtol=0)
 
 
-def random_gpt2_pair(folder, **sizes):
-    """(headscope GPT, TransformerLens bridge) of one random GPT-2 with random norms and biases."""
+def random_gpt2_pair(folder, unit_final_gain: bool = True, **sizes):
+    """(headscope GPT, TransformerLens bridge) of one random GPT-2 with random norms and biases (the final
+    norm's gain 1 unless unit_final_gain is False)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config(n_positions=32, bos_token_id=0, eos_token_id=0, **sizes)).eval()
@@ -34,7 +38,8 @@ def random_gpt2_pair(folder, **sizes):
                 p.normal_(1.0 if name.endswith("weight") else 0.0, 0.3)
             elif name.endswith("bias"):
                 p.normal_(0.0, 0.1)
-        hf.transformer.ln_f.weight.fill_(1.0)
+        if unit_final_gain:
+            hf.transformer.ln_f.weight.fill_(1.0)
     hf.save_pretrained(folder)
     bridge = TransformerBridge.boot_transformers(str(folder), hf_model=hf, device="cpu")
     return GPT.from_pretrained(str(folder)).eval(), bridge
@@ -135,3 +140,69 @@ def test_odd_sizes_hooks_ablation_and_patching_match_transformer_lens(odd_models
                                                           ("blocks.2.attn.hook_z", zero_head(1))])
     torch.testing.assert_close(ablated, tl_ablated, **TOL)
     assert_patching_matches(ours, bridge, 53, 9, ("mlp_out", "attn_head_out_by_pos", "attn_head_k_all_pos", "attn_head_pattern_by_pos"))
+
+
+def sorted_eigenvalues(eig: torch.Tensor) -> torch.Tensor:
+    """Complex eigenvalues in a fixed order (by real part, then imaginary part) as (..., n, 2) reals."""
+    order = torch.argsort(eig.real * 1e3 + eig.imag, dim=-1)
+    return torch.view_as_real(eig.gather(-1, order))
+
+
+def test_weight_space_matches_transformer_lens(models):
+    ours, bridge = models
+    ws = WeightSpace(ours)
+    for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O", "W_E", "W_pos", "W_U", "W_in", "W_out",
+                 "b_in", "b_out"):
+        torch.testing.assert_close(getattr(ws, name), getattr(bridge, name), **TOL, msg=name)
+    for ours_circuit, tl_circuit in ((ws.QK, bridge.QK), (ws.OV, bridge.OV)):
+        torch.testing.assert_close(ours_circuit.AB, tl_circuit.AB, **TOL)
+        torch.testing.assert_close(ours_circuit.norm(), tl_circuit.norm(), **TOL)
+        torch.testing.assert_close(ours_circuit.S, tl_circuit.S, **TOL)
+        torch.testing.assert_close(sorted_eigenvalues(ours_circuit.eigenvalues),
+                                   sorted_eigenvalues(tl_circuit.eigenvalues), **TOL)
+        U, S, V = ours_circuit[1, 2].svd()  # indexing by (layer, head)
+        torch.testing.assert_close(U @ torch.diag(S) @ V.T, tl_circuit.AB[1, 2], **TOL)
+    vector = torch.randn(48, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ws.QK @ vector, bridge.QK @ vector, **TOL)
+    torch.testing.assert_close((ws.OV @ ws.W_U).AB, (bridge.OV @ bridge.W_U).AB, **TOL)
+    for mode in "QKV":
+        torch.testing.assert_close(ws.all_composition_scores(mode), bridge.all_composition_scores(mode).scores, **TOL)
+    eig = ((bridge.W_E @ bridge.OV) @ bridge.W_U).eigenvalues  # TransformerLens' full OV circuit (vocab x vocab)
+    torch.testing.assert_close(ws.copying_scores(), eig.sum(-1).real / eig.abs().sum(-1), **TOL)
+
+
+def test_weight_views_write_through_and_errors(models):
+    ours, _ = models
+    views = head_weights(ours.blocks[1].attn)
+    assert views["W_Q"].data_ptr() == ours.blocks[1].attn.c_attn.weight.data_ptr()  # a view, not a copy
+    torch.testing.assert_close(views["W_O"][2], ours.blocks[1].attn.c_proj.weight[:, 32:48].T)
+    rope = GPT(GPTConfig(vocab_size=11, n_layer=1, n_head=2, n_embd=8, pos_emb="rope", block_size=8))
+    with pytest.raises(LensError, match="no W_pos"):
+        WeightSpace(rope).W_pos
+    with pytest.raises(LensError, match="mode must be"):
+        WeightSpace(ours).all_composition_scores("X")
+    with pytest.raises(LensError, match="leading dims"):
+        WeightSpace(ours).QK[0, 0, 0]
+    additive = GPT(GPTConfig(vocab_size=11, n_layer=1, n_head=2, n_embd=8, attn_score="additive", block_size=8))
+    with pytest.raises(LensError, match="no QK circuit"):
+        WeightSpace(additive).QK
+    with pytest.raises(LensError, match="decoder-only"):
+        fold_weights(BERT(BERTConfig(vocab_size=11, n_layer=1, n_head=2, n_embd=8, block_size=8)))
+
+
+def test_folded_weights_match_transformer_lens(tmp_path):
+    ours, bridge = random_gpt2_pair(tmp_path, unit_final_gain=False, n_layer=2, n_head=3, n_embd=48, vocab_size=101)
+    tokens = torch.randint(0, 101, (2, 10), generator=torch.Generator().manual_seed(1))
+    logits, _ = ours(tokens), None
+    kept, _ = fold_weights(ours, center_unembed=False)(tokens), None
+    torch.testing.assert_close(kept, logits, **TOL)  # folding and centring the writers keep the logits
+    folded = fold_weights(ours)
+    torch.testing.assert_close(folded(tokens).log_softmax(-1), logits.log_softmax(-1), **TOL)
+    torch.testing.assert_close(ours(tokens), logits, rtol=0, atol=0)  # the original is untouched
+    bridge.enable_compatibility_mode(disable_warnings=True)  # TransformerLens' fold_ln + centring + value biases
+    torch.testing.assert_close(folded(tokens), bridge(tokens), **TOL)
+    ws = WeightSpace(folded)
+    for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O", "W_E", "W_pos", "W_U", "b_U", "W_in", "b_in"):
+        torch.testing.assert_close(getattr(ws, name), getattr(bridge, name), **TOL, msg=name)
+    for mode in "QKV":
+        torch.testing.assert_close(ws.all_composition_scores(mode), bridge.all_composition_scores(mode).scores, **TOL)
