@@ -16,7 +16,7 @@ from transformer_lens.head_detector import get_induction_head_detection_pattern 
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lens import detectors, patching
+from lens import detectors, path_patching, patching
 from lens.folding import fold_weights
 from lens.interventions import ablate_heads
 from lens.weight_space import WeightSpace, head_weights
@@ -26,9 +26,9 @@ from model.cache import LensError
 TOL = dict(atol=1e-4, rtol=0)
 
 
-def random_gpt2_pair(folder, unit_final_gain: bool = True, **sizes):
+def random_gpt2_pair(folder, unit_final_gain: bool = True, attn_std: float | None = None, **sizes):
     """(headscope GPT, TransformerLens bridge) of one random GPT-2 with random norms and biases (the final
-    norm's gain 1 unless unit_final_gain is False)."""
+    norm's gain 1 unless unit_final_gain is False; attention weights of std attn_std: sharp patterns)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config(n_positions=32, bos_token_id=0, eos_token_id=0, **sizes)).eval()
@@ -38,6 +38,8 @@ def random_gpt2_pair(folder, unit_final_gain: bool = True, **sizes):
                 p.normal_(1.0 if name.endswith("weight") else 0.0, 0.3)
             elif name.endswith("bias"):
                 p.normal_(0.0, 0.1)
+            elif attn_std is not None and "attn" in name:
+                p.normal_(0.0, attn_std)
         if unit_final_gain:
             hf.transformer.ln_f.weight.fill_(1.0)
     hf.save_pretrained(folder)
@@ -206,3 +208,54 @@ def test_folded_weights_match_transformer_lens(tmp_path):
         torch.testing.assert_close(getattr(ws, name), getattr(bridge, name), **TOL, msg=name)
     for mode in "QKV":
         torch.testing.assert_close(ws.all_composition_scores(mode), bridge.all_composition_scores(mode).scores, **TOL)
+
+
+@pytest.fixture(scope="module")
+def sharp_models(tmp_path_factory):
+    """3 layers, 3 heads of 15 dims, attention weights large enough for patterns far from uniform."""
+    return random_gpt2_pair(tmp_path_factory.mktemp("gpt2sharp"), attn_std=0.3, n_layer=3, n_head=3, n_embd=45,
+                            vocab_size=53)
+
+
+def test_direct_path_patching_matches_transformer_lens(sharp_models):
+    ours, bridge = sharp_models
+    clean = torch.randint(0, 53, (2, 9), generator=torch.Generator().manual_seed(3))
+    corrupted = clean.clone()
+    corrupted[:, 3] = (corrupted[:, 3] + 1) % 53
+    metric = lambda logits: (logits[:, -1, 5] - logits[:, -1, 7]).mean()  # noqa: E731
+    (_, tl_clean), (_, tl_corrupted) = bridge.run_with_cache(clean), bridge.run_with_cache(corrupted)
+    (_, clean_cache), (_, corrupted_cache) = ours.run_with_cache(clean), ours.run_with_cache(corrupted)
+    runs = (ours, corrupted, clean_cache, corrupted_cache, metric)
+    table = path_patching.get_act_patch_direct_path_all_sources(*runs, "k", batch_size=5)
+    expected = tl_patching.get_act_patch_direct_path_all_sources(bridge, corrupted, tl_clean, tl_corrupted, metric, "k",
+                                                                 verbose=False)
+    torch.testing.assert_close(table, expected, **TOL)
+    base = float(metric(ours(corrupted).detach()))
+    assert (table[0, :, 1:] - base).abs().min() > 1e-4  # every path from layer 0 changes the metric
+    for component, (layer, head) in (("q", (0, 1)), ("v", (1, 2))):
+        torch.testing.assert_close(path_patching.get_act_patch_direct_path(*runs, layer, head, component),
+                                   tl_patching.get_act_patch_direct_path(bridge, corrupted, tl_clean, tl_corrupted,
+                                                                         metric, layer, head, component, verbose=False),
+                                   **TOL)
+    # the final residual as the receiver: the senders' direct effect on the logits
+    patch = path_patching.PathPatch(senders=[(0, 1), (1, 2)], receivers=[path_patching.FINAL])
+    delta = sum((clean_cache[f"blocks.{l}.attn.z"][:, h] - corrupted_cache[f"blocks.{l}.attn.z"][:, h])
+                @ ours.blocks[l].attn.c_proj.weight[:, 15 * h:15 * (h + 1)].T for l, h in patch.senders)
+    direct = ours.lm_head(ours.ln_f(corrupted_cache["blocks.2.resid_post"] + delta))
+    torch.testing.assert_close(path_patching.path_patch(*runs, [patch]), metric(direct).reshape(1), **TOL)
+
+
+def test_path_patching_errors(models):
+    ours, _ = models
+    tokens = torch.randint(0, 101, (1, 6), generator=torch.Generator().manual_seed(0))
+    _, cache = ours.run_with_cache(tokens)
+    runs = (ours, tokens, cache, cache, lambda logits: logits[0, -1, 0])
+    for patch, message in ((path_patching.PathPatch([(0, 3)]), "sender \\(0, 3\\) does not exist"),
+                           (path_patching.PathPatch([(1, 0)], [(1, 0, "q")]), "is not after sender layer 1"),
+                           (path_patching.PathPatch([(0, 0)], [(1, 0, "z")]), "write \\(layer, head")):
+        with pytest.raises(LensError, match=message):
+            path_patching.path_patch(*runs, [patch])
+    with pytest.raises(LensError, match="component must be"):
+        path_patching.get_act_patch_direct_path(*runs, 0, 0, "o")
+    with pytest.raises(LensError, match="same shape"):
+        path_patching.get_act_patch_direct_path(ours, tokens[:, :5], cache, cache, runs[-1], 0, 0)
