@@ -16,12 +16,12 @@ from transformer_lens.head_detector import get_induction_head_detection_pattern 
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lens import detectors, path_patching, patching
+from lens import detectors, path_patching, patching, patching_stats
 from lens.folding import fold_weights
 from lens.interventions import ablate_heads
 from lens.weight_space import WeightSpace, head_weights
 from model import BERT, GPT, BERTConfig, GPTConfig
-from model.cache import LensError
+from model.cache import ActivationCache, LensError
 
 TOL = dict(atol=1e-4, rtol=0)
 
@@ -259,3 +259,48 @@ def test_path_patching_errors(models):
         path_patching.get_act_patch_direct_path(*runs, 0, 0, "o")
     with pytest.raises(LensError, match="same shape"):
         path_patching.get_act_patch_direct_path(ours, tokens[:, :5], cache, cache, runs[-1], 0, 0)
+
+
+def test_patching_over_pairs_matches_transformer_lens_statistics(sharp_models):
+    ours, bridge = sharp_models
+    generator = torch.Generator().manual_seed(5)
+    clean_prompts = [torch.randint(0, 53, (n,), generator=generator).tolist() for n in (7, 9, 6, 9, 8, 5)]
+    corrupted_prompts = [p[:2] + [(p[2] + 1) % 53] + p[3:] for p in clean_prompts]
+    clean, corrupted, last = patching_stats.pad_pairs(clean_prompts, corrupted_prompts)
+    rows = torch.arange(6)
+    metric = lambda logits: logits[rows, last, 5] - logits[rows, last, 7]  # noqa: E731
+    result = patching_stats.patch_pairs(ours, clean, corrupted, metric, "attn_head_out_all_pos", batch_size=4)
+    _, tl_clean = bridge.run_with_cache(clean)
+    expected = tl_patching.get_act_patch_attn_head_out_all_pos(bridge, corrupted, tl_clean, metric, reduce="none",
+                                                               baseline=True)
+    torch.testing.assert_close(result.values, expected.values, **TOL)  # (layer, head, example)
+    torch.testing.assert_close(result.baseline, expected.baseline, **TOL)
+    torch.testing.assert_close(result.stderr(), expected.stderr(), **TOL)
+    torch.testing.assert_close(result.permutation_pvalue(), expected.permutation_pvalue(), **TOL)  # exact: N <= 12
+    torch.testing.assert_close(result.normalized(), expected.normalized(result.clean), atol=1e-3, rtol=1e-3)
+    low, high = result.bootstrap_ci(n_resamples=20000)
+    tl_low, tl_high = expected.bootstrap_ci(n_resamples=20000)  # other random draws: the same interval within 10%
+    assert ((low - tl_low).abs() < 0.1 * (high - low)).all() and ((high - tl_high).abs() < 0.1 * (high - low)).all()
+    assert (low < result.mean()).all() and (result.mean() < high).all()
+    for i, (a, b) in enumerate(zip(clean_prompts, corrupted_prompts)):  # padding changes no example's values
+        alone = patching_stats.patch_pairs(ours, torch.tensor([a]), torch.tensor([b]),
+                                           lambda logits: logits[:, -1, 5] - logits[:, -1, 7], "attn_head_out_all_pos")
+        torch.testing.assert_close(alone.values[..., 0], result.values[..., i], **TOL)
+    attribution = patching_stats.attribution_pairs(ours, clean, corrupted, metric, "attn_head_out_all_pos")
+    one = patching.get_attr_patch_attn_head_out_all_pos(ours, corrupted[2:3], ActivationCache(
+        {k: v[2:3] for k, v in ours.run_with_cache(clean)[1].items()}, ours), lambda logits: metric(
+            torch.cat([logits] * 6))[2])  # example 2 alone
+    torch.testing.assert_close(attribution.effect()[..., 2], one, **TOL)
+
+
+def test_patching_over_pairs_errors(models):
+    ours, _ = models
+    with pytest.raises(LensError, match="pair 1: the clean prompt has 3 tokens and the corrupted one 2"):
+        patching_stats.pad_pairs([[1, 2], [1, 2, 3]], [[1, 3], [1, 2]])
+    clean, corrupted, last = patching_stats.pad_pairs([[1, 2, 4], [5, 6]], [[1, 3, 4], [5, 7]])
+    with pytest.raises(LensError, match="one value per example"):
+        patching_stats.patch_pairs(ours, clean, corrupted, lambda logits: logits[0, -1, 0], "resid_pre")
+    with pytest.raises(LensError, match="unknown patching kind"):
+        patching_stats.patch_pairs(ours, clean, corrupted, lambda logits: logits[:, -1, 0], "resid")
+    with pytest.raises(LensError, match="pad the pairs together"):
+        patching_stats.patch_pairs(ours, clean, corrupted[:, :2], lambda logits: logits[:, -1, 0], "resid_pre")
