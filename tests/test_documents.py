@@ -130,10 +130,10 @@ def test_second_document_sees_only_itself(family, score, weighting, pos_emb):
         doc_ids = torch.cat([doc_ids, torch.full((1, 3), 9)], dim=1)
     with torch.no_grad():
         packed = model(torch.cat([window, torch.zeros(1, doc_ids.size(1) - 12, dtype=torch.long)], dim=1),
-                       doc_ids=doc_ids, **padding)[:, :12]
-        alone, mixed = model(b), model(window)
+                       doc_ids=doc_ids, **padding)[0][:, :12]
+        alone, mixed = model(b)[0], model(window)[0]
     torch.testing.assert_close(packed[:, 5:], alone, atol=1e-5, rtol=0)
-    torch.testing.assert_close(packed[:, :5], model(a), atol=1e-5, rtol=0)
+    torch.testing.assert_close(packed[:, :5], model(a)[0], atol=1e-5, rtol=0)
     assert (mixed[:, 5:] - alone).abs().max() > 1e-3  # without the mask the second document sees the first
 
 
@@ -152,10 +152,10 @@ def test_kv_cache_decodes_packed_documents_as_the_full_pass():
     config = GPTConfig(vocab_size=11, n_layer=2, n_head=2, n_embd=16, block_size=16, pos_emb="learned")
     model, a, b, window, doc_ids = two_documents(GPT, config)
     with torch.no_grad():
-        full = model(window, doc_ids=doc_ids)
+        full, _ = model(window, doc_ids=doc_ids)
         caches = [KVCache(16) for _ in model.blocks]
-        steps = [model(window[:, :7], caches=caches, doc_ids=doc_ids[:, :7])]
-        steps += [model(window[:, t:t + 1], caches=caches, doc_ids=doc_ids[:, :t + 1]) for t in range(7, 12)]
+        steps = [model(window[:, :7], caches=caches, doc_ids=doc_ids[:, :7])[0]]
+        steps += [model(window[:, t:t + 1], caches=caches, doc_ids=doc_ids[:, :t + 1])[0] for t in range(7, 12)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="not both"):
         model(window, doc_ids=doc_ids, attention_mask=torch.ones(1, 12))
