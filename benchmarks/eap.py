@@ -37,14 +37,9 @@ def timed(fn, clock: str):
     return result, now() - start
 
 
-def logits_of(output) -> torch.Tensor:
-    """The logits of a forward's output (the pair (logits, loss), or bare logits)."""
-    return output[0] if isinstance(output, tuple) else output
-
-
 def forward_backward(model, tokens: torch.Tensor) -> None:
     """One forward and backward pass of the plain model (next-token cross-entropy on the batch)."""
-    logits = logits_of(model(tokens))
+    logits, _ = model(tokens)
     F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()).backward()
     model.zero_grad(set_to_none=True)
 
@@ -52,7 +47,7 @@ def forward_backward(model, tokens: torch.Tensor) -> None:
 def forward(model, tokens: torch.Tensor) -> None:
     """One forward pass without gradients."""
     with torch.no_grad():
-        logits_of(model(tokens))
+        model(tokens)
 
 
 def main(argv: list[str]) -> None:
