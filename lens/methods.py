@@ -15,8 +15,9 @@ class AnalysisMethods:
     """Methods every hooked model gets (TransformerLens' names). `self` is the model."""
 
     def run_with_cache(self, *args, names_filter=None, device=None, fwd_hooks=(), **kwargs):
-        """Run the model on args/kwargs; return (output, cache): an ActivationCache (a dict name -> detached
-        tensor, with TransformerLens' methods: see lens/cache.py).
+        """Run the model on args/kwargs; return (output, cache): forward's output ((logits, loss) for every
+        family) and an ActivationCache (a dict name -> detached tensor, with TransformerLens' methods: see
+        lens/cache.py).
 
         `names_filter` selects hook points as `hooks()` does; `device` (e.g. "cpu") moves each tensor there
         as it is captured; `fwd_hooks` (interventions) run before the cache's hooks, so the cache holds

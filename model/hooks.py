@@ -2,9 +2,9 @@
 
 Any model that contains HookPoints and inherits `HookedModel` can be looked into and changed:
 
-    logits, cache = model.run_with_cache(idx, names_filter="*.attn.pattern")   # (B, nh, T, S) each
+    (logits, loss), cache = model.run_with_cache(idx, names_filter="*.attn.pattern")   # (B, nh, T, S) each
     with model.hooks(fwd_hooks=[("blocks.1.attn.z", fn)]):                      # fn(tensor, name)
-        logits = model(idx)
+        logits, _ = model(idx)
 
 A hook function gets the tensor and the hook point's name; returning a tensor replaces the value
 that flows on, returning None leaves it alone. Hooks on ``scores`` or ``pattern`` make that one
