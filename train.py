@@ -101,6 +101,9 @@ def load_config(argv: list[str]):
     values = parse_args(argv)
     model_type = str(values.get("model_type", "gpt"))
     check_family_keys(values, model_type)  # e.g. --cell (an RNN's) on a Transformer: an error, not ignored
+    if "vocab_size" in values:  # it was replaced by the dataset's without a word
+        raise ConfigError("vocab_size comes from the dataset's meta.json (or the checkpoint); headscope does not pad "
+                          "the vocabulary as nanoGPT's 50304 does: drop --vocab_size.")
     cfg, model_cfg = build(values, TrainConfig, family(model_type).config)
     if hasattr(model_cfg, "attn_weighting"):
         check_options_apply(model_cfg)  # e.g. a hard_attention_* option with no hard attention
