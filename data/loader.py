@@ -26,6 +26,9 @@ def read_meta(folder: str, prepare_if_missing: bool = False) -> dict:
         print(f"preparing {folder} (first use) ...", flush=True)
         if subprocess.run([sys.executable, script]).returncode != 0:
             raise TokenFileError(f"{script} failed; fix the error above and run it again.")
+    if not os.path.exists(path) and os.path.exists(os.path.join(folder, "meta.pkl")):
+        raise TokenFileError(f"{folder} is a nanoGPT dataset (meta.pkl, no meta.json); convert it once with python "
+                             f"tools/from_nanogpt.py --data_dir={folder} --to_data=DIR, then pass --data_dir=DIR.")
     if not os.path.exists(path):
         hint = f"python {os.path.relpath(script)}" if os.path.exists(script) else "the dataset's prepare script"
         raise TokenFileError(f"no prepared dataset in {folder} (meta.json is missing); run {hint} first.")
