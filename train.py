@@ -198,7 +198,10 @@ def setup_data(cfg: TrainConfig, model_cfg, ckpt: dict | None, ranks):
     with distributed.stop_together(ranks):  # the others wait; if rank 0 cannot prepare it, every rank stops
         if ranks.master:
             read_meta(folder, prepare_if_missing=True)  # one rank prepares the dataset on first use
-    tokenizer = from_meta(read_meta(folder)).with_specials(batch_maker.specials)
+    meta = read_meta(folder)
+    if ranks.master:  # which text it is: the built-in plays are not nanoGPT's tiny shakespeare
+        print(f"dataset {cfg.dataset if not cfg.data_dir else folder}: {meta.get('source', 'its source is not recorded')}")
+    tokenizer = from_meta(meta).with_specials(batch_maker.specials)
     if cfg.init_from not in ("scratch", "resume") and tokenizer.vocab_size != model_cfg.vocab_size:
         raise ConfigError(f"{cfg.init_from} has {model_cfg.vocab_size} token ids but dataset {folder} is tokenized "
                           f"with {tokenizer.kind} ({tokenizer.vocab_size} ids); fine-tune GPT-2 on a GPT-2 BPE dataset "

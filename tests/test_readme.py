@@ -40,6 +40,12 @@ SKIPPED = {  # exact command -> why it does not run here
     "python data/fineweb/prepare.py --max_tokens=1_000_000_000":
         f"{NEEDS_INTERNET} (streams FineWeb-Edu from the Hugging Face Hub; the --input form runs)",
     "torchrun --standalone --nproc_per_node=8 train.py config/shakespeare_char.py": "needs 8 GPUs",
+    **{command: "reads nanoGPT's own dataset and checkpoint (tests/test_nanogpt.py makes both and runs these)"
+       for command in ("python tools/from_nanogpt.py --data_dir=../nanoGPT/data/shakespeare_char "
+                       "--to_data=data/nanogpt_char",
+                       "python tools/from_nanogpt.py --data_dir=../nanoGPT/data/shakespeare_char "
+                       "--ckpt=../nanoGPT/out-shakespeare-char/ckpt.pt --to_out=out-nanogpt",
+                       "python sample.py --out_dir=out-nanogpt --use_cache=False")},
     "torchrun --standalone --nproc_per_node=8 train.py ... --fsdp=True": "needs 8 GPUs",
     "torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py":
         f"needs 8 GPUs and FineWeb-Edu ({NEEDS_INTERNET})",

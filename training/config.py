@@ -34,7 +34,7 @@ class TrainConfig:
     always_save_checkpoint: bool = True
     # data
     model_type: str = "gpt"
-    dataset: str = "shakespeare_char"
+    dataset: str = "shakespeare_plays_char"  # the 38 plays (data/loader.py DATASET_FOLDERS), not tiny shakespeare
     data_dir: str = ""  # defaults to data/<dataset>
     batch_size: int = 16
     # micro-batches per optimizer step, summed over all ranks (global): a step sees batch_size *
