@@ -12,7 +12,9 @@ from data.pairs import PairBatches
 from model import BERT, GPT, BERTConfig, GPTConfig, RNNConfig, RNNEncoderDecoder, Seq2Seq, Seq2SeqConfig
 from training.config import TrainConfig, field_types, from_dict
 from training.decoding import fill_mask, sample_gpt, sample_seq2seq
+from data.tokenizer import from_meta
 from weights.checkpoint import CheckpointError, upgrade_state
+from weights.hf_families import ROWS, read_pretrained_config
 from weights.common import ConfigError
 
 
@@ -69,4 +71,13 @@ def model_from_checkpoint(ckpt: dict):
     except RuntimeError:
         raise CheckpointError("the checkpoint's weights do not match the model config it stores, so it is damaged; "
                               "restore it from a copy or train a new one.") from None
+    if isinstance(ckpt.get("tokenizer"), dict):
+        net.tokenizer = from_meta(ckpt["tokenizer"])
     return net
+
+
+def load_pretrained(name_or_dir: str, **options):
+    """A Hugging Face folder or Hub id of any family in weights/hf_families.py's table, as our GPT or BERT (in
+    eval mode, `tokenizer` set from the folder); `options` go to that class's from_pretrained."""
+    row = ROWS[read_pretrained_config(name_or_dir)[0]]
+    return FAMILIES[row.family].model.from_pretrained(name_or_dir, **options)
