@@ -98,8 +98,9 @@ class BERT(Family):
         mask = None
         if attention_mask is not None:
             mask = make_mask(T, T, causal=False, key_padding_mask=attention_mask)  # (B, 1, 1, T)
+        rotary = None if attention_mask is None else padded_positions(attention_mask)  # rope: each row's own
         for block in self.blocks:
-            x = block(x, mask=mask)
+            x = block(x, mask=mask, positions=rotary)
         return self.ln_f(x)
 
     def positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
