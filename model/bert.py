@@ -119,13 +119,14 @@ class BERT(Family):
 
         The loss counts only positions whose label is not IGNORE_INDEX (-100): the masked ones.
         An encoder without an MLM head (mlm_head=False, a headless BertModel folder) returns its final
-        hidden states (B, T, C) instead, as Hugging Face's BertModel does, and refuses labels.
+        hidden states (B, T, C) in the logits' place (Hugging Face's BertModel's last_hidden_state), and
+        refuses labels.
         """
         if self.head is None:
             if labels is not None:
                 raise NoHeadError("this encoder has no MLM head (a headless BertModel), so it has no MLM loss; "
                                   "train on encode()'s hidden states or load a BertForMaskedLM folder.")
-            return self.encode(input_ids, attention_mask, token_type_ids)
+            return self.encode(input_ids, attention_mask, token_type_ids), None
         logits = self.head(self.encode(input_ids, attention_mask, token_type_ids))
         return logits_and_loss(logits, labels, self.config.logit_softcap, self)
 

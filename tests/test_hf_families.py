@@ -140,7 +140,8 @@ def test_headless_bert_matches_transformers_bertmodel(folders):
             out = hf(**kwargs, output_attentions=True)
             _, cache = model.run_with_cache(kwargs["input_ids"], kwargs.get("attention_mask"),
                                             kwargs.get("token_type_ids"), names_filter="*.attn.pattern")
-            hidden = model(kwargs["input_ids"], kwargs.get("attention_mask"), kwargs.get("token_type_ids"))
+            hidden, loss = model(kwargs["input_ids"], kwargs.get("attention_mask"), kwargs.get("token_type_ids"))
+            assert loss is None
             pooled = model.pooled(kwargs["input_ids"], kwargs.get("attention_mask"), kwargs.get("token_type_ids"))
         close(hidden, out.last_hidden_state, kwargs.get("attention_mask"))
         close(pooled, out.pooler_output)
@@ -234,7 +235,7 @@ def test_roberta_matches_transformers(folders, name):
         ids, mask = batch(pad_id=1, left=left)
         with torch.no_grad():
             out = hf(input_ids=ids, attention_mask=mask)
-            ours = model(ids, mask)
+            ours, _ = model(ids, mask)
         close(ours, out.logits if name == "roberta_mlm" else out.last_hidden_state, mask)
 
 
@@ -247,11 +248,11 @@ def test_gpt_neox_matches_transformers(folders, name):
     assert config.rotary_dim == (6 if name == "neox" else 0) and config.mlp_hidden in (100, 70)
     ids, mask = batch()
     with torch.no_grad():
-        close(model(ids), hf(input_ids=ids).logits)
-        close(model(ids, attention_mask=mask), hf(input_ids=ids, attention_mask=mask).logits, mask)
+        close(model(ids)[0], hf(input_ids=ids).logits)
+        close(model(ids, attention_mask=mask)[0], hf(input_ids=ids, attention_mask=mask).logits, mask)
         ids, mask = batch(left=True)  # left padding: Hugging Face needs the rows' positions spelled out
         positions = (mask.cumsum(1) - 1).clamp(min=0)
-        close(model(ids, attention_mask=mask), hf(input_ids=ids, attention_mask=mask, position_ids=positions).logits,
+        close(model(ids, attention_mask=mask)[0], hf(input_ids=ids, attention_mask=mask, position_ids=positions).logits,
               mask)
 
 
