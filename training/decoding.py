@@ -93,7 +93,7 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
         ids = (prompt_ids + samples[0])[first:]
         tokens = [tokenizer.decode([i]) for i in ids[:next(iter(maps.values())).size(-1)]]  # the last has no row
         write_maps(maps, tokens, cfg.attention_dir, f"attention: {tokenizer.decode(ids)[:60]}",
-                   top_k=cfg.attention_top_k)
+                   top_k=cfg.attention_top_k, prompt_length=len(prompt_ids) - first)
 
 
 def read_prompt_lines(path: str, tokenizer, block_size: int) -> list[list[int]]:
@@ -142,10 +142,12 @@ def sample_gpt_batch(model, tokenizer, cfg: SampleConfig, device: str, dtype: st
 
 
 def write_maps(maps: dict, tokens: list[str], out_dir: str, title: str, source_tokens: list[str] | None = None,
-               top_k: int = TOP_K) -> None:
-    """Write attention maps (PNG per layer, HTML viewer, npz) and print per-head statistics."""
+               top_k: int = TOP_K, prompt_length: int | None = None) -> None:
+    """Write attention maps (PNG per layer, HTML viewer, npz) and print per-head statistics; `prompt_length`:
+    the tokens from there on were generated (the viewer marks them)."""
     try:
-        paths = write_attention(out_dir, views_from_maps(maps, tokens, source_tokens), title=title, top_k=top_k)
+        paths = write_attention(out_dir, views_from_maps(maps, tokens, source_tokens, prompt_length=prompt_length),
+                                title=title, top_k=top_k)
     except OSError as e:
         raise ConfigError(f"cannot write attention maps to {out_dir} ({e.strerror}); pick a writable --attention_dir.")
     print(stats_table(head_stats_all(maps)))
