@@ -10,6 +10,7 @@ import ast
 import dataclasses
 import operator
 import os
+import re
 import textwrap
 import typing
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ class TrainConfig:
     warmup_iters: int = 100
     lr_decay_iters: int = 2500
     min_lr: float = 1e-4
+    lr_schedule: str = "cosine"  # after warmup: 'cosine' decay, or 'wsd': stable, then a linear cooldown to min_lr
+    cooldown_frac: float = 0.4  # wsd: the share of lr_decay_iters spent cooling down
     optimizer: str = "adamw"  # 'adamw', or 'muon': Muon for the blocks' matrices, AdamW for the rest
     muon_lr: float = 0.02  # Muon's peak learning rate (the schedule scales it like learning_rate)
     muon_momentum: float = 0.95
@@ -91,6 +94,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be {rule}, got {getattr(self, name)}.")
         if self.attn_stats_interval < 0:
             raise ConfigError(f"attn_stats_interval must be 0 (off) or positive, got {self.attn_stats_interval}.")
+        if self.lr_schedule not in ("cosine", "wsd"):
+            raise ConfigError(f"lr_schedule must be 'cosine' or 'wsd', got {self.lr_schedule!r}.")
+        if not 0.0 <= self.cooldown_frac <= 1.0:
+            raise ConfigError(f"cooldown_frac must be in [0, 1], got {self.cooldown_frac}.")
         if self.optimizer not in ("adamw", "muon"):
             raise ConfigError(f"optimizer must be 'adamw' or 'muon', got {self.optimizer!r}.")
         if self.optimizer == "muon" and not (self.muon_lr > 0 and 0 <= self.muon_momentum < 1
@@ -115,7 +122,8 @@ class SampleConfig:
     """Options of sample.py."""
 
     out_dir: str = "out"  # folder holding ckpt.pt
-    init_from: str = "resume"  # 'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face folder
+    init_from: str = "resume"  # 'resume' (the checkpoint in out_dir), a GPT-2 name, a Hugging Face folder or Hub id
+    tokenizer: str = ""  # for --init_from=<folder> without tokenizer files: 'gpt2' or a folder holding them
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
     prompts: str = ""  # a file of prompts, one per line, continued together in one padded batch (GPT)
     num_samples: int = 2
@@ -156,10 +164,11 @@ class SampleConfig:
 
 
 def check_init_from(init_from: str, own: tuple[str, ...]) -> None:
-    """init_from must be one of `own`, a GPT-2 name or an existing folder (of Hugging Face weights)."""
-    if init_from not in own + HUB_MODELS and not os.path.isdir(init_from):
-        raise ConfigError(f"init_from must be {', '.join(own)}, one of {', '.join(HUB_MODELS)} or a folder with "
-                          f"Hugging Face GPT-2 weights, got {init_from!r}.")
+    """init_from must be one of `own`, a GPT-2 name, an existing folder (of Hugging Face weights) or a Hub id."""
+    hub_id = re.fullmatch(r"[\w-][\w.-]*/[\w-][\w.-]*", init_from) and not os.path.exists(init_from)
+    if init_from not in own + HUB_MODELS and not os.path.isdir(init_from) and not hub_id:
+        raise ConfigError(f"init_from must be {', '.join(own)}, one of {', '.join(HUB_MODELS)}, a folder with "
+                          f"Hugging Face weights or a Hub id (owner/name), got {init_from!r}.")
 
 
 def field_types(cls) -> dict[str, type]:
