@@ -19,9 +19,10 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from lens import detectors, path_patching, patching, patching_stats
 from lens.folding import fold_weights
 from lens.interventions import ablate_heads
+from lens.tl import HookedTransformer, get_act_name
 from lens.weight_space import WeightSpace, head_weights
 from model import BERT, GPT, BERTConfig, GPTConfig
-from model.cache import ActivationCache, LensError
+from model.cache import ActivationCache, HookNameError, LensError
 
 TOL = dict(atol=1e-4, rtol=0)
 
@@ -304,3 +305,74 @@ def test_patching_over_pairs_errors(models):
         patching_stats.patch_pairs(ours, clean, corrupted, lambda logits: logits[:, -1, 0], "resid")
     with pytest.raises(LensError, match="pad the pairs together"):
         patching_stats.patch_pairs(ours, clean, corrupted[:, :2], lambda logits: logits[:, -1, 0], "resid_pre")
+
+
+def test_transformer_lens_hook_functions_run_unchanged(models):
+    ours, bridge = models
+    tokens = torch.randint(0, 101, (2, 8), generator=torch.Generator().manual_seed(4))
+
+    # as TransformerLens' docs write them: z is (batch, pos, head, d_head), the hook has .name and .layer()
+    def head_ablation_hook(value, hook):
+        value[:, :, 1, :] = 0.0
+        return value
+
+    patterns = {}
+
+    def store_pattern(pattern, hook):
+        patterns[hook.layer()] = pattern.clone()
+        hook.ctx["calls"] = hook.ctx.get("calls", 0) + 1
+
+    fwd_hooks = [("blocks.0.attn.hook_z", head_ablation_hook), (lambda name: name.endswith("hook_pattern"), store_pattern)]
+    model = HookedTransformer(ours)
+    torch.testing.assert_close(model.run_with_hooks(tokens, fwd_hooks=fwd_hooks),
+                               bridge.run_with_hooks(tokens, fwd_hooks=fwd_hooks), **TOL)
+    model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
+    assert sorted(patterns) == [0, 1] and ours.blocks[1].attn.pattern.ctx["calls"] == 2  # ctx persists across runs
+    with ours.hooks([("blocks.1.attn.hook_q", lambda q, hook: None)]):  # our own fn(tensor, name) still works too
+        pass
+    logits, cache = model.run_with_cache(tokens)
+    _, tl_cache = bridge.run_with_cache(tokens)
+    for name in ("blocks.1.attn.hook_z", "blocks.0.attn.hook_q", "blocks.1.hook_resid_mid", "blocks.0.attn.hook_pattern"):
+        torch.testing.assert_close(cache[name], tl_cache[name], **TOL, msg=name)  # TL's names and layout
+    assert cache["blocks.1.attn.z"].shape == (2, 3, 8, 16)  # ours: (batch, head, pos, d_head)
+
+
+def test_backward_hooks_and_incl_bwd_match_transformer_lens(models):
+    ours, bridge = models
+    tokens = torch.randint(0, 101, (2, 8), generator=torch.Generator().manual_seed(4))
+    model = HookedTransformer(ours)
+    loss, cache = model.run_with_cache(tokens, return_type="loss", incl_bwd=True, names_filter="blocks.*.hook_resid_pre")
+    tl_loss, tl_cache = bridge.run_with_cache(tokens, return_type="loss", incl_bwd=True)
+    torch.testing.assert_close(loss, tl_loss, **TOL)
+    for layer in (0, 1):
+        torch.testing.assert_close(cache[f"blocks.{layer}.hook_resid_pre_grad"], tl_cache[f"blocks.{layer}.hook_resid_pre_grad"],
+                                   **TOL)
+    grads = {}
+    bwd = [("blocks.1.attn.hook_z", lambda grad, hook: grads.setdefault(hook.name, grad.clone()))]
+    model.run_with_hooks(tokens, return_type="loss", bwd_hooks=bwd).backward()
+    torch.testing.assert_close(grads["blocks.1.attn.hook_z"], tl_cache["blocks.1.attn.hook_z_grad"], **TOL)  # (B, T, nh, hs)
+    torch.testing.assert_close(model(tokens, return_type="loss", loss_per_token=True),
+                               bridge(tokens, return_type="loss", loss_per_token=True), **TOL)
+
+
+def test_stop_and_start_at_layer_and_per_head_results(models):
+    ours, bridge = models
+    tokens = torch.randint(0, 101, (2, 8), generator=torch.Generator().manual_seed(4))
+    model = HookedTransformer(ours)
+    for layer in (0, 1, -1):
+        resid = model(tokens, stop_at_layer=layer)
+        torch.testing.assert_close(resid, bridge(tokens, stop_at_layer=layer), **TOL)
+        torch.testing.assert_close(model(resid, start_at_layer=layer), bridge(tokens), **TOL)
+    _, cache = model.run_with_cache(tokens)
+    torch.testing.assert_close(model(tokens, stop_at_layer=2), cache.final_resid())  # after the last block
+    logits, cache = model.run_with_cache(tokens, names_filter=["blocks.0.attn.hook_result", "blocks.0.attn.z"])
+    torch.testing.assert_close(logits, model(tokens), **TOL)  # summing the heads by hand changes nothing
+    torch.testing.assert_close(cache["blocks.0.attn.hook_result"], cache.head_results(0).permute(1, 2, 0, 3), **TOL)
+    assert "blocks.0.attn.result" not in model.run_with_cache(tokens)[1]  # opt-in: the default leaves it out
+    with pytest.raises(LensError, match="stop_at_layer=3 is out of range"):
+        model(tokens, stop_at_layer=3)
+    with pytest.raises(LensError, match="return_type must be"):
+        model(tokens, return_type="logit")
+    with pytest.raises(HookNameError, match="no hook point matches 'blocks.0.attn.hook_zz'"):
+        model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_zz", lambda value, hook: None)])
+    assert get_act_name("z", 1) == "blocks.1.attn.hook_z" and get_act_name("embed") == "hook_embed"

@@ -1,0 +1,181 @@
+"""A TransformerLens-flavoured entry point: ported notebook code runs with an import change.
+
+    from lens.tl import HookedTransformer, test_prompt, get_act_name
+    model = HookedTransformer.from_pretrained("gpt2")      # TransformerLens' processing: fold_ln, centring
+    logits = model(tokens)                                   # bare logits (B, T, V), as TransformerLens returns
+    loss = model(tokens, return_type="loss", loss_per_token=True)   # (B, T - 1)
+    resid = model(tokens, stop_at_layer=3)                   # the residual stream before block 3
+    logits = model(resid, start_at_layer=3)                  # and from there on
+    logits, cache = model.run_with_cache("When Mary and John went to the store")
+    test_prompt(model, "The Eiffel Tower is in the city of", "Paris")
+
+A headscope model's own forward returns (logits, loss) (nanoGPT's convention); `HookedTransformer(model)`
+wraps any GPT so that calls return what TransformerLens returns. Every other attribute (blocks, config,
+hooks, W_Q, to_tokens, ...) is the wrapped model's. docs/transformer_lens.md has the porting table.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from model.cache import ActivationCache, LensError
+from lens.folding import fold_weights
+from model.gpt import GPT
+
+RETURN_TYPES = ("logits", "loss", "both", None)
+TL_ACT_NAMES = {"resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post",
+                "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out", "q": "attn.hook_q", "k": "attn.hook_k",
+                "v": "attn.hook_v", "z": "attn.hook_z", "pattern": "attn.hook_pattern",
+                "attn_scores": "attn.hook_attn_scores", "scores": "attn.hook_attn_scores",
+                "result": "attn.hook_result", "post": "mlp.hook_post"}
+
+
+def get_act_name(name: str, layer: int | None = None) -> str:
+    """TransformerLens' utils.get_act_name: ("z", 0) -> "blocks.0.attn.hook_z"; ("embed") -> "hook_embed"."""
+    if name in ("embed", "pos_embed"):
+        return f"hook_{name}"
+    if name not in TL_ACT_NAMES:
+        raise LensError(f"unknown activation {name!r}; pick one of embed, pos_embed, {', '.join(TL_ACT_NAMES)}.")
+    if layer is None:
+        raise LensError(f"{name!r} is inside a block: give its layer, e.g. get_act_name({name!r}, 0).")
+    return f"blocks.{layer}.{TL_ACT_NAMES[name]}"
+
+
+def logits_of(output) -> torch.Tensor:
+    """The logits of a forward's output ((logits, loss) or bare logits)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+class StopForward(Exception):
+    """Raised by the hook that ends a forward pass at stop_at_layer; carries the residual stream."""
+
+    def __init__(self, value: torch.Tensor):
+        super().__init__("stop_at_layer")
+        self.value = value
+
+
+def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, per_token: bool) -> torch.Tensor:
+    """Cross-entropy of each next token: (B, T - 1) per token, else the mean."""
+    loss = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), tokens[:, 1:], reduction="none")
+    return loss if per_token else loss.mean()
+
+
+class HookedTransformer:
+    """A headscope GPT behind TransformerLens' call conventions (see the module docstring)."""
+
+    def __init__(self, model):
+        if not hasattr(model, "hook_names"):
+            raise LensError(f"HookedTransformer wraps a headscope model (GPT); got {type(model).__name__}.")
+        object.__setattr__(self, "model", model)
+
+    @classmethod
+    def from_pretrained(cls, name: str, fold_ln: bool = True, center_writing_weights: bool = True,
+                        center_unembed: bool = True, fold_value_biases: bool = True) -> "HookedTransformer":
+        """GPT.from_pretrained, then TransformerLens' default weight processing (lens/folding.py), in eval mode."""
+        model = GPT.from_pretrained(name).eval()
+        if fold_ln or center_writing_weights or center_unembed or fold_value_biases:
+            tokenizer = getattr(model, "tokenizer", None)
+            model = fold_weights(model, fold_ln, center_writing_weights, center_unembed, fold_value_biases)
+            model.tokenizer = tokenizer
+        return cls(model)
+
+    @classmethod
+    def from_pretrained_no_processing(cls, name: str) -> "HookedTransformer":
+        """GPT.from_pretrained with the weights as stored."""
+        return cls.from_pretrained(name, False, False, False, False)
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self.model, name, value)
+
+    def __repr__(self) -> str:
+        return f"HookedTransformer({self.model!r})"
+
+    def __call__(self, input, return_type: str | None = "logits", loss_per_token: bool = False,
+                 prepend_bos: bool | None = None, stop_at_layer: int | None = None,
+                 start_at_layer: int | None = None, tokens: torch.Tensor | None = None):
+        """TransformerLens' forward: input is a string, a list of strings, token ids (B, T) or, with
+        start_at_layer, the residual stream (B, T, d_model); return_type "logits", "loss", "both" or None."""
+        if return_type not in RETURN_TYPES:
+            raise LensError(f"return_type must be one of {', '.join(map(str, RETURN_TYPES))}, got {return_type!r}.")
+        if isinstance(input, (str, list)):
+            input = self.model.to_tokens(input, prepend_bos=prepend_bos)
+        if start_at_layer is None:
+            tokens = input
+        if stop_at_layer is not None:
+            return self.residual_at(input, self.layer_index(stop_at_layer, "stop_at_layer"), start_at_layer)
+        logits = self.run_from(input, start_at_layer)
+        if return_type in ("logits", None):
+            return logits if return_type else None
+        if tokens is None:
+            raise LensError("a loss with start_at_layer needs the token ids: pass tokens=.")
+        loss = next_token_loss(logits, tokens, loss_per_token)
+        return loss if return_type == "loss" else (logits, loss)
+
+    forward = __call__
+
+    def layer_index(self, layer: int, what: str) -> int:
+        """A block index in 0..n_layer (-1 is n_layer - 1, as TransformerLens counts); a LensError outside."""
+        n = len(self.model.blocks)
+        if not -n <= layer <= n:
+            raise LensError(f"{what}={layer} is out of range; this model has layers 0..{n} ({n}: after the last block).")
+        return n + layer if layer < 0 else layer
+
+    def run_from(self, input: torch.Tensor, start_at_layer: int | None) -> torch.Tensor:
+        """Logits of token ids, or of the residual stream entering block start_at_layer."""
+        if start_at_layer is None:
+            return logits_of(self.model(input))
+        start = self.layer_index(start_at_layer, "start_at_layer")
+        if input.dim() != 3 or input.size(-1) != self.model.config.n_embd:
+            raise LensError(f"with start_at_layer the input is the residual stream (B, T, {self.model.config.n_embd}), "
+                            f"got {tuple(input.shape)}.")
+        placeholder = torch.zeros(input.shape[:2], dtype=torch.long, device=input.device)  # the blocks before are skipped
+        if start == len(self.model.blocks):
+            name, value = f"blocks.{start - 1}.resid_post", input
+        else:
+            name, value = f"blocks.{start}.resid_pre", input
+        with self.model.hooks([(name, lambda tensor, hook: value)]):
+            return logits_of(self.model(placeholder))
+
+    def residual_at(self, input: torch.Tensor, stop: int, start_at_layer: int | None) -> torch.Tensor:
+        """The residual stream entering block `stop` (n_layer: after the last block), (B, T, d_model)."""
+        n = len(self.model.blocks)
+        name = f"blocks.{stop}.resid_pre" if stop < n else f"blocks.{n - 1}.resid_post"
+
+        def stop_here(tensor, hook):
+            raise StopForward(tensor)
+
+        try:
+            with self.model.hooks([(name, stop_here)]):
+                self.run_from(input, start_at_layer)
+        except StopForward as stopped:
+            return stopped.value
+        raise LensError(f"the forward pass never reached {name}.")
+
+    def run_with_hooks(self, *args, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True, **kwargs):
+        """Call with (name, fn) hooks attached (fn(activation, hook) or our fn(tensor, name)); backward hooks
+        fire when a loss computed from the output is differentiated, also after the call returns."""
+        with self.model.hooks(fwd_hooks, bwd_hooks):
+            return self(*args, **kwargs)
+
+    def run_with_cache(self, *args, names_filter=None, device=None, incl_bwd: bool = False, **kwargs):
+        """(what the call returns, ActivationCache); incl_bwd differentiates the output (a scalar: use
+        return_type="loss") and caches each hook's gradient too, as NAME_grad."""
+        values = {}
+
+        def store(suffix: str):
+            def keep(tensor: torch.Tensor, hook) -> None:
+                values[self.model.resolve_hook(str(hook))[0] + suffix] = tensor.detach().to(device or tensor.device,
+                                                                                           copy=True)
+            return keep
+
+        names = self.model.match_hooks(names_filter)
+        with self.model.hooks([(names, store(""))], [(names, store("_grad"))] if incl_bwd else []):
+            output = self(*args, **kwargs)
+            if incl_bwd:
+                if not (isinstance(output, torch.Tensor) and output.numel() == 1):
+                    raise LensError("incl_bwd differentiates the output, which must be one number: pass "
+                                    "return_type='loss'.")
+                output.backward()
+        return output, ActivationCache(values, self.model)
