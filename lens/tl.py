@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from model.cache import ActivationCache, LensError
 from lens.folding import fold_weights
+from lens.tl_methods import TransformerLensMethods
 from model.gpt import GPT
 
 RETURN_TYPES = ("logits", "loss", "both", None)
@@ -84,7 +85,14 @@ class HookedTransformer:
         return cls.from_pretrained(name, False, False, False, False)
 
     def __getattr__(self, name: str):
-        return getattr(self.model, name)
+        if hasattr(self.model, name):
+            return getattr(self.model, name)
+        method = getattr(TransformerLensMethods, name, None)  # a model built before the methods were added
+        if isinstance(method, property):
+            return method.fget(self.model)
+        if callable(method):
+            return lambda *args, **kwargs: method(self.model, *args, **kwargs)
+        raise AttributeError(f"{type(self.model).__name__} has no attribute {name!r}")
 
     def __setattr__(self, name: str, value) -> None:
         setattr(self.model, name, value)
@@ -100,7 +108,7 @@ class HookedTransformer:
         if return_type not in RETURN_TYPES:
             raise LensError(f"return_type must be one of {', '.join(map(str, RETURN_TYPES))}, got {return_type!r}.")
         if isinstance(input, (str, list)):
-            input = self.model.to_tokens(input, prepend_bos=prepend_bos)
+            input = self.to_tokens(input, prepend_bos=prepend_bos)
         if start_at_layer is None:
             tokens = input
         if stop_at_layer is not None:
@@ -179,3 +187,52 @@ class HookedTransformer:
                                     "return_type='loss'.")
                 output.backward()
         return output, ActivationCache(values, self.model)
+
+
+def test_prompt(model, prompt: str, answer: str | list[str], top_k: int = 10, prepend_bos: bool | None = None,
+                prepend_space_to_answer: bool = True, print_details: bool = True) -> list[list[tuple[str, int]]]:
+    """TransformerLens' test_prompt: for each answer token, print its rank, logit and probability after the
+    prompt (and the answer tokens before it) and the top_k tokens; return [[(answer token, rank)], ...].
+
+    A list of answers compares their first tokens as alternatives for the next token."""
+    model = model if isinstance(model, HookedTransformer) else HookedTransformer(model)
+    answers = [answer] if isinstance(answer, str) else list(answer)
+    if not answers or not all(isinstance(a, str) and a for a in answers):
+        raise LensError("answer must be a non-empty string or a list of them.")
+    if prepend_space_to_answer:
+        answers = [a if a.startswith(" ") else " " + a for a in answers]
+    prompt_ids = model.to_tokens(prompt, prepend_bos=prepend_bos)[0]
+    answer_ids = [model.to_tokens(a, prepend_bos=False)[0] for a in answers]
+    if len(answers) > 1:
+        answer_ids = [ids[:1] for ids in answer_ids]
+    tokens = torch.stack([torch.cat([prompt_ids, ids]) for ids in answer_ids])  # (answers, T)
+    if print_details:
+        print("Tokenized prompt:", model.to_str_tokens(prompt_ids))
+        print("Tokenized answer" + ("s:" if len(answers) > 1 else ":"), [model.to_str_tokens(ids) for ids in answer_ids]
+              if len(answers) > 1 else model.to_str_tokens(answer_ids[0]))
+    with torch.no_grad():
+        logits = model(tokens).float()  # (answers, T, V)
+    ranks = []
+    for offset in range(answer_ids[0].numel()):
+        position = len(prompt_ids) + offset  # predicted from the position before it
+        row = logits[:, position - 1]  # (answers, V)
+        targets = tokens[:, position]
+        rank = (row > row.gather(1, targets[:, None])).sum(1)  # how many tokens score higher
+        ranks.append([(model.to_string(t[None]), int(r)) for t, r in zip(targets, rank)])
+        if print_details:
+            print_answer(model, row, targets, rank, top_k)
+    if print_details:  # one answer: a flat list over its tokens, as TransformerLens prints it
+        print("Ranks of the answer tokens:", [r[0] for r in ranks] if len(answers) == 1 else ranks)
+    return ranks
+
+
+def print_answer(model, logits: torch.Tensor, targets: torch.Tensor, rank: torch.Tensor, top_k: int) -> None:
+    """One answer position: each answer token's rank, logit and probability, then the top_k tokens."""
+    probs = logits.softmax(-1)
+    print("Performance on answer token" + ("s:" if len(targets) > 1 else ":"))
+    for i, (t, r) in enumerate(zip(targets, rank)):
+        print(f"Rank: {int(r):<8} Logit: {float(logits[i, t]):5.2f} Prob: {float(probs[i, t]):6.2%} "
+              f"Token: |{model.to_string(t[None])}|")
+    top = probs[0].topk(min(top_k, probs.size(-1)))
+    for k, (p, t) in enumerate(zip(top.values, top.indices)):
+        print(f"Top {k}th token. Logit: {float(logits[0, t]):5.2f} Prob: {float(p):6.2%} Token: |{model.to_string(t[None])}|")

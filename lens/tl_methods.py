@@ -29,33 +29,36 @@ def bos_token(tokenizer) -> int | None:
     return None
 
 
+def tokenizer_of(model):
+    """model.tokenizer; a LensError when the model has none."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise LensError("this model has no tokenizer (model.tokenizer is None): set one, e.g. "
+                        "model.tokenizer = data.tokenizer.GPT2Tokenizer(), or pass token ids.")
+    return tokenizer
+
+
+def encode(model, text: str, prepend_bos: bool | None) -> list[int]:
+    """A string's ids, after the BOS token as prepend_bos says (see the module docstring)."""
+    if not isinstance(text, str):
+        raise LensError(f"to_tokens takes a string or a list of strings, got {type(text).__name__}.")
+    bos = bos_token(tokenizer_of(model))
+    if prepend_bos and bos is None:
+        raise LensError("prepend_bos=True, but this tokenizer has no BOS token; pass prepend_bos=False.")
+    return ([bos] if bos is not None and prepend_bos is not False else []) + tokenizer_of(model).encode(text)
+
+
 class TransformerLensMethods:
     """Methods every hooked model gets (TransformerLens' names). `self` is the model."""
-
-    def _tokenizer(self):
-        tokenizer = getattr(self, "tokenizer", None)
-        if tokenizer is None:
-            raise LensError("this model has no tokenizer (model.tokenizer is None): set one, e.g. "
-                            "model.tokenizer = data.tokenizer.GPT2Tokenizer(), or pass token ids.")
-        return tokenizer
-
-    def _encode(self, text: str, prepend_bos: bool | None) -> list[int]:
-        if not isinstance(text, str):
-            raise LensError(f"to_tokens takes a string or a list of strings, got {type(text).__name__}.")
-        bos = bos_token(self._tokenizer())
-        if prepend_bos and bos is None:
-            raise LensError("prepend_bos=True, but this tokenizer has no BOS token; pass prepend_bos=False.")
-        ids = self._tokenizer().encode(text)
-        return ([bos] if bos is not None and prepend_bos is not False else []) + ids
 
     def to_tokens(self, input, prepend_bos: bool | None = None, truncate: bool = True) -> torch.Tensor:
         """A string (or list of strings, right-padded with the BOS/end-of-text id, else 0) -> (B, T) token ids
         on the model's device; truncate keeps the first block_size tokens."""
         texts = [input] if isinstance(input, str) else list(input)
-        rows = [self._encode(text, prepend_bos) for text in texts]
+        rows = [encode(self, text, prepend_bos) for text in texts]
         if truncate:
             rows = [row[:self.config.block_size] for row in rows]
-        pad = bos_token(self._tokenizer()) or 0
+        pad = bos_token(tokenizer_of(self)) or 0
         width = max(len(row) for row in rows)
         device = next(self.parameters()).device
         return torch.tensor([row + [pad] * (width - len(row)) for row in rows], dtype=torch.long, device=device)
@@ -63,26 +66,26 @@ class TransformerLensMethods:
     def to_str_tokens(self, input, prepend_bos: bool | None = None) -> list[str]:
         """Each token of a string (BOS as above) or of 1-D token ids, as its text."""
         if isinstance(input, str):
-            ids = self._encode(input, prepend_bos)
+            ids = encode(self, input, prepend_bos)
         else:
             ids = torch.as_tensor(input).flatten().tolist() if torch.as_tensor(input).dim() <= 1 or \
                 torch.as_tensor(input).size(0) == 1 else None
             if ids is None:
                 raise LensError("to_str_tokens takes one sequence: a string, 1-D ids or a (1, T) batch.")
-        return [self._tokenizer().decode([i]) for i in ids]
+        return [tokenizer_of(self).decode([i]) for i in ids]
 
     def to_string(self, tokens) -> str | list[str]:
         """Token ids -> text: (T,) -> a string, (B, T) -> a list of strings."""
         tokens = torch.as_tensor(tokens)
         if tokens.dim() == 2:
-            return [self._tokenizer().decode(row.tolist()) for row in tokens]
-        return self._tokenizer().decode(tokens.flatten().tolist())
+            return [tokenizer_of(self).decode(row.tolist()) for row in tokens]
+        return tokenizer_of(self).decode(tokens.flatten().tolist())
 
     def to_single_token(self, string: str) -> int:
         """The id of a string that is exactly one token (no BOS)."""
-        ids = self._tokenizer().encode(string)
+        ids = tokenizer_of(self).encode(string)
         if len(ids) != 1:
-            raise LensError(f"{string!r} is {len(ids)} tokens ({[self._tokenizer().decode([i]) for i in ids]}); "
+            raise LensError(f"{string!r} is {len(ids)} tokens ({[tokenizer_of(self).decode([i]) for i in ids]}); "
                             "give a string that is exactly one token.")
         return ids[0]
 

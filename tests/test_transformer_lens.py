@@ -14,12 +14,15 @@ from transformer_lens import patching as tl_patching
 from transformer_lens.head_detector import compute_head_attention_similarity_score as tl_score
 from transformer_lens.head_detector import get_induction_head_detection_pattern as tl_induction
 from transformer_lens.model_bridge import TransformerBridge
+from transformer_lens.utilities import test_prompt as tl_test_prompt
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from data.tokenizer import CharTokenizer, GPT2Tokenizer
 from lens import detectors, path_patching, patching, patching_stats
 from lens.folding import fold_weights
 from lens.interventions import ablate_heads
 from lens.tl import HookedTransformer, get_act_name
+from lens.tl import test_prompt as run_test_prompt  # not collected as a test
 from lens.weight_space import WeightSpace, head_weights
 from model import BERT, GPT, BERTConfig, GPTConfig
 from model.cache import ActivationCache, HookNameError, LensError
@@ -376,3 +379,34 @@ def test_stop_and_start_at_layer_and_per_head_results(models):
     with pytest.raises(HookNameError, match="no hook point matches 'blocks.0.attn.hook_zz'"):
         model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_zz", lambda value, hook: None)])
     assert get_act_name("z", 1) == "blocks.1.attn.hook_z" and get_act_name("embed") == "hook_embed"
+
+
+def test_tokenizer_methods_and_test_prompt_match_transformer_lens(capsys):
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=50257, n_layer=1, n_head=2, n_embd=8, block_size=32)).eval()
+    gpt.tokenizer = GPT2Tokenizer()
+    model = HookedTransformer(gpt)
+    assert model.to_tokens("When Mary").tolist() == [[50256, 2215, 5335]]  # GPT-2's BOS by default, as TL
+    assert model.to_tokens("When Mary", prepend_bos=False).tolist() == [[2215, 5335]]
+    assert model.to_tokens(["Hi", "When Mary"]).tolist() == [[50256, 17250, 50256], [50256, 2215, 5335]]
+    assert model.to_str_tokens("When Mary") == ["<|endoftext|>", "When", " Mary"]
+    assert model.to_string(torch.tensor([2215, 5335])) == "When Mary" and model.to_single_token(" Mary") == 5335
+    ranks = run_test_prompt(model, "The Eiffel Tower is in", "Paris is", top_k=3)
+    ours = capsys.readouterr().out
+    tl_test_prompt("The Eiffel Tower is in", "Paris is", model, top_k=3)  # TransformerLens' own, on our model
+    assert ours == capsys.readouterr().out
+    logits = model(model.to_tokens("The Eiffel Tower is in Paris"))[0, -2]
+    assert ranks[0] == [(" Paris", int((logits > logits[6342]).sum()))]
+    run_test_prompt(model, "The Eiffel Tower is in", ["Paris", "Rome"], top_k=2)
+    ours = capsys.readouterr().out
+    tl_test_prompt("The Eiffel Tower is in", ["Paris", "Rome"], model, top_k=2)
+    assert ours == capsys.readouterr().out
+    with pytest.raises(LensError, match="exactly one token"):
+        model.to_single_token(" Eiffel")
+    chars = HookedTransformer(GPT(GPTConfig(vocab_size=3, n_layer=1, n_head=1, n_embd=4, block_size=8)))
+    chars.tokenizer = CharTokenizer("abc")
+    assert chars.to_tokens("cab").tolist() == [[2, 0, 1]]  # no BOS token: none prepended
+    with pytest.raises(LensError, match="no BOS token"):
+        chars.to_tokens("cab", prepend_bos=True)
+    with pytest.raises(LensError, match="has no tokenizer"):
+        HookedTransformer(GPT(GPTConfig(vocab_size=3, n_layer=1, n_head=1, n_embd=4, block_size=8))).to_tokens("a")

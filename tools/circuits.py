@@ -10,6 +10,11 @@ Writes PNGs, circuits.html (tables and charts, offline) and attention.html (the 
 The metric is logit(target) - logit(wrong) at the last position (logit(target) without --wrong);
 target defaults to the model's prediction. Without --corrupt the corrupted prompt is the clean one's
 tokens in a fixed random order.
+
+BOS is a choice: --prepend_bos=True puts the tokenizer's BOS token (GPT-2's <|endoftext|>, as
+TransformerLens does by default) before the prompt and the corrupted prompt; the default, False, reads
+the prompt as written, so the detectors' "sink" (weight on position 0) is then the weight on its first
+word. A character tokenizer has no BOS token.
 """
 
 import argparse
@@ -24,6 +29,7 @@ import torch  # noqa: E402
 from data.tokenizer import GPT2Tokenizer, TokenizerError, from_meta  # noqa: E402
 from lens import detectors, patching, report  # noqa: E402
 from lens.logit_lens import logit_lens, top_tokens  # noqa: E402
+from lens.tl_methods import bos_token  # noqa: E402
 from model import GPT, CheckpointError, ConfigError, load_checkpoint  # noqa: E402
 from training.families import model_from_checkpoint  # noqa: E402
 from lens.heatmaps import views_from_maps, write_attention  # noqa: E402
@@ -51,12 +57,24 @@ def single_token(tokenizer, text: str, what: str) -> int:
     return ids[0]
 
 
-def encode_prompt(model, tokenizer, text: str, what: str) -> torch.Tensor:
-    """(1, T) ids of a prompt, checked against the context length."""
+def encode_prompt(model, tokenizer, text: str, what: str, prepend_bos: bool = False) -> torch.Tensor:
+    """(1, T) ids of a prompt (after the BOS token with prepend_bos), checked against the context length."""
     ids = tokenizer.encode(text)
+    if prepend_bos:
+        if bos_token(tokenizer) is None:
+            raise ConfigError("--prepend_bos=True, but this tokenizer has no BOS token (a character tokenizer); "
+                              "leave it out.")
+        ids = [bos_token(tokenizer)] + ids
     if not 2 <= len(ids) <= model.config.block_size:
         raise ConfigError(f"--{what} is {len(ids)} tokens; give 2 to {model.config.block_size} tokens.")
     return torch.tensor([ids], device=next(model.parameters()).device)
+
+
+def parse_bool(value: str) -> bool:
+    """True or False, as the other scripts' --key=value options."""
+    if value not in ("True", "False"):
+        raise ValueError(value)
+    return value == "True"
 
 
 def print_table(header: list[str], rows: list[list]) -> None:
@@ -78,8 +96,9 @@ def attribution(cache, target: int, wrong: int | None, k: int):
     return labels, values
 
 
-def head_detectors(model, ids: torch.Tensor) -> tuple[list[str], list[list]]:
-    """Each head's previous-token, duplicate-token, induction and sink scores, printed and returned."""
+def head_detectors(model, ids: torch.Tensor) -> tuple[list[str], list[list], dict]:
+    """Each head's previous-token, duplicate-token, induction and sink scores: printed (the top heads of each
+    when there are more than 24 heads: the report's heatmap has them all) and returned."""
     scores = {"previous": detectors.detect_head(model, ids, "previous_token_head"),
               "duplicate": detectors.detect_head(model, ids, "duplicate_token_head"),
               "induction": detectors.induction_scores(model, min(20, model.config.block_size // 2)),
@@ -88,8 +107,14 @@ def head_detectors(model, ids: torch.Tensor) -> tuple[list[str], list[list]]:
     n_layer, n_head = scores["sink"].shape
     rows = [[f"L{l}H{h}", *(float(s[l, h]) for s in scores.values())] for l in range(n_layer) for h in range(n_head)]
     print("\nhead detectors (share of attention; induction on repeated random tokens, sink = weight on position 0):")
-    print_table(header, rows)
-    return header, rows
+    if len(rows) <= 24:
+        print_table(header, rows)
+    else:
+        top = [[name, *(f"L{i // n_head}H{i % n_head} {s.flatten()[i]:.2f}" for i in s.flatten().argsort(descending=True)[:5])]
+               for name, s in scores.items()]
+        print_table(["detector", *(f"top {k + 1}" for k in range(5))], top)
+        print("(every head: head_detectors.png in the report)")
+    return header, rows, {name: s.cpu().numpy() for name, s in scores.items()}
 
 
 def lens_table(cache, tokens: list[str], tokenizer, n_cols: int = 12):
@@ -129,36 +154,41 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--top_k", type=int, default=10)
     parser.add_argument("--report", default="circuits-report", help="folder for PNGs and HTML")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--prepend_bos", type=parse_bool, default=False,
+                        help="True: the tokenizer's BOS token (GPT-2: <|endoftext|>) before both prompts")
     args = parser.parse_args(argv)
     model, tokenizer = load(args)
-    ids = encode_prompt(model, tokenizer, args.prompt, "prompt")
+    ids = encode_prompt(model, tokenizer, args.prompt, "prompt", args.prepend_bos)
     tokens = [tokenizer.decode([i]) for i in ids[0].tolist()]
     with torch.no_grad():
         (logits, _), cache = model.run_with_cache(ids)
     predicted = int(logits[0, -1].argmax())
     target = predicted if args.target is None else single_token(tokenizer, args.target, "target")
     wrong = None if args.wrong is None else single_token(tokenizer, args.wrong, "wrong")
+    print(f"BOS: {'prepended ' + repr(tokens[0]) if args.prepend_bos else 'none (--prepend_bos=True adds it)'}")
     print(f"prompt: {len(tokens)} tokens; predicted next token {tokenizer.decode([predicted])!r}; "
           f"explaining {tokenizer.decode([target])!r}" + ("" if wrong is None else f" minus {tokenizer.decode([wrong])!r}"))
     labels, values = attribution(cache, target, wrong, args.top_k)
-    det_header, det_rows = head_detectors(model, ids)
+    det_header, det_rows, det_scores = head_detectors(model, ids)
     lens_fig = lens_table(cache, tokens, tokenizer)
     if args.corrupt is None:
         order = torch.randperm(ids.size(1), generator=torch.Generator().manual_seed(0))
         corrupted = ids[:, order.to(ids.device)]
     else:
-        corrupted = encode_prompt(model, tokenizer, args.corrupt, "corrupt")
+        corrupted = encode_prompt(model, tokenizer, args.corrupt, "corrupt", args.prepend_bos)
     metric = lambda lg: lg[0, -1, target] - (lg[0, -1, wrong] if wrong is not None else 0.0)  # noqa: E731
     print(f"\npatching the clean prompt into the corrupted one (clean metric {float(metric(logits)):.3f}):")
     tables, approx, base = patch_all(model, ids, corrupted, cache, metric)
-    write_report(args.report, model, cache, tokens, labels, values, det_header, det_rows, lens_fig, tables, approx, base)
+    write_report(args.report, model, cache, tokens, labels, values, (det_header, det_rows, det_scores), lens_fig, tables,
+                 approx, base)
 
 
-def write_report(folder, model, cache, tokens, labels, values, det_header, det_rows, lens_fig, tables, approx, base):
-    """PNGs, circuits.html and the attention viewer into `folder`."""
+def write_report(folder, model, cache, tokens, labels, values, detected, lens_fig, tables, approx, base):
+    """PNGs, circuits.html and the attention viewer into `folder`; detected: (header, rows, scores by name)."""
+    det_header, det_rows, det_scores = detected
     os.makedirs(folder, exist_ok=True)
     heads = [f"H{h}" for h in range(model.config.n_head)]
-    figures = {"logit_lens": lens_fig, "attribution": report.attribution_figure(labels, values),
+    figures = {"head_detectors": report.detector_figure(det_scores), "logit_lens": lens_fig, "attribution": report.attribution_figure(labels, values),
                "patch_resid_pre": report.patching_figure(tables["resid_pre"].numpy() - base, tokens, "layer",
                                                          "position", "exact patching: resid_pre (metric - corrupted)"),
                "patch_heads": report.patching_figure(tables["attn_head_out_all_pos"].numpy() - base, heads, "layer",
