@@ -41,13 +41,18 @@ class TrainingDiverged(UserError, RuntimeError):
 
 
 def lr_at(it: int, cfg: TrainConfig) -> float:
-    """Linear warmup to learning_rate, then cosine decay to min_lr at lr_decay_iters."""
+    """Linear warmup to learning_rate, then cosine decay to min_lr at lr_decay_iters; with lr_schedule='wsd'
+    (warmup-stable-decay) learning_rate until the last cooldown_frac of lr_decay_iters, then linear to min_lr."""
     if not cfg.decay_lr:
         return cfg.learning_rate
     if it < cfg.warmup_iters:
         return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
     if it >= cfg.lr_decay_iters:
         return cfg.min_lr
+    if cfg.lr_schedule == "wsd":
+        cooldown_start = max(cfg.warmup_iters, cfg.lr_decay_iters - cfg.cooldown_frac * cfg.lr_decay_iters)
+        progress = max(0.0, it - cooldown_start) / max(1.0, cfg.lr_decay_iters - cooldown_start)
+        return cfg.learning_rate + progress * (cfg.min_lr - cfg.learning_rate)
     progress = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 

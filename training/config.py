@@ -55,6 +55,8 @@ class TrainConfig:
     warmup_iters: int = 100
     lr_decay_iters: int = 2500
     min_lr: float = 1e-4
+    lr_schedule: str = "cosine"  # after warmup: 'cosine' decay, or 'wsd': stable, then a linear cooldown to min_lr
+    cooldown_frac: float = 0.4  # wsd: the share of lr_decay_iters spent cooling down
     optimizer: str = "adamw"  # 'adamw', or 'muon': Muon for the blocks' matrices, AdamW for the rest
     muon_lr: float = 0.02  # Muon's peak learning rate (the schedule scales it like learning_rate)
     muon_momentum: float = 0.95
@@ -89,6 +91,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be {rule}, got {getattr(self, name)}.")
         if self.attn_stats_interval < 0:
             raise ConfigError(f"attn_stats_interval must be 0 (off) or positive, got {self.attn_stats_interval}.")
+        if self.lr_schedule not in ("cosine", "wsd"):
+            raise ConfigError(f"lr_schedule must be 'cosine' or 'wsd', got {self.lr_schedule!r}.")
+        if not 0.0 <= self.cooldown_frac <= 1.0:
+            raise ConfigError(f"cooldown_frac must be in [0, 1], got {self.cooldown_frac}.")
         if self.optimizer not in ("adamw", "muon"):
             raise ConfigError(f"optimizer must be 'adamw' or 'muon', got {self.optimizer!r}.")
         if self.optimizer == "muon" and not (self.muon_lr > 0 and 0 <= self.muon_momentum < 1
