@@ -68,6 +68,7 @@ class Family(HookedModel, nn.Module):
     """Base of the model families: hook points (HookedModel), the parameter count, Hugging Face export."""
 
     model_type = ""  # the family's name in checkpoints and training/families.py ("gpt", "bert", ...)
+    tokenizer = None  # a data.tokenizer.Tokenizer: from_pretrained sets the folder's, a checkpoint its meta's
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; position embeddings (every `wpe`) excluded by default, as GPT-2's paper counts."""

@@ -8,6 +8,7 @@ The model's own sizes are the model configs of model/config.py.
 import ast
 import dataclasses
 import os
+import re
 import textwrap
 import typing
 from dataclasses import dataclass
@@ -119,7 +120,8 @@ class SampleConfig:
     """Options of sample.py."""
 
     out_dir: str = "out"  # folder holding ckpt.pt
-    init_from: str = "resume"  # 'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face folder
+    init_from: str = "resume"  # 'resume' (the checkpoint in out_dir), a GPT-2 name, a Hugging Face folder or Hub id
+    tokenizer: str = ""  # for --init_from=<folder> without tokenizer files: 'gpt2' or a folder holding them
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
     prompts: str = ""  # a file of prompts, one per line, continued together in one padded batch (GPT)
     num_samples: int = 2
@@ -160,10 +162,11 @@ class SampleConfig:
 
 
 def check_init_from(init_from: str, own: tuple[str, ...]) -> None:
-    """init_from must be one of `own`, a GPT-2 name or an existing folder (of Hugging Face weights)."""
-    if init_from not in own + HUB_MODELS and not os.path.isdir(init_from):
-        raise ConfigError(f"init_from must be {', '.join(own)}, one of {', '.join(HUB_MODELS)} or a folder with "
-                          f"Hugging Face GPT-2 weights, got {init_from!r}.")
+    """init_from must be one of `own`, a GPT-2 name, an existing folder (of Hugging Face weights) or a Hub id."""
+    hub_id = re.fullmatch(r"[\w-][\w.-]*/[\w-][\w.-]*", init_from) and not os.path.exists(init_from)
+    if init_from not in own + HUB_MODELS and not os.path.isdir(init_from) and not hub_id:
+        raise ConfigError(f"init_from must be {', '.join(own)}, one of {', '.join(HUB_MODELS)}, a folder with "
+                          f"Hugging Face weights or a Hub id (owner/name), got {init_from!r}.")
 
 
 def field_types(cls) -> dict[str, type]:

@@ -159,6 +159,9 @@ def fill_mask(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> N
     The model reads each mask in a window of the prompt framed as in training ([CLS] text [SEP]),
     centred on the mask when the prompt is longer than the context window.
     """
+    if getattr(model, "head", None) is None:
+        raise ConfigError("this encoder has no MLM head (a headless BertModel folder), so it cannot fill masks; "
+                          "load a BertForMaskedLM folder, or use its hidden states from Python (model.encode).")
     ids = tokenizer.encode(read_prompt(cfg.start), allow_specials=True)
     mask_id, cls_id, sep_id = (tokenizer.special_ids.get(s) for s in ("[MASK]", "[CLS]", "[SEP]"))
     if mask_id is None or mask_id not in ids:
@@ -180,8 +183,9 @@ def fill_mask(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> N
             logits = model(windows)[0].float()  # (M, L, V): one window per remaining mask
         rows = torch.arange(len(remaining), device=device)
         logits = logits[rows, torch.tensor([len(head) + p - s for p, s in zip(remaining, starts)], device=device)]
-        logits[:, tokenizer.base_vocab_size:] = float("-inf")  # propose text, never special tokens
-        top = torch.softmax(logits, dim=-1).topk(min(cfg.candidates, tokenizer.base_vocab_size), dim=-1)
+        logits[:, tokenizer.vocab_size:] = float("-inf")  # propose text, never special tokens or unused ids
+        logits[:, tokenizer.special_token_ids()] = float("-inf")
+        top = torch.softmax(logits, dim=-1).topk(min(cfg.candidates, int(logits.isfinite().sum(-1).min())), dim=-1)
         best = top.values[:, 0].argmax().item()  # the mask the model is surest about goes first
         pos = remaining.pop(best)
         shown = "  ".join(f"{tokenizer.decode([t])!r} {p:.3f}"

@@ -38,6 +38,7 @@ def refuse_unless(config: dict, target: str, **required) -> None:
 def common_checks(config: dict, target: str) -> None:
     """Options that no exported class expresses (every one has an MLP in each block)."""
     refuse_unless(config, target, attn_score="scaled_dot", attn_weighting="softmax", logit_softcap=(0, 0.0),
+                  parallel_residual=False, rotary_dim=0, position_offset=(0, None), mlm_head=(True, None),
                   attn_only=False)
 
 
