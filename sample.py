@@ -12,6 +12,7 @@
     python sample.py --init_from=gpt2 --start="The meaning of life is"    # OpenAI's GPT-2 (or a HF folder)
 """
 
+import os
 import sys
 
 from data.tokenizer import GPT2Tokenizer, from_meta
@@ -26,7 +27,7 @@ from weights.common import ConfigError, UserError
 def load_model(cfg: SampleConfig, device: str):
     """(model in eval mode, tokenizer, model_type) from out_dir's checkpoint, or GPT-2 with its tokenizer."""
     if cfg.init_from == "resume":
-        ckpt = load_checkpoint(cfg.out_dir, needs=SAMPLE_KEYS)
+        ckpt = load_checkpoint(os.path.join(cfg.out_dir, cfg.checkpoint), needs=SAMPLE_KEYS)
         return (model_from_checkpoint(ckpt).to(device).eval(), from_meta(ckpt["tokenizer"]),
                 ckpt.get("model_type", "gpt"))
     model = GPT.from_pretrained(cfg.init_from).to(device).eval()  # OpenAI's GPT-2 or a Hugging Face folder

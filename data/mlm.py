@@ -98,6 +98,11 @@ class MLMBatches:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         return {k: v.to(self.device) for k, v in batch.items()}
 
+    @staticmethod
+    def count_tokens(batch: dict) -> torch.Tensor:
+        """The real tokens of a batch ([CLS], text, [SEP]; not padding), for tokens/s."""
+        return batch["attention_mask"].sum()
+
     def eval_metrics(self, logits: torch.Tensor, batch: dict) -> dict:
         """Masked-token accuracy of the model, and of always predicting the most frequent training token."""
         labels = batch["labels"]
