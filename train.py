@@ -139,12 +139,16 @@ def read_config(argv: list[str]):
     return values, cfg, model_cfg
 
 
-def lock_run_dir(cfg: TrainConfig):
-    """Rank 0's lock on out_dir for the run's life (training/outdir.py); None on other ranks. An evaluation
+def lock_run_dir(cfg: TrainConfig) -> tuple:
+    """(lock, error): rank 0's lock on out_dir for the run's life (training/outdir.py), None on other ranks; or
+    the UserError that stops the run, raised by setup_system once every rank can stop with it. An evaluation
     locks an out_dir that exists (so it never reads a running run's files) and writes nothing there."""
     if os.environ.get("RANK", "0") != "0":
-        return None
-    return lock_out_dir(cfg.out_dir, create=not cfg.eval_only)
+        return None, None
+    try:
+        return lock_out_dir(cfg.out_dir, create=not cfg.eval_only), None
+    except UserError as e:
+        return None, e
 
 
 def load_config(argv: list[str], parsed: tuple | None = None):
@@ -240,9 +244,12 @@ class Run:
         return self.tokens
 
 
-def setup_system(cfg: TrainConfig, ckpt: dict | None):
+def setup_system(cfg: TrainConfig, ckpt: dict | None, lock_error: Exception | None = None):
     """(ranks, dtype, autocast): the processes (one, or torchrun's), the precision and the seed."""
     ranks = distributed.setup(pick_device(cfg.device))  # one process, or one of torchrun's
+    with distributed.stop_together(ranks):  # rank 0 could not lock out_dir: every rank stops with a line
+        if lock_error is not None:
+            raise lock_error
     dtype = pick_dtype(cfg.dtype, ranks.device)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     if ckpt is None and os.path.exists(ckpt_path) and not cfg.overwrite and not cfg.eval_only:
@@ -496,9 +503,9 @@ def main(argv: list[str]) -> None:
     try:
         parsed = read_config(argv)
         cfg = parsed[1]
-        lock = lock_run_dir(cfg)  # before anything in out_dir is read or written
-        cfg, model_cfg, ckpt = load_config(argv, parsed)
-        ranks, dtype, autocast = setup_system(cfg, ckpt)
+        lock, lock_error = lock_run_dir(cfg)  # before anything in out_dir is read or written
+        cfg, model_cfg, ckpt = load_config(argv, parsed) if lock_error is None else (*parsed[1:], None)
+        ranks, dtype, autocast = setup_system(cfg, ckpt, lock_error)
         tokenizer, batches, model_cfg = setup_data(cfg, model_cfg, ckpt, ranks)
         run = Run(cfg, model_cfg, ranks, dtype, autocast, tokenizer, batches, RunLogger(cfg, ranks.master))
         model, train_model, optimizer, scaler = build_model(run)

@@ -72,7 +72,9 @@ def test_two_runs_race_for_one_out_dir_and_a_killed_run_leaves_no_lock(data, tmp
     out = tmp_path / "out"
     procs = [popen_train(data, out, "--max_iters=100000", "--eval_interval=3") for _ in range(2)]
     try:
+        deadline = time.monotonic() + 300
         while all(p.poll() is None for p in procs):  # one of them stops at the lock
+            assert time.monotonic() < deadline, "both runs are training in one out_dir"
             time.sleep(0.1)
         loser = next(p for p in procs if p.poll() is not None)
         winner = procs[1 - procs.index(loser)]
