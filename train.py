@@ -36,7 +36,7 @@ from training.muon import make_muon_adamw
 from training.outdir import lock_out_dir
 from training.system import autocast as autocast_for, enable_tf32, pick_device, pick_dtype
 from weights.checkpoint import RESUME_KEYS, CheckpointError, copy_checkpoint, load_checkpoint, save_checkpoint
-from weights.common import ConfigError, UserError
+from weights.common import IGNORE_INDEX, ConfigError, UserError
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -105,8 +105,8 @@ def split_sums(model, batches, makers: list, autocast, ranks) -> dict:
         with autocast:
             logits, loss = model(**batch)
         values = {"batches": 1, "loss": loss.item()}
-        if hasattr(batches, "units"):  # next-token prediction: every target is scored
-            tokens = batch["targets"].numel()
+        if hasattr(batches, "units"):  # next-token prediction: nats over the scored targets, and their text
+            tokens = int((batch["targets"] != IGNORE_INDEX).sum())
             values.update(nats=loss.item() * tokens, tokens=tokens, units=batches.units(batch))
         if hasattr(batches, "eval_metrics"):
             values.update(batches.eval_metrics(logits, batch))
@@ -210,6 +210,7 @@ class Run:
     start_iter: int = 0
     best_val_loss: float = float("inf")
     elapsed_before: float = 0.0  # training seconds of the runs this one resumes
+    train_seconds: float = 0.0  # in training steps only (no evaluation, no saving), resumed runs included
     wandb_id: str | None = None
     nonfinite_in_a_row: int = 0
     evaluated: bool = True  # whether iter_num's evaluation is done (False in a checkpoint saved on a signal)
@@ -279,7 +280,8 @@ def setup_data(cfg: TrainConfig, model_cfg, ckpt: dict | None, ranks):
         theirs = tokenizer.vocab_size if tokenizer.vocab_size != model_cfg.vocab_size else "as many, other tokens"
         raise ConfigError(f"the checkpoint's vocabulary ({model_cfg.vocab_size}) differs from dataset "
                           f"{folder} ({theirs}); resume on the dataset it was trained on.")
-    batches = batch_maker(folder, model_cfg, cfg.batch_size, ranks.device, tokenizer)
+    packing = (cfg.packing,) if cfg.packing.needs_separator else ()  # GPT's and BERT's batch makers take it
+    batches = batch_maker(folder, model_cfg, cfg.batch_size, ranks.device, tokenizer, *packing)
     if (cfg.eval_iters == "all" or cfg.eval_file) and not hasattr(batches, "every_window"):
         raise ConfigError(f"--eval_iters=all and --eval_file evaluate every window of a GPT's text, not "
                           f"{family(cfg.model_type).description}'s batches; give --eval_iters a number.")
@@ -300,6 +302,8 @@ def build_model(run: Run):
     run.log.print(f"{cfg.model_type}: {model.num_params() / 1e6:.2f}M parameters, device {ranks.device}, dtype "
                   f"{run.dtype}, {run.tokens_per_iter:,} tokens per iteration, {ranks.world_size} process(es)"
                   + (", FSDP" if cfg.fsdp else ", DDP" if ranks.launched else ""))
+    if cfg.packing.needs_separator:
+        run.log.print(run.batches.describe())  # padding and documents cut at the rows' edges
     run.log.print(distributed.describe_batch(cfg.batch_size, model_cfg.block_size, cfg.gradient_accumulation_steps,
                                              ranks.world_size))
     train_model = distributed.wrap(model, ranks, cfg.fsdp, cfg.compile, run.dtype)  # DDP, FSDP or model itself
@@ -332,6 +336,7 @@ def resume(run: Run, ckpt: dict, model, optimizer, scaler) -> None:
     run.tokens = ckpt.get("tokens", run.iter_num * run.tokens_per_iter)  # older ones: the nominal count
     run.tokens_at_start, run.saved = run.tokens, (run.iter_num, inode(run.ckpt_path))
     run.elapsed_before, run.wandb_id = ckpt.get("elapsed_s", 0.0), ckpt.get("wandb_id")
+    run.train_seconds = ckpt.get("train_s", 0.0)
     exact = distributed.restore_rng(ckpt["rng"], run.ranks)
     run.log.print(f"resuming from {run.ckpt_path} at iter {run.iter_num}" + ("" if exact else
                   " (saved by another number of processes: same data, new dropout randomness)"))
@@ -354,7 +359,7 @@ def evaluate_and_save(run: Run, model, optimizer, scaler, lr: float, elapsed: fl
     losses = estimate_loss(model, run.batches, cfg, run.autocast, run.ranks,  # every rank takes part
                            ("file",) if cfg.eval_file else ())
     record = {"iter": run.iter_num, **losses, "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
-              "elapsed_s": round(elapsed, 2), "tokens": run.count_tokens()}
+              "elapsed_s": round(elapsed, 2), "train_s": round(run.train_seconds, 2), "tokens": run.count_tokens()}
     if cfg.head_probe and run.ranks.master and not cfg.fsdp:  # detector and in-context scores (lens/training_probe.py)
         record.update(probe(model, run.batches.get("val", torch.Generator().manual_seed(cfg.seed + 3)), cfg.seed))
     run.log.evaluation(losses, record, write=not cfg.eval_only)
@@ -380,7 +385,8 @@ def save(run: Run, model, optimizer, scaler, elapsed: float, best: bool = False)
                 "model": model_state, "optimizer": optim_state, "scaler": scaler.state_dict(),
                 "model_type": cfg.model_type, "model_args": to_dict(run.model_cfg), "train_config": to_dict(cfg),
                 "tokenizer": run.tokenizer.meta(), "iter_num": run.iter_num, "best_val_loss": run.best_val_loss,
-                "rng": rng, "elapsed_s": elapsed, "wandb_id": run.wandb_id, "evaluated": run.evaluated,
+                "rng": rng, "elapsed_s": elapsed, "train_s": run.train_seconds, "wandb_id": run.wandb_id,
+                "evaluated": run.evaluated,
                 "tokens": tokens}, run.ckpt_path)
             run.saved, run.saving = (run.iter_num, inode(run.ckpt_path)), None
             also = ""
@@ -569,7 +575,9 @@ def train_loop(run: Run, model, train_model, optimizer, scaler, stop: GracefulSt
             window_start += time.perf_counter() - t_attn  # not training time
         if run.iter_num >= cfg.max_iters:
             break
+        step_start = time.perf_counter()
         loss_value, grad_norm, finite = train_step(run, model, train_model, optimizer, scaler)
+        run.train_seconds += time.perf_counter() - step_start
         run.iter_num += 1
         run.evaluated = False
         window_iters += 1

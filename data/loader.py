@@ -9,9 +9,10 @@ import sys
 import numpy as np
 import torch
 
-from data.tokenizer import TokenizerError
+from data.documents import Packing, document_ids, mask_boundary_targets, packing_report, require_separator
+from data.tokenizer import TokenizerError, from_meta
 from data.tokens import TokenFileError, Windows, split_files
-from weights.common import ConfigError
+from weights.common import IGNORE_INDEX, ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +47,8 @@ class LMBatches:
     """Next-token prediction: x is a window of block_size tokens, y the same window shifted by one.
 
     The batch makers' interface (LMBatches, data/mlm.py MLMBatches, data/pairs.py PairBatches): built as
-    cls(folder, model_config, batch_size, device, tokenizer); `specials`, the special tokens the family
+    cls(folder, model_config, batch_size, device, tokenizer[, packing]) (packing: data/documents.py
+    Packing, for the families that read documents: GPT and BERT); `specials`, the special tokens the family
     adds; `get(split, generator) -> dict`, the model's keyword arguments, targets included; optionally
     `eval_metrics(logits, batch) -> dict[str, float]`, averaged by train.py over its evaluation batches,
     and `evaluate(model) -> dict[str, float]`, called once per evaluation for metrics that need more than
@@ -57,25 +59,37 @@ class LMBatches:
 
     specials = ()
 
-    def __init__(self, folder: str, model_config, batch_size: int, device: str = "cpu", tokenizer=None):
+    def __init__(self, folder: str, model_config, batch_size: int, device: str = "cpu", tokenizer=None,
+                 packing: Packing | None = None):
         block_size = model_config.block_size
-        self.data = {split: Windows(split_files(folder, split), block_size) for split in ("train", "val")}
+        self.packing = packing or Packing()
+        self.doc_sep = None
+        if self.packing.needs_separator:
+            self.doc_sep = require_separator(tokenizer or from_meta(read_meta(folder)), folder)
+        align = self.doc_sep if self.packing.align == "doc" else None
+        self.data = {split: Windows(split_files(folder, split), block_size, align) for split in ("train", "val")}
         self.parts = {split: windows.parts for split, windows in self.data.items()}  # every_window's texts
         self.block_size, self.batch_size, self.device = block_size, batch_size, device
         self.tokenizer, self.lengths = tokenizer, None
         self.unit = tokenizer.unit if tokenizer is not None else "token"
 
     def get(self, split: str, generator: torch.Generator) -> dict:
-        """One batch {'idx': (B, T), 'targets': (B, T)} drawn with `generator`."""
+        """One batch {'idx': (B, T), 'targets': (B, T)} drawn with `generator`; with doc_mask also
+        'doc_ids' (B, T), and no target that starts the next document (unless boundary_loss)."""
         return self.to_batch(torch.from_numpy(self.data[split].sample(self.batch_size, generator)))
 
     def to_batch(self, xy: torch.Tensor) -> dict:
-        """{'idx', 'targets'} of (B, T + 1) windows, on the device."""
-        if self.device.startswith("cuda"):
-            xy = xy.pin_memory().to(self.device, non_blocking=True)
-        else:
-            xy = xy.to(self.device)
-        return {"idx": xy[:, :-1], "targets": xy[:, 1:]}
+        """The batch of (B, T + 1) windows, on the device."""
+        batch = {"idx": xy[:, :-1], "targets": xy[:, 1:]}
+        if self.packing.doc_mask:
+            batch["doc_ids"] = document_ids(batch["idx"], self.doc_sep)
+            if not self.packing.boundary_loss:
+                batch["targets"] = mask_boundary_targets(batch["targets"], self.doc_sep)
+        return to_device(batch, self.device)
+
+    def describe(self) -> str:
+        """One line for the log: how rows meet documents (padding, cut documents), or '' without separators."""
+        return packing_report(self.data["train"], self.doc_sep, self.packing.align) if self.doc_sep is not None else ""
 
     @staticmethod
     def count_tokens(batch: dict) -> int:
@@ -83,13 +97,12 @@ class LMBatches:
         return batch["idx"].numel()
 
     def units(self, batch: dict) -> int:
-        """Characters (char tokenizer) or UTF-8 bytes (GPT-2 BPE) of text that a batch's targets stand for."""
+        """Characters (char tokenizer) or UTF-8 bytes (GPT-2 BPE) of text that a batch's scored targets stand for."""
         if self.lengths is None:
             lengths = self.tokenizer.unit_lengths() if self.tokenizer is not None else []
             self.lengths = torch.tensor(lengths or [1], device=batch["targets"].device)
-        if len(self.lengths) == 1:
-            return batch["targets"].numel()
-        return int(self.lengths[batch["targets"]].sum())
+        targets = batch["targets"][batch["targets"] != IGNORE_INDEX]
+        return targets.numel() if len(self.lengths) == 1 else int(self.lengths[targets].sum())
 
     def add_text(self, name: str, ids: list[int]) -> None:
         """A text of the caller's (e.g. a held-out file), evaluated by every_window(name)."""
@@ -128,6 +141,13 @@ def encode_text_file(path: str, tokenizer) -> list[int]:
         raise TokenizerError(f"{path} line {line}, column {column}: character {text[at]!r} (U+{ord(text[at]):04X}) "
                              f"is not in the model's vocabulary of {tokenizer.base_vocab_size} characters; evaluate "
                              "a text written in the characters it was trained on.") from None
+
+
+def to_device(batch: dict, device: str) -> dict:
+    """The batch's tensors on device (through pinned memory to CUDA)."""
+    if device.startswith("cuda"):
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def batch_generator(*keys) -> torch.Generator:

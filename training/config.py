@@ -12,6 +12,7 @@ import textwrap
 import typing
 from dataclasses import dataclass
 
+from data.documents import Packing
 from model.sampling import check_sampling
 from weights.common import ConfigError
 from weights.hf_gpt2 import HUB_MODELS
@@ -37,6 +38,10 @@ class TrainConfig:
     dataset: str = "shakespeare_char"
     data_dir: str = ""  # defaults to data/<dataset>
     batch_size: int = 16
+    # documents of sharded data (separated by <|endoftext|> or [EOS]; GPT and BERT; data/documents.py)
+    doc_mask: bool = False  # a token attends only to its own document; positions restart at each document
+    batch_align: str = "window"  # 'window': rows start anywhere; 'doc': at a document, packing whole documents
+    doc_boundary_loss: bool = False  # with doc_mask: still train a document's last token to predict the next separator
     # micro-batches per optimizer step, summed over all ranks (global): a step sees batch_size *
     # gradient_accumulation_steps sequences however many processes share it; divisible by their number.
     # Not given (config file or command line): one per process (train.py sets it; training/distributed.py)
@@ -92,6 +97,9 @@ class TrainConfig:
         if self.optimizer == "muon" and not (self.muon_lr > 0 and 0 <= self.muon_momentum < 1
                                              and self.muon_weight_decay >= 0):
             raise ConfigError("muon needs muon_lr > 0, muon_momentum in [0, 1) and muon_weight_decay >= 0.")
+        if self.packing.needs_separator and self.model_type not in ("gpt", "bert"):
+            raise ConfigError(f"doc_mask and batch_align=doc apply to model_type gpt and bert, not {self.model_type!r}; "
+                              "drop them.")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be one of auto, float32, bfloat16, float16, got {self.dtype!r}.")
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
@@ -99,6 +107,11 @@ class TrainConfig:
         if self.eval_file and not self.eval_only:
             raise ConfigError("--eval_file is evaluated by --eval_only=True (with --init_from=resume or a GPT-2); "
                               "add --eval_only=True.")
+
+    @property
+    def packing(self) -> Packing:
+        """How the batch makers treat documents (data/documents.py)."""
+        return Packing(self.doc_mask, self.batch_align, self.doc_boundary_loss)
 
 
 @dataclass
