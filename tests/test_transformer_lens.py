@@ -410,3 +410,17 @@ def test_tokenizer_methods_and_test_prompt_match_transformer_lens(capsys):
         chars.to_tokens("cab", prepend_bos=True)
     with pytest.raises(LensError, match="has no tokenizer"):
         HookedTransformer(GPT(GPTConfig(vocab_size=3, n_layer=1, n_head=1, n_embd=4, block_size=8))).to_tokens("a")
+
+
+def test_families_where_the_notion_does_not_apply_are_clear_errors():
+    bert = BERT(BERTConfig(vocab_size=11, n_layer=2, n_head=2, n_embd=8, block_size=8, post_norm=False)).eval()
+    tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(0))
+    _, cache = bert.run_with_cache(tokens)
+    with pytest.raises(LensError, match="decoder-only models"):
+        path_patching.path_patch(bert, tokens, cache, cache, lambda out: out[0].sum(), [path_patching.PathPatch([(0, 0)])])
+    with pytest.raises(LensError, match="causal"):
+        patching_stats.patch_pairs(bert, tokens, tokens, lambda out: out[:, 0, 0], "resid_pre")
+    with pytest.raises(LensError, match="no linear unembedding"):
+        WeightSpace(bert).W_U
+    with pytest.raises(LensError, match="wraps a headscope model"):
+        HookedTransformer(torch.nn.Linear(2, 2))
