@@ -89,6 +89,20 @@ class TransformerLensMethods:
                             "give a string that is exactly one token.")
         return ids[0]
 
+    def add_hook(self, name, hook, dir: str = "fwd") -> None:
+        """Attach hook (fn(activation, hook) or fn(tensor, name)) to the hook points `name` selects until
+        reset_hooks(); dir "fwd" or "bwd"."""
+        handles = self.attach(name, hook, dir)
+        self.__dict__.setdefault("_added_hooks", []).extend(handles)
+
+    def reset_hooks(self, clear_contexts: bool = True) -> None:
+        """Remove every hook add_hook attached (and empty each hook point's ctx)."""
+        for handle in self.__dict__.pop("_added_hooks", []):
+            handle.remove()
+        if clear_contexts:
+            for point in self.hook_points().values():
+                point.ctx.clear()
+
     # the weight space (lens/weight_space.py): stacked copies, (n_layer, n_head, ...)
     W_Q = property(lambda self: WeightSpace(self).W_Q, doc="(n_layer, n_head, d_model, d_head)")
     W_K = property(lambda self: WeightSpace(self).W_K, doc="(n_layer, n_head, d_model, d_head)")

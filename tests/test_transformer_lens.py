@@ -331,8 +331,11 @@ def test_transformer_lens_hook_functions_run_unchanged(models):
                                bridge.run_with_hooks(tokens, fwd_hooks=fwd_hooks), **TOL)
     model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
     assert sorted(patterns) == [0, 1] and ours.blocks[1].attn.pattern.ctx["calls"] == 2  # ctx persists across runs
-    with ours.hooks([("blocks.1.attn.hook_q", lambda q, hook: None)]):  # our own fn(tensor, name) still works too
-        pass
+    model.add_hook("blocks.0.attn.hook_z", head_ablation_hook)  # kept until reset_hooks()
+    torch.testing.assert_close(model(tokens), bridge.run_with_hooks(tokens, fwd_hooks=fwd_hooks[:1]), **TOL)
+    model.reset_hooks()
+    torch.testing.assert_close(model(tokens), bridge(tokens), **TOL)
+    assert ours.blocks[1].attn.pattern.ctx == {}  # reset_hooks clears the contexts
     logits, cache = model.run_with_cache(tokens)
     _, tl_cache = bridge.run_with_cache(tokens)
     for name in ("blocks.1.attn.hook_z", "blocks.0.attn.hook_q", "blocks.1.hook_resid_mid", "blocks.0.attn.hook_pattern"):
