@@ -1,12 +1,14 @@
 """Training and sampling options, and reading them: config files and --key=value overrides.
 
 A config file (``config/NAME.py``) is data, not code: every statement must be ``name = literal``
-(numbers, strings, booleans, None, lists, dicts). It is parsed with ``ast``, never executed.
+(numbers, strings, booleans, None, lists, dicts), where a number may be written as arithmetic on numbers
+(``batch_size = 5 * 8``, as nanoGPT's configs do). It is parsed with ``ast``, never executed.
 The model's own sizes are the model configs of model/config.py.
 """
 
 import ast
 import dataclasses
+import operator
 import os
 import re
 import textwrap
@@ -34,7 +36,7 @@ class TrainConfig:
     always_save_checkpoint: bool = True
     # data
     model_type: str = "gpt"
-    dataset: str = "shakespeare_char"
+    dataset: str = "shakespeare_plays_char"  # the 38 plays (data/loader.py DATASET_FOLDERS), not tiny shakespeare
     data_dir: str = ""  # defaults to data/<dataset>
     batch_size: int = 16
     # documents of sharded data (separated by <|endoftext|> or [EOS]; GPT and BERT; data/documents.py)
@@ -232,10 +234,52 @@ def read_config_file(path: str) -> dict:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
             raise ConfigError(f"{path} line {node.lineno}: only `name = value` assignments are allowed in a config file.")
         try:
-            values[node.targets[0].id] = ast.literal_eval(node.value)
+            values[node.targets[0].id] = ast.literal_eval(FoldArithmetic().visit(node.value))
         except (ValueError, TypeError):  # TypeError: an unhashable key, e.g. {[1]: 2}
-            raise ConfigError(f"{path} line {node.lineno}: the value must be a literal (number, string, True/False, None).")
+            raise ConfigError(f"{path} line {node.lineno}: the value must be a literal (number, string, True/False, "
+                              "None, list, dict) or arithmetic on numbers such as 5 * 8.")
+        except (ArithmeticError, RecursionError) as e:  # 1 / 0, 10.0 ** 400
+            raise ConfigError(f"{path} line {node.lineno}: the arithmetic cannot be computed ({e}); write the number.")
     return values
+
+
+ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+              ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+INT_LIMIT = 2 ** 64  # a larger integer is no setting; 10 ** 10 ** 10 would take the memory
+
+
+def is_plain_number(value) -> bool:
+    """An int or a float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class FoldArithmetic(ast.NodeTransformer):
+    """Replace arithmetic on number literals (``5 * 8``, ``-(-7)``, ``2 ** 3``) and string concatenation by its
+    value, bottom up, computing nothing else; what remains is left to ast.literal_eval, which refuses it."""
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.op, (ast.UAdd, ast.USub)) and isinstance(node.operand, ast.Constant) \
+                and is_plain_number(node.operand.value):
+            value = node.operand.value
+            return ast.copy_location(ast.Constant(-value if isinstance(node.op, ast.USub) else value), node)
+        return node
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        if not (isinstance(node.left, ast.Constant) and isinstance(node.right, ast.Constant)):
+            return node
+        a, b = node.left.value, node.right.value
+        if isinstance(a, str) and isinstance(b, str) and isinstance(node.op, ast.Add):
+            return ast.copy_location(ast.Constant(a + b), node)
+        if not (is_plain_number(a) and is_plain_number(b) and type(node.op) in ARITHMETIC):
+            return node
+        if isinstance(node.op, ast.Pow) and abs(b) > 64 and abs(a) > 1:
+            return node  # too large to be a setting
+        value = ARITHMETIC[type(node.op)](a, b)
+        if isinstance(value, int) and abs(value) > INT_LIMIT or not is_plain_number(value):
+            return node  # a complex power such as (-8) ** 0.5 is no setting either
+        return ast.copy_location(ast.Constant(value), node)
 
 
 def parse_args(argv: list[str]) -> dict:

@@ -10,6 +10,7 @@ from contextlib import nullcontext
 
 import torch
 
+from data.streaming import StreamDecoder
 from lens.heatmaps import views_from_maps, write_attention
 from lens.interventions import ablate_heads, head_means, parse_heads
 from lens.recorder import AttentionRecorder, head_stats_all, stats_table
@@ -71,20 +72,19 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
     samples = []
     for n in range(cfg.num_samples):
         sys.stdout.write(tokenizer.decode(prompt_ids))
-        new_ids, printed = [], ""
+        new_ids, streamer = [], StreamDecoder(tokenizer)  # each new character once, when complete
         record = recorder if n == 0 and recorder else nullcontext()  # maps of the first sample
         with autocast(device, dtype), model.hooks(interventions), record:
             for token in stream(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator=generator):
                 new_ids.append(token.item())
-                text = tokenizer.decode(new_ids)
-                if not text.endswith("\ufffd"):  # BPE may split a character: wait for its last bytes
-                    sys.stdout.write(text[len(printed):])
+                text = streamer.push(new_ids[-1])
+                if text:
+                    sys.stdout.write(text)
                     sys.stdout.flush()
-                    printed = text
             if n == 0 and recorder and not new_ids:  # nothing generated: record the prompt alone
                 with torch.no_grad():
                     model(idx[:, -block_size:])
-        sys.stdout.write(tokenizer.decode(new_ids)[len(printed):])
+        sys.stdout.write(streamer.flush())
         sys.stdout.write("\n" + ("-" * 40 + "\n" if n + 1 < cfg.num_samples else ""))
         samples.append(new_ids)
     if recorder:
