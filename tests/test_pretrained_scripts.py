@@ -62,7 +62,9 @@ def test_circuits_uses_the_folders_own_tokenizer(llama_folder, tmp_path, capsys)
     ids = tokenizer.encode(prompt, add_special_tokens=False).ids
     assert f"prompt: {len(ids)} tokens" in capsys.readouterr().out
     page = (tmp_path / "circuits.html").read_text()
-    shown = re.findall(r"<tr><td>\d+</td><td>(.*?)</td></tr>", page)
+    start = page.index("<h2>prompt</h2>")
+    prompt = page[start:page.index("</table>", start)]  # the prompt's table
+    shown = re.findall(r"<tr><td>\d+</td><td>(.*?)</td></tr>", prompt)
     assert shown == [tokenizer.decode([i]) for i in ids]
 
 
