@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from model.hooks import HookPoint
 from model.rotary import Rotary
+from model.reinforce import BASELINES, CREDITS, ValueHead, leave_one_out, rewards
 from weights.common import IGNORE_INDEX, ConfigError
 
 SCORES: dict[str, type] = {}
@@ -39,7 +40,8 @@ def register(registry: dict, name: str):
 
 
 HARD_OPTIONS = ("hard_attention_temperature", "hard_attention_estimator", "hard_attention_eval")
-REINFORCE_OPTIONS = ("hard_attention_baseline", "hard_attention_baseline_momentum", "hard_attention_entropy")
+REINFORCE_OPTIONS = ("hard_attention_baseline", "hard_attention_baseline_momentum", "hard_attention_entropy",
+                     "hard_attention_credit", "hard_attention_samples", "hard_attention_normalize")
 
 
 def check_variant(score: str, weighting: str, prefix: str = "attn_") -> None:
@@ -78,6 +80,15 @@ def check_variants(config) -> None:
     entropy = config.hard_attention_entropy
     if not (is_number(entropy) and 0.0 <= entropy < float("inf")):
         raise ConfigError(f"hard_attention_entropy must be >= 0 and finite, got {entropy!r}.")
+    check_choice(config, "hard_attention_credit", Hard.credits)
+    samples = config.hard_attention_samples
+    if not (type(samples) is int and samples >= 1):
+        raise ConfigError(f"hard_attention_samples must be a positive integer, got {samples!r}.")
+    if config.hard_attention_estimator == "reinforce" and (samples > 1) != (config.hard_attention_baseline == "samples"):
+        raise ConfigError("hard_attention_baseline=samples and hard_attention_samples >= 2 go together "
+                          f"(got {config.hard_attention_baseline!r} and {samples}); set both or neither.")
+    if type(config.hard_attention_normalize) is not bool:
+        raise ConfigError(f"hard_attention_normalize must be True or False, got {config.hard_attention_normalize!r}.")
 
 
 def check_options_apply(config) -> None:
@@ -252,19 +263,28 @@ class Hard(Weighting):
 
     estimators = ("gumbel", "straight_through", "reinforce")
     eval_modes = ("argmax", "sample")
-    baselines = ("moving_average", "none")
+    baselines = BASELINES
+    credits = CREDITS
+    reach = "all"  # what a choice can change (model/reinforce.py); the family narrows it where it can
 
     def __init__(self, config=None):
         super().__init__(config)
         self.temperature = getattr(config, "hard_attention_temperature", 1.0)
         self.estimator = getattr(config, "hard_attention_estimator", "gumbel")
         self.eval_mode = getattr(config, "hard_attention_eval", "argmax")
-        self.log_prob = self.entropy = None  # (B,) of the last training forward pass (reinforce)
+        self.log_prob = self.entropy = self.value = None  # (B, Q) of the last training forward pass (reinforce)
         if self.estimator == "reinforce":
-            self.use_baseline = getattr(config, "hard_attention_baseline", "moving_average") != "none"
+            self.baseline_kind = getattr(config, "hard_attention_baseline", "batch")
+            self.credit = getattr(config, "hard_attention_credit", "query")
+            self.samples = getattr(config, "hard_attention_samples", 1)
+            self.normalize = getattr(config, "hard_attention_normalize", False)
             self.momentum = getattr(config, "hard_attention_baseline_momentum", 0.9)
             self.entropy_weight = getattr(config, "hard_attention_entropy", 0.0)
             self.register_buffer("baseline", torch.tensor(float("nan")))  # nan: no step seen yet
+            if self.normalize:
+                self.register_buffer("advantage_rms", torch.tensor(float("nan")))
+            if self.baseline_kind == "learned":
+                self.value_head = ValueHead(config.n_head)
 
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
         has_key = scores.isfinite().any(dim=-1, keepdim=True)  # False for rows with every key masked
@@ -281,35 +301,60 @@ class Hard(Weighting):
         return (choice * has_key).to(dtype)
 
     def sample_for_reinforce(self, scores: torch.Tensor, has_key: torch.Tensor) -> torch.Tensor:
-        """One-hot sample from softmax(scores / tau); keep each sequence's log-probability and entropy."""
+        """One-hot sample from softmax(scores / tau); keep each query's log-probability and entropy (heads summed)."""
         log_p = F.log_softmax(scores / self.temperature, dim=-1)  # (B, nh, T, S)
         index = (log_p.detach() + gumbel_noise(log_p)).argmax(dim=-1, keepdim=True)  # (B, nh, T, 1)
         real = has_key.squeeze(-1)  # (B, nh, T): rows with a key to choose
         if torch.is_grad_enabled():
             chosen = log_p.gather(-1, index).squeeze(-1) * real
             entropy = -(log_p.exp() * log_p.masked_fill(log_p == float("-inf"), 0.0)).sum(-1) * real
-            self.log_prob, self.entropy = chosen.flatten(1).sum(1), entropy.flatten(1).sum(1)  # (B,)
+            self.log_prob, self.entropy = chosen.sum(1), entropy.sum(1)  # (B, T): the query's heads together
+            if self.baseline_kind == "learned":
+                self.value = self.value_head(self.value_head.features(log_p))  # (B, T)
         choice = torch.zeros_like(scores).scatter_(-1, index, 1.0)  # (B, nh, T, S), no gradient
         return choice * has_key
 
-    def reinforce_term(self, seq_loss: torch.Tensor, seq_weight: torch.Tensor) -> torch.Tensor:
+    def advantages(self, token_loss: torch.Tensor, real: torch.Tensor, n_queries: int, value: torch.Tensor | None):
+        """(advantage, count, reward per token) per query (B, Q); count: its target tokens in reach."""
+        reach = self.reach if self.credit == "query" else "all"
+        reward, count = rewards(token_loss, real, reach, n_queries)
+        per_token = reward / count.clamp(min=1)
+        first = self.baseline.isnan()  # no step seen yet (tensor ops, no Python branch: compiles)
+        if self.baseline_kind == "moving_average":
+            baseline = count * torch.where(first, 0.0, self.baseline)
+        elif self.baseline_kind in ("batch", "samples"):
+            groups = per_token.size(0) // self.samples if self.baseline_kind == "samples" else 1
+            baseline = leave_one_out(per_token, count, groups)
+        elif self.baseline_kind == "learned":
+            baseline = count * value.detach()
+        else:
+            baseline = torch.zeros_like(reward)
+        batch_mean = reward.sum() / count.sum().clamp(min=1)
+        # a new tensor, not copy_: compiled (AOT autograd) backward passes may recompute the advantage
+        # from the buffer after an in-place update, with the new baseline in place of the one used
+        self.baseline = torch.where(first, batch_mean, self.momentum * self.baseline + (1 - self.momentum) * batch_mean)
+        return (reward - baseline) * (count > 0), count, per_token
+
+    def reinforce_term(self, token_loss: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """Surrogate whose gradient is the REINFORCE estimate for the last forward pass; its value is 0.
 
-        seq_loss (B,): each sequence's mean loss (minus the reward); seq_weight (B,): its share of the
-        batch loss. Updates the moving-average baseline (after use: the estimate stays unbiased).
+        token_loss (B, T): each target's loss (the minus reward); real (B, T): whether it is scored. The
+        gradient is that of the mean loss over the real targets. Updates the running statistics after use.
         """
-        log_prob, entropy = self.log_prob, self.entropy
-        self.log_prob = self.entropy = None
-        seq_loss = seq_loss.detach().float()
-        first = self.baseline.isnan()  # no step seen yet: no baseline (tensor ops, no Python branch: compiles)
-        baseline = torch.where(first, 0.0, self.baseline) if self.use_baseline else 0.0
-        advantage = seq_loss - baseline
-        term = (seq_weight * advantage * log_prob).sum() - self.entropy_weight * (seq_weight * entropy).sum()
-        if self.use_baseline:
-            batch_mean = (seq_weight * seq_loss).sum() / seq_weight.sum()
-            # a new tensor, not copy_: compiled (AOT autograd) backward passes may recompute the advantage
-            # from the buffer after an in-place update, with the new baseline in place of the one used
-            self.baseline = torch.where(first, batch_mean, self.momentum * baseline + (1 - self.momentum) * batch_mean)
+        log_prob, entropy, value = self.log_prob, self.entropy, self.value
+        self.log_prob = self.entropy = self.value = None
+        token_loss, n_targets = token_loss.detach().float(), real.sum().clamp(min=1)
+        advantage, count, per_token = self.advantages(token_loss, real, log_prob.size(1), value)
+        if self.normalize:
+            rms = advantage.square().sum().div(count.gt(0).sum().clamp(min=1)).sqrt()
+            unset = self.advantage_rms.isnan()
+            advantage = advantage / torch.where(unset, 1.0, self.advantage_rms).clamp(min=1e-8)
+            self.advantage_rms = torch.where(unset, rms, self.momentum * self.advantage_rms + (1 - self.momentum) * rms)
+        seq_weight = real.sum(1) / n_targets  # (B,) each sequence's share of the mean loss
+        term = (advantage * log_prob).sum() / n_targets - self.entropy_weight * (seq_weight * entropy.sum(1)).sum()
+        if value is not None:  # the value head's regression on each query's reward per token
+            active = (count > 0).float()
+            term = term + ((value - per_token).square() * active).sum() / active.sum().clamp(min=1)
         return term - term.detach()
 
 
@@ -323,18 +368,16 @@ def reinforce_term(model: nn.Module, logits: torch.Tensor, targets: torch.Tensor
                    ignore_index: int = IGNORE_INDEX) -> torch.Tensor | float:
     """Sum of the REINFORCE surrogates of every hard weighting that sampled in this forward pass (else 0).
 
-    logits (B, T, V) and targets (B, T) give each sequence's mean token loss (its minus reward) and
-    its share of the batch's mean loss; add the result to the loss (its value is 0, only its gradient counts).
+    logits (B, T, V) and targets (B, T) give each target's loss (its minus reward); add the result to the
+    mean loss (its value is 0, only its gradient counts).
     """
     pending = [m for m in model.modules() if isinstance(m, Hard) and m.log_prob is not None]
     if not pending:
         return 0.0
     token_loss = F.cross_entropy(logits.detach().flatten(0, 1).float(), targets.reshape(-1),
                                  ignore_index=ignore_index, reduction="none").view(targets.shape)  # (B, T)
-    counts = (targets != ignore_index).sum(1).float()  # (B,)
-    seq_loss = token_loss.sum(1) / counts.clamp(min=1)
-    seq_weight = counts / counts.sum().clamp(min=1)
-    return sum(m.reinforce_term(seq_loss, seq_weight) for m in pending)
+    real = targets != ignore_index
+    return sum(m.reinforce_term(token_loss, real) for m in pending)
 
 
 # ----------------------------------------------------------------------------------------------

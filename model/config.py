@@ -59,9 +59,12 @@ class TransformerConfig:
     hard_attention_estimator: str = "gumbel"  # 'gumbel' (straight-through Gumbel-softmax), 'straight_through' or 'reinforce'
     hard_attention_eval: str = "argmax"  # hard attention at evaluation: 'argmax' or 'sample'
     # REINFORCE estimator only (hard_attention_estimator='reinforce'; model/attention.py Hard)
-    hard_attention_baseline: str = "moving_average"  # subtracted from the per-sequence loss: 'moving_average' or 'none'
+    hard_attention_baseline: str = "batch"  # 'batch', 'moving_average', 'samples', 'learned' or 'none' (model/reinforce.py)
     hard_attention_baseline_momentum: float = 0.9  # the moving average's decay per training step
     hard_attention_entropy: float = 0.0  # weight of the entropy bonus on the sampling distribution
+    hard_attention_credit: str = "query"  # 'query': each choice gets the losses it can change; 'sequence': all
+    hard_attention_samples: int = 1  # samples of each sequence per batch (with hard_attention_baseline='samples')
+    hard_attention_normalize: bool = False  # divide advantages by a running RMS of past steps' advantages
     activation: str = "gelu"  # MLP non-linearity (model/layers.py ACTIVATIONS); GPT-2 uses gelu_tanh
     # MLP hidden width (BERT's intermediate_size, GPT-2's n_inner); None: 4 * n_embd, or for a gated
     # activation (SwiGLU) 2/3 of that rounded up to a multiple of 8, which keeps the parameter count
@@ -205,9 +208,12 @@ class RNNConfig:
     hard_attention_temperature: float = 1.0  # the options of attn_weighting='hard', as in TransformerConfig
     hard_attention_estimator: str = "gumbel"
     hard_attention_eval: str = "argmax"
-    hard_attention_baseline: str = "moving_average"
+    hard_attention_baseline: str = "batch"
     hard_attention_baseline_momentum: float = 0.9
     hard_attention_entropy: float = 0.0
+    hard_attention_credit: str = "query"
+    hard_attention_samples: int = 1
+    hard_attention_normalize: bool = False
     dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True  # the output layer shares the target embedding's weights
