@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from model.hooks import HookPoint
 from model.rotary import Rotary
-from model.reinforce import BASELINES, CREDITS, ValueHead, leave_one_out, rewards
+from model.reinforce import BASELINES, CREDITS, ValueHead, leave_one_out, reach_of, rewards
 from weights.common import IGNORE_INDEX, ConfigError
 
 SCORES: dict[str, type] = {}
@@ -265,7 +265,6 @@ class Hard(Weighting):
     eval_modes = ("argmax", "sample")
     baselines = BASELINES
     credits = CREDITS
-    reach = "all"  # what a choice can change (model/reinforce.py); the family narrows it where it can
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -314,9 +313,10 @@ class Hard(Weighting):
         choice = torch.zeros_like(scores).scatter_(-1, index, 1.0)  # (B, nh, T, S), no gradient
         return choice * has_key
 
-    def advantages(self, token_loss: torch.Tensor, real: torch.Tensor, n_queries: int, value: torch.Tensor | None):
+    def advantages(self, token_loss: torch.Tensor, real: torch.Tensor, reach: str, n_queries: int,
+                   value: torch.Tensor | None):
         """(advantage, count, reward per token) per query (B, Q); count: its target tokens in reach."""
-        reach = self.reach if self.credit == "query" else "all"
+        reach = reach if self.credit == "query" else "all"
         reward, count = rewards(token_loss, real, reach, n_queries)
         per_token = reward / count.clamp(min=1)
         first = self.baseline.isnan()  # no step seen yet (tensor ops, no Python branch: compiles)
@@ -335,16 +335,17 @@ class Hard(Weighting):
         self.baseline = torch.where(first, batch_mean, self.momentum * self.baseline + (1 - self.momentum) * batch_mean)
         return (reward - baseline) * (count > 0), count, per_token
 
-    def reinforce_term(self, token_loss: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    def reinforce_term(self, token_loss: torch.Tensor, real: torch.Tensor, reach: str = "all") -> torch.Tensor:
         """Surrogate whose gradient is the REINFORCE estimate for the last forward pass; its value is 0.
 
-        token_loss (B, T): each target's loss (the minus reward); real (B, T): whether it is scored. The
-        gradient is that of the mean loss over the real targets. Updates the running statistics after use.
+        token_loss (B, T): each target's loss (the minus reward); real (B, T): whether it is scored; reach:
+        which targets a choice can change (model/reinforce.py reach_of). The gradient is that of the mean
+        loss over the real targets. Updates the running statistics after use.
         """
         log_prob, entropy, value = self.log_prob, self.entropy, self.value
         self.log_prob = self.entropy = self.value = None
         token_loss, n_targets = token_loss.detach().float(), real.sum().clamp(min=1)
-        advantage, count, per_token = self.advantages(token_loss, real, log_prob.size(1), value)
+        advantage, count, per_token = self.advantages(token_loss, real, reach, log_prob.size(1), value)
         if self.normalize:
             rms = advantage.square().sum().div(count.gt(0).sum().clamp(min=1)).sqrt()
             unset = self.advantage_rms.isnan()
@@ -377,7 +378,7 @@ def reinforce_term(model: nn.Module, logits: torch.Tensor, targets: torch.Tensor
     token_loss = F.cross_entropy(logits.detach().flatten(0, 1).float(), targets.reshape(-1),
                                  ignore_index=ignore_index, reduction="none").view(targets.shape)  # (B, T)
     real = targets != ignore_index
-    return sum(m.reinforce_term(token_loss, real) for m in pending)
+    return sum(m.reinforce_term(token_loss, real, reach_of(model, m)) for m in pending)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from model.attention import KVCache
 from model.config import ConfigError, GPTConfig
 from model.hooks import HookPoint
 from model.family import Family, embed, logits_and_loss, tie_head
-from model.reinforce import set_causal_reach
 from model.layers import Block, init_weights, make_norm
 from weights.hf_folder import PretrainedError, check_state
 from weights.hf_gpt2 import pretrained_config, read_gpt2
@@ -49,7 +48,6 @@ class GPT(Family):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         tie_head(self.lm_head, self.wte, config)
         init_weights(self, config.n_layer)
-        set_causal_reach(self.blocks)
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str, dropout: float = 0.0, block_size: int | None = None) -> "GPT":

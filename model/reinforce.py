@@ -85,10 +85,18 @@ class ValueHead(nn.Module):
         return self.net(features).squeeze(-1)  # (B, Q)
 
 
-def set_causal_reach(blocks) -> None:
-    """Mark the reach of the attention weightings in a causal stack (GPT, a decoder): a choice at query t
-    changes the targets t.. in every layer but the last, and only target t in the last."""
-    for i, block in enumerate(blocks):
-        for attn in (getattr(block, "attn", None), getattr(block, "cross_attn", None)):
-            if attn is not None:
-                attn.weighting.reach = "own" if i == len(blocks) - 1 else "later"
+def reach_of(model: nn.Module, weighting: nn.Module) -> str:
+    """What a choice of `weighting` can change in `model`: 'own', 'later' or 'all' (the safe answer).
+
+    A causal stack (a GPT's blocks, an encoder-decoder's decoder blocks): a choice at query t reaches the
+    targets t.. in every block but the last, and target t only in the last (after it, nothing mixes
+    positions). The RNN decoder's attention (no input feeding) reaches its own target only.
+    """
+    if getattr(getattr(model, "decoder", None), "cross_attn", None) is not None:  # RNN encoder-decoder
+        return "own" if model.decoder.cross_attn.weighting is weighting else "all"
+    stack = model.decoder.blocks if hasattr(model, "decoder") else model.blocks if model.model_type == "gpt" else []
+    for i, block in enumerate(stack):
+        for attn in (block.attn, getattr(block, "cross_attn", None)):
+            if attn is not None and attn.weighting is weighting:
+                return "own" if i == len(stack) - 1 else "later"
+    return "all"

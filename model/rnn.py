@@ -107,7 +107,6 @@ class RNNDecoder(nn.Module):
                                       dropout=config.dropout if L > 1 else 0.0)
         if config.attention:
             self.cross_attn = Attention(config, cross=True, score=config.attn_score, weighting=config.attn_weighting)
-            self.cross_attn.weighting.reach = "own"  # no input feeding: the context at t reaches target t only
         self.readout = nn.Linear(2 * C, C, bias=config.bias)  # [h_t; context] -> output features
         if not config.attention:
             self.context = HookPoint()  # (B, C): the fixed-size summary read at every step

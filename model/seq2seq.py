@@ -20,7 +20,6 @@ from model.attention import KVCache, make_mask
 from model.config import Seq2SeqConfig
 from model.family import Family, embed, logits_and_loss, tie_head
 from model.hooks import HookPoint
-from model.reinforce import set_causal_reach
 from model.layers import Block, init_weights, make_norm, softcap
 from model.sampling import sample_next
 
@@ -61,7 +60,6 @@ class Decoder(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.embed, self.pos_embed = HookPoint(), HookPoint()  # token (B, T, C) and position (T, C) embeddings
         self.blocks = nn.ModuleList(Block(config, cross=True) for _ in range(config.n_layer))
-        set_causal_reach(self.blocks)
         self.ln_f = make_norm(config)
 
     def forward(self, tgt: torch.Tensor, memory: torch.Tensor | None, src_mask: torch.Tensor | None = None,

@@ -2,6 +2,7 @@
 (the enumerable case), their variance, masks, reach, the families, compile, resume and the option errors."""
 
 import copy
+import functools
 import types
 
 import pytest
@@ -11,9 +12,10 @@ import torch.nn.functional as F
 import train
 
 from conftest import one_line_error, run_script
-from model import GPT, GPTConfig, RNNConfig, RNNEncoderDecoder, load_checkpoint
+from model import GPT, GPTConfig, RNNConfig, RNNEncoderDecoder, Seq2Seq, Seq2SeqConfig, load_checkpoint
 from model.attention import Hard, check_options_apply
 from model.config import ConfigError
+from model.reinforce import reach_of
 
 S, N = 4, 20_000  # keys per query, sampled sequences
 
@@ -25,7 +27,7 @@ def reinforce(baseline="none", entropy=0.0, credit="query", reach="own", samples
                                 hard_attention_temperature=1.0, hard_attention_credit=credit, n_head=1,
                                 hard_attention_samples=samples, hard_attention_normalize=normalize)
     weighting = Hard(cfg).train()
-    weighting.reach = reach
+    weighting.reinforce_term = functools.partial(weighting.reinforce_term, reach=reach)
     return weighting
 
 
@@ -173,7 +175,7 @@ def test_reach_marks_what_each_choice_can_change():
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=6, vocab_size=11, attn_weighting="hard",
                         hard_attention_estimator="reinforce"))
-    assert [b.attn.weighting.reach for b in gpt.blocks] == ["later", "own"]
+    assert [reach_of(gpt, b.attn.weighting) for b in gpt.blocks] == ["later", "own"]
     outputs = []
     with gpt.hooks([("blocks.*.attn.z", lambda z, name: outputs.append(z))]):
         idx = torch.randint(0, 11, (1, 6))
@@ -185,7 +187,12 @@ def test_reach_marks_what_each_choice_can_change():
         expected = torch.eye(6, dtype=torch.bool) if layer == 1 else torch.ones(6, 6).tril().bool()
         assert not (reached & ~expected).any() and reached.diagonal().all(), layer  # hard: a subset of the reach
     rnn = RNNEncoderDecoder(RNNConfig(n_embd=16, block_size=8, vocab_size=11, attn_weighting="hard"))
-    assert rnn.decoder.cross_attn.weighting.reach == "own"
+    assert reach_of(rnn, rnn.decoder.cross_attn.weighting) == "own"
+    s2s = Seq2Seq(Seq2SeqConfig(n_layer=2, n_encoder_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=11,
+                                attn_weighting="hard", cross_attn_weighting="hard"))
+    assert [reach_of(s2s, b.cross_attn.weighting) for b in s2s.decoder.blocks] == ["later", "own"]
+    assert [reach_of(s2s, b.attn.weighting) for b in s2s.decoder.blocks] == ["later", "own"]
+    assert reach_of(s2s, s2s.encoder.blocks[0].attn.weighting) == "all"
 
 
 def test_families_train_the_scores_by_reinforce_and_report_the_plain_loss():
