@@ -18,3 +18,4 @@ def test_tour_notebook_runs_and_displays_html():
     assert any(h.startswith("<img") for h in html) and any(h.startswith("<iframe") for h in html)
     text = "".join(out.get("text", "") for out in outputs)
     assert "induction tensor" in text and "sum of attributions" in text
+    assert "95% CI" in text and "attribution and exact patching" in text  # one scale for both methods

@@ -16,15 +16,19 @@ from transformer_lens.head_detector import get_induction_head_detection_pattern 
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lens import detectors, patching
+from lens import detectors, path_patching, patching, patching_stats
+from lens.folding import fold_weights
 from lens.interventions import ablate_heads
-from model import GPT
+from lens.weight_space import WeightSpace, head_weights
+from model import BERT, GPT, BERTConfig, GPTConfig
+from model.cache import ActivationCache, LensError
 
 TOL = dict(atol=1e-4, rtol=0)
 
 
-def random_gpt2_pair(folder, **sizes):
-    """(headscope GPT, TransformerLens bridge) of one random GPT-2 with random norms and biases."""
+def random_gpt2_pair(folder, unit_final_gain: bool = True, attn_std: float | None = None, **sizes):
+    """(headscope GPT, TransformerLens bridge) of one random GPT-2 with random norms and biases (the final
+    norm's gain 1 unless unit_final_gain is False; attention weights of std attn_std: sharp patterns)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config(n_positions=32, bos_token_id=0, eos_token_id=0, **sizes)).eval()
@@ -34,7 +38,10 @@ def random_gpt2_pair(folder, **sizes):
                 p.normal_(1.0 if name.endswith("weight") else 0.0, 0.3)
             elif name.endswith("bias"):
                 p.normal_(0.0, 0.1)
-        hf.transformer.ln_f.weight.fill_(1.0)
+            elif attn_std is not None and "attn" in name:
+                p.normal_(0.0, attn_std)
+        if unit_final_gain:
+            hf.transformer.ln_f.weight.fill_(1.0)
     hf.save_pretrained(folder)
     bridge = TransformerBridge.boot_transformers(str(folder), hf_model=hf, device="cpu")
     return GPT.from_pretrained(str(folder)).eval(), bridge
@@ -135,3 +142,165 @@ def test_odd_sizes_hooks_ablation_and_patching_match_transformer_lens(odd_models
                                                           ("blocks.2.attn.hook_z", zero_head(1))])
     torch.testing.assert_close(ablated, tl_ablated, **TOL)
     assert_patching_matches(ours, bridge, 53, 9, ("mlp_out", "attn_head_out_by_pos", "attn_head_k_all_pos", "attn_head_pattern_by_pos"))
+
+
+def sorted_eigenvalues(eig: torch.Tensor) -> torch.Tensor:
+    """Complex eigenvalues in a fixed order (by real part, then imaginary part) as (..., n, 2) reals."""
+    order = torch.argsort(eig.real * 1e3 + eig.imag, dim=-1)
+    return torch.view_as_real(eig.gather(-1, order))
+
+
+def test_weight_space_matches_transformer_lens(models):
+    ours, bridge = models
+    ws = WeightSpace(ours)
+    for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O", "W_E", "W_pos", "W_U", "W_in", "W_out",
+                 "b_in", "b_out"):
+        torch.testing.assert_close(getattr(ws, name), getattr(bridge, name), **TOL, msg=name)
+    for ours_circuit, tl_circuit in ((ws.QK, bridge.QK), (ws.OV, bridge.OV)):
+        torch.testing.assert_close(ours_circuit.AB, tl_circuit.AB, **TOL)
+        torch.testing.assert_close(ours_circuit.norm(), tl_circuit.norm(), **TOL)
+        torch.testing.assert_close(ours_circuit.S, tl_circuit.S, **TOL)
+        torch.testing.assert_close(sorted_eigenvalues(ours_circuit.eigenvalues),
+                                   sorted_eigenvalues(tl_circuit.eigenvalues), **TOL)
+        U, S, V = ours_circuit[1, 2].svd()  # indexing by (layer, head)
+        torch.testing.assert_close(U @ torch.diag(S) @ V.T, tl_circuit.AB[1, 2], **TOL)
+    vector = torch.randn(48, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ws.QK @ vector, bridge.QK @ vector, **TOL)
+    torch.testing.assert_close((ws.OV @ ws.W_U).AB, (bridge.OV @ bridge.W_U).AB, **TOL)
+    for mode in "QKV":
+        torch.testing.assert_close(ws.all_composition_scores(mode), bridge.all_composition_scores(mode).scores, **TOL)
+    eig = ((bridge.W_E @ bridge.OV) @ bridge.W_U).eigenvalues  # TransformerLens' full OV circuit (vocab x vocab)
+    torch.testing.assert_close(ws.copying_scores(), eig.sum(-1).real / eig.abs().sum(-1), **TOL)
+
+
+def test_weight_views_write_through_and_errors(models):
+    ours, _ = models
+    views = head_weights(ours.blocks[1].attn)
+    assert views["W_Q"].data_ptr() == ours.blocks[1].attn.c_attn.weight.data_ptr()  # a view, not a copy
+    torch.testing.assert_close(views["W_O"][2], ours.blocks[1].attn.c_proj.weight[:, 32:48].T)
+    rope = GPT(GPTConfig(vocab_size=11, n_layer=1, n_head=2, n_embd=8, pos_emb="rope", block_size=8))
+    with pytest.raises(LensError, match="no W_pos"):
+        WeightSpace(rope).W_pos
+    with pytest.raises(LensError, match="mode must be"):
+        WeightSpace(ours).all_composition_scores("X")
+    with pytest.raises(LensError, match="leading dims"):
+        WeightSpace(ours).QK[0, 0, 0]
+    additive = GPT(GPTConfig(vocab_size=11, n_layer=1, n_head=2, n_embd=8, attn_score="additive", block_size=8))
+    with pytest.raises(LensError, match="no QK circuit"):
+        WeightSpace(additive).QK
+    with pytest.raises(LensError, match="decoder-only"):
+        fold_weights(BERT(BERTConfig(vocab_size=11, n_layer=1, n_head=2, n_embd=8, block_size=8)))
+
+
+def test_folded_weights_match_transformer_lens(tmp_path):
+    ours, bridge = random_gpt2_pair(tmp_path, unit_final_gain=False, n_layer=2, n_head=3, n_embd=48, vocab_size=101)
+    tokens = torch.randint(0, 101, (2, 10), generator=torch.Generator().manual_seed(1))
+    logits, _ = ours(tokens), None
+    kept, _ = fold_weights(ours, center_unembed=False)(tokens), None
+    torch.testing.assert_close(kept, logits, **TOL)  # folding and centring the writers keep the logits
+    folded = fold_weights(ours)
+    torch.testing.assert_close(folded(tokens).log_softmax(-1), logits.log_softmax(-1), **TOL)
+    torch.testing.assert_close(ours(tokens), logits, rtol=0, atol=0)  # the original is untouched
+    bridge.enable_compatibility_mode(disable_warnings=True)  # TransformerLens' fold_ln + centring + value biases
+    torch.testing.assert_close(folded(tokens), bridge(tokens), **TOL)
+    ws = WeightSpace(folded)
+    for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O", "W_E", "W_pos", "W_U", "b_U", "W_in", "b_in"):
+        torch.testing.assert_close(getattr(ws, name), getattr(bridge, name), **TOL, msg=name)
+    for mode in "QKV":
+        torch.testing.assert_close(ws.all_composition_scores(mode), bridge.all_composition_scores(mode).scores, **TOL)
+
+
+@pytest.fixture(scope="module")
+def sharp_models(tmp_path_factory):
+    """3 layers, 3 heads of 15 dims, attention weights large enough for patterns far from uniform."""
+    return random_gpt2_pair(tmp_path_factory.mktemp("gpt2sharp"), attn_std=0.3, n_layer=3, n_head=3, n_embd=45,
+                            vocab_size=53)
+
+
+def test_direct_path_patching_matches_transformer_lens(sharp_models):
+    ours, bridge = sharp_models
+    clean = torch.randint(0, 53, (2, 9), generator=torch.Generator().manual_seed(3))
+    corrupted = clean.clone()
+    corrupted[:, 3] = (corrupted[:, 3] + 1) % 53
+    metric = lambda logits: (logits[:, -1, 5] - logits[:, -1, 7]).mean()  # noqa: E731
+    (_, tl_clean), (_, tl_corrupted) = bridge.run_with_cache(clean), bridge.run_with_cache(corrupted)
+    (_, clean_cache), (_, corrupted_cache) = ours.run_with_cache(clean), ours.run_with_cache(corrupted)
+    runs = (ours, corrupted, clean_cache, corrupted_cache, metric)
+    table = path_patching.get_act_patch_direct_path_all_sources(*runs, "k", batch_size=5)
+    expected = tl_patching.get_act_patch_direct_path_all_sources(bridge, corrupted, tl_clean, tl_corrupted, metric, "k",
+                                                                 verbose=False)
+    torch.testing.assert_close(table, expected, **TOL)
+    base = float(metric(ours(corrupted).detach()))
+    assert (table[0, :, 1:] - base).abs().min() > 1e-4  # every path from layer 0 changes the metric
+    for component, (layer, head) in (("q", (0, 1)), ("v", (1, 2))):
+        torch.testing.assert_close(path_patching.get_act_patch_direct_path(*runs, layer, head, component),
+                                   tl_patching.get_act_patch_direct_path(bridge, corrupted, tl_clean, tl_corrupted,
+                                                                         metric, layer, head, component, verbose=False),
+                                   **TOL)
+    # the final residual as the receiver: the senders' direct effect on the logits
+    patch = path_patching.PathPatch(senders=[(0, 1), (1, 2)], receivers=[path_patching.FINAL])
+    delta = sum((clean_cache[f"blocks.{l}.attn.z"][:, h] - corrupted_cache[f"blocks.{l}.attn.z"][:, h])
+                @ ours.blocks[l].attn.c_proj.weight[:, 15 * h:15 * (h + 1)].T for l, h in patch.senders)
+    direct = ours.lm_head(ours.ln_f(corrupted_cache["blocks.2.resid_post"] + delta))
+    torch.testing.assert_close(path_patching.path_patch(*runs, [patch]), metric(direct).reshape(1), **TOL)
+
+
+def test_path_patching_errors(models):
+    ours, _ = models
+    tokens = torch.randint(0, 101, (1, 6), generator=torch.Generator().manual_seed(0))
+    _, cache = ours.run_with_cache(tokens)
+    runs = (ours, tokens, cache, cache, lambda logits: logits[0, -1, 0])
+    for patch, message in ((path_patching.PathPatch([(0, 3)]), "sender \\(0, 3\\) does not exist"),
+                           (path_patching.PathPatch([(1, 0)], [(1, 0, "q")]), "is not after sender layer 1"),
+                           (path_patching.PathPatch([(0, 0)], [(1, 0, "z")]), "write \\(layer, head")):
+        with pytest.raises(LensError, match=message):
+            path_patching.path_patch(*runs, [patch])
+    with pytest.raises(LensError, match="component must be"):
+        path_patching.get_act_patch_direct_path(*runs, 0, 0, "o")
+    with pytest.raises(LensError, match="same shape"):
+        path_patching.get_act_patch_direct_path(ours, tokens[:, :5], cache, cache, runs[-1], 0, 0)
+
+
+def test_patching_over_pairs_matches_transformer_lens_statistics(sharp_models):
+    ours, bridge = sharp_models
+    generator = torch.Generator().manual_seed(5)
+    clean_prompts = [torch.randint(0, 53, (n,), generator=generator).tolist() for n in (7, 9, 6, 9, 8, 5)]
+    corrupted_prompts = [p[:2] + [(p[2] + 1) % 53] + p[3:] for p in clean_prompts]
+    clean, corrupted, last = patching_stats.pad_pairs(clean_prompts, corrupted_prompts)
+    rows = torch.arange(6)
+    metric = lambda logits: logits[rows, last, 5] - logits[rows, last, 7]  # noqa: E731
+    result = patching_stats.patch_pairs(ours, clean, corrupted, metric, "attn_head_out_all_pos", batch_size=4)
+    _, tl_clean = bridge.run_with_cache(clean)
+    expected = tl_patching.get_act_patch_attn_head_out_all_pos(bridge, corrupted, tl_clean, metric, reduce="none",
+                                                               baseline=True)
+    torch.testing.assert_close(result.values, expected.values, **TOL)  # (layer, head, example)
+    torch.testing.assert_close(result.baseline, expected.baseline, **TOL)
+    torch.testing.assert_close(result.stderr(), expected.stderr(), **TOL)
+    torch.testing.assert_close(result.permutation_pvalue(), expected.permutation_pvalue(), **TOL)  # exact: N <= 12
+    torch.testing.assert_close(result.normalized(), expected.normalized(result.clean), atol=1e-3, rtol=1e-3)
+    low, high = result.bootstrap_ci(n_resamples=20000)
+    tl_low, tl_high = expected.bootstrap_ci(n_resamples=20000)  # other random draws: the same interval within 10%
+    assert ((low - tl_low).abs() < 0.1 * (high - low)).all() and ((high - tl_high).abs() < 0.1 * (high - low)).all()
+    assert (low < result.mean()).all() and (result.mean() < high).all()
+    for i, (a, b) in enumerate(zip(clean_prompts, corrupted_prompts)):  # padding changes no example's values
+        alone = patching_stats.patch_pairs(ours, torch.tensor([a]), torch.tensor([b]),
+                                           lambda logits: logits[:, -1, 5] - logits[:, -1, 7], "attn_head_out_all_pos")
+        torch.testing.assert_close(alone.values[..., 0], result.values[..., i], **TOL)
+    attribution = patching_stats.attribution_pairs(ours, clean, corrupted, metric, "attn_head_out_all_pos")
+    one = patching.get_attr_patch_attn_head_out_all_pos(ours, corrupted[2:3], ActivationCache(
+        {k: v[2:3] for k, v in ours.run_with_cache(clean)[1].items()}, ours), lambda logits: metric(
+            torch.cat([logits] * 6))[2])  # example 2 alone
+    torch.testing.assert_close(attribution.effect()[..., 2], one, **TOL)
+
+
+def test_patching_over_pairs_errors(models):
+    ours, _ = models
+    with pytest.raises(LensError, match="pair 1: the clean prompt has 3 tokens and the corrupted one 2"):
+        patching_stats.pad_pairs([[1, 2], [1, 2, 3]], [[1, 3], [1, 2]])
+    clean, corrupted, last = patching_stats.pad_pairs([[1, 2, 4], [5, 6]], [[1, 3, 4], [5, 7]])
+    with pytest.raises(LensError, match="one value per example"):
+        patching_stats.patch_pairs(ours, clean, corrupted, lambda logits: logits[0, -1, 0], "resid_pre")
+    with pytest.raises(LensError, match="unknown patching kind"):
+        patching_stats.patch_pairs(ours, clean, corrupted, lambda logits: logits[:, -1, 0], "resid")
+    with pytest.raises(LensError, match="pad the pairs together"):
+        patching_stats.patch_pairs(ours, clean, corrupted[:, :2], lambda logits: logits[:, -1, 0], "resid_pre")

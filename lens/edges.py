@@ -1,0 +1,472 @@
+"""The edge graph of a Transformer's residual stream, and a forward pass that patches edges.
+
+Each attention head, each MLP and the input embeddings *send* into the residual stream; each head's
+query, key and value inputs, each MLP and the logits *receive* the sum of what was sent before them.
+An edge is one (sender, receiver) pair, named as in the literature (Hanna et al.'s `eap`):
+
+    input -> a0.h1<v>      a0.h1 -> a1.h0<k>      m0 -> logits      (a: attention, m: MLP)
+
+An encoder-decoder's decoder adds cross-attention heads `x{l}.h{i}`: their query reads the decoder's
+stream, their key and value read the sender `encoder` (the encoder's output) and nothing else.
+
+`edge_forward` recomputes the model from its own modules with every receiver's input kept apart, so
+that an edge can carry another run's value: in a *patched* edge the sender's activation is replaced
+by its value in the corrupted (or mean) run, for that receiver only. The pieces:
+- `EdgeGraph(model)`: names, the (senders, receivers) layout and which pairs are edges;
+- `Pairs`: clean/corrupted inputs padded into batches; the user's metric reads a `Batch`;
+- mixers: `Plain` (the model itself, keeping every receiver's input for gradients), `Circuit` (one
+  mask over the edges: kept edges carry this run's values, the others the corrupted ones) and
+  `EdgePatch` (copy k of the batch patches edge k alone, for exact edge patching).
+Pre-norm blocks only: a post-norm block normalises the sum of its senders, so no edge is separate.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from model.attention import make_mask
+from model.cache import LensError
+from model.family import embed
+from model.layers import softcap
+
+
+# ----------------------------------------------------------------------------------------------
+# The families: how each one embeds, which blocks it stacks, how it makes logits
+
+
+@dataclass
+class Stack:
+    """What edge_forward needs of a family: its decoder-side blocks, embedding, head and masks."""
+
+    blocks: nn.ModuleList
+    embed: Callable  # inputs tuple -> (B, T, C) input embeddings (the `input` sender)
+    head: Callable  # (B, T, C) stream after the last block -> logits (B, T, V)
+    causal: bool
+    encode: Callable | None = None  # inputs tuple -> encoder output (B, S, C): the `encoder` sender
+
+
+def family_stack(model) -> Stack:
+    """The Stack of a GPT, a pre-norm BERT or an encoder-decoder; a LensError for anything else."""
+    config = getattr(model, "config", None)
+    kind = getattr(model, "model_type", "")
+    if kind not in ("gpt", "bert", "seq2seq"):
+        raise LensError(f"a {type(model).__name__} has no edge graph (no attention heads writing to a residual "
+                        "stream); edges exist for GPT, pre-norm BERT and the encoder-decoder's decoder.")
+    if config.post_norm:
+        raise LensError("this model's blocks are post-norm (BERT's default): a norm after each addition mixes every "
+                        "sender, so edges are not separate; train it with post_norm=False for an edge graph.")
+    cap = config.logit_softcap
+    if kind == "gpt":
+        return Stack(model.blocks, lambda inputs: embed(inputs[0], model.wte, model.wpe, config.block_size),
+                     lambda x: softcap(model.lm_head(model.ln_f(x)), cap), causal=True)
+    if kind == "bert":
+        return Stack(model.blocks, lambda inputs: bert_embed(model, inputs[0]),
+                     lambda x: softcap(model.head(model.ln_f(x)), cap), causal=False)
+    decoder = model.decoder
+    return Stack(decoder.blocks, lambda inputs: embed(inputs[1], decoder.wte, decoder.wpe, config.block_size),
+                 lambda x: softcap(model.lm_head(decoder.ln_f(x)), cap), causal=True,
+                 encode=lambda inputs: model.encoder(inputs[0]))
+
+
+def bert_embed(model, ids: torch.Tensor) -> torch.Tensor:
+    """BERT's input embeddings (segment 0), after its embedding norm: (B, T, C)."""
+    x = embed(ids, model.wte, model.wpe, model.config.block_size)
+    if model.wtt is not None:
+        x = x + model.wtt.weight[0]
+    return model.ln_emb(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# The graph
+
+
+@dataclass
+class Group:
+    """Receivers that read the same senders: a layer's q/k/v inputs, its cross-attention, its MLP, the logits."""
+
+    kind: str  # "attn", "cross_q", "cross_kv", "mlp", "logits"
+    layer: int
+    receivers: slice  # their indices among the receivers
+    n_prev: int  # they read the senders 0 .. n_prev - 1 (cross_kv: the encoder only)
+
+
+class EdgeGraph:
+    """Senders, receivers and edges of a model (see the module docstring for the names).
+
+    `valid` (n_senders, n_receivers) is True at the pairs that are edges; `edges` lists them as
+    (sender, receiver) index pairs in a fixed order, `names` as strings `sender->receiver`.
+    """
+
+    def __init__(self, model):
+        self.stack = family_stack(model)
+        blocks = self.stack.blocks
+        self.n_layer, self.n_head = len(blocks), blocks[0].attn.n_head
+        cross = self.stack.encode is not None
+        self.senders = ["input"] + (["encoder"] if cross else [])
+        self.receivers, self.groups = [], []
+        for l, block in enumerate(blocks):
+            heads = [f"a{l}.h{i}" for i in range(self.n_head)]
+            self.add_group("attn", l, [f"{h}<{p}>" for p in "qkv" for h in heads])
+            self.senders += heads
+            if cross:
+                xheads = [f"x{l}.h{i}" for i in range(self.n_head)]
+                self.add_group("cross_q", l, [f"{h}<q>" for h in xheads])
+                self.add_group("cross_kv", l, [f"{h}<{p}>" for p in "kv" for h in xheads])
+                self.senders += xheads
+            if not block.attn_only:
+                self.add_group("mlp", l, [f"m{l}"])
+                self.senders.append(f"m{l}")
+        self.add_group("logits", self.n_layer, ["logits"])
+        self.valid = torch.zeros(len(self.senders), len(self.receivers), dtype=torch.bool)
+        for group in self.groups:
+            if group.kind == "cross_kv":
+                self.valid[1, group.receivers] = True
+            else:
+                self.valid[:group.n_prev, group.receivers] = True
+                if cross:
+                    self.valid[1, group.receivers] = False  # the encoder feeds cross-attention keys/values only
+        self.edges = [tuple(e) for e in self.valid.nonzero().tolist()]
+        self.names = [f"{self.senders[s]}->{self.receivers[r]}" for s, r in self.edges]
+        self.sender_index = {n: i for i, n in enumerate(self.senders)}
+        self.receiver_index = {n: i for i, n in enumerate(self.receivers)}
+        self.edge_index = {e: i for i, e in enumerate(self.edges)}
+
+    def add_group(self, kind: str, layer: int, names: list[str]) -> None:
+        """Append receivers reading every sender so far."""
+        start = len(self.receivers)
+        self.receivers += names
+        self.groups.append(Group(kind, layer, slice(start, len(self.receivers)), len(self.senders)))
+
+    def __len__(self) -> int:
+        return len(self.edges)
+
+    def edge(self, edge) -> int:
+        """The position in `edges` of an edge given as "a0.h0->a1.h0<k>" or ("a0.h0", "a1.h0<k>")."""
+        sender, receiver = edge.split("->") if isinstance(edge, str) else edge
+        sender, receiver = sender.strip(), receiver.strip()
+        if sender not in self.sender_index:
+            raise LensError(f"unknown sender {sender!r}; senders are input, a<layer>.h<head>, m<layer> "
+                            f"(here {self.senders[0]} .. {self.senders[-1]}).")
+        if receiver not in self.receiver_index:
+            raise LensError(f"unknown receiver {receiver!r}; receivers are a<layer>.h<head><q|k|v>, m<layer> and "
+                            f"logits (here {self.receivers[0]} .. {self.receivers[-1]}).")
+        key = (self.sender_index[sender], self.receiver_index[receiver])
+        if key not in self.edge_index:
+            raise LensError(f"{sender} -> {receiver} is not an edge: a receiver reads only the senders before it.")
+        return self.edge_index[key]
+
+    def matrix(self, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """Per-edge values (E,) laid out as a (senders, receivers) matrix, `fill` at the non-edges."""
+        out = torch.full(self.valid.shape, fill, dtype=values.dtype)
+        out[self.valid] = values.cpu()
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Clean/corrupted pairs in padded batches
+
+
+@dataclass
+class Batch:
+    """Rows `rows` of a Pairs: clean and corrupted inputs (tuples of (b, T) tensors) and real lengths (b,)."""
+
+    rows: torch.Tensor
+    clean: tuple
+    corrupted: tuple
+    lengths: torch.Tensor
+
+
+def pad(sequences, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences of ids (lists or 1-d tensors, or an (N, T) tensor) -> right-padded (N, T) and lengths (N,)."""
+    if isinstance(sequences, torch.Tensor) and sequences.dim() == 2:
+        return sequences.long(), torch.full((sequences.size(0),), sequences.size(1), dtype=torch.long)
+    rows = [torch.as_tensor(s, dtype=torch.long).reshape(-1) for s in sequences]
+    if not rows or min(len(r) for r in rows) == 0:
+        raise LensError("give at least one pair, each with at least one token.")
+    lengths = torch.tensor([len(r) for r in rows])
+    out = torch.full((len(rows), int(lengths.max())), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out, lengths
+
+
+class Pairs:
+    """A dataset of clean/corrupted pairs, each pair of equal length, padded on the right.
+
+    GPT and BERT: `clean` and `corrupted` are lists of token sequences (or (N, T) tensors). The
+    encoder-decoder: tuples (src (N, S), tgt (N, T)) of tensors.
+    """
+
+    def __init__(self, clean, corrupted, pad_id: int = 0):
+        seq2seq = isinstance(clean, tuple)
+        parts_clean = clean if seq2seq else (clean,)
+        parts_corrupted = corrupted if isinstance(corrupted, tuple) else (corrupted,)
+        if len(parts_clean) != len(parts_corrupted):
+            raise LensError("clean and corrupted must be the same kind of input (both token lists, or both (src, tgt)).")
+        padded = [pad(p, pad_id) for p in parts_clean], [pad(p, pad_id) for p in parts_corrupted]
+        for (c, c_len), (k, k_len) in zip(*padded):
+            if c.size(0) != k.size(0):
+                raise LensError(f"{c.size(0)} clean and {k.size(0)} corrupted inputs; give one corrupted per clean.")
+            if not torch.equal(c_len, k_len):
+                row = int((c_len != k_len).nonzero()[0])
+                raise LensError(f"pair {row} has {int(c_len[row])} clean and {int(k_len[row])} corrupted tokens; "
+                                "each corrupted input must have its clean input's length (pad or crop it).")
+        self.clean = tuple(c for c, _ in padded[0])
+        self.corrupted = tuple(c for c, _ in padded[1])
+        self.lengths = padded[0][-1][1]
+        self.seq2seq = seq2seq
+
+    def __len__(self) -> int:
+        return self.lengths.numel()
+
+    def batches(self, batch_size: int, device=None):
+        """Batch after batch of at most batch_size pairs, in order."""
+        for start in range(0, len(self), batch_size):
+            rows = torch.arange(start, min(start + batch_size, len(self)))
+            move = lambda parts: tuple(p[rows].to(device) for p in parts)  # noqa: E731
+            yield Batch(rows, move(self.clean), move(self.corrupted), self.lengths[rows].to(device))
+
+
+def as_pairs(clean, corrupted=None) -> Pairs:
+    """A Pairs from a Pairs or from (clean, corrupted)."""
+    if isinstance(clean, Pairs):
+        return clean
+    if corrupted is None:
+        raise LensError("give the corrupted inputs too (one per clean input), or a Pairs.")
+    return Pairs(clean, corrupted)
+
+
+def key_mask(graph: EdgeGraph, batch: Batch, copies: int = 1) -> torch.Tensor | None:
+    """Keys at real positions (B, 1, 1, T) for bidirectional stacks (padding would be attended); None if causal."""
+    if graph.stack.causal:
+        return None
+    T = batch.clean[-1].size(1)
+    real = torch.arange(T, device=batch.lengths.device)[None] < batch.lengths[:, None]
+    return make_mask(T, T, causal=False, key_padding_mask=real.repeat(copies, 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Mixers: what each receiver reads
+
+
+class Plain:
+    """No patching: every receiver reads the whole stream; with keep=True its input is kept for gradients."""
+
+    def __init__(self, keep: bool = False):
+        self.keep, self.inputs_kept = keep, []
+        self.total = 0.0
+
+    def send(self, first: int, outputs: torch.Tensor) -> None:
+        """Senders first.. wrote outputs (B, T, n, C)."""
+        self.total = self.total + outputs.sum(2)
+
+    def add_bias(self, bias: torch.Tensor | None) -> None:
+        """A constant every later receiver reads (output projections' biases)."""
+        if bias is not None:
+            self.total = self.total + bias
+
+    def needed(self, first: int, n: int) -> bool:
+        """Whether any receiver reads senders first .. first + n - 1 of this run (else they need not run)."""
+        return True
+
+    def inputs(self, group: Group) -> torch.Tensor:
+        """The inputs (B, T, R, C) of a group's receivers."""
+        n = group.receivers.stop - group.receivers.start
+        x = self.total.unsqueeze(2).expand(-1, -1, n, -1)
+        if self.keep:
+            self.inputs_kept.append(x)
+        return x
+
+    def memory(self, group: Group, memory: torch.Tensor) -> torch.Tensor:
+        """The encoder output as each cross-attention key/value receiver reads it, (B, S, 2 nh, C)."""
+        n = group.receivers.stop - group.receivers.start
+        x = memory.unsqueeze(2).expand(-1, -1, n, -1)
+        if self.keep:
+            self.inputs_kept.append(x)
+        return x
+
+
+class Recorder(Plain):
+    """A Plain run that also keeps every sender's output: `senders()` gives them as (S, B, T, C)."""
+
+    def __init__(self, keep: bool = False):
+        super().__init__(keep)
+        self.outputs = []
+
+    def send(self, first: int, outputs: torch.Tensor) -> None:
+        super().send(first, outputs)
+        self.outputs.append(outputs.detach())
+
+    def senders(self, graph: "EdgeGraph") -> torch.Tensor:
+        """(S, B, T, C); the encoder's row (not a stream sender) is zero."""
+        parts = [o.permute(2, 0, 1, 3) for o in self.outputs]  # each (n, B, T, C)
+        if graph.stack.encode is not None:
+            parts.insert(1, torch.zeros_like(parts[0]))
+        return torch.cat(parts)
+
+
+class Circuit(Plain):
+    """Edges in `mask` (S, R) carry this run's sender values, the others the values in `alt` (S, B|1, T, C)
+    (a corrupted run, or the mean over a dataset); `alt_memory` is the encoder output they carry.
+
+    Each group reads whichever is sparser: alt's sum plus the kept edges' differences, or this run's sum
+    minus the cut edges' differences; so nearly empty and nearly full circuits cost little more than a forward.
+    """
+
+    def __init__(self, graph: "EdgeGraph", mask: torch.Tensor, alt: torch.Tensor, alt_memory: torch.Tensor | None = None):
+        super().__init__()
+        self.valid, self.mask, self.alt, self.alt_memory = graph.valid, mask, alt, alt_memory
+        self.diff, self.alt_total = None, 0.0  # diff: this run's senders minus alt's, (S, B, T, C)
+
+    def send(self, first: int, outputs: torch.Tensor) -> None:
+        super().send(first, outputs)
+        n = outputs.size(2)
+        if self.diff is None:
+            B, T, _, C = outputs.shape
+            self.diff = outputs.new_zeros(len(self.valid), B, T, C)
+        alt = self.alt[first:first + n]
+        self.diff[first:first + n] = outputs.permute(2, 0, 1, 3) - alt
+        self.alt_total = self.alt_total + alt.sum(0)
+
+    def add_bias(self, bias: torch.Tensor | None) -> None:
+        super().add_bias(bias)
+        if bias is not None:
+            self.alt_total = self.alt_total + bias
+
+    def needed(self, first: int, n: int) -> bool:
+        return bool((self.mask[first:first + n] > 0).any())
+
+    def skip(self, first: int, n: int) -> None:
+        """Senders no kept edge reads: they count as their alt values (a difference of 0)."""
+        alt = self.alt[first:first + n].sum(0)
+        self.total, self.alt_total = self.total + alt, self.alt_total + alt
+
+    def inputs(self, group: Group) -> torch.Tensor:
+        mask = self.mask[:group.n_prev, group.receivers].to(self.diff.dtype)  # (s, R)
+        valid = self.valid[:group.n_prev, group.receivers]
+        kept = (mask > 0).any(1).nonzero().squeeze(1)
+        cut = ((mask < 1) & valid).any(1).nonzero().squeeze(1)
+        if kept.numel() <= cut.numel():
+            base, rows, weights, sign = self.alt_total, kept, mask[kept], 1.0
+        else:
+            base, rows, weights, sign = self.total, cut, (1 - mask[cut]) * valid[cut], -1.0
+        B, T, C = self.diff.shape[1:]
+        x = base.expand(B, T, C).unsqueeze(2)
+        if rows.numel() == 0:
+            return x.expand(-1, -1, weights.size(1), -1)
+        mixed = torch.einsum("sbtc,sr->btrc", self.diff[rows], weights)  # (B, T, R, C)
+        return x + sign * mixed
+
+    def memory(self, group: Group, memory: torch.Tensor) -> torch.Tensor:
+        mask = self.mask[1, group.receivers].to(memory.dtype)  # (R,): the encoder's edges
+        return self.alt_memory.unsqueeze(2) + mask[:, None] * (memory - self.alt_memory).unsqueeze(2)
+
+
+class EdgePatch(Plain):
+    """Copy k of the batch (rows k*b .. (k+1)*b - 1) patches edge `edges[k]` alone: its receiver reads the
+    sender's value in `alt` instead of its clean one (`clean`, (S, b, T, C)); everything else runs as is.
+    One edge's sender lies before its receiver, so its value in the patched copy is the clean one."""
+
+    def __init__(self, graph: "EdgeGraph", edges: Sequence[tuple[int, int]], clean: torch.Tensor, alt: torch.Tensor,
+                 clean_memory: torch.Tensor | None = None, alt_memory: torch.Tensor | None = None):
+        super().__init__()
+        self.edges, self.b = list(edges), clean.size(1)
+        self.delta = clean - alt  # (S, b, T, C): what patching an edge takes from its receiver
+        self.memory_delta = None if clean_memory is None else clean_memory - alt_memory
+
+    def patched(self, group: Group, x: torch.Tensor, delta: torch.Tensor | None, kv: bool) -> torch.Tensor:
+        """x (K b, T, R, C) with each copy's edge into this group patched."""
+        x = x.clone()
+        for k, (s, r) in enumerate(self.edges):
+            if group.receivers.start <= r < group.receivers.stop:
+                rows = slice(k * self.b, (k + 1) * self.b)
+                x[rows, :, r - group.receivers.start] -= delta if kv else delta[s]
+        return x
+
+    def inputs(self, group: Group) -> torch.Tensor:
+        return self.patched(group, super().inputs(group), self.delta, kv=False)
+
+    def memory(self, group: Group, memory: torch.Tensor) -> torch.Tensor:
+        return self.patched(group, super().memory(group, memory), self.memory_delta, kv=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The forward pass
+
+
+def project_heads(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Per-head inputs x (B, T, j nh, C) through j stacked (C -> C) projections -> (j, B, nh, T, hs)."""
+    B, T, _, C = x.shape
+    j = weight.size(0) // C
+    w = weight.view(j, n_head, C // n_head, C)  # (j, nh, hs, C)
+    out = torch.einsum("btjnc,jnhc->jbnth", x.view(B, T, j, n_head, C), w)
+    if bias is not None:
+        out = out + bias.view(j, 1, n_head, 1, C // n_head)
+    return out
+
+
+def attend(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+           keys: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each head's output written to the stream, (B, T, nh, C), and the output projection's bias."""
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    if attn.rotary is not None:
+        q, k = attn.rotary(q), attn.rotary(k)
+    T, S = q.size(2), k.size(2)
+    mask = make_mask(T, S, causal=True, device=q.device) if causal else keys
+    scores = attn.scorer(q, k)  # (B, nh, T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = attn.weighting(scores)
+    if mask is not None:
+        weights = weights.masked_fill(~mask, 0.0)
+    z = weights @ v  # (B, nh, T, hs)
+    w_out = attn.c_proj.weight.view(-1, attn.n_head, attn.head_dim)  # (C, nh, hs)
+    return torch.einsum("bnth,cnh->btnc", z, w_out), attn.c_proj.bias
+
+
+def edge_forward(graph: EdgeGraph, inputs: tuple, mixer: Plain, input_value: torch.Tensor | None = None,
+                 memory_value: torch.Tensor | None = None, keys: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits (B, T, V) of the model with every receiver reading what `mixer` gives it.
+
+    `input_value` replaces the input embeddings (B, T, C) and `memory_value` the encoder output.
+    `keys` (B, 1, 1, T): real key positions of a bidirectional stack (see key_mask).
+    """
+    stack = graph.stack
+    if stack.blocks.training:
+        raise LensError("the model is in training mode (dropout would change every pass); call model.eval() first.")
+    x_in = stack.embed(inputs) if input_value is None else input_value
+    mixer.send(0, x_in.unsqueeze(2))
+    memory = memory_value if memory_value is not None or stack.encode is None else stack.encode(inputs)
+    sender, groups = 2 if stack.encode is not None else 1, iter(graph.groups)
+    for block in stack.blocks:
+        attn = block.attn
+        group = next(groups)
+        if mixer.needed(sender, attn.n_head):
+            q, k, v = project_heads(attn.c_attn.weight, attn.c_attn.bias, block.ln_1(mixer.inputs(group)), attn.n_head)
+            heads, bias = attend(attn, q, k, v, stack.causal, keys)
+            mixer.send(sender, heads)
+        else:
+            mixer.skip(sender, attn.n_head)
+            bias = attn.c_proj.bias
+        mixer.add_bias(bias)
+        sender += attn.n_head
+        if stack.encode is not None:
+            cross = block.cross_attn
+            q = project_heads(cross.q_attn.weight, cross.q_attn.bias, block.ln_cross(mixer.inputs(next(groups))),
+                              cross.n_head)[0]
+            k, v = project_heads(cross.kv_attn.weight, cross.kv_attn.bias, mixer.memory(next(groups), memory),
+                                 cross.n_head)
+            heads, bias = attend(cross, q, k, v, False, None)
+            mixer.send(sender, heads)
+            mixer.add_bias(bias)
+            sender += cross.n_head
+        if not block.attn_only:
+            group = next(groups)
+            if mixer.needed(sender, 1):
+                mixer.send(sender, block.mlp(block.ln_2(mixer.inputs(group)[:, :, 0])).unsqueeze(2))
+            else:
+                mixer.skip(sender, 1)
+            sender += 1
+    return stack.head(mixer.inputs(next(groups))[:, :, 0])
