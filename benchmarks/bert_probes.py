@@ -66,7 +66,7 @@ def accuracy(model, batches, val: list[dict]) -> float:
     model.eval()
     hits = total = 0
     for batch in val:
-        logits = model(batch["input_ids"], batch["attention_mask"])
+        logits, _ = model(batch["input_ids"], batch["attention_mask"])
         selected = batch["labels"] != -100
         hits += (logits.argmax(-1)[selected] == batch["labels"][selected]).sum().item()
         total += selected.sum().item()

@@ -65,7 +65,7 @@ def main(argv: list[str]) -> None:
 
     def losses(hooks) -> tuple[float, float]:
         with torch.no_grad(), model.hooks(hooks):
-            loss = F.cross_entropy(model(x).transpose(1, 2), y, reduction="none")
+            loss = F.cross_entropy(model(x)[0].transpose(1, 2), y, reduction="none")
         return loss[copied].mean().item(), loss[~copied].mean().item()
 
     base = losses([])

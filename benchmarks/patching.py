@@ -84,7 +84,7 @@ def main(argv: list[str]) -> None:
     tl_values, t_tl = timed(lambda: tl_patching.generic_activation_patch(  # get_act_patch_resid_pre on k patches
         bridge, corrupted, tl_clean, metric, tl_patching.layer_pos_patch_setter, "resid_pre", index_df=index), args.clock)
     with torch.no_grad():
-        base = float(metric(ours(corrupted)))
+        base = float(metric(ours(corrupted)[0]))
     agree = (exact.flatten()[:k] - tl_values.flatten().float()).abs().max().item()
     corr = torch.corrcoef(torch.stack([(exact - base).flatten(), approx.flatten()]))[0, 1].item()
     per_ours, per_tl = t_exact / n_patches, t_tl / k

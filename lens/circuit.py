@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lens.eap import EdgeMetric, EdgeScores, alt_run, check_ablation, mean_activations, metric_values, prepare, record
+from lens.eap import EdgeMetric, EdgeScores, alt_run_logits, check_ablation, mean_activations, metric_values, prepare, record
 from lens.edges import Circuit, EdgeGraph, edge_forward, key_mask
 from model.cache import LensError
 
@@ -120,18 +120,29 @@ def faithfulness(model, clean, corrupted=None, metric: EdgeMetric = None, circui
     means = mean_activations(graph, pairs, batch_size) if ablation == "mean" else None
     totals = torch.zeros(len(masks) + 2, dtype=torch.float64)
     for batch in pairs.batches(batch_size, device):
-        alt, alt_memory = alt_run(graph, batch, ablation, means)
-        _, clean_logits = record(graph, batch.clean, batch)
-        runs = [*masks, torch.zeros(graph.valid.shape)]
-        values = [metric_values(metric, clean_logits, batch)]
-        with torch.no_grad():
-            for mask in runs:
-                mixer = Circuit(graph, mask.to(device), alt, alt_memory)
-                values.append(metric_values(metric, edge_forward(graph, batch.clean, mixer, keys=key_mask(graph, batch)),
-                                            batch))
-        totals += torch.stack([v.double().sum() for v in values]).cpu()
+        totals += batch_metrics(graph, batch, metric, masks, ablation, means).cpu()
     means_per_pair = (totals / len(pairs)).numpy()
     return Faithfulness(means_per_pair[1:-1], float(means_per_pair[0]), float(means_per_pair[-1]))
+
+
+def batch_metrics(graph: EdgeGraph, batch, metric: EdgeMetric, masks: list[torch.Tensor], ablation: str,
+                  means) -> torch.Tensor:
+    """Sums over a batch of m(full), m(circuit) for each mask, m(empty). The full model's run is the full
+    circuit's when there is one, the empty one's the corrupted run."""
+    device = batch.lengths.device
+    alt, alt_memory, corrupted_logits = alt_run_logits(graph, batch, ablation, means)
+    full = [i for i, mask in enumerate(masks) if bool((mask[graph.valid] > 0).all())]
+    runs = [*masks, None if corrupted_logits is not None else torch.zeros(graph.valid.shape)]
+    values = [None] * len(runs)
+    with torch.no_grad():
+        for i, mask in enumerate(runs):
+            if mask is None:
+                values[i] = metric_values(metric, corrupted_logits, batch)
+                continue
+            mixer = Circuit(graph, mask.to(device), alt, alt_memory)
+            values[i] = metric_values(metric, edge_forward(graph, batch.clean, mixer, keys=key_mask(graph, batch)), batch)
+    clean = values[full[0]] if full else metric_values(metric, record(graph, batch.clean, batch)[1], batch)
+    return torch.stack([v.double().sum() for v in [clean, *values]])
 
 
 def faithfulness_curve(model, clean, corrupted=None, metric: EdgeMetric = None, scores: EdgeScores = None,

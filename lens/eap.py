@@ -117,10 +117,11 @@ def group_scores(graph: EdgeGraph, scores: torch.Tensor, diff: torch.Tensor, mem
                  grads: Sequence[torch.Tensor]) -> None:
     """Add (alt - clean) . gradient to scores (S, R), one einsum per group of receivers."""
     for group, grad in zip(graph.groups, grads):
+        grad = grad.flatten(1)  # (R, B T C)
         if group.kind == "cross_kv":
-            scores[1, group.receivers] += torch.einsum("bsc,bsrc->r", memory_diff, grad)
+            scores[1, group.receivers] += grad @ memory_diff.flatten()
         else:
-            scores[:group.n_prev, group.receivers] += torch.einsum("sbtc,btrc->sr", diff[:group.n_prev], grad)
+            scores[:group.n_prev, group.receivers] += diff[:group.n_prev].flatten(1) @ grad.T
 
 
 def gradients(graph: EdgeGraph, batch: Batch, metric: EdgeMetric, input_value: torch.Tensor,
@@ -142,10 +143,15 @@ def gradients(graph: EdgeGraph, batch: Batch, metric: EdgeMetric, input_value: t
 
 def alt_run(graph: EdgeGraph, batch: Batch, ablation: str, means) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The senders (S, b|1, T, C) and encoder output that a patched edge carries."""
+    return alt_run_logits(graph, batch, ablation, means)[:2]
+
+
+def alt_run_logits(graph: EdgeGraph, batch: Batch, ablation: str, means):
+    """alt_run's senders and encoder output, and the corrupted run's logits (None for mean ablation)."""
     if ablation == "mean":
-        return means
-    recorder, _ = record(graph, batch.corrupted, batch)
-    return recorder.senders(graph), memory_of(graph, batch.corrupted)
+        return (*means, None)
+    recorder, logits = record(graph, batch.corrupted, batch)
+    return recorder.senders(graph), memory_of(graph, batch.corrupted), logits
 
 
 def check_ablation(ablation: str) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.attention import make_mask
@@ -272,17 +273,24 @@ class Plain:
         return True
 
     def inputs(self, group: Group) -> torch.Tensor:
-        """The inputs (B, T, R, C) of a group's receivers."""
+        """The inputs (R, B, T, C) of a group's receivers."""
         n = group.receivers.stop - group.receivers.start
-        x = self.total.unsqueeze(2).expand(-1, -1, n, -1)
+        x = self.total.unsqueeze(0).expand(n, -1, -1, -1)
         if self.keep:
             self.inputs_kept.append(x)
         return x
 
+    def read(self, group: Group) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """What a group reads, compactly: (base (B, T, C), the receivers (k,) whose input is not base, their
+        inputs (k, B, T, C)); receivers None when every receiver's input is in the last tensor (R, B, T, C)."""
+        if self.keep:
+            return None, None, self.inputs(group)
+        return self.total, torch.zeros(0, dtype=torch.long), None
+
     def memory(self, group: Group, memory: torch.Tensor) -> torch.Tensor:
-        """The encoder output as each cross-attention key/value receiver reads it, (B, S, 2 nh, C)."""
+        """The encoder output as each cross-attention key/value receiver reads it, (2 nh, B, S, C)."""
         n = group.receivers.stop - group.receivers.start
-        x = memory.unsqueeze(2).expand(-1, -1, n, -1)
+        x = memory.unsqueeze(0).expand(n, -1, -1, -1)
         if self.keep:
             self.inputs_kept.append(x)
         return x
@@ -343,7 +351,7 @@ class Circuit(Plain):
         alt = self.alt[first:first + n].sum(0)
         self.total, self.alt_total = self.total + alt, self.alt_total + alt
 
-    def inputs(self, group: Group) -> torch.Tensor:
+    def read(self, group: Group) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         mask = self.mask[:group.n_prev, group.receivers].to(self.diff.dtype)  # (s, R)
         valid = self.valid[:group.n_prev, group.receivers]
         kept = (mask > 0).any(1).nonzero().squeeze(1)
@@ -353,15 +361,28 @@ class Circuit(Plain):
         else:
             base, rows, weights, sign = self.total, cut, (1 - mask[cut]) * valid[cut], -1.0
         B, T, C = self.diff.shape[1:]
-        x = base.expand(B, T, C).unsqueeze(2)
-        if rows.numel() == 0:
-            return x.expand(-1, -1, weights.size(1), -1)
-        mixed = torch.einsum("sbtc,sr->btrc", self.diff[rows], weights)  # (B, T, R, C)
-        return x + sign * mixed
+        base = base.expand(B, T, C)
+        special = (weights != 0).any(0).nonzero().squeeze(1)  # receivers that read something else than base
+        if special.numel() == 0:
+            return base, special, None
+        weights = weights[:, special]
+        if 3 * rows.numel() > group.n_prev:  # many rows: read them in place rather than gather them
+            dense = weights.new_zeros(group.n_prev, special.numel())
+            dense[rows] = weights
+            rows, weights = slice(0, group.n_prev), dense
+        mixed = torch.addmm(base.reshape(1, -1), weights.T, self.diff[rows].flatten(1), alpha=sign)  # (k, B T C)
+        return base, special, mixed.view(-1, B, T, C)
+
+    def inputs(self, group: Group) -> torch.Tensor:
+        base, special, values = self.read(group)
+        x = base.unsqueeze(0).repeat(group.receivers.stop - group.receivers.start, 1, 1, 1)
+        if special.numel():
+            x[special] = values
+        return x
 
     def memory(self, group: Group, memory: torch.Tensor) -> torch.Tensor:
         mask = self.mask[1, group.receivers].to(memory.dtype)  # (R,): the encoder's edges
-        return self.alt_memory.unsqueeze(2) + mask[:, None] * (memory - self.alt_memory).unsqueeze(2)
+        return self.alt_memory.unsqueeze(0) + mask[:, None, None, None] * (memory - self.alt_memory).unsqueeze(0)
 
 
 class EdgePatch(Plain):
@@ -377,16 +398,19 @@ class EdgePatch(Plain):
         self.memory_delta = None if clean_memory is None else clean_memory - alt_memory
 
     def patched(self, group: Group, x: torch.Tensor, delta: torch.Tensor | None, kv: bool) -> torch.Tensor:
-        """x (K b, T, R, C) with each copy's edge into this group patched."""
+        """x (R, K b, T, C) with each copy's edge into this group patched."""
         x = x.clone()
         for k, (s, r) in enumerate(self.edges):
             if group.receivers.start <= r < group.receivers.stop:
                 rows = slice(k * self.b, (k + 1) * self.b)
-                x[rows, :, r - group.receivers.start] -= delta if kv else delta[s]
+                x[r - group.receivers.start, rows] -= delta if kv else delta[s]
         return x
 
     def inputs(self, group: Group) -> torch.Tensor:
         return self.patched(group, super().inputs(group), self.delta, kv=False)
+
+    def read(self, group: Group) -> tuple[None, None, torch.Tensor]:
+        return None, None, self.inputs(group)
 
     def memory(self, group: Group, memory: torch.Tensor) -> torch.Tensor:
         return self.patched(group, super().memory(group, memory), self.memory_delta, kv=True)
@@ -397,14 +421,38 @@ class EdgePatch(Plain):
 
 
 def project_heads(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor, n_head: int) -> torch.Tensor:
-    """Per-head inputs x (B, T, j nh, C) through j stacked (C -> C) projections -> (j, B, nh, T, hs)."""
-    B, T, _, C = x.shape
+    """Per-head inputs x (j nh, B, T, C) through j stacked (C -> C) projections -> (j, B, nh, T, hs)."""
+    _, B, T, C = x.shape
     j = weight.size(0) // C
     w = weight.view(j, n_head, C // n_head, C)  # (j, nh, hs, C)
-    out = torch.einsum("btjnc,jnhc->jbnth", x.view(B, T, j, n_head, C), w)
+    out = torch.einsum("jnbtc,jnhc->jbnth", x.view(j, n_head, B, T, C), w)
     if bias is not None:
         out = out + bias.view(j, 1, n_head, 1, C // n_head)
     return out
+
+
+def project_read(norm: nn.Module, linear: nn.Linear, read: tuple, n_head: int) -> torch.Tensor:
+    """project_heads of norm(each receiver's input), computing the receivers that read the shared base as
+    one matrix product: (j, B, nh, T, hs)."""
+    base, special, values = read
+    if special is None:
+        return project_heads(linear.weight, linear.bias, norm(values), n_head)
+    B, T, C = base.shape
+    j, hs = linear.weight.size(0) // C, C // n_head
+    out = F.linear(norm(base), linear.weight, linear.bias).view(B, T, j * n_head, hs)
+    if special.numel():
+        w = linear.weight.view(j * n_head, hs, C)[special]  # (k, hs, C)
+        own = torch.einsum("kbtc,khc->btkh", norm(values), w)
+        if linear.bias is not None:
+            own = own + linear.bias.view(j * n_head, hs)[special]
+        out[:, :, special] = own
+    return out.view(B, T, j, n_head, hs).permute(2, 0, 3, 1, 4)
+
+
+def one_input(read: tuple) -> torch.Tensor:
+    """The input (B, T, C) of a group with one receiver (an MLP, the logits)."""
+    base, special, values = read
+    return values[0] if special is None or special.numel() else base
 
 
 def attend(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
@@ -444,7 +492,7 @@ def edge_forward(graph: EdgeGraph, inputs: tuple, mixer: Plain, input_value: tor
         attn = block.attn
         group = next(groups)
         if mixer.needed(sender, attn.n_head):
-            q, k, v = project_heads(attn.c_attn.weight, attn.c_attn.bias, block.ln_1(mixer.inputs(group)), attn.n_head)
+            q, k, v = project_read(block.ln_1, attn.c_attn, mixer.read(group), attn.n_head)
             heads, bias = attend(attn, q, k, v, stack.causal, keys)
             mixer.send(sender, heads)
         else:
@@ -465,8 +513,8 @@ def edge_forward(graph: EdgeGraph, inputs: tuple, mixer: Plain, input_value: tor
         if not block.attn_only:
             group = next(groups)
             if mixer.needed(sender, 1):
-                mixer.send(sender, block.mlp(block.ln_2(mixer.inputs(group)[:, :, 0])).unsqueeze(2))
+                mixer.send(sender, block.mlp(block.ln_2(one_input(mixer.read(group)))).unsqueeze(2))
             else:
                 mixer.skip(sender, 1)
             sender += 1
-    return stack.head(mixer.inputs(next(groups))[:, :, 0])
+    return stack.head(one_input(mixer.read(next(groups))))

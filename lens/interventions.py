@@ -1,7 +1,7 @@
 """Interventions on attention heads, as hook lists for ``model.hooks(...)`` or ``run_with_cache(fwd_hooks=...)``.
 
     with model.hooks(ablate_heads([(1, 2), (0, 3)])):          # zero heads 1.2 and 0.3
-        logits = model(idx)
+        logits, _ = model(idx)
     with model.hooks(replace_pattern((0, 1), torch.eye(T))):   # head 0.1 attends to itself only
         ...
 

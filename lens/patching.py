@@ -162,7 +162,7 @@ class Corrupted:
 
     def __init__(self, model, tokens: torch.Tensor):
         names = [f"blocks.{l}.{hook}" for l in range(len(model.blocks)) for hook in ("resid_pre", "attn.k", "attn.v")]
-        self.logits, self.cache = model.run_with_cache(tokens, names_filter=names)
+        (self.logits, _), self.cache = model.run_with_cache(tokens, names_filter=names)
         self.n_layer, self.length = len(model.blocks), tokens.size(1)
 
     def start(self, patches: Sequence[list[Site]]) -> tuple[int, int]:
@@ -232,7 +232,7 @@ def run_patches(model, inputs: tuple, clean_cache, metric: Metric, patches: Sequ
         if corrupted is not None and (layer or position):
             logits = corrupted.forward(model, layer, position, K)
         else:
-            logits = model(*(x.repeat(K, *([1] * (x.dim() - 1))) for x in inputs))  # (K*B, ...): copy k is rows kB..
+            logits, _ = model(*(x.repeat(K, *([1] * (x.dim() - 1))) for x in inputs))  # (K*B, ...): copy k is rows kB..
     logits = logits.view(K, batch, *logits.shape[1:])
     return [(float(scalar(metric(logits[k]))), logits[k].numel()) for k in range(K)]
 
@@ -305,7 +305,7 @@ def attribution_patch(model, corrupted_tokens, clean_cache, patching_metric: Met
         return None
 
     with torch.enable_grad(), model.hooks([(names, capture)]):
-        metric = scalar(patching_metric(model(*inputs)))
+        metric = scalar(patching_metric(model(*inputs)[0]))
     if not metric.requires_grad:
         raise LensError("the patching metric does not depend on the logits' gradient graph; compute it from the "
                         "logits with torch operations (no .item() or float()).")

@@ -144,8 +144,8 @@ def endpoints(model, clean_tokens, corrupted_tokens, metric):
         raise LensError(f"clean tokens {tuple(clean_tokens.shape)} and corrupted tokens "
                         f"{tuple(corrupted_tokens.shape)} differ; pad the pairs together (pad_pairs).")
     with torch.no_grad():
-        clean_logits, clean_cache = model.run_with_cache(clean_tokens)
-        corrupted_logits = model(corrupted_tokens)
+        (clean_logits, _), clean_cache = model.run_with_cache(clean_tokens)
+        corrupted_logits, _ = model(corrupted_tokens)
     return clean_cache, metric(clean_logits).float(), metric(corrupted_logits).float()
 
 

@@ -25,7 +25,7 @@ def in_context_score(model, idx: torch.Tensor, targets: torch.Tensor) -> float:
     T = idx.size(1)
     if T < 16:
         raise LensError(f"the in-context score needs contexts of at least 16 tokens, got {T}.")
-    logits = model(idx)
+    logits, _ = model(idx)
     loss = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none",
                            ignore_index=IGNORE_INDEX)  # (B, T), 0 at ignored targets
     kept = (targets != IGNORE_INDEX).float()

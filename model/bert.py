@@ -93,7 +93,8 @@ class BERT(Family):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None):
-        """MLM logits (B, T, V) for every position; with labels (B, T) also the mean cross-entropy.
+        """(MLM logits (B, T, V) for every position, loss): the mean cross-entropy over labels (B, T), or None
+        without labels.
 
         The loss counts only positions whose label is not IGNORE_INDEX (-100): the masked ones.
         """

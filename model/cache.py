@@ -1,6 +1,6 @@
 """The activation cache: a dict of hook values that knows its model, with TransformerLens' methods.
 
-    logits, cache = model.run_with_cache(idx)            # a dict: cache["blocks.0.attn.pattern"]
+    (logits, loss), cache = model.run_with_cache(idx)    # forward's pair, and a dict: cache["blocks.0.attn.pattern"]
     resid, labels = cache.accumulated_resid(return_labels=True)   # (n_layer + 1, B, T, C)
     parts, labels = cache.get_full_resid_decomposition(return_labels=True)  # heads, MLPs, embeddings, bias
     attrs = cache.logit_attrs(parts[:, :, -1], idx_next)  # each part's direct effect on the logit

@@ -48,8 +48,8 @@ def tie_head(head: nn.Linear, embedding: nn.Embedding, config) -> None:
 
 def logits_and_loss(logits: torch.Tensor, targets: torch.Tensor | None, cap: float = 0.0,
                     model: nn.Module | None = None):
-    """Soft-capped logits (B, T, V); with targets (B, T) also the mean cross-entropy over the targets
-    that are not IGNORE_INDEX (-100).
+    """The pair every family's forward returns: soft-capped logits (B, T, V) and the mean cross-entropy
+    over the targets (B, T) that are not IGNORE_INDEX (-100), or None without targets (nanoGPT's contract).
 
     Given the model, the loss also carries the REINFORCE surrogate of its hard attention layers that
     sampled in this forward pass (model/attention.py reinforce_term): its value is 0, its gradient trains
@@ -57,7 +57,7 @@ def logits_and_loss(logits: torch.Tensor, targets: torch.Tensor | None, cap: flo
     """
     logits = softcap(logits, cap)
     if targets is None:
-        return logits
+        return logits, None
     loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX)
     if model is not None:
         loss = loss + reinforce_term(model, logits, targets)

@@ -111,7 +111,7 @@ def generate_padded(model, idx: torch.Tensor, attention_mask: torch.Tensor, max_
             caches = [KVCache(block_size) for _ in model.blocks] if use_cache else None
         else:
             mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
-        logits = model(pending, caches=caches, last_only=True, attention_mask=mask)
+        logits, _ = model(pending, caches=caches, last_only=True, attention_mask=mask)
         next_token = sample_rows(logits[:, -1], temperature, top_k, top_p, generator)
         rows = [torch.cat([row, t]) for row, t in zip(rows, next_token)]
         pending = next_token

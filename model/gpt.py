@@ -70,7 +70,7 @@ class GPT(Family):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 caches: list[KVCache] | None = None, last_only: bool = False,
                 attention_mask: torch.Tensor | None = None):
-        """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy when targets are given.
+        """idx (B, T) token ids -> (logits (B, T, V), loss): the mean cross-entropy, or None without targets.
 
         With `caches` (one per block) the positions continue after those already cached.
         `attention_mask` (B, cached + T), 1 at real tokens, 0 at left padding: each row then counts
@@ -92,7 +92,7 @@ class GPT(Family):
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:]
-        return logits_and_loss(self.lm_head(x), targets, self.config.logit_softcap, self)  # (B, T, V) [, loss]
+        return logits_and_loss(self.lm_head(x), targets, self.config.logit_softcap, self)  # (B, T, V), loss or None
 
     @torch.no_grad()
     def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
@@ -133,9 +133,9 @@ class GPT(Family):
                     keep = block_size if caches is None else max(1, block_size // 2)
                     pending = idx[:, -keep:]
                     caches = [KVCache(block_size) for _ in self.blocks]
-                logits = self(pending, caches=caches, last_only=True)
+                logits, _ = self(pending, caches=caches, last_only=True)
             else:
-                logits = self(idx[:, -block_size:], last_only=True)
+                logits, _ = self(idx[:, -block_size:], last_only=True)
             next_token = sample_rows(logits[:, -1], temperature, top_k, top_p, generator)
             idx = torch.cat([idx, next_token], dim=1)
             pending = next_token

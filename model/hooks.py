@@ -2,9 +2,9 @@
 
 Any model that contains HookPoints and inherits `HookedModel` can be looked into and changed:
 
-    logits, cache = model.run_with_cache(idx, names_filter="*.attn.pattern")   # (B, nh, T, S) each
+    (logits, loss), cache = model.run_with_cache(idx, names_filter="*.attn.pattern")   # (B, nh, T, S) each
     with model.hooks(fwd_hooks=[("blocks.1.attn.z", fn)]):                      # fn(tensor, name)
-        logits = model(idx)
+        logits, _ = model(idx)
 
 A hook function gets the tensor and the hook point's name; returning a tensor replaces the value
 that flows on, returning None leaves it alone. Hooks on ``scores`` or ``pattern`` make that one
@@ -85,8 +85,9 @@ class HookedModel:
 
     def run_with_cache(self, *args, names_filter: NameFilter = None, device=None,
                        fwd_hooks: Iterable[tuple[NameFilter, HookFn]] = (), **kwargs):
-        """Run the model on args/kwargs; return (output, cache): an ActivationCache (a dict name -> detached
-        tensor, with TransformerLens' methods: see model/cache.py).
+        """Run the model on args/kwargs; return (output, cache): forward's output ((logits, loss) for every
+        family) and an ActivationCache (a dict name -> detached tensor, with TransformerLens' methods: see
+        model/cache.py).
 
         `device` (e.g. "cpu") moves each tensor there as it is captured. `fwd_hooks` (interventions)
         run before the cache hooks, so the cache holds the values after them.

@@ -155,7 +155,8 @@ class RNNEncoderDecoder(Family):
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor, targets: torch.Tensor | None = None,
                 src_mask: torch.Tensor | None = None, tgt_mask: torch.Tensor | None = None):
-        """Teacher forcing: src (B, S), tgt (B, T) (BOS + target) -> logits (B, T, V) [, loss].
+        """Teacher forcing: src (B, S), tgt (B, T) (BOS + target) -> (logits (B, T, V), loss), loss None
+        without targets.
 
         Targets equal to IGNORE_INDEX (-100, padding) are ignored by the loss. `tgt_mask` is accepted for Seq2Seq's
         signature and not needed: padding comes after the real tokens, which a recurrence never reads back.
@@ -165,7 +166,7 @@ class RNNEncoderDecoder(Family):
                              "train with a larger block_size.")
         memory = self.encoder(src, src_mask)
         features, _ = self.decoder(tgt, memory, src_mask)
-        return logits_and_loss(self.lm_head(features), targets, model=self)  # (B, T, V) [, loss + REINFORCE's 0]
+        return logits_and_loss(self.lm_head(features), targets, model=self)  # (B, T, V), loss + REINFORCE's 0 or None
 
     def new_caches(self, source_len: int) -> tuple[list[RNNState], list[KVCache]]:
         """The decoder's recurrent state, and the attention's cache of encoder keys and values."""

@@ -111,7 +111,8 @@ class Seq2Seq(Family):
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor, targets: torch.Tensor | None = None,
                 src_mask: torch.Tensor | None = None, tgt_mask: torch.Tensor | None = None):
-        """Teacher forcing: src (B, S), tgt (B, T) (BOS + target) -> logits (B, T, V) [, loss].
+        """Teacher forcing: src (B, S), tgt (B, T) (BOS + target) -> (logits (B, T, V), loss), loss None
+        without targets.
 
         Targets equal to IGNORE_INDEX (-100, padding) are ignored by the loss.
         """

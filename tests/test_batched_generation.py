@@ -51,7 +51,7 @@ def test_unpadded_mask_changes_nothing():
     model = tiny_gpt("learned")
     idx = torch.randint(0, 48, (3, 6))
     ones = torch.ones_like(idx)
-    assert torch.allclose(model(idx, attention_mask=ones), model(idx), atol=1e-6)
+    assert torch.allclose(model(idx, attention_mask=ones)[0], model(idx)[0], atol=1e-6)
     assert torch.equal(model.generate(idx, 20, temperature=0, attention_mask=ones),
                        model.generate(idx, 20, temperature=0))
 

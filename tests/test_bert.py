@@ -17,8 +17,8 @@ def tiny(**kw):
 def test_logits_and_loss_shapes():
     model = tiny()
     ids = torch.randint(0, 23, (3, 10))
-    logits = model(ids)
-    assert logits.shape == (3, 10, 23)
+    logits, none = model(ids)
+    assert logits.shape == (3, 10, 23) and none is None
     labels = torch.full_like(ids, IGNORE_INDEX)
     labels[:, 4] = ids[:, 4]
     logits2, loss = model(ids, labels=labels)
@@ -32,7 +32,7 @@ def test_later_tokens_change_earlier_outputs():
     ids = torch.randint(0, 23, (2, 12))
     changed = ids.clone()
     changed[:, 9] = (changed[:, 9] + 5) % 23
-    a, b = model(ids), model(changed)
+    (a, _), (b, _) = model(ids), model(changed)
     # every earlier position sees the change (a causal model would leave them all equal)
     assert ((a[:, :9] - b[:, :9]).abs().amax(dim=-1) > 1e-6).all()
 
@@ -53,9 +53,9 @@ def test_padding_leaves_real_positions_unchanged(post_norm, path):
     mask = torch.zeros(3, 14, dtype=torch.long)
     for i, (row, n) in enumerate(zip(rows, lengths)):
         ids[i, :n], mask[i, :n] = row[0], 1
-    padded = model(ids, attention_mask=mask)
+    padded, _ = model(ids, attention_mask=mask)
     for i, (row, n) in enumerate(zip(rows, lengths)):
-        assert torch.allclose(padded[i, :n], model(row)[0], atol=1e-5)
+        assert torch.allclose(padded[i, :n], model(row)[0][0], atol=1e-5)
     for h in handles:
         h.remove()
 
@@ -99,9 +99,9 @@ def test_segment_embeddings():
     model = tiny()
     ids = torch.randint(0, 23, (1, 8))
     types = torch.zeros_like(ids)
-    assert torch.allclose(model(ids), model(ids, token_type_ids=types))
+    assert torch.allclose(model(ids)[0], model(ids, token_type_ids=types)[0])
     types[:, 4:] = 1
-    assert not torch.allclose(model(ids), model(ids, token_type_ids=types))
+    assert not torch.allclose(model(ids)[0], model(ids, token_type_ids=types)[0])
     plain = tiny(type_vocab_size=0)
     assert "wtt.weight" not in plain.state_dict()
     with pytest.raises(ValueError, match="type_vocab_size=0"):
@@ -164,7 +164,7 @@ def test_from_pretrained_matches_hugging_face(hf_models, path):
     ids, mask, types = hf_inputs()
     with torch.no_grad():
         expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
-        got = model(ids, attention_mask=mask, token_type_ids=types)
+        got, _ = model(ids, attention_mask=mask, token_type_ids=types)
     real = mask.bool()
     assert (got[real] - expected[real]).abs().max() < 1e-4
     for h in handles:
@@ -178,7 +178,7 @@ def test_from_pretrained_reads_bin_files_and_the_pooler(hf_models):
     with torch.no_grad():
         out = hf(input_ids=ids, attention_mask=mask, token_type_ids=types)
         expected_pooled = hf.bert(input_ids=ids, attention_mask=mask, token_type_ids=types).pooler_output
-        got = model(ids, attention_mask=mask, token_type_ids=types)
+        got, _ = model(ids, attention_mask=mask, token_type_ids=types)
         pooled = model.pooled(ids, attention_mask=mask, token_type_ids=types)
     real = mask.bool()
     assert (got[real] - out.prediction_logits[real]).abs().max() < 1e-4

@@ -28,7 +28,7 @@ def tiny_seq2seq():
 def test_gpt_components_sum_to_the_stream_and_the_logit(overrides):
     model = tiny_gpt(**overrides)
     idx = torch.randint(0, 50, (2, 10))
-    logits, cache = model.run_with_cache(idx)
+    (logits, _), cache = model.run_with_cache(idx)
     assert isinstance(cache, ActivationCache) and cache["blocks.0.attn.pattern"].shape == (2, 3, 10, 10)
     final = cache["blocks.1.resid_post"]
     parts, labels = cache.get_full_resid_decomposition(return_labels=True, expand_neurons=not overrides)
@@ -58,7 +58,7 @@ def test_gpt_components_sum_to_the_stream_and_the_logit(overrides):
 def test_accumulated_resid_and_logit_difference():
     model = tiny_gpt()
     idx = torch.randint(0, 50, (1, 8))
-    logits, cache = model.run_with_cache(idx)
+    (logits, _), cache = model.run_with_cache(idx)
     resid, labels = cache.accumulated_resid(return_labels=True, incl_mid=True)
     assert labels == ["0_pre", "0_mid", "1_pre", "1_mid", "final_post"]
     torch.testing.assert_close(resid[2], cache["blocks.1.resid_pre"], atol=0, rtol=0)
@@ -74,7 +74,7 @@ def test_accumulated_resid_and_logit_difference():
 def test_seq2seq_decoder_and_encoder_decompose():
     model = tiny_seq2seq()
     src, tgt = torch.randint(0, 30, (2, 7)), torch.randint(0, 30, (2, 5))
-    logits, cache = model.run_with_cache(src, tgt)
+    (logits, _), cache = model.run_with_cache(src, tgt)
     parts, labels = cache.get_full_resid_decomposition(return_labels=True, expand_neurons=False)
     assert "L1XH1" in labels and "1_mlp_out" in labels  # cross-attention heads are components too
     torch.testing.assert_close(parts.sum(0), cache["decoder.blocks.1.resid_post"], atol=1e-5, rtol=0)

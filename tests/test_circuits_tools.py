@@ -51,7 +51,7 @@ def test_in_context_score_is_late_minus_early_loss():
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=11, block_size=32)).eval()
     idx, targets = torch.randint(0, 11, (3, 32)), torch.randint(0, 11, (3, 32))
     with torch.no_grad():
-        loss = torch.nn.functional.cross_entropy(model(idx).transpose(1, 2), targets, reduction="none")
+        loss = torch.nn.functional.cross_entropy(model(idx)[0].transpose(1, 2), targets, reduction="none")
         expected = loss[:, 30:].mean() - loss[:, 2:4].mean()  # T = 32: last 2 positions, positions [2, 4)
         assert abs(training_probe.in_context_score(model, idx, targets) - expected.item()) < 1e-6
         ignored = targets.clone()
@@ -110,7 +110,7 @@ def test_logit_lens_ends_in_the_model_logits_and_html_is_escaped():
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, vocab_size=13, block_size=16, bias=True)).eval()
     idx = torch.randint(0, 13, (2, 6))
-    logits, cache = model.run_with_cache(idx)
+    (logits, _), cache = model.run_with_cache(idx)
     lens = logit_lens(cache)
     assert lens.shape == (3, 2, 6, 13)
     torch.testing.assert_close(lens[-1], logits.detach(), atol=1e-5, rtol=0)

@@ -32,7 +32,7 @@ def train_on_repeated_tokens(steps: int = 160) -> GPT:
 def repeated_half_loss(model, tokens, hooks=()) -> float:
     """Mean cross-entropy of the predictions of the second copy's tokens (its first one excepted)."""
     with torch.no_grad(), model.hooks(hooks):
-        logits = model(tokens[:, :-1])
+        logits, _ = model(tokens[:, :-1])
     return F.cross_entropy(logits[:, HALF:].reshape(-1, V), tokens[:, HALF + 1:].reshape(-1)).item()
 
 

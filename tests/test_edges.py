@@ -28,10 +28,9 @@ def tiny_gpt(**overrides):
 
 
 def run(model, *inputs):
-    """The model's logits (its forward returns the pair (logits, loss), or bare logits)."""
+    """The model's logits (its forward returns the pair (logits, loss))."""
     with torch.no_grad():
-        output = model(*inputs)
-    return output[0] if isinstance(output, tuple) else output
+        return model(*inputs)[0]
 
 
 def last_logit_diff(logits, batch):

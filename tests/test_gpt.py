@@ -13,8 +13,8 @@ def tiny(**kw):
 def test_logits_and_loss_shapes():
     model = tiny()
     idx = torch.randint(0, 23, (3, 10))
-    logits = model(idx)
-    assert logits.shape == (3, 10, 23)
+    logits, none = model(idx)
+    assert logits.shape == (3, 10, 23) and none is None
     logits2, loss = model(idx, idx)
     assert torch.equal(logits, logits2)
     assert abs(loss.item() - torch.log(torch.tensor(23.0)).item()) < 0.5  # near-uniform at init
@@ -25,7 +25,7 @@ def test_future_tokens_do_not_change_the_past():
     idx = torch.randint(0, 23, (2, 12))
     changed = idx.clone()
     changed[:, 7:] = (changed[:, 7:] + 5) % 23
-    a, b = model(idx), model(changed)
+    (a, _), (b, _) = model(idx), model(changed)
     assert torch.allclose(a[:, :7], b[:, :7], atol=1e-6)
     assert not torch.allclose(a[:, 7:], b[:, 7:])
 
@@ -53,7 +53,7 @@ def test_generation_past_the_context_window_and_long_prompts():
         for _ in range(30):
             if not use_cache or len(ids) - start > 16:
                 start = len(ids) - (16 if not use_cache else 8)
-            ids.append(model(torch.tensor([ids[start:]]))[0, -1].argmax().item())
+            ids.append(model(torch.tensor([ids[start:]]))[0][0, -1].argmax().item())
         assert model.generate(prompt, 30, top_k=1, use_cache=use_cache)[0].tolist() == ids, use_cache
 
 

@@ -68,7 +68,7 @@ def test_gpt2_and_bert_folders_of_any_mlp_width_import(tmp_path):
     assert ours.config.mlp_hidden == 100
     x = ids()
     with torch.no_grad():
-        assert (ours(x) - hf(x).logits).abs().max() < 1e-4
+        assert (ours(x)[0] - hf(x).logits).abs().max() < 1e-4
     greedy_parity(ours, hf, x[:1, :5])
     bert_hf = jitter(transformers.BertForMaskedLM(transformers.BertConfig(
         vocab_size=50, hidden_size=36, num_hidden_layers=2, num_attention_heads=3, intermediate_size=52,
@@ -79,7 +79,7 @@ def test_gpt2_and_bert_folders_of_any_mlp_width_import(tmp_path):
     mask, types = torch.ones_like(x), (torch.arange(20) >= 8).long().expand(2, 20)
     mask[1, 11:] = 0
     with torch.no_grad():
-        diff = bert(x, mask, types) - bert_hf(input_ids=x, attention_mask=mask, token_type_ids=types).logits
+        diff = bert(x, mask, types)[0] - bert_hf(input_ids=x, attention_mask=mask, token_type_ids=types).logits
     assert diff[mask.bool()].abs().max() < 1e-4
 
 
@@ -99,7 +99,7 @@ def test_gpt_export_loads_in_transformers_with_the_same_logits_and_greedy_tokens
     assert type(hf).__name__ == expected
     x = ids()
     with torch.no_grad():
-        assert (ours(x) - hf(x).logits).abs().max() < 1e-4
+        assert (ours(x)[0] - hf(x).logits).abs().max() < 1e-4
     greedy_parity(ours, hf, x[:1, :5])
     back = GPT.from_pretrained(str(tmp_path)).eval()
     if variant.get("bias", False) or variant.get("pos_emb") == "rope":
@@ -118,7 +118,7 @@ def test_bert_export_loads_in_transformers_with_padding_and_segments(tmp_path):
     mask[0, 9:] = 0
     mask[2, 15:] = 0
     with torch.no_grad():
-        diff = ours(x, mask, types) - hf(input_ids=x, attention_mask=mask, token_type_ids=types).logits
+        diff = ours(x, mask, types)[0] - hf(input_ids=x, attention_mask=mask, token_type_ids=types).logits
     assert diff[mask.bool()].abs().max() < 1e-4
     assert hf.config.pad_token_id == 50 and hf.config.intermediate_size == 70
     back = BERT.from_pretrained(str(tmp_path))
@@ -216,7 +216,7 @@ def test_export_command_line(tmp_path):
     hf = transformers.AutoModelForMaskedLM.from_pretrained(str(tmp_path / "hf")).eval()
     x = ids(2, 12, 54)
     with torch.no_grad():
-        assert (model(x) - hf(input_ids=x).logits).abs().max() < 1e-4
+        assert (model(x)[0] - hf(input_ids=x).logits).abs().max() < 1e-4
     line = one_line_error(run_script("tools/export_hf.py", f"--out_dir={tmp_path / 'none'}", "--to=x", check=False))
     assert "no checkpoint" in line
 

@@ -67,8 +67,8 @@ def test_hook_names_follow_the_module_tree():
 def test_captured_pattern_equals_softmax_of_captured_q_k():
     model = tiny()
     idx = torch.randint(0, 19, (2, 11))
-    plain = model(idx)
-    logits, cache = model.run_with_cache(idx, names_filter=["*.attn.q", "*.attn.k", "*.attn.pattern"])
+    plain, _ = model(idx)
+    (logits, _), cache = model.run_with_cache(idx, names_filter=["*.attn.q", "*.attn.k", "*.attn.pattern"])
     assert torch.allclose(logits, plain, atol=1e-5)  # looking changes nothing
     assert len(cache) == 6
     causal = make_mask(11, 11, causal=True)
@@ -123,7 +123,7 @@ def test_scores_out_and_residual_values_equal_an_explicit_computation():
     model = tiny(bias=True)
     B, T, C, nh, hs = 2, 7, 24, 3, 8
     idx = torch.randint(0, 19, (B, T))
-    logits, cache = model.run_with_cache(idx)  # every hook point
+    (logits, _), cache = model.run_with_cache(idx)  # every hook point
     causal = make_mask(T, T, causal=True)
     with torch.no_grad():
         x = model.wte(idx) + model.wpe(torch.arange(T))
@@ -202,7 +202,7 @@ def test_ablation_equals_zeroing_z_by_hand():
     model = tiny(bias=True)
     idx = torch.randint(0, 19, (2, 9))
     layer, head = 0, 1
-    plain, cache = model.run_with_cache(idx, names_filter=[f"blocks.{layer}.attn.z", f"blocks.{layer}.resid_pre"])
+    (plain, _), cache = model.run_with_cache(idx, names_filter=[f"blocks.{layer}.attn.z", f"blocks.{layer}.resid_pre"])
     # by hand: zero the head's output, then run the rest of the network on the changed residual stream
     z = cache[f"blocks.{layer}.attn.z"].clone()
     z[:, head] = 0
@@ -213,13 +213,13 @@ def test_ablation_equals_zeroing_z_by_hand():
         x = later(x, causal=True)
     by_hand = model.lm_head(model.ln_f(x))
     with model.hooks(ablate_heads([(layer, head)])):
-        ablated = model(idx)
+        ablated, _ = model(idx)
     assert torch.allclose(ablated, by_hand, atol=1e-5)
     assert not torch.allclose(ablated, plain, atol=1e-3)
     with model.hooks(scale_heads([(layer, head)], 0.0)):
-        assert torch.allclose(model(idx), ablated, atol=1e-6)
+        assert torch.allclose(model(idx)[0], ablated, atol=1e-6)
     with model.hooks(scale_heads([(layer, head)], 1.0)):
-        assert torch.allclose(model(idx), plain, atol=1e-6)
+        assert torch.allclose(model(idx)[0], plain, atol=1e-6)
 
 
 def test_mean_ablation_uses_reference_means():

@@ -101,7 +101,7 @@ def test_encoder_families_take_the_same_options(family):
         return Seq2Seq(Seq2SeqConfig(**TINY, source_block_size=12, **kw)).eval()
 
     def run(model, idx):
-        return model(idx) if family == "bert" else model(idx[:, :12], idx)
+        return (model(idx) if family == "bert" else model(idx[:, :12], idx))[0]
 
     idx = torch.randint(0, 23, (2, 16))
     rope = build(pos_emb="rope")
@@ -215,11 +215,11 @@ def test_zero_init_untied_head_and_softcap():
     assert model.lm_head.weight.data_ptr() != model.wte.weight.data_ptr()
     torch.nn.init.normal_(model.lm_head.weight, std=10.0)
     idx = torch.randint(0, 23, (2, 8))
-    logits = model(idx)
+    logits, _ = model(idx)
     assert 4.0 < logits.abs().max() <= 5.0
     uncapped = tiny(zero_init=True, tie_embeddings=False)
     uncapped.load_state_dict(model.state_dict())
-    raw = uncapped(idx)
+    raw, _ = uncapped(idx)
     assert raw.abs().max() > 10.0 and torch.allclose(logits, 5.0 * torch.tanh(raw / 5.0), atol=1e-5)
 
 

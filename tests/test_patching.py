@@ -40,7 +40,7 @@ def naive(model, corrupted, clean_cache, patches, metric=metric):
             return activation
 
         with torch.no_grad(), model.hooks([(sorted({n for n, _ in patch}), setter)] if patch else []):
-            values.append(float(metric(model(corrupted))))
+            values.append(float(metric(model(corrupted)[0])))
     return torch.tensor(values)
 
 
@@ -83,9 +83,9 @@ def test_passes_that_start_late_equal_the_loop_with_rotary_positions_and_odd_siz
 def test_patching_a_whole_stream_restores_clean_and_patching_nothing_keeps_corrupted():
     model = random_gpt()
     clean, corrupted = prompts()
-    clean_logits, clean_cache = model.run_with_cache(clean)
+    (clean_logits, _), clean_cache = model.run_with_cache(clean)
     with torch.no_grad():
-        corrupted_metric = float(metric(model(corrupted)))
+        corrupted_metric = float(metric(model(corrupted)[0]))
     clean_metric = float(metric(clean_logits.detach()))
     assert abs(clean_metric - corrupted_metric) > 0.05  # the corruption matters (1e4 x the tolerance)
     whole = [[(f"blocks.{layer}.{hook}", (slice(None),))] for layer in range(2) for hook in ("resid_pre", "resid_post")]
@@ -104,7 +104,7 @@ def test_seq2seq_decoder_patching_with_tuple_inputs():
     src, tgt = torch.randint(0, 20, (1, 6)), torch.randint(0, 20, (1, 5))
     bad_src = src.clone()
     bad_src[0, 1] = (bad_src[0, 1] + 3) % 20
-    clean_logits, clean_cache = model.run_with_cache(src, tgt)
+    (clean_logits, _), clean_cache = model.run_with_cache(src, tgt)
     # the decoder's last stream, or the encoder's (which every cross-attention reads): clean again
     whole = [[(f"{stack}.blocks.1.resid_post", (slice(None),))] for stack in ("decoder", "encoder")]
     values = patching.activation_patch(model, (bad_src, tgt), clean_cache, metric, whole)
@@ -126,12 +126,12 @@ def test_attribution_patching_is_the_gradient_linearisation_in_one_pass():
     _, corrupted_cache = model.run_with_cache(corrupted)
     z = corrupted_cache["blocks.1.attn.z"].clone().requires_grad_()
     with model.hooks([("blocks.1.attn.z", lambda a, n: z)]):
-        grad, = torch.autograd.grad(metric(model(corrupted)), z)
+        grad, = torch.autograd.grad(metric(model(corrupted)[0]), z)
     expected = ((clean_cache["blocks.1.attn.z"] - z.detach()) * grad).sum(dim=(0, 2, 3))  # (nh,)
     torch.testing.assert_close(tables["attn_head_out_all_pos"][1], expected, atol=1e-5, rtol=1e-4)
     exact = patching.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, metric)
     with torch.no_grad():
-        base = float(metric(model(corrupted)))
+        base = float(metric(model(corrupted)[0]))
     both = torch.stack([(exact - base).flatten(), tables["attn_head_out_all_pos"].flatten()])
     assert torch.corrcoef(both)[0, 1] > 0.9  # a good approximation on this small model (measured 0.9997)
     assert tables["resid_pre"].shape == (2, 8)

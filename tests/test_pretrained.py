@@ -41,7 +41,7 @@ def test_logits_and_greedy_generation_match_huggingface(hf_dir):
     idx = torch.randint(0, 97, (3, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = hf(idx).logits
-        assert torch.allclose(model(idx), expected, atol=1e-4, rtol=0)
+        assert torch.allclose(model(idx)[0], expected, atol=1e-4, rtol=0)
         with_targets = model(idx[:, :-1], targets=idx[:, 1:])[1]
         assert with_targets.item() == pytest.approx(hf(idx, labels=idx).loss.item(), abs=1e-4)
     prompt = idx[:1, :6]
@@ -95,7 +95,7 @@ def test_pytorch_bin_and_cropped_block_size(hf_dir, tmp_path):
     assert model.config.block_size == 16 and model.wpe.weight.shape == (16, 32)
     idx = torch.randint(0, 97, (2, 16))
     with torch.no_grad():
-        assert torch.allclose(model(idx), hf(idx).logits, atol=1e-4, rtol=0)
+        assert torch.allclose(model(idx)[0], hf(idx).logits, atol=1e-4, rtol=0)
 
 
 def test_bad_pretrained_inputs(hf_dir, tmp_path):
@@ -185,7 +185,7 @@ def test_untied_head_is_loaded(tmp_path):
     assert not model.config.tie_embeddings
     idx = torch.randint(0, 97, (2, 20), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        assert torch.allclose(model(idx), hf(idx).logits, atol=1e-4, rtol=0)
+        assert torch.allclose(model(idx)[0], hf(idx).logits, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("config, weights, match", [

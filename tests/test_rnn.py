@@ -41,7 +41,7 @@ def reference_greedy(model, src, src_mask, steps: int) -> list[list[int]]:
         n = int(src_mask[b].sum())
         tokens = [BOS]
         for _ in range(steps):
-            logits = model(src[b:b + 1, :n], torch.tensor([tokens]))
+            logits, _ = model(src[b:b + 1, :n], torch.tensor([tokens]))
             tokens.append(int(logits[0, -1].argmax()))
             if tokens[-1] == EOS:
                 break
@@ -62,7 +62,7 @@ def test_shapes_loss_and_vocabularies():
     assert cache["decoder.cross_attn.pattern"].shape == (4, 1, 6, 7)
     separate = scrambled(source_vocab_size=40, source_block_size=9, attention=False)
     assert separate.encoder.wte.weight.shape == (40, 32) and separate.decoder.wte.weight.shape == (V, 32)
-    assert separate(torch.randint(0, 40, (2, 9)), tgt[:2]).shape == (2, 6, V)
+    assert separate(torch.randint(0, 40, (2, 9)), tgt[:2])[0].shape == (2, 6, V)
     assert "decoder.context" in separate.hook_names() and not any("attn" in n for n in separate.hook_names())
     with pytest.raises(ValueError, match="source_block_size"):
         separate(torch.zeros(1, 10, dtype=torch.long), tgt[:1])
@@ -74,9 +74,9 @@ def test_padded_sources_get_no_weight_and_change_nothing(mode):
     src, src_mask = padded(ROWS)
     tgt = torch.randint(0, 12, (4, 5))
     names = [n for n in model.hook_names() if n.endswith("pattern")]
-    logits, cache = model.run_with_cache(src, tgt, src_mask=src_mask, names_filter=names or None)
+    (logits, _), cache = model.run_with_cache(src, tgt, src_mask=src_mask, names_filter=names or None)
     for b, row in enumerate(ROWS):  # each row alone, unpadded: the same logits
-        alone = model(torch.tensor([row]), tgt[b:b + 1])
+        alone, _ = model(torch.tensor([row]), tgt[b:b + 1])
         torch.testing.assert_close(logits[b], alone[0], atol=1e-9, rtol=1e-9)
     if mode["attention"]:
         pattern = cache["decoder.cross_attn.pattern"]  # (B, nh, T, S)
@@ -103,7 +103,7 @@ def test_beam_size_one_is_greedy_and_wider_beams_score_no_worse(mode):
 
     def logprob(b, ids):  # log p(ids + EOS | source b), teacher-forced
         n = int(src_mask[b].sum())
-        logits = model(src[b:b + 1, :n], torch.tensor([[BOS] + ids])).log_softmax(-1)[0]
+        logits = model(src[b:b + 1, :n], torch.tensor([[BOS] + ids]))[0].log_softmax(-1)[0]
         return sum(logits[t, i].item() for t, i in enumerate(ids + [EOS]))
 
     beam = model.beam_search(src, BOS, EOS, src_mask, beam_size=4, max_new_tokens=10, length_penalty=0.0)

@@ -44,7 +44,7 @@ def test_shapes_loss_and_vocabularies():
     assert model.encoder.wte is model.decoder.wte  # one vocabulary: one embedding
     separate = scrambled(source_vocab_size=40, source_block_size=9)
     assert separate.encoder.wte.weight.shape == (40, 32) and separate.decoder.wte.weight.shape == (V, 32)
-    assert separate(torch.randint(0, 40, (2, 9)), tgt[:2]).shape == (2, 6, V)
+    assert separate(torch.randint(0, 40, (2, 9)), tgt[:2])[0].shape == (2, 6, V)
     with pytest.raises(ValueError, match="source_block_size"):
         separate(torch.zeros(1, 10, dtype=torch.long), tgt[:1])
 
@@ -52,7 +52,7 @@ def test_shapes_loss_and_vocabularies():
 def test_rotary_positions_cover_a_source_longer_than_the_target():
     model = scrambled(pos_emb="rope", block_size=6, source_block_size=12)
     src = torch.randint(0, 12, (2, 12))
-    assert model(src, torch.randint(0, 12, (2, 6))).shape == (2, 6, V)
+    assert model(src, torch.randint(0, 12, (2, 6)))[0].shape == (2, 6, V)
     assert model.generate(src, BOS, EOS) == model.generate(src, BOS, EOS, use_cache=False)
 
 
@@ -60,18 +60,18 @@ def test_source_padding_changes_nothing_and_target_is_causal():
     model = scrambled()
     src, src_mask = padded(ROWS)
     tgt = torch.randint(0, 12, (4, 5))
-    batch_logits = model(src, tgt, src_mask=src_mask)
+    batch_logits, _ = model(src, tgt, src_mask=src_mask)
     for b, row in enumerate(ROWS):
-        alone = model(torch.tensor([row]), tgt[b:b + 1])
+        alone, _ = model(torch.tensor([row]), tgt[b:b + 1])
         assert torch.allclose(batch_logits[b], alone[0], atol=1e-4)
     other_pad = src.masked_fill(~src_mask, 3)  # what sits under the mask must not matter
-    assert torch.allclose(model(other_pad, tgt, src_mask=src_mask), batch_logits, atol=1e-5)
+    assert torch.allclose(model(other_pad, tgt, src_mask=src_mask)[0], batch_logits, atol=1e-5)
     changed = tgt.clone()
     changed[:, 3:] = (changed[:, 3:] + 1) % 12
-    assert torch.allclose(model(src, changed, src_mask=src_mask)[:, :3], batch_logits[:, :3], atol=1e-5)
+    assert torch.allclose(model(src, changed, src_mask=src_mask)[0][:, :3], batch_logits[:, :3], atol=1e-5)
     tgt_mask = torch.ones_like(tgt, dtype=torch.bool)
     tgt_mask[:, 4:] = False  # explicit target padding at the end: real positions unchanged
-    assert torch.allclose(model(src, tgt, src_mask=src_mask, tgt_mask=tgt_mask)[:, :4], batch_logits[:, :4],
+    assert torch.allclose(model(src, tgt, src_mask=src_mask, tgt_mask=tgt_mask)[0][:, :4], batch_logits[:, :4],
                           atol=1e-5)
 
 
@@ -108,7 +108,7 @@ def test_beam_size_one_is_greedy_and_wider_beams_score_no_worse():
 
     def logprob(row, out):  # summed log-probability of out + EOS (EOS left off when cut by the limit)
         tgt = torch.tensor([[BOS, *out]])
-        logp = torch.log_softmax(model(torch.tensor([row]), tgt)[0], -1)
+        logp = torch.log_softmax(model(torch.tensor([row]), tgt)[0][0], -1)
         ids = out + [EOS] if len(out) < 10 else out
         return sum(logp[i, t].item() for i, t in enumerate(ids))
 
@@ -149,7 +149,7 @@ def test_a_beam_as_wide_as_every_output_finds_the_best_one(length_penalty):
         for n in range(limit + 1):
             for out in map(list, itertools.product(range(3), repeat=n)):
                 ids = out + [eos] if n < limit else out
-                logp = torch.log_softmax(model(torch.tensor([row]), torch.tensor([[bos, *ids[:-1]]]))[0], -1)
+                logp = torch.log_softmax(model(torch.tensor([row]), torch.tensor([[bos, *ids[:-1]]]))[0][0], -1)
                 scored.append((sum(logp[i, t].item() for i, t in enumerate(ids)) / len(ids) ** length_penalty, out))
         return max(scored)[1]
 

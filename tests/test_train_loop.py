@@ -237,7 +237,7 @@ def test_compiled_and_wrapped_state_dicts_load():
     cfg = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=11)
     model = GPT(cfg).eval()
     idx = torch.randint(0, 11, (2, 8))
-    expected = model(idx)
+    expected, _ = model(idx)
 
     ddp_like = nn.Module()
     ddp_like.module = torch.compile(model)  # DDP(torch.compile(model)), as nanoGPT: module._orig_mod.*
@@ -245,7 +245,7 @@ def test_compiled_and_wrapped_state_dicts_load():
         state = wrapped.state_dict()
         assert all(k.startswith(prefix) for k in state)
         loaded = model_from_checkpoint({"model": state, "model_args": train.to_dict(cfg)}).eval()
-        assert torch.equal(loaded(idx), expected), prefix
+        assert torch.equal(loaded(idx)[0], expected), prefix
 
     blocks = GPT(cfg)  # FSDP with --compile compiles each Block: keys blocks.N._orig_mod.*
     blocks.load_state_dict(model.state_dict())
@@ -255,7 +255,7 @@ def test_compiled_and_wrapped_state_dicts_load():
     optimizer = train.make_optimizer(blocks, TrainConfig(), "cpu")
     model_state, optim_state = distributed.full_state(blocks, optimizer)  # what train.py saves
     assert set(model_state) == set(model.state_dict())
-    assert torch.equal(model_from_checkpoint({"model": model_state, "model_args": train.to_dict(cfg)}).eval()(idx),
+    assert torch.equal(model_from_checkpoint({"model": model_state, "model_args": train.to_dict(cfg)}).eval()(idx)[0],
                        expected)
     fresh = GPT(cfg)
     distributed.load_full_state(fresh, train.make_optimizer(fresh, TrainConfig(), "cpu"), model_state, optim_state)

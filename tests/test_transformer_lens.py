@@ -70,7 +70,7 @@ def test_cache_methods_match_transformer_lens(models):
     ours, bridge = models
     tokens = torch.randint(0, 101, (2, 10), generator=torch.Generator().manual_seed(1))
     tl_logits, tl_cache = bridge.run_with_cache(tokens)
-    logits, cache = ours.run_with_cache(tokens)
+    (logits, _), cache = ours.run_with_cache(tokens)
     torch.testing.assert_close(logits, tl_logits, **TOL)
     for apply_ln in (False, True):
         torch.testing.assert_close(cache.accumulated_resid(apply_ln=apply_ln, incl_mid=True),
@@ -115,7 +115,7 @@ def test_odd_sizes_hooks_ablation_and_patching_match_transformer_lens(odd_models
     assert ours.config.head_dim == 15 and ours.config.mlp_width == 70
     tokens = torch.randint(0, 53, (2, 11), generator=torch.Generator().manual_seed(1))
     tl_logits, tl_cache = bridge.run_with_cache(tokens)
-    logits, cache = ours.run_with_cache(tokens)
+    (logits, _), cache = ours.run_with_cache(tokens)
     torch.testing.assert_close(logits, tl_logits, **TOL)
     for layer in range(3):
         for name, tl_name in (("attn.pattern", "attn.hook_pattern"), ("attn.z", "attn.hook_z"), ("attn.q", "attn.hook_q"),
@@ -137,7 +137,7 @@ def test_odd_sizes_hooks_ablation_and_patching_match_transformer_lens(odd_models
         return hook
 
     with ours.hooks(ablate_heads([(0, 0), (2, 1)])):
-        ablated = ours(tokens)
+        ablated, _ = ours(tokens)
     tl_ablated = bridge.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", zero_head(0)),
                                                           ("blocks.2.attn.hook_z", zero_head(1))])
     torch.testing.assert_close(ablated, tl_ablated, **TOL)
@@ -195,14 +195,14 @@ def test_weight_views_write_through_and_errors(models):
 def test_folded_weights_match_transformer_lens(tmp_path):
     ours, bridge = random_gpt2_pair(tmp_path, unit_final_gain=False, n_layer=2, n_head=3, n_embd=48, vocab_size=101)
     tokens = torch.randint(0, 101, (2, 10), generator=torch.Generator().manual_seed(1))
-    logits, _ = ours(tokens), None
-    kept, _ = fold_weights(ours, center_unembed=False)(tokens), None
+    logits, _ = ours(tokens)
+    kept, _ = fold_weights(ours, center_unembed=False)(tokens)
     torch.testing.assert_close(kept, logits, **TOL)  # folding and centring the writers keep the logits
     folded = fold_weights(ours)
-    torch.testing.assert_close(folded(tokens).log_softmax(-1), logits.log_softmax(-1), **TOL)
-    torch.testing.assert_close(ours(tokens), logits, rtol=0, atol=0)  # the original is untouched
+    torch.testing.assert_close(folded(tokens)[0].log_softmax(-1), logits.log_softmax(-1), **TOL)
+    torch.testing.assert_close(ours(tokens)[0], logits, rtol=0, atol=0)  # the original is untouched
     bridge.enable_compatibility_mode(disable_warnings=True)  # TransformerLens' fold_ln + centring + value biases
-    torch.testing.assert_close(folded(tokens), bridge(tokens), **TOL)
+    torch.testing.assert_close(folded(tokens)[0], bridge(tokens), **TOL)
     ws = WeightSpace(folded)
     for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O", "W_E", "W_pos", "W_U", "b_U", "W_in", "b_in"):
         torch.testing.assert_close(getattr(ws, name), getattr(bridge, name), **TOL, msg=name)
@@ -230,7 +230,7 @@ def test_direct_path_patching_matches_transformer_lens(sharp_models):
     expected = tl_patching.get_act_patch_direct_path_all_sources(bridge, corrupted, tl_clean, tl_corrupted, metric, "k",
                                                                  verbose=False)
     torch.testing.assert_close(table, expected, **TOL)
-    base = float(metric(ours(corrupted).detach()))
+    base = float(metric(ours(corrupted)[0].detach()))
     assert (table[0, :, 1:] - base).abs().min() > 1e-4  # every path from layer 0 changes the metric
     for component, (layer, head) in (("q", (0, 1)), ("v", (1, 2))):
         torch.testing.assert_close(path_patching.get_act_patch_direct_path(*runs, layer, head, component),

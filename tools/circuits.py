@@ -110,7 +110,7 @@ def patch_all(model, ids, corrupted, cache, metric):
         tables[kind] = patching.patch_table(model, corrupted, cache, metric, kind, progress=True)
     approx = patching.attribution_patch(model, corrupted, cache, metric, list(tables))
     with torch.no_grad():
-        base = float(metric(model(corrupted)))
+        base = float(metric(model(corrupted)[0]))
     for kind, table in tables.items():
         both = torch.stack([(table - base).flatten(), approx[kind].flatten()])
         print(f"{kind}: attribution vs exact patching, correlation {torch.corrcoef(both)[0, 1].item():.3f}")
@@ -134,7 +134,7 @@ def main(argv: list[str]) -> None:
     ids = encode_prompt(model, tokenizer, args.prompt, "prompt")
     tokens = [tokenizer.decode([i]) for i in ids[0].tolist()]
     with torch.no_grad():
-        logits, cache = model.run_with_cache(ids)
+        (logits, _), cache = model.run_with_cache(ids)
     predicted = int(logits[0, -1].argmax())
     target = predicted if args.target is None else single_token(tokenizer, args.target, "target")
     wrong = None if args.wrong is None else single_token(tokenizer, args.wrong, "wrong")

@@ -177,7 +177,7 @@ def fill_mask(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> N
         starts = [min(max(0, pos - width // 2), max(0, len(ids) - width)) for pos in remaining]
         windows = torch.tensor([head + ids[s:s + width] + tail for s in starts], dtype=torch.long, device=device)
         with autocast(device, dtype):
-            logits = model(windows).float()  # (M, L, V): one window per remaining mask
+            logits = model(windows)[0].float()  # (M, L, V): one window per remaining mask
         rows = torch.arange(len(remaining), device=device)
         logits = logits[rows, torch.tensor([len(head) + p - s for p, s in zip(remaining, starts)], device=device)]
         logits[:, tokenizer.base_vocab_size:] = float("-inf")  # propose text, never special tokens
