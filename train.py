@@ -24,7 +24,8 @@ from data.loader import batch_generator, dataset_dir, read_meta
 from data.tokenizer import from_meta
 from lens.training_probe import probe
 from model import GPT
-from model.attention import check_options_apply
+from model.hard_attention import check_options_apply
+from model.layers import copies_per_sequence
 from training import distributed
 from training.config import TrainConfig, build, coerce, field_types, from_dict, parse_args, to_dict, usage, wants_help
 from training.families import FAMILIES, check_family_keys, family
@@ -160,6 +161,7 @@ class Run:
     start_iter: int = 0
     best_val_loss: float = float("inf")
     elapsed_before: float = 0.0  # training seconds of the runs this one resumes
+    train_seconds: float = 0.0  # in training steps only (no evaluation, no saving), resumed runs included
     wandb_id: str | None = None
     nonfinite_in_a_row: int = 0
 
@@ -206,7 +208,8 @@ def setup_data(cfg: TrainConfig, model_cfg, ckpt: dict | None, ranks):
         theirs = tokenizer.vocab_size if tokenizer.vocab_size != model_cfg.vocab_size else "as many, other tokens"
         raise ConfigError(f"the checkpoint's vocabulary ({model_cfg.vocab_size}) differs from dataset "
                           f"{cfg.dataset} ({theirs}); resume on the dataset it was trained on.")
-    return tokenizer, batch_maker(folder, model_cfg, cfg.batch_size, ranks.device, tokenizer), model_cfg
+    packing = (cfg.packing,) if cfg.packing.needs_separator else ()  # GPT's and BERT's batch makers take it
+    return tokenizer, batch_maker(folder, model_cfg, cfg.batch_size, ranks.device, tokenizer, *packing), model_cfg
 
 
 def build_model(run: Run):
@@ -221,6 +224,8 @@ def build_model(run: Run):
     run.log.print(f"{cfg.model_type}: {model.num_params() / 1e6:.2f}M parameters, device {ranks.device}, dtype "
                   f"{run.dtype}, {run.tokens_per_iter:,} tokens per iteration, {ranks.world_size} process(es)"
                   + (", FSDP" if cfg.fsdp else ", DDP" if ranks.launched else ""))
+    if cfg.packing.needs_separator:
+        run.log.print(run.batches.describe())  # padding and documents cut at the rows' edges
     run.log.print(distributed.describe_batch(cfg.batch_size, model_cfg.block_size, cfg.gradient_accumulation_steps,
                                              ranks.world_size))
     train_model = distributed.wrap(model, ranks, cfg.fsdp, cfg.compile, run.dtype)  # DDP, FSDP or model itself
@@ -250,6 +255,7 @@ def resume(run: Run, ckpt: dict, model, optimizer, scaler) -> None:
     run.iter_num = run.start_iter = ckpt["iter_num"]
     run.best_val_loss = ckpt["best_val_loss"]
     run.elapsed_before, run.wandb_id = ckpt.get("elapsed_s", 0.0), ckpt.get("wandb_id")
+    run.train_seconds = ckpt.get("train_s", 0.0)
     exact = distributed.restore_rng(ckpt["rng"], run.ranks)
     run.log.print(f"resuming from {run.ckpt_path} at iter {run.iter_num}" + ("" if exact else
                   " (saved by another number of processes: same data, new dropout randomness)"))
@@ -263,7 +269,8 @@ def evaluate_and_save(run: Run, model, optimizer, scaler, lr: float, elapsed: fl
     cfg = run.cfg
     losses = estimate_loss(model, run.batches, cfg, run.autocast, run.ranks)  # every rank takes part
     record = {"iter": run.iter_num, **losses, "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
-              "elapsed_s": round(elapsed, 2), "tokens": run.iter_num * run.tokens_per_iter}
+              "elapsed_s": round(elapsed, 2), "train_s": round(run.train_seconds, 2),
+              "tokens": run.iter_num * run.tokens_per_iter}
     if cfg.head_probe and run.ranks.master and not cfg.fsdp:  # detector and in-context scores (lens/training_probe.py)
         record.update(probe(model, run.batches.get("val", torch.Generator().manual_seed(cfg.seed + 3)), cfg.seed))
     run.log.evaluation(losses, record, write=not cfg.eval_only)
@@ -280,7 +287,7 @@ def evaluate_and_save(run: Run, model, optimizer, scaler, lr: float, elapsed: fl
                 "model": model_state, "optimizer": optim_state, "scaler": scaler.state_dict(),
                 "model_type": cfg.model_type, "model_args": to_dict(run.model_cfg), "train_config": to_dict(cfg),
                 "tokenizer": run.tokenizer.meta(), "iter_num": run.iter_num, "best_val_loss": run.best_val_loss,
-                "rng": rng, "elapsed_s": elapsed, "wandb_id": run.wandb_id}, run.ckpt_path)
+                "rng": rng, "elapsed_s": elapsed, "train_s": run.train_seconds, "wandb_id": run.wandb_id}, run.ckpt_path)
 
 
 def train_step(run: Run, model, train_model, optimizer, scaler) -> tuple[float, float, bool]:
@@ -295,6 +302,9 @@ def train_step(run: Run, model, train_model, optimizer, scaler) -> tuple[float, 
     for micro in range(micro_steps):
         j = micro * ranks.world_size + ranks.rank
         batch = run.batches.get("train", batch_generator(run.cfg.seed, "train", run.iter_num, j))
+        copies = copies_per_sequence(model)  # e.g. REINFORCE's leave-one-out samples: each sequence k times in a row
+        if copies > 1:
+            batch = {name: rows.repeat_interleave(copies, 0) for name, rows in batch.items()}
         with distributed.grad_sync(train_model, sync=micro == micro_steps - 1):  # all-reduce on the last only
             with run.autocast:
                 _, loss = train_model(**batch)
@@ -397,7 +407,9 @@ def main(argv: list[str]) -> None:
             window_start += time.perf_counter() - t_attn  # not training time
         if run.iter_num >= cfg.max_iters:
             break
+        step_start = time.perf_counter()
         loss_value, grad_norm, finite = train_step(run, model, train_model, optimizer, scaler)
+        run.train_seconds += time.perf_counter() - step_start
         run.iter_num += 1
         window_iters += 1
         check_finite(run, loss_value, grad_norm, finite)

@@ -8,6 +8,8 @@ import sys
 
 import torch
 
+from data.documents import Packing, document_ids, mask_boundary_targets, packing_report, require_separator
+from data.tokenizer import from_meta
 from data.tokens import TokenFileError, Windows, split_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +45,8 @@ class LMBatches:
     """Next-token prediction: x is a window of block_size tokens, y the same window shifted by one.
 
     The batch makers' interface (LMBatches, data/mlm.py MLMBatches, data/pairs.py PairBatches): built as
-    cls(folder, model_config, batch_size, device, tokenizer); `specials`, the special tokens the family
+    cls(folder, model_config, batch_size, device, tokenizer[, packing]) (packing: data/documents.py
+    Packing, for the families that read documents: GPT and BERT); `specials`, the special tokens the family
     adds; `get(split, generator) -> dict`, the model's keyword arguments, targets included; optionally
     `eval_metrics(logits, batch) -> dict[str, float]`, averaged by train.py over its evaluation batches,
     and `evaluate(model) -> dict[str, float]`, called once per evaluation for metrics that need more than
@@ -54,19 +57,38 @@ class LMBatches:
 
     specials = ()
 
-    def __init__(self, folder: str, model_config, batch_size: int, device: str = "cpu", tokenizer=None):
+    def __init__(self, folder: str, model_config, batch_size: int, device: str = "cpu", tokenizer=None,
+                 packing: Packing | None = None):
         block_size = model_config.block_size
-        self.data = {split: Windows(split_files(folder, split), block_size) for split in ("train", "val")}
+        self.packing = packing or Packing()
+        self.doc_sep = None
+        if self.packing.needs_separator:
+            self.doc_sep = require_separator(tokenizer or from_meta(read_meta(folder)), folder)
+        align = self.doc_sep if self.packing.align == "doc" else None
+        self.data = {split: Windows(split_files(folder, split), block_size, align) for split in ("train", "val")}
         self.block_size, self.batch_size, self.device = block_size, batch_size, device
 
     def get(self, split: str, generator: torch.Generator) -> dict:
-        """One batch {'idx': (B, T), 'targets': (B, T)} drawn with `generator`."""
+        """One batch {'idx': (B, T), 'targets': (B, T)} drawn with `generator`; with doc_mask also
+        'doc_ids' (B, T), and no target that starts the next document (unless boundary_loss)."""
         xy = torch.from_numpy(self.data[split].sample(self.batch_size, generator))
-        if self.device.startswith("cuda"):
-            xy = xy.pin_memory().to(self.device, non_blocking=True)
-        else:
-            xy = xy.to(self.device)
-        return {"idx": xy[:, :-1], "targets": xy[:, 1:]}
+        batch = {"idx": xy[:, :-1], "targets": xy[:, 1:]}
+        if self.packing.doc_mask:
+            batch["doc_ids"] = document_ids(batch["idx"], self.doc_sep)
+            if not self.packing.boundary_loss:
+                batch["targets"] = mask_boundary_targets(batch["targets"], self.doc_sep)
+        return to_device(batch, self.device)
+
+    def describe(self) -> str:
+        """One line for the log: how rows meet documents (padding, cut documents), or '' without separators."""
+        return packing_report(self.data["train"], self.doc_sep, self.packing.align) if self.doc_sep is not None else ""
+
+
+def to_device(batch: dict, device: str) -> dict:
+    """The batch's tensors on device (through pinned memory to CUDA)."""
+    if device.startswith("cuda"):
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def batch_generator(*keys) -> torch.Generator:

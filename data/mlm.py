@@ -8,6 +8,7 @@ as BERT trained on some shorter sequences, so that the model also meets padding 
 import numpy as np
 import torch
 
+from data.documents import Packing, document_ids, packing_report, require_separator
 from data.tokenizer import TokenizerError
 from data.tokens import Windows, split_files
 from weights.common import IGNORE_INDEX, ConfigError
@@ -45,7 +46,8 @@ class MLMBatches:
     short_prob = 0.1  # fraction of rows cut to a random shorter length and padded
     unigram_tokens = 1 << 24  # tokens counted for the unigram baseline
 
-    def __init__(self, folder: str, model_config, batch_size: int, device: str = "cpu", tokenizer=None):
+    def __init__(self, folder: str, model_config, batch_size: int, device: str = "cpu", tokenizer=None,
+                 packing: Packing | None = None):
         if tokenizer is None or any(s not in tokenizer.special_ids for s in self.specials):
             raise TokenizerError(f"MLM batches need a tokenizer with the special tokens {', '.join(self.specials)}.")
         if model_config.block_size < 3:
@@ -53,8 +55,13 @@ class MLMBatches:
                               f"got {model_config.block_size}.")
         self.block_size, self.batch_size, self.device = model_config.block_size, batch_size, device
         self.window = self.block_size - 2  # room for [CLS] and [SEP]
+        self.packing = packing or Packing()
+        if self.packing.boundary_loss:
+            raise ConfigError("doc_boundary_loss applies to next-token prediction (GPT), not to a BERT; drop it.")
+        self.doc_sep = require_separator(tokenizer, folder) if self.packing.needs_separator else None
+        align = self.doc_sep if self.packing.align == "doc" else None
         # windows of `window` tokens from split.bin or its shards (split_000000.bin, ...), memory-mapped
-        self.data = {split: Windows(split_files(folder, split), self.window - 1) for split in ("train", "val")}
+        self.data = {split: Windows(split_files(folder, split), self.window - 1, align) for split in ("train", "val")}
         ids = tokenizer.special_ids
         self.pad_id, self.mask_id, self.cls_id, self.sep_id = (ids[s] for s in self.specials)
         # the windows may hold special tokens too: the documents' separators of sharded data (data/shards.py:
@@ -96,7 +103,18 @@ class MLMBatches:
             eligible &= ids != self.eot_id
         input_ids, labels = mask_tokens(ids, eligible, self.mask_id, self.n_random, generator, self.mask_prob)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if self.packing.doc_mask:  # [CLS] belongs to the row's first document, [SEP] and padding to its last
+            doc_ids = document_ids(ids, self.doc_sep)
+            batch["doc_ids"] = torch.cat([doc_ids[:, 1:2], doc_ids[:, 1:]], dim=1)
         return {k: v.to(self.device) for k, v in batch.items()}
+
+    def describe(self) -> str:
+        """One line for the log: how rows meet documents (padding, cut documents), or '' without separators."""
+        if self.doc_sep is None:
+            return ""
+        real = [self.get("train", torch.Generator().manual_seed(i))["attention_mask"] for i in range(-(-256 // self.batch_size))]
+        padding = 1 - torch.cat(real).float().mean().item()  # over 256 rows or more
+        return packing_report(self.data["train"], self.doc_sep, self.packing.align, padding)
 
     def eval_metrics(self, logits: torch.Tensor, batch: dict) -> dict:
         """Masked-token accuracy of the model, and of always predicting the most frequent training token."""

@@ -14,6 +14,7 @@ import struct
 import numpy as np
 import torch
 
+from data.documents import document_starts
 from weights.common import UserError, atomic_write, temporary_path
 
 MAGIC = b"HSTOKENS"
@@ -62,28 +63,44 @@ def split_files(folder: str, split: str) -> list[str]:
 class Windows:
     """Windows of T + 1 tokens drawn uniformly from one split's memory-mapped files (uint16 or uint32).
 
-    A window never crosses from one file into the next; a file shorter than T + 1 gives none.
+    A window never crosses from one file into the next; a file shorter than T + 1 gives none. Given
+    `separator`, a window starts only at a document (a separator token) whose window fits in its file
+    (data/documents.py: document-aligned rows that pack whole documents).
     """
 
-    def __init__(self, files: list[str], T: int):
+    def __init__(self, files: list[str], T: int, separator: int | None = None):
         self.files, self.T = files, T
         self.parts = [load_tokens(path) for path in files]
-        counts = [max(0, len(part) - T) for part in self.parts]  # window starts per file
-        if sum(counts) == 0 and len(files) == 1:
+        # window starts per file: every index, or the documents' separators
+        self.starts = None if separator is None else [document_starts(part, separator, T + 1) for part in self.parts]
+        counts = [max(0, len(part) - T) for part in self.parts] if separator is None else [len(s) for s in self.starts]
+        if sum(counts) == 0:
+            self.refuse(separator)
+        self.ends = np.cumsum(counts)
+
+    def refuse(self, separator: int | None) -> None:
+        """The TokenFileError for a split that holds no window."""
+        files, T = self.files, self.T
+        if separator is not None:
+            raise TokenFileError(f"no document in {os.path.dirname(files[0])} ({os.path.basename(files[0])}...) starts "
+                                 f"a window of {T + 1} tokens inside its file; use a smaller block_size or "
+                                 "batch_align=window.")
+        if len(files) == 1:
             raise TokenFileError(f"{os.path.basename(files[0])} in {os.path.dirname(files[0])} has {len(self.parts[0])} "
                                  f"tokens, fewer than the {T + 1} one window needs; use a smaller block_size or more text.")
-        if sum(counts) == 0:  # a window never crosses shards: their total does not count
-            name = re.sub(r"_\d+\.bin$", "_*.bin", os.path.basename(files[0]))
-            raise TokenFileError(f"the {len(files)} {name} shards in {os.path.dirname(files[0])} are each shorter than "
-                                 f"one window (the longest has {max(len(p) for p in self.parts)} tokens, a window "
-                                 f"{T + 1}); use a smaller block_size or larger shards (--shard_tokens).")
-        self.ends = np.cumsum(counts)
+        # a window never crosses shards: their total does not count
+        name = re.sub(r"_\d+\.bin$", "_*.bin", os.path.basename(files[0]))
+        raise TokenFileError(f"the {len(files)} {name} shards in {os.path.dirname(files[0])} are each shorter than "
+                             f"one window (the longest has {max(len(p) for p in self.parts)} tokens, a window "
+                             f"{T + 1}); use a smaller block_size or larger shards (--shard_tokens).")
 
     def sample(self, n: int, generator: torch.Generator) -> np.ndarray:
         """(n, T + 1) int64 windows; with a single file the random draws equal `randint(len - T)`."""
         starts = torch.randint(int(self.ends[-1]), (n,), generator=generator).numpy()
         which = np.searchsorted(self.ends, starts, side="right")
         offsets = starts - np.concatenate([[0], self.ends[:-1]])[which]
+        if self.starts is not None:  # the k-th document of the file
+            offsets = [self.starts[f][k] for f, k in zip(which, offsets)]
         return np.stack([self.parts[f][i:i + self.T + 1] for f, i in zip(which, offsets)]).astype(np.int64)
 
 

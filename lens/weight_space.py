@@ -18,7 +18,7 @@ from torch import nn
 
 from lens.factored import FactoredMatrix, composition_scores
 from model.attention import Additive, General
-from model.cache import LensError, get_stack
+from lens.cache import LensError, get_stack
 
 
 def head_weights(attn: nn.Module) -> dict[str, torch.Tensor]:

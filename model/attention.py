@@ -17,14 +17,17 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, create_mask, flex_attention
 from torch.utils.checkpoint import checkpoint
 
 from model.hooks import HookPoint
 from model.rotary import Rotary
-from model.reinforce import BASELINES, CREDITS, ValueHead, leave_one_out, reach_of, rewards
-from weights.common import IGNORE_INDEX, ConfigError
+from weights.common import ConfigError
 
 SCORES: dict[str, type] = {}
+# compiled on first use: FlexAttention's fused kernel, and the block mask built without a Python loop
+compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
+compiled_create_block_mask = torch.compile(create_block_mask)
 WEIGHTINGS: dict[str, type] = {}
 
 
@@ -39,11 +42,6 @@ def register(registry: dict, name: str):
     return add
 
 
-HARD_OPTIONS = ("hard_attention_temperature", "hard_attention_estimator", "hard_attention_eval")
-REINFORCE_OPTIONS = ("hard_attention_baseline", "hard_attention_baseline_momentum", "hard_attention_entropy",
-                     "hard_attention_credit", "hard_attention_samples", "hard_attention_normalize")
-
-
 def check_variant(score: str, weighting: str, prefix: str = "attn_") -> None:
     """Raise a ConfigError unless `score` and `weighting` name registered, compatible variants."""
     if not isinstance(score, str) or score not in SCORES:  # not a str: a list would not even hash
@@ -55,58 +53,6 @@ def check_variant(score: str, weighting: str, prefix: str = "attn_") -> None:
 def is_number(value) -> bool:
     """Whether value is an int or float (not a bool, a string or None)."""
     return type(value) in (int, float)
-
-
-def check_choice(config, name: str, choices: tuple[str, ...]) -> None:
-    """A ConfigError unless config.<name> is one of the strings in `choices`."""
-    value = getattr(config, name)
-    if not isinstance(value, str) or value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}.")
-
-
-def check_variants(config) -> None:
-    """Raise a ConfigError unless the config's self- and cross-attention variants and their options are valid."""
-    check_variant(config.attn_score, config.attn_weighting, "attn_")
-    check_variant(config.cross_attn_score, config.cross_attn_weighting, "cross_attn_")
-    tau = config.hard_attention_temperature
-    if not (is_number(tau) and 0 < tau < float("inf")):  # inf: -inf / inf = nan in the masked scores
-        raise ConfigError(f"hard_attention_temperature must be > 0 and finite, got {tau!r}.")
-    check_choice(config, "hard_attention_estimator", Hard.estimators)
-    check_choice(config, "hard_attention_eval", Hard.eval_modes)
-    check_choice(config, "hard_attention_baseline", Hard.baselines)
-    momentum = config.hard_attention_baseline_momentum
-    if not (is_number(momentum) and 0.0 <= momentum < 1.0):
-        raise ConfigError(f"hard_attention_baseline_momentum must be in [0, 1), got {momentum!r}.")
-    entropy = config.hard_attention_entropy
-    if not (is_number(entropy) and 0.0 <= entropy < float("inf")):
-        raise ConfigError(f"hard_attention_entropy must be >= 0 and finite, got {entropy!r}.")
-    check_choice(config, "hard_attention_credit", Hard.credits)
-    samples = config.hard_attention_samples
-    if not (type(samples) is int and samples >= 1):
-        raise ConfigError(f"hard_attention_samples must be a positive integer, got {samples!r}.")
-    if config.hard_attention_estimator == "reinforce" and (samples > 1) != (config.hard_attention_baseline == "samples"):
-        raise ConfigError("hard_attention_baseline=samples and hard_attention_samples >= 2 go together "
-                          f"(got {config.hard_attention_baseline!r} and {samples}); set both or neither.")
-    if type(config.hard_attention_normalize) is not bool:
-        raise ConfigError(f"hard_attention_normalize must be True or False, got {config.hard_attention_normalize!r}.")
-
-
-def check_options_apply(config) -> None:
-    """A ConfigError for a hard_attention_* option changed from its default where nothing would read it.
-
-    Checked for the settings of a new run (train.py), not in the config itself: a checkpoint that holds
-    such an option still loads (the option changes nothing).
-    """
-    fields = type(config).__dataclass_fields__
-    changed = [n for n in HARD_OPTIONS + REINFORCE_OPTIONS if getattr(config, n) != fields[n].default]
-    hard = "hard" in (config.attn_weighting, config.cross_attn_weighting)
-    for name in changed:
-        if not hard:
-            raise ConfigError(f"{name} applies to hard attention only, and no attention here is hard; "
-                              "set attn_weighting=hard (or cross_attn_weighting=hard) or drop it.")
-        if name in REINFORCE_OPTIONS and config.hard_attention_estimator != "reinforce":
-            raise ConfigError(f"{name} applies to hard_attention_estimator=reinforce only, not "
-                              f"{config.hard_attention_estimator!r}; set the estimator to reinforce or drop it.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,12 +173,18 @@ class Additive(Score):
 
 
 class Weighting(nn.Module):
-    """Base weighting. `fast` means SDPA computes the same thing (only softmax does)."""
+    """Base weighting. `fast` means SDPA computes the same thing (only softmax does).
+
+    A weighting with options of its own reads them from the model config in `from_config` (hard attention:
+    model/hard_attention.py); one that trains through an extra loss term implements
+    `auxiliary_loss` (model/layers.py AuxiliaryLoss)."""
 
     fast = False
 
-    def __init__(self, config=None):
-        super().__init__()
+    @classmethod
+    def from_config(cls, config) -> "Weighting":
+        """The weighting for a model config (its own options, if any, are read from there)."""
+        return cls()
 
 
 @register(WEIGHTINGS, "softmax")
@@ -245,144 +197,8 @@ class Softmax(Weighting):
         return F.softmax(scores, dim=-1)
 
 
-@register(WEIGHTINGS, "hard")
-class Hard(Weighting):
-    """Hard attention: each query takes the value of exactly one key (a one-hot row of weights).
-
-    Choosing is not differentiable, so training uses an estimator (temperature tau):
-    - `gumbel`: straight-through Gumbel-softmax. The forward pass picks argmax(scores + Gumbel noise),
-      a sample from softmax(scores); the backward pass uses the gradient of softmax((scores + noise) / tau).
-    - `straight_through`: the forward pass picks argmax(scores); the backward pass uses softmax(scores / tau).
-    - `reinforce`: the forward pass samples a key from p = softmax(scores / tau); no gradient flows
-      through the choice. The scores learn from the score-function estimator (Williams, 1992; Xu et
-      al., 2015): the model's forward hands the per-sequence losses to `reinforce_term`, whose
-      gradient is sum_b w_b (loss_b - baseline) grad log p(choices of b), minus an entropy bonus.
-    At evaluation `eval_mode` picks the argmax or a sample (Gumbel-max). Masked keys (score -inf) are
-    never chosen; a row whose keys are all masked gets zero weights.
-    """
-
-    estimators = ("gumbel", "straight_through", "reinforce")
-    eval_modes = ("argmax", "sample")
-    baselines = BASELINES
-    credits = CREDITS
-
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.temperature = getattr(config, "hard_attention_temperature", 1.0)
-        self.estimator = getattr(config, "hard_attention_estimator", "gumbel")
-        self.eval_mode = getattr(config, "hard_attention_eval", "argmax")
-        self.log_prob = self.entropy = self.value = None  # (B, Q) of the last training forward pass (reinforce)
-        if self.estimator == "reinforce":
-            self.baseline_kind = getattr(config, "hard_attention_baseline", "batch")
-            self.credit = getattr(config, "hard_attention_credit", "query")
-            self.samples = getattr(config, "hard_attention_samples", 1)
-            self.normalize = getattr(config, "hard_attention_normalize", False)
-            self.momentum = getattr(config, "hard_attention_baseline_momentum", 0.9)
-            self.entropy_weight = getattr(config, "hard_attention_entropy", 0.0)
-            self.register_buffer("baseline", torch.tensor(float("nan")))  # nan: no step seen yet
-            if self.normalize:
-                self.register_buffer("advantage_rms", torch.tensor(float("nan")))
-            if self.baseline_kind == "learned":
-                self.value_head = ValueHead(config.n_head)
-
-    def forward(self, scores: torch.Tensor) -> torch.Tensor:
-        has_key = scores.isfinite().any(dim=-1, keepdim=True)  # False for rows with every key masked
-        dtype, scores = scores.dtype, scores.float().masked_fill(~has_key, 0.0)
-        if self.training and self.estimator == "reinforce":
-            return self.sample_for_reinforce(scores, has_key).to(dtype)
-        noisy = self.training and self.estimator == "gumbel" or not self.training and self.eval_mode == "sample"
-        if noisy:  # Gumbel(0, 1) noise: argmax(scores + noise) is a sample from softmax(scores)
-            scores = scores + gumbel_noise(scores)
-        choice = F.one_hot(scores.argmax(dim=-1), scores.size(-1)).to(scores.dtype)  # (B, nh, T, S)
-        if self.training and torch.is_grad_enabled():
-            soft = F.softmax(scores / self.temperature, dim=-1)
-            choice = choice + (soft - soft.detach())  # the value of the choice, the gradient of soft
-        return (choice * has_key).to(dtype)
-
-    def sample_for_reinforce(self, scores: torch.Tensor, has_key: torch.Tensor) -> torch.Tensor:
-        """One-hot sample from softmax(scores / tau); keep each query's log-probability and entropy (heads summed)."""
-        log_p = F.log_softmax(scores / self.temperature, dim=-1)  # (B, nh, T, S)
-        index = (log_p.detach() + gumbel_noise(log_p)).argmax(dim=-1, keepdim=True)  # (B, nh, T, 1)
-        real = has_key.squeeze(-1)  # (B, nh, T): rows with a key to choose
-        if torch.is_grad_enabled():
-            chosen = log_p.gather(-1, index).squeeze(-1) * real
-            entropy = -(log_p.exp() * log_p.masked_fill(log_p == float("-inf"), 0.0)).sum(-1) * real
-            self.log_prob, self.entropy = chosen.sum(1), entropy.sum(1)  # (B, T): the query's heads together
-            if self.baseline_kind == "learned":
-                self.value = self.value_head(self.value_head.features(log_p))  # (B, T)
-        choice = torch.zeros_like(scores).scatter_(-1, index, 1.0)  # (B, nh, T, S), no gradient
-        return choice * has_key
-
-    def advantages(self, token_loss: torch.Tensor, real: torch.Tensor, reach: str, n_queries: int,
-                   value: torch.Tensor | None):
-        """(advantage, count, reward per token) per query (B, Q); count: its target tokens in reach."""
-        reach = reach if self.credit == "query" else "all"
-        reward, count = rewards(token_loss, real, reach, n_queries)
-        per_token = reward / count.clamp(min=1)
-        first = self.baseline.isnan()  # no step seen yet (tensor ops, no Python branch: compiles)
-        if self.baseline_kind == "moving_average":
-            baseline = count * torch.where(first, 0.0, self.baseline)
-        elif self.baseline_kind in ("batch", "samples"):
-            groups = per_token.size(0) // self.samples if self.baseline_kind == "samples" else 1
-            baseline = leave_one_out(per_token, count, groups)
-        elif self.baseline_kind == "learned":
-            baseline = count * value.detach()
-        else:
-            baseline = torch.zeros_like(reward)
-        batch_mean = reward.sum() / count.sum().clamp(min=1)
-        # a new tensor, not copy_: compiled (AOT autograd) backward passes may recompute the advantage
-        # from the buffer after an in-place update, with the new baseline in place of the one used
-        self.baseline = torch.where(first, batch_mean, self.momentum * self.baseline + (1 - self.momentum) * batch_mean)
-        return (reward - baseline) * (count > 0), count, per_token
-
-    def reinforce_term(self, token_loss: torch.Tensor, real: torch.Tensor, reach: str = "all") -> torch.Tensor:
-        """Surrogate whose gradient is the REINFORCE estimate for the last forward pass; its value is 0.
-
-        token_loss (B, T): each target's loss (the minus reward); real (B, T): whether it is scored; reach:
-        which targets a choice can change (model/reinforce.py reach_of). The gradient is that of the mean
-        loss over the real targets. Updates the running statistics after use.
-        """
-        log_prob, entropy, value = self.log_prob, self.entropy, self.value
-        self.log_prob = self.entropy = self.value = None
-        token_loss, n_targets = token_loss.detach().float(), real.sum().clamp(min=1)
-        advantage, count, per_token = self.advantages(token_loss, real, reach, log_prob.size(1), value)
-        if self.normalize:
-            rms = advantage.square().sum().div(count.gt(0).sum().clamp(min=1)).sqrt()
-            unset = self.advantage_rms.isnan()
-            advantage = advantage / torch.where(unset, 1.0, self.advantage_rms).clamp(min=1e-8)
-            self.advantage_rms = torch.where(unset, rms, self.momentum * self.advantage_rms + (1 - self.momentum) * rms)
-        seq_weight = real.sum(1) / n_targets  # (B,) each sequence's share of the mean loss
-        term = (advantage * log_prob).sum() / n_targets - self.entropy_weight * (seq_weight * entropy.sum(1)).sum()
-        if value is not None:  # the value head's regression on each query's reward per token
-            active = (count > 0).float()
-            term = term + ((value - per_token).square() * active).sum() / active.sum().clamp(min=1)
-        return term - term.detach()
-
-
-def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
-    """Gumbel(0, 1) noise shaped like `like`: argmax(logits + noise) is a sample from softmax(logits)."""
-    uniform = torch.rand_like(like, dtype=torch.float).clamp_(min=torch.finfo(torch.float).tiny)
-    return -torch.log(-torch.log(uniform))
-
-
-def reinforce_term(model: nn.Module, logits: torch.Tensor, targets: torch.Tensor,
-                   ignore_index: int = IGNORE_INDEX) -> torch.Tensor | float:
-    """Sum of the REINFORCE surrogates of every hard weighting that sampled in this forward pass (else 0).
-
-    logits (B, T, V) and targets (B, T) give each target's loss (its minus reward); add the result to the
-    mean loss (its value is 0, only its gradient counts).
-    """
-    pending = [m for m in model.modules() if isinstance(m, Hard) and m.log_prob is not None]
-    if not pending:
-        return 0.0
-    token_loss = F.cross_entropy(logits.detach().flatten(0, 1).float(), targets.reshape(-1),
-                                 ignore_index=ignore_index, reduction="none").view(targets.shape)  # (B, T)
-    real = targets != ignore_index
-    return sum(m.reinforce_term(token_loss, real, reach_of(model, m)) for m in pending)
-
-
 # ----------------------------------------------------------------------------------------------
-# Masks and the KV cache
+# Masks and the KV cache (the keys and values of past positions; the *activation* cache is lens/cache.py)
 
 
 def make_mask(q_len: int, k_len: int, causal: bool, key_padding_mask: torch.Tensor | None = None,
@@ -402,8 +218,53 @@ def make_mask(q_len: int, k_len: int, causal: bool, key_padding_mask: torch.Tens
     return mask
 
 
-class KVCache:
-    """Keys and values of the positions seen so far, for one attention layer.
+def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    """(B, S) document ids -> (B, S) positions that restart at 0 wherever the id changes."""
+    index = torch.arange(doc_ids.size(1), device=doc_ids.device).expand_as(doc_ids)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    return index - torch.where(starts, index, 0).cummax(dim=1).values
+
+
+def document_mask(doc_ids: torch.Tensor, q_len: int, causal: bool, key_padding_mask: torch.Tensor | None = None,
+                  flex: bool = False):
+    """Where the last q_len of S positions may attend when each token sees only its own document.
+
+    doc_ids (B, S): each position's document; key_padding_mask (B, S): True at real tokens. A bool
+    (B, 1, T, S) mask (True = may attend), or with `flex` the same mask as a FlexAttention BlockMask
+    (blocks wholly masked are skipped: compiled FlexAttention's fast path, on CUDA).
+    """
+    B, S = doc_ids.shape
+    offset = S - q_len
+
+    def may_attend(b, h, q, kv):  # FlexAttention's mask_mod: index tensors in, bool tensor out
+        allowed = doc_ids[b, q + offset] == doc_ids[b, kv]
+        if causal:
+            allowed = allowed & (kv <= q + offset)
+        if key_padding_mask is not None:
+            allowed = allowed & key_padding_mask[b, kv].bool()
+        return allowed
+
+    if flex:  # compiled on CUDA (a Python loop over blocks otherwise); on the CPU, for tests, as it is
+        build = compiled_create_block_mask if doc_ids.is_cuda else create_block_mask
+        return build(may_attend, B, None, q_len, S, device=doc_ids.device)
+    allowed = doc_ids[:, offset:, None] == doc_ids[:, None, :]  # (B, T, S): the same mask, by broadcasting
+    if causal:
+        allowed = allowed & make_mask(q_len, S, causal=True, offset=offset, device=doc_ids.device)[0]
+    if key_padding_mask is not None:
+        allowed = allowed & key_padding_mask.bool()[:, None, :]
+    return allowed[:, None]  # (B, 1, T, S)
+
+
+def dense_mask(block_mask: BlockMask) -> torch.Tensor:
+    """A BlockMask's mask as a bool (B, 1, T, S) tensor, for the explicit path."""
+    q_len, kv_len = block_mask.seq_lengths
+    return create_mask(block_mask.mask_mod, block_mask.shape[0], 1, q_len, kv_len, device=block_mask.kv_num_blocks.device)
+
+
+class PastKeyValues:
+    """The KV cache of one attention layer: keys and values of the positions seen so far (Hugging Face's
+    past_key_values). Named so that it cannot be taken for the activation cache (lens/cache.py).
 
     A self-attention cache grows by the new positions at each call; a cross-attention cache is
     filled once from the encoder output and then reused at every decoding step.
@@ -415,7 +276,7 @@ class KVCache:
         self.len = 0
 
     @classmethod
-    def holding(cls, k: torch.Tensor, v: torch.Tensor, length: int) -> "KVCache":
+    def holding(cls, k: torch.Tensor, v: torch.Tensor, length: int) -> "PastKeyValues":
         """A cache of k.size(2) positions whose first `length` are k, v (B, nh, L, hs); it writes the next
         positions into these tensors, so pass ones nothing else reads."""
         cache = cls(k.size(2))
@@ -459,7 +320,7 @@ class Attention(nn.Module):
             self.c_attn = nn.Linear(C, 3 * C, bias=config.bias)
         self.c_proj = nn.Linear(C, C, bias=config.bias)
         self.scorer = SCORES[score or config.attn_score](self.n_head, self.head_dim)
-        self.weighting = WEIGHTINGS[weighting or config.attn_weighting](config)
+        self.weighting = WEIGHTINGS[weighting or config.attn_weighting].from_config(config)
         # QK-norm: RMS-normalise each head's queries and keys (identity unless config.qk_norm)
         self.q_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
@@ -482,7 +343,7 @@ class Attention(nn.Module):
         B, T, C = x.shape
         return x.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
 
-    def project(self, x: torch.Tensor, source: torch.Tensor | None, cache: KVCache | None, offset: int = 0,
+    def project(self, x: torch.Tensor, source: torch.Tensor | None, cache: PastKeyValues | None, offset: int = 0,
                 positions: torch.Tensor | None = None):
         """Queries from x; keys and values from x (self) or source (cross), through the cache.
 
@@ -508,11 +369,12 @@ class Attention(nn.Module):
         return q, k, v
 
     def forward(self, x: torch.Tensor, source: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                causal: bool = False, cache: KVCache | None = None, need_weights: bool = False,
+                causal: bool = False, cache: PastKeyValues | None = None, need_weights: bool = False,
                 positions: torch.Tensor | None = None):
         """Attend from x (B, T, C) to itself or to `source` (B, S, C); return y (B, T, C) [, weights].
 
-        `mask` (bool, broadcastable to (B, nh, T, S), True = may attend) is complete when given;
+        `mask` (bool, broadcastable to (B, nh, T, S), True = may attend; or a FlexAttention BlockMask from
+        document_mask, which the explicit path and dropout turn into the bool mask) is complete when given;
         otherwise `causal` asks for a causal mask, offset by the positions already in `cache`.
         `positions` (B, T) are the rows' own rotary positions (a left-padded batch).
         """
@@ -528,7 +390,13 @@ class Attention(nn.Module):
 
         explicit = need_weights or self.scores.active or self.pattern.active or not self.weighting.fast \
             or self.scorer.sdpa_scale is None
-        if explicit:
+        dropout_p = self.dropout_p if self.training else 0.0
+        if isinstance(mask, BlockMask) and (explicit or dropout_p > 0):  # FlexAttention has no dropout
+            mask = dense_mask(mask)
+        if isinstance(mask, BlockMask):  # documents in a packed row (document_mask), on CUDA
+            weights = None
+            z = compiled_flex_attention(self.scorer.prepare_q(q), k, v, block_mask=mask, scale=self.scorer.sdpa_scale)
+        elif explicit:
             scores = self.scorer(q, k)  # (B, nh, T, S)
             if sdpa_causal:
                 mask = make_mask(T, S, causal=True, device=x.device)
@@ -544,7 +412,7 @@ class Attention(nn.Module):
             weights = None
             z = F.scaled_dot_product_attention(
                 self.scorer.prepare_q(q), k, v, attn_mask=mask, is_causal=sdpa_causal,
-                dropout_p=self.dropout_p if self.training else 0.0, scale=self.scorer.sdpa_scale)
+                dropout_p=dropout_p, scale=self.scorer.sdpa_scale)
         z = self.z(z)
         y = z.transpose(1, 2).contiguous().view(x.shape)  # re-assemble heads: (B, T, C)
         y = self.out(self.resid_dropout(self.c_proj(y)))

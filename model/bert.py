@@ -10,7 +10,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from model.attention import make_mask
+from model.attention import document_mask, document_positions, make_mask
 from model.config import BERTConfig, ConfigError
 from model.family import Family, embed, logits_and_loss, tie_head
 from model.layers import ACTIVATIONS, Block, init_weights, make_norm
@@ -67,17 +67,20 @@ class BERT(Family):
         init_weights(self, config.n_layer)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+               token_type_ids: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids (B, T) -> final hidden states (B, T, C).
 
         attention_mask (B, T): 1/True at real tokens, 0/False at padding, which no position attends
         to. token_type_ids (B, T): segment ids (0 for sentence A, 1 for B); zeros when omitted.
+        doc_ids (B, T): each token's document in packed rows; a token attends only to its own
+        document, and positions restart at each document.
         """
         T = input_ids.size(1)
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; it must match "
-                             f"input_ids {tuple(input_ids.shape)}.")
-        x = embed(input_ids, self.wte, self.wpe, self.config.block_size,
+        for name, given in (("attention_mask", attention_mask), ("doc_ids", doc_ids)):
+            if given is not None and given.shape != input_ids.shape:
+                raise ValueError(f"{name} has shape {tuple(given.shape)}; it must match input_ids {tuple(input_ids.shape)}.")
+        positions = document_positions(doc_ids) if doc_ids is not None else None
+        x = embed(input_ids, self.wte, self.wpe, self.config.block_size, positions=positions,
                   hint="shorten it or train with a larger block_size")  # (B, T, C)
         if self.wtt is not None:
             x = x + (self.wtt(token_type_ids) if token_type_ids is not None else self.wtt.weight[0])
@@ -85,20 +88,24 @@ class BERT(Family):
             raise ValueError("this model has no segment embeddings (type_vocab_size=0); drop token_type_ids.")
         x = self.drop(self.ln_emb(x))
         mask = None
-        if attention_mask is not None:
+        if doc_ids is not None:  # (B, 1, T, T), or FlexAttention's block mask on CUDA
+            mask = document_mask(doc_ids, T, causal=False, key_padding_mask=attention_mask, flex=input_ids.is_cuda)
+        elif attention_mask is not None:
             mask = make_mask(T, T, causal=False, key_padding_mask=attention_mask)  # (B, 1, 1, T)
         for block in self.blocks:
-            x = block(x, mask=mask)
+            x = block(x, mask=mask, positions=positions)
         return self.ln_f(x)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None):
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                doc_ids: torch.Tensor | None = None):
         """(MLM logits (B, T, V) for every position, loss): the mean cross-entropy over labels (B, T), or None
         without labels.
 
         The loss counts only positions whose label is not IGNORE_INDEX (-100): the masked ones.
+        doc_ids (B, T): packed documents (see encode).
         """
-        logits = self.head(self.encode(input_ids, attention_mask, token_type_ids))
+        logits = self.head(self.encode(input_ids, attention_mask, token_type_ids, doc_ids))
         return logits_and_loss(logits, labels, self.config.logit_softcap, self)
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

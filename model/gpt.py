@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from model.attention import KVCache
+from model.attention import PastKeyValues, document_mask, document_positions
 from model.config import ConfigError, GPTConfig
 from model.hooks import HookPoint
 from model.family import Family, embed, logits_and_loss, tie_head
@@ -68,18 +68,22 @@ class GPT(Family):
         return gpt2_config(pretrained_config(name_or_dir, dropout, block_size), name_or_dir)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                caches: list[KVCache] | None = None, last_only: bool = False,
-                attention_mask: torch.Tensor | None = None):
+                caches: list[PastKeyValues] | None = None, last_only: bool = False,
+                attention_mask: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None):
         """idx (B, T) token ids -> (logits (B, T, V), loss): the mean cross-entropy, or None without targets.
 
         With `caches` (one per block) the positions continue after those already cached.
         `attention_mask` (B, cached + T), 1 at real tokens, 0 at left padding: each row then counts
         its positions from its first real token and never attends to padding.
+        `doc_ids` (B, cached + T), the document of each token of packed rows: a token attends only to
+        earlier tokens of its own document, and positions restart at each document.
         Targets equal to IGNORE_INDEX (-100, weights/common.py) are ignored by the loss.
         """
         offset = caches[0].len if caches else 0
         positions = mask = None
-        if attention_mask is not None:
+        if doc_ids is not None:
+            positions, mask = self.document_layout(doc_ids, idx, offset, attention_mask)
+        elif attention_mask is not None:
             if attention_mask.shape != (idx.size(0), offset + idx.size(1)):
                 raise ValueError(f"attention_mask must be (batch, cached + new tokens) = "
                                  f"{(idx.size(0), offset + idx.size(1))}, got {tuple(attention_mask.shape)}.")
@@ -93,6 +97,18 @@ class GPT(Family):
         if last_only:
             x = x[:, -1:]
         return logits_and_loss(self.lm_head(x), targets, self.config.logit_softcap, self)  # (B, T, V), loss or None
+
+    @staticmethod
+    def document_layout(doc_ids: torch.Tensor, idx: torch.Tensor, offset: int, attention_mask) -> tuple:
+        """(positions (B, T), mask) of packed documents: FlexAttention's block mask on CUDA for a whole
+        window, a bool mask otherwise (model/attention.py document_mask)."""
+        if attention_mask is not None:
+            raise ValueError("give attention_mask (left-padded prompts) or doc_ids (packed documents), not both.")
+        if doc_ids.shape != (idx.size(0), offset + idx.size(1)):
+            raise ValueError(f"doc_ids must be (batch, cached + new tokens) = {(idx.size(0), offset + idx.size(1))}, "
+                             f"got {tuple(doc_ids.shape)}.")
+        flex = idx.is_cuda and offset == 0 and idx.size(1) > 1
+        return document_positions(doc_ids)[:, offset:], document_mask(doc_ids, idx.size(1), True, flex=flex)
 
     @torch.no_grad()
     def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
@@ -132,7 +148,7 @@ class GPT(Family):
                 if caches is None or caches[0].len + pending.size(1) > block_size:
                     keep = block_size if caches is None else max(1, block_size // 2)
                     pending = idx[:, -keep:]
-                    caches = [KVCache(block_size) for _ in self.blocks]
+                    caches = [PastKeyValues(block_size) for _ in self.blocks]
                 logits, _ = self(pending, caches=caches, last_only=True)
             else:
                 logits, _ = self(idx[:, -block_size:], last_only=True)

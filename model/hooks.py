@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from model.cache import ActivationCache, HookNameError  # noqa: F401 (HookNameError: public here too)
+from weights.common import HookNameError
 
 HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
 NameFilter = str | Iterable[str] | Callable[[str], bool] | None
@@ -37,7 +37,8 @@ class HookPoint(nn.Module):
 
 
 class HookedModel:
-    """Mixin for an nn.Module holding HookPoints: named hooks, run_with_cache, hook_names."""
+    """Mixin for an nn.Module holding HookPoints: named hooks, capture, hook_names (run_with_cache and the
+    other analysis methods are added from lens/methods.py: docs/architecture.md)."""
 
     def hook_points(self) -> dict[str, HookPoint]:
         """Every hook point of the model by its module-tree name, e.g. ``blocks.0.attn.pattern``."""
@@ -83,24 +84,31 @@ class HookedModel:
             for handle in handles:
                 handle.remove()
 
-    def run_with_cache(self, *args, names_filter: NameFilter = None, device=None,
-                       fwd_hooks: Iterable[tuple[NameFilter, HookFn]] = (), **kwargs):
-        """Run the model on args/kwargs; return (output, cache): forward's output ((logits, loss) for every
-        family) and an ActivationCache (a dict name -> detached tensor, with TransformerLens' methods: see
-        model/cache.py).
+    def capture(self, *args, names_filter: NameFilter = None, device=None,
+                fwd_hooks: Iterable[tuple[NameFilter, HookFn]] = (), **kwargs) -> tuple[object, dict[str, torch.Tensor]]:
+        """Run the model on args/kwargs; return (output, {hook name: a detached copy of its value}).
 
         `device` (e.g. "cpu") moves each tensor there as it is captured. `fwd_hooks` (interventions)
-        run before the cache hooks, so the cache holds the values after them.
+        run before the capturing hooks, so the values are those after them. `run_with_cache` (lens/methods.py)
+        wraps the dict in an ActivationCache.
         """
-        cache = {}
+        values = {}
 
         def store(tensor: torch.Tensor, name: str) -> None:
             # a copy: the live tensor flows on, and a later hook may edit it in place
-            cache[name] = tensor.detach().to(tensor.device if device is None else device, copy=True)
+            values[name] = tensor.detach().to(tensor.device if device is None else device, copy=True)
 
         with self.hooks([*fwd_hooks, (self.match_hooks(names_filter), store)]):
             output = self(*args, **kwargs)
-        return output, ActivationCache(cache, self)
+        return output, values
+
+    @classmethod
+    def add_methods(cls, methods: type) -> None:
+        """Give every hooked model the methods defined in class `methods`: the analysis conveniences that
+        live outside the learner's files (lens/methods.py; model/__init__.py adds them)."""
+        for name, value in vars(methods).items():
+            if not name.startswith("__"):
+                setattr(cls, name, value)
 
 
 def _call_with_name(fn: HookFn, name: str):

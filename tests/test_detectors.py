@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from lens import detectors
 from model import BERT, GPT, BERTConfig, GPTConfig, Seq2Seq, Seq2SeqConfig
-from model.cache import LensError
+from lens.cache import LensError
 from lens.interventions import ablate_heads
 from model.generation import pack
 

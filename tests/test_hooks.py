@@ -307,7 +307,7 @@ def test_head_stats_on_known_patterns():
 
 
 def test_recorded_cross_attention_during_cached_decoding():
-    from model.attention import KVCache
+    from model.attention import PastKeyValues
 
     model = TinyEncoderDecoder(GPTConfig(**CFG)).eval()
     B, S, T = 2, 6, 4
@@ -318,7 +318,7 @@ def test_recorded_cross_attention_during_cached_decoding():
     encoded = source
     for block in model.encoder.blocks:
         encoded = block(encoded, mask=make_mask(S, S, causal=False, key_padding_mask=pad))
-    caches, cross_caches = [KVCache(T) for _ in range(2)], [KVCache(S) for _ in range(2)]
+    caches, cross_caches = [PastKeyValues(T) for _ in range(2)], [PastKeyValues(S) for _ in range(2)]
     with AttentionRecorder(model, "decoder.*pattern") as recorder:
         for t in range(T):  # one target position per step, as a decoder generates
             x = target[:, t:t + 1]

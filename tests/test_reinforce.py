@@ -3,7 +3,6 @@
 
 import copy
 import functools
-import types
 
 import pytest
 import torch
@@ -12,21 +11,21 @@ import torch.nn.functional as F
 import train
 
 from conftest import one_line_error, run_script
-from model import GPT, GPTConfig, RNNConfig, RNNEncoderDecoder, Seq2Seq, Seq2SeqConfig, load_checkpoint
-from model.attention import Hard, check_options_apply
+from model import (GPT, GPTConfig, HardAttentionConfig, RNNConfig, RNNEncoderDecoder, Seq2Seq, Seq2SeqConfig,
+                   load_checkpoint)
+from model.hard_attention import Hard, check_options_apply
 from model.config import ConfigError
 from model.reinforce import reach_of
 
 S, N = 4, 20_000  # keys per query, sampled sequences
+REINFORCE = HardAttentionConfig(estimator="reinforce")
 
 
 def reinforce(baseline="none", entropy=0.0, credit="query", reach="own", samples=1, normalize=False) -> Hard:
     """A REINFORCE hard weighting with one head, in training mode."""
-    cfg = types.SimpleNamespace(hard_attention_estimator="reinforce", hard_attention_baseline=baseline,
-                                hard_attention_baseline_momentum=0.9, hard_attention_entropy=entropy,
-                                hard_attention_temperature=1.0, hard_attention_credit=credit, n_head=1,
-                                hard_attention_samples=samples, hard_attention_normalize=normalize)
-    weighting = Hard(cfg).train()
+    options = HardAttentionConfig(estimator="reinforce", baseline=baseline, entropy=entropy, credit=credit,
+                                  samples=samples, normalize=normalize)
+    weighting = Hard(options, n_head=1).train()
     weighting.reinforce_term = functools.partial(weighting.reinforce_term, reach=reach)
     return weighting
 
@@ -174,7 +173,7 @@ def test_reach_marks_what_each_choice_can_change():
     """In a causal stack the attention output at query t moves targets t.. (targets t only in the last layer)."""
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=6, vocab_size=11, attn_weighting="hard",
-                        hard_attention_estimator="reinforce"))
+                        hard_attention=REINFORCE))
     assert [reach_of(gpt, b.attn.weighting) for b in gpt.blocks] == ["later", "own"]
     outputs = []
     with gpt.hooks([("blocks.*.attn.z", lambda z, name: outputs.append(z))]):
@@ -198,7 +197,7 @@ def test_reach_marks_what_each_choice_can_change():
 def test_families_train_the_scores_by_reinforce_and_report_the_plain_loss():
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=11, attn_score="general",
-                        attn_weighting="hard", hard_attention_estimator="reinforce", hard_attention_baseline="learned"))
+                        attn_weighting="hard", hard_attention=HardAttentionConfig(estimator="reinforce", baseline="learned")))
     idx = torch.randint(0, 11, (4, 8))
     logits, loss = gpt(idx, idx)
     torch.testing.assert_close(loss, F.cross_entropy(logits.view(-1, 11), idx.view(-1)))
@@ -210,7 +209,7 @@ def test_families_train_the_scores_by_reinforce_and_report_the_plain_loss():
     gpt(idx, idx)
     assert gpt.blocks[0].attn.weighting.log_prob is None  # evaluation samples nothing to learn from
     rnn = RNNEncoderDecoder(RNNConfig(n_embd=16, block_size=8, vocab_size=11, attn_score="general",
-                                      attn_weighting="hard", hard_attention_estimator="reinforce"))
+                                      attn_weighting="hard", hard_attention=REINFORCE))
     _, loss = rnn(idx, idx, idx)
     loss.backward()
     assert rnn.decoder.cross_attn.scorer.weight.grad.abs().sum() > 0
@@ -220,8 +219,8 @@ def test_a_reinforce_training_step_compiles_as_one_graph_and_equals_eager():
     """The surrogate is part of the family's forward, so fullgraph compile must trace it (running statistics included)."""
     torch.manual_seed(0)
     eager = GPT(GPTConfig(n_layer=2, n_head=3, n_embd=15, block_size=8, vocab_size=11, attn_score="general",
-                          attn_weighting="hard", hard_attention_estimator="reinforce",
-                          hard_attention_baseline="learned", hard_attention_normalize=True))
+                          attn_weighting="hard", hard_attention=HardAttentionConfig(
+                              estimator="reinforce", baseline="learned", normalize=True)))
     twin = copy.deepcopy(eager)
     compiled = torch.compile(twin, fullgraph=True, backend="aot_eager")  # a graph break is an error
     for step in range(3):  # the first step sets the running statistics, the next ones use and move them
@@ -267,7 +266,24 @@ def test_reinforce_options_without_reinforce_are_one_clear_error(char_data, tmp_
     for option in ("--hard_attention_credit=sequence", "--hard_attention_samples=2", "--hard_attention_normalize=True"):
         with pytest.raises(ConfigError, match="hard_attention_estimator=reinforce"):
             train.load_config([f"--data_dir={char_data}", "--attn_weighting=hard", option])
-    cfg = GPTConfig(attn_weighting="hard", hard_attention_estimator="reinforce")
     with pytest.raises(ConfigError, match="go together"):
-        GPTConfig(attn_weighting="hard", hard_attention_estimator="reinforce", hard_attention_samples=2)
-    check_options_apply(cfg)
+        HardAttentionConfig(estimator="reinforce", samples=2)
+    check_options_apply(GPTConfig(attn_weighting="hard", hard_attention=REINFORCE))
+
+
+def test_samples_train_on_each_sequence_that_many_times_in_a_row(char_data, tmp_path, monkeypatch):
+    seen = []
+    forward = GPT.forward
+
+    def spy(self, idx, targets=None, *args, **kwargs):
+        seen.append(idx)
+        return forward(self, idx, targets, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "forward", spy)
+    train.main([f"--data_dir={char_data}", f"--out_dir={tmp_path}", "--device=cpu", "--n_layer=1", "--n_head=2",
+                "--n_embd=16", "--block_size=16", "--batch_size=3", "--eval_iters=1", "--eval_interval=100",
+                "--max_iters=1", "--attn_weighting=hard", "--hard_attention_estimator=reinforce",
+                "--hard_attention_baseline=samples", "--hard_attention_samples=2"])
+    trained = [idx for idx in seen if idx.size(0) != 3]  # evaluation batches keep their 3 rows
+    assert len(trained) == 1 and trained[0].size(0) == 6
+    assert torch.equal(trained[0][0::2], trained[0][1::2])  # each sequence twice in a row

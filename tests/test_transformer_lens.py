@@ -21,7 +21,7 @@ from lens.folding import fold_weights
 from lens.interventions import ablate_heads
 from lens.weight_space import WeightSpace, head_weights
 from model import BERT, GPT, BERTConfig, GPTConfig
-from model.cache import ActivationCache, LensError
+from lens.cache import ActivationCache, LensError
 
 TOL = dict(atol=1e-4, rtol=0)
 

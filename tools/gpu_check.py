@@ -11,25 +11,33 @@ Steps, each with its own time limit (about 8 minutes in all), each recorded even
 3. bench.py for GPT-2 124M (block 1024, bf16, compiled, batch 16): tokens/s, MFU, peak memory,
    sampling tokens/s without cache, with it, with the static cache and compiled step;
 4. a short training run of GPT-2 124M sizes from scratch on the built-in BPE Shakespeare (loss falls,
-   tokens/s and MFU from its log).
+   tokens/s and MFU from its log);
+5. the same run on the plays cut into documents (a speech each) with --doc_mask=True --batch_align=doc:
+   compiled FlexAttention block masks (its tokens/s beside step 4's).
 The table goes to docs/gpu.md (--dry_run: gpu_carry/gpu-dry-run.md, never docs/gpu.md).
 """
 
 import argparse
 import datetime
 import glob
+import json
 import os
 import re
 import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from data.tokens import load_tokens, write_json, write_tokens  # noqa: E402
 CARRY = os.path.join(REPO, "gpu_carry")
 GPT2 = ["--n_layer=12", "--n_head=12", "--n_embd=768", "--block_size=1024", "--bias=True", "--activation=gelu_tanh"]
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=64"]
+EOT, BLANK_LINE, NEWLINE = 50256, 628, 198  # GPT-2's <|endoftext|>, "\n\n" and "\n"
 
 
 def run(cmd: list[str], timeout: int) -> tuple[int, str, float]:
@@ -99,6 +107,43 @@ def training_run(dry: bool, timeout: int) -> dict:
             "training wall time (compile included)": f"{secs:.0f} s"}
 
 
+def documents_dataset() -> str:
+    """gpu_carry/data/shakespeare_docs: the BPE plays cut into documents (every speech after a blank line
+    starts with <|endoftext|>), for the doc-masked run; returns the folder."""
+    source, folder = os.path.join(CARRY, "data", "shakespeare"), os.path.join(CARRY, "data", "shakespeare_docs")
+    with open(os.path.join(source, "meta.json")) as f:
+        meta = json.load(f)
+    os.makedirs(folder, exist_ok=True)
+    for split in ("train", "val"):
+        tokens = np.asarray(load_tokens(os.path.join(source, f"{split}.bin"))).astype(np.int64)
+        blank = (tokens[:-1] == BLANK_LINE) | ((tokens[:-1] == NEWLINE) & (np.roll(tokens, 1)[:-1] == NEWLINE))
+        after_blank = np.flatnonzero(blank) + 1  # a speech starts after "\n\n" (one token, or two "\n")
+        write_tokens(os.path.join(folder, f"{split}.bin"), np.insert(tokens, after_blank, EOT), meta["vocab_size"])
+    write_json(os.path.join(folder, "meta.json"), meta)
+    return folder
+
+
+def doc_mask_run(dry: bool, timeout: int) -> dict:
+    """A short run with --doc_mask=True --batch_align=doc (compiled FlexAttention block masks on CUDA):
+    its log's padding/cut line, first and last val loss and the last logged speed."""
+    sizes = TINY + ["--device=cpu", "--max_iters=20", "--batch_size=4"] if dry else \
+        GPT2 + ["--device=cuda", "--dtype=bfloat16", "--compile=True", "--batch_size=16", "--max_iters=60"]
+    cmd = [sys.executable, "train.py", f"--data_dir={documents_dataset()}", "--doc_mask=True", "--batch_align=doc",
+           f"--out_dir={os.path.join(CARRY, 'out-gpu-docmask')}", "--overwrite=True", "--log_interval=10",
+           "--eval_interval=30", "--eval_iters=10", "--warmup_iters=10", "--learning_rate=6e-4", "--lr_decay_iters=60",
+           *sizes]
+    code, out, secs = run(cmd, timeout)
+    vals = re.findall(r"step (\d+): train loss [\d.]+, val loss ([\d.]+)", out)
+    speed = [line for line in out.splitlines() if line.startswith("iter ") and "tokens/s" in line]
+    rows = [line for line in out.splitlines() if line.startswith("rows (")]
+    if code != 0 or len(vals) < 2:
+        return {"doc-masked training": f"failed (exit {code}): {out.strip().splitlines()[-1:] if out.strip() else ''}"}
+    return {"doc-masked training rows": rows[0] if rows else "-",
+            "doc-masked training val loss": f"{vals[0][1]} at step {vals[0][0]} -> {vals[-1][1]} at step {vals[-1][0]}",
+            "doc-masked training speed (last log line)": speed[-1].split(", ", 2)[-1] if speed else "-",
+            "doc-masked training wall time (compile included)": f"{secs:.0f} s"}
+
+
 def write_table(path: str, rows: dict) -> None:
     """Write rows as a two-column Markdown table."""
     lines = ["# GPU check (tools/gpu_check.py)", "",
@@ -126,7 +171,8 @@ def main(argv: list[str]) -> None:
     slack = 4 if args.dry_run else 1  # a shared CPU is slow: the dry run checks the steps, not the budget
     for name, step in (("CUDA tests", lambda: {"CUDA tests": cuda_tests(200 * slack)}),
                        ("bench", lambda: bench_row(args.dry_run, 150 * slack)),
-                       ("training", lambda: training_run(args.dry_run, 130 * slack))):
+                       ("training", lambda: training_run(args.dry_run, 130 * slack)),
+                       ("doc-masked training", lambda: doc_mask_run(args.dry_run, 130 * slack))):
         print(f"{name} ...", file=sys.stderr, flush=True)
         rows.update(step())
     path = os.path.join(CARRY, "gpu-dry-run.md") if args.dry_run else os.path.join(REPO, "docs", "gpu.md")

@@ -12,6 +12,8 @@ import textwrap
 import typing
 from dataclasses import dataclass
 
+from model.config import flatten, nested_configs, unflatten
+from data.documents import Packing
 from model.sampling import check_sampling
 from weights.common import ConfigError
 from weights.hf_gpt2 import HUB_MODELS
@@ -35,6 +37,10 @@ class TrainConfig:
     dataset: str = "shakespeare_char"
     data_dir: str = ""  # defaults to data/<dataset>
     batch_size: int = 16
+    # documents of sharded data (separated by <|endoftext|> or [EOS]; GPT and BERT; data/documents.py)
+    doc_mask: bool = False  # a token attends only to its own document; positions restart at each document
+    batch_align: str = "window"  # 'window': rows start anywhere; 'doc': at a document, packing whole documents
+    doc_boundary_loss: bool = False  # with doc_mask: still train a document's last token to predict the next separator
     # micro-batches per optimizer step, summed over all ranks (global): a step sees batch_size *
     # gradient_accumulation_steps sequences however many processes share it; divisible by their number.
     # Not given (config file or command line): one per process (train.py sets it; training/distributed.py)
@@ -89,10 +95,18 @@ class TrainConfig:
         if self.optimizer == "muon" and not (self.muon_lr > 0 and 0 <= self.muon_momentum < 1
                                              and self.muon_weight_decay >= 0):
             raise ConfigError("muon needs muon_lr > 0, muon_momentum in [0, 1) and muon_weight_decay >= 0.")
+        if self.packing.needs_separator and self.model_type not in ("gpt", "bert"):
+            raise ConfigError(f"doc_mask and batch_align=doc apply to model_type gpt and bert, not {self.model_type!r}; "
+                              "drop them.")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be one of auto, float32, bfloat16, float16, got {self.dtype!r}.")
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}.")
+
+    @property
+    def packing(self) -> Packing:
+        """How the batch makers treat documents (data/documents.py)."""
+        return Packing(self.doc_mask, self.batch_align, self.doc_boundary_loss)
 
 
 @dataclass
@@ -148,9 +162,28 @@ def check_init_from(init_from: str, own: tuple[str, ...]) -> None:
 
 
 def field_types(cls) -> dict[str, type]:
-    """Map each dataclass field name to its resolved type."""
+    """Map each key of a config class to its resolved type; a nested config's fields as `<field>_<name>`."""
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    nested = nested_configs(cls)
+    types = {}
+    for f in dataclasses.fields(cls):
+        if f.name in nested:
+            types.update({f"{f.name}_{k}": t for k, t in field_types(nested[f.name]).items()})
+        else:
+            types[f.name] = hints[f.name]
+    return types
+
+
+def field_defaults(cls) -> dict[str, object]:
+    """Each key of a config class (as in field_types) with its default value."""
+    defaults = {}
+    for f in dataclasses.fields(cls):
+        value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(value):
+            defaults.update({f"{f.name}_{k}": v for k, v in flatten(value).items()})
+        else:
+            defaults[f.name] = value
+    return defaults
 
 
 def coerce(key: str, value, typ):
@@ -241,15 +274,14 @@ def usage(doc: str, defaults: dict[str, type], notes: tuple[str, ...] = ()) -> s
     """A script's --help: its docstring, every --key=default of each titled config class, then the notes."""
     parts = [doc.strip(), ""]
     for title, cls in defaults.items():
-        parts += [f"{title}:"] + [f"  --{f.name}={default_text(f)}" for f in dataclasses.fields(cls)] + [""]
+        parts += [f"{title}:"] + [f"  --{k}={default_text(v)}" for k, v in field_defaults(cls).items()] + [""]
     for note in notes:
         parts += textwrap.wrap(note, width=100, subsequent_indent="  ") + [""]
     return "\n".join(parts).rstrip() + "\n"
 
 
-def default_text(field: dataclasses.Field) -> str:
-    """A field's default as typed on the command line (a string's repr shows an empty or newline default)."""
-    value = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+def default_text(value) -> str:
+    """A default as typed on the command line (a string's repr shows an empty or newline default)."""
     return repr(value) if isinstance(value, str) and (not value or not value.isprintable()) else str(value)
 
 
@@ -263,19 +295,20 @@ def build(values: dict, *classes: type) -> list:
     built = []
     for cls, typs in zip(classes, types):
         kwargs = {k: coerce(k, v, typs[k]) for k, v in values.items() if k in typs}
-        built.append(cls(**kwargs))
+        built.append(cls(**unflatten(cls, kwargs)))
     return built
 
 
 def to_dict(cfg) -> dict:
-    """A dataclass as a plain dict (safe to store in a weights_only checkpoint)."""
-    return dataclasses.asdict(cfg)
+    """A config as a plain flat dict (safe to store in a weights_only checkpoint; nested configs' fields
+    under their flat keys, hard_attention_estimator, as every version has stored them)."""
+    return flatten(cfg)
 
 
 def from_dict(cls, values: dict):
-    """Rebuild a dataclass from a stored dict, ignoring keys this version no longer has."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})
+    """Rebuild a config from a stored flat dict, ignoring keys this version no longer has."""
+    names = set(field_types(cls)) | {f.name for f in dataclasses.fields(cls)}
+    return cls(**unflatten(cls, {k: v for k, v in values.items() if k in names}))
 
 
 __all__ = ["ConfigError", "TrainConfig", "SampleConfig", "read_config_file", "parse_args", "build", "to_dict",

@@ -19,16 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from weights.common import ConfigError, UserError
+from weights.common import ConfigError, HookNameError
 
 PosSlice = int | slice | list | torch.Tensor | None
-
-
-class HookNameError(UserError, KeyError):
-    """A hook name or pattern that matches no hook point of the model (or no cached value)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class LensError(ConfigError):
