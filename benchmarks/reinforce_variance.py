@@ -13,7 +13,6 @@ surrogates: compare their ratios. A learned baseline is only meaningful on weigh
 """
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -25,6 +24,7 @@ from data.loader import dataset_dir, read_meta  # noqa: E402
 from data.pairs import PairBatches  # noqa: E402
 from data.tokenizer import from_meta  # noqa: E402
 from model import Seq2Seq, Seq2SeqConfig  # noqa: E402
+from model.config import flatten, from_flat  # noqa: E402
 from training.config import read_config_file  # noqa: E402
 from weights.checkpoint import load_checkpoint  # noqa: E402
 
@@ -71,23 +71,24 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--checkpoint", default="", help="an out_dir whose ckpt.pt holds the weights to measure at")
     parser.add_argument("--passes", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=8, help="passes that only warm the running statistics")
-    parser.add_argument("--settings", default="", help="comma-separated prefixes of the settings to run")
+    parser.add_argument("--settings", default="", help="|-separated prefixes of the settings to run")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     values = read_config_file("config/seq2seq_reverse.py")
-    model_cfg = Seq2SeqConfig(**{k: v for k, v in values.items() if k in Seq2SeqConfig.__dataclass_fields__})
+    keys = flatten(Seq2SeqConfig())
+    model_cfg = from_flat(Seq2SeqConfig, {k: v for k, v in values.items() if k in keys})
     folder = dataset_dir("reverse")
     tokenizer = from_meta(read_meta(folder, prepare_if_missing=True)).with_specials(PairBatches.specials)
     model_cfg = model_cfg.with_vocab_size(tokenizer.vocab_size)
     state = load_checkpoint(args.checkpoint)["model"] if args.checkpoint else None
-    wanted = [s.strip() for s in args.settings.split(",") if s.strip()]
+    wanted = [s.strip() for s in args.settings.split("|") if s.strip()]
     print(f"weights: {args.checkpoint or 'initialisation (seed 0)'}; {args.passes} passes on 32 held-out pairs\n")
     print("| setting | var | mean² | var / mean² |\n|---|---|---|---|")
     for name, options in SETTINGS.items():
         if wanted and not any(name.startswith(w) for w in wanted):
             continue
         options = {**REINFORCE, **options} if name.startswith("reinforce") else options
-        cfg = dataclasses.replace(model_cfg, cross_attn_weighting="hard", **options)
+        cfg = from_flat(Seq2SeqConfig, {**flatten(model_cfg), "cross_attn_weighting": "hard", **options})
         torch.manual_seed(0)
         model = Seq2Seq(cfg)
         if state is not None:
@@ -96,7 +97,7 @@ def main(argv: list[str]) -> None:
         model.train()
         batches = PairBatches(folder, cfg, 32, "cpu", tokenizer)
         batch = batches.get("val", torch.Generator().manual_seed(5))
-        samples = cfg.hard_attention_samples
+        samples = cfg.hard_attention.samples
         batch = {k: v.repeat_interleave(samples, 0) for k, v in batch.items()}  # each sequence `samples` times
         torch.manual_seed(1)
         r = score_gradients(model, batch, args.passes, args.warmup, samples)
