@@ -10,31 +10,31 @@
     python sample.py --out_dir=out-rnn --start="a line of text" --attention_dir=attn-rnn  # the RNN encoder-decoder
     python sample.py --start="ROMEO:" --fast_decode=True   # static KV cache + compiled step (compiles first)
     python sample.py --init_from=gpt2 --start="The meaning of life is"    # OpenAI's GPT-2 (or a HF folder)
+    python sample.py --init_from=path/to/bert --start="Paris is the [MASK] of France." --attention_dir=attn
+    python sample.py --init_from=path/to/weights --tokenizer=path/to/tokenizer --start="..."  # a folder without one
 """
 
 import sys
 
-from data.tokenizer import GPT2Tokenizer, from_meta
-from model import GPT
+from data.tokenizer import from_meta
 from training.config import SampleConfig, build, parse_args, usage, wants_help
-from training.families import FAMILIES, model_from_checkpoint
+from training.families import FAMILIES, load_pretrained, model_from_checkpoint, pretrained_tokenizer
 from training.system import pick_device, pick_dtype
 from weights.checkpoint import SAMPLE_KEYS, load_checkpoint
 from weights.common import ConfigError, UserError
 
 
 def load_model(cfg: SampleConfig, device: str):
-    """(model in eval mode, tokenizer, model_type) from out_dir's checkpoint, or GPT-2 with its tokenizer."""
+    """(model in eval mode, tokenizer, model_type) from out_dir's checkpoint, or a Hugging Face folder (GPT-2,
+    Llama, Pythia, BERT, RoBERTa, ...) with its own tokenizer (or --tokenizer's)."""
     if cfg.init_from == "resume":
+        if cfg.tokenizer:
+            raise ConfigError("--tokenizer is for --init_from=<folder>; a checkpoint of ours holds its tokenizer.")
         ckpt = load_checkpoint(cfg.out_dir, needs=SAMPLE_KEYS)
         return (model_from_checkpoint(ckpt).to(device).eval(), from_meta(ckpt["tokenizer"]),
                 ckpt.get("model_type", "gpt"))
-    model = GPT.from_pretrained(cfg.init_from).to(device).eval()  # OpenAI's GPT-2 or a Hugging Face folder
-    tokenizer = GPT2Tokenizer()
-    if model.config.vocab_size != tokenizer.vocab_size:
-        raise ConfigError(f"{cfg.init_from} has {model.config.vocab_size} token ids, not GPT-2's "
-                          f"{tokenizer.vocab_size}; sample from it with a checkpoint of ours instead.")
-    return model, tokenizer, "gpt"
+    model = load_pretrained(cfg.init_from).to(device).eval()
+    return model, pretrained_tokenizer(model, cfg.init_from, cfg.tokenizer), model.model_type
 
 
 def check_options(given: dict, cfg: SampleConfig, model_type: str) -> None:

@@ -42,13 +42,18 @@ class TrainingDiverged(UserError, RuntimeError):
 
 
 def lr_at(it: int, cfg: TrainConfig) -> float:
-    """Linear warmup to learning_rate, then cosine decay to min_lr at lr_decay_iters."""
+    """Linear warmup to learning_rate, then cosine decay to min_lr at lr_decay_iters; with lr_schedule='wsd'
+    (warmup-stable-decay) learning_rate until the last cooldown_frac of lr_decay_iters, then linear to min_lr."""
     if not cfg.decay_lr:
         return cfg.learning_rate
     if it < cfg.warmup_iters:
         return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
     if it >= cfg.lr_decay_iters:
         return cfg.min_lr
+    if cfg.lr_schedule == "wsd":
+        cooldown_start = max(cfg.warmup_iters, cfg.lr_decay_iters - cfg.cooldown_frac * cfg.lr_decay_iters)
+        progress = max(0.0, it - cooldown_start) / max(1.0, cfg.lr_decay_iters - cooldown_start)
+        return cfg.learning_rate + progress * (cfg.min_lr - cfg.learning_rate)
     progress = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
@@ -102,6 +107,9 @@ def load_config(argv: list[str]):
     values = parse_args(argv)
     model_type = str(values.get("model_type", "gpt"))
     check_family_keys(values, model_type)  # e.g. --cell (an RNN's) on a Transformer: an error, not ignored
+    if "vocab_size" in values:  # it was replaced by the dataset's without a word
+        raise ConfigError("vocab_size comes from the dataset's meta.json (or the checkpoint); headscope does not pad "
+                          "the vocabulary as nanoGPT's 50304 does: drop --vocab_size.")
     cfg, model_cfg = build(values, TrainConfig, family(model_type).config)
     if hasattr(model_cfg, "attn_weighting"):
         check_options_apply(model_cfg)  # e.g. a hard_attention_* option with no hard attention
@@ -197,7 +205,10 @@ def setup_data(cfg: TrainConfig, model_cfg, ckpt: dict | None, ranks):
     with distributed.stop_together(ranks):  # the others wait; if rank 0 cannot prepare it, every rank stops
         if ranks.master:
             read_meta(folder, prepare_if_missing=True)  # one rank prepares the dataset on first use
-    tokenizer = from_meta(read_meta(folder)).with_specials(batch_maker.specials)
+    meta = read_meta(folder)
+    if ranks.master:  # which text it is: the built-in plays are not nanoGPT's tiny shakespeare
+        print(f"dataset {cfg.dataset if not cfg.data_dir else folder}: {meta.get('source', 'its source is not recorded')}")
+    tokenizer = from_meta(meta).with_specials(batch_maker.specials)
     if cfg.init_from not in ("scratch", "resume") and tokenizer.vocab_size != model_cfg.vocab_size:
         raise ConfigError(f"{cfg.init_from} has {model_cfg.vocab_size} token ids but dataset {folder} is tokenized "
                           f"with {tokenizer.kind} ({tokenizer.vocab_size} ids); fine-tune GPT-2 on a GPT-2 BPE dataset "

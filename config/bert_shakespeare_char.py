@@ -7,7 +7,7 @@ iterations to learn to attend to the neighbours). A rotary, pre-norm BERT has no
 equivalent: for a model that save_pretrained exports, train with --pos_emb=learned --post_norm=True (slower to learn)."""
 model_type = "bert"
 out_dir = "out-bert"
-dataset = "shakespeare_char"
+dataset = "shakespeare_plays_char"
 eval_interval = 500
 eval_iters = 20
 log_interval = 100

@@ -3,7 +3,7 @@ Prepare the data first: python data/shakespeare/prepare.py. About a minute on on
 1024-token step of GPT-2 takes seconds, so add e.g. --block_size=256 --gradient_accumulation_steps=4."""
 out_dir = "out-shakespeare"
 init_from = "gpt2"
-dataset = "shakespeare"
+dataset = "shakespeare_plays"
 eval_interval = 5
 eval_iters = 40
 log_interval = 1

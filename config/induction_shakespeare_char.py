@@ -3,7 +3,7 @@
 iterations (about 5 minutes on one CPU thread; docs/induction_heads.md).
 Plot with `python tools/plot_heads.py out-induction`."""
 out_dir = "out-induction"
-dataset = "shakespeare_char"
+dataset = "shakespeare_plays_char"
 device = "cpu"
 attn_only = True
 pos_emb = "rope"

@@ -1,7 +1,7 @@
 """nanoGPT's GPU character-level Shakespeare config: a 10.7M-parameter GPT (6 layers, 384 wide).
 A few minutes on one GPU; far too slow for a CPU (use shakespeare_char_cpu.py there)."""
 out_dir = "out-shakespeare-char"
-dataset = "shakespeare_char"
+dataset = "shakespeare_plays_char"
 eval_interval = 250
 eval_iters = 200
 log_interval = 10

@@ -2,7 +2,7 @@
 with rotary positions, RMSNorm, QK-norm, relu^2 MLPs, zero-initialised projections, an untied head,
 soft-capped logits and Muon for the blocks' matrices. See docs/benchmarks.md for what it buys."""
 out_dir = "out-shakespeare-char-cpu-modern"
-dataset = "shakespeare_char"
+dataset = "shakespeare_plays_char"
 device = "cpu"
 compile = False
 eval_interval = 250

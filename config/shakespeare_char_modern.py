@@ -2,7 +2,7 @@
 batch 64, dropout 0.2) with rotary positions, RMSNorm, QK-norm, relu^2 MLPs, zero-initialised projections,
 an untied head, soft-capped logits and Muon for the blocks' matrices. See docs/benchmarks.md."""
 out_dir = "out-shakespeare-char-modern"
-dataset = "shakespeare_char"
+dataset = "shakespeare_plays_char"
 eval_interval = 250
 eval_iters = 200
 log_interval = 10

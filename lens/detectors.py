@@ -2,17 +2,22 @@
 
     scores = detect_head(model, tokens, "previous_token_head")          # (n_layer, n_head)
     scores = induction_scores(model, seq_len=20)                          # on repeated random tokens
-    sink = attention_sink_scores(model, tokens)                           # weight on the first position
+    sink = attention_sink_scores(model, tokens, attention_mask=mask)      # weight on the first real position
+    sep = separator_sink_scores(bert, tokens)                             # BERT's [SEP] sink
     align = alignment_scores(model, src, tgt, reversal_alignment(T, S))   # encoder-decoder cross-attention
 
 detect_head's "mul" score is the share of a head's attention that falls on the detection pattern's
 positions (mean over query rows' total weight); "abs" is 1 - the mean absolute difference per row.
-Both are averaged over the batch. A bidirectional stack (BERT, an encoder) gets the patterns without
+Both are averaged over the batch. Every detector takes attention_mask= (padding left out: a padded row scores
+as it does alone) and, for a BERT, token_type_ids=. A bidirectional stack (BERT, an encoder) gets the patterns without
 the causal cut: duplicate tokens and induction targets on both sides of the query.
 """
 
+import inspect
+
 import torch
 
+from lens.modes import evaluating
 from lens.patching import as_inputs
 from lens.recorder import real_positions, strip_padding
 from lens.cache import LensError, get_stack
@@ -81,14 +86,24 @@ def layer_heads(heads, n_layers: int, n_head: int) -> dict[int, list[int]]:
     return grouped
 
 
-def run_for_patterns(model, tokens, cache, stack: str | None, attention: str, attention_mask=None):
+def run_for_patterns(model, tokens, cache, stack: str | None, attention: str, attention_mask=None,
+                     token_type_ids=None):
     """(the cache, the stack, the stack's own token ids (B, T), its queries' and keys' real positions), running
-    the model (with the padding mask) when no cache is given; the real positions are None without a mask."""
+    the model (with the padding mask and segment ids) when no cache is given; the real positions are None
+    without a mask."""
     structure = get_stack(model, stack)
+    if getattr(cache, "training", False):
+        raise LensError("the cache was captured in training mode with dropout, so its patterns are noisy; call "
+                        "model.eval() and run run_with_cache again (or pass no cache).")
     inputs = tuple(x[None] if x.dim() == 1 else x for x in as_inputs(tokens))  # one (T,) sequence: (1, T)
     run_kwargs, query_real, key_real = padding_masks(structure, attention, attention_mask, inputs)
+    if token_type_ids is not None:
+        if "token_type_ids" not in inspect.signature(model.forward).parameters:
+            raise LensError(f"this {type(model).__name__} has no segment embeddings; drop token_type_ids.")
+        types = torch.as_tensor(token_type_ids)
+        run_kwargs["token_type_ids"] = (types[None] if types.dim() == 1 else types).to(inputs[0].device)
     if cache is None:
-        with torch.no_grad():
+        with torch.no_grad(), evaluating(model):
             _, cache = model.run_with_cache(*inputs, names_filter=f"*{attention}.pattern", **run_kwargs)
     ids = inputs[-1] if structure.prefix == "decoder." else inputs[0]
     return cache, structure, ids, query_real, key_real
@@ -115,7 +130,7 @@ def padding_masks(structure, attention: str, attention_mask, inputs: tuple[torch
 
 def detect_head(model, tokens, detection_pattern, heads=None, cache=None, *, exclude_bos: bool = False,
                 exclude_current_token: bool = False, error_measure: str = "mul", stack: str | None = None,
-                attention: str = "attn", attention_mask=None) -> torch.Tensor:
+                attention: str = "attn", attention_mask=None, token_type_ids=None) -> torch.Tensor:
     """Score every head's pattern on `tokens` ((B, T) ids; Seq2Seq: (src, tgt)) against a detection pattern.
 
     detection_pattern: one of HEAD_NAMES (built from each sequence's tokens) or a (T, S) tensor.
@@ -124,7 +139,7 @@ def detect_head(model, tokens, detection_pattern, heads=None, cache=None, *, exc
     attention_mask (B, T), 1 at real tokens and 0 at padding (Seq2Seq: (src_mask, tgt_mask), either None),
     is given to the model and leaves padding out as queries and keys: each row scores as it would alone
     (named patterns are built from its real tokens; a (T, S) tensor loses the same rows and columns).
-    With `cache`, pass the mask the cache was run with.
+    With `cache`, pass the mask the cache was run with. token_type_ids (B, T): a BERT's segment ids.
     """
     if error_measure not in ("mul", "abs"):
         raise LensError(f"error_measure must be 'mul' or 'abs', got {error_measure!r}.")
@@ -135,7 +150,7 @@ def detect_head(model, tokens, detection_pattern, heads=None, cache=None, *, exc
         raise LensError(f"{detection_pattern} compares a sequence with itself; for cross-attention use "
                         "alignment_scores with a source-target map.")
     cache, structure, ids, query_real, key_real = run_for_patterns(model, tokens, cache, stack, attention,
-                                                                   attention_mask)
+                                                                   attention_mask, token_type_ids)
     shortest = ids.size(1) if query_real is None else int(query_real.sum(dim=1).min())
     if isinstance(detection_pattern, str) and shortest < 2:
         raise LensError(f"{detection_pattern} needs sequences of at least 2 tokens (a previous or earlier token to "
@@ -199,15 +214,52 @@ def induction_scores(model, seq_len: int | None = None, batch: int = 8, seed: in
     return detect_head(model, torch.cat([halves, halves], dim=1).to(device), "induction_head", **kwargs)
 
 
-def attention_sink_scores(model, tokens, cache=None, stack: str | None = None, attention: str = "attn") -> torch.Tensor:
-    """Mean weight every head puts on the first key, over query rows after the first: (n_layer, n_head)."""
-    cache, structure, *_ = run_for_patterns(model, tokens, cache, stack, attention)
+def sink_scores(model, tokens, sink_keys, cache=None, stack: str | None = None, attention: str = "attn",
+                attention_mask=None, token_type_ids=None) -> torch.Tensor:
+    """Mean weight every head puts on a row's sink keys: (n_layer, n_head), the mean over rows of the mean
+    over their real query rows (after the first in self-attention: a causal row 0 sees only key 0).
+
+    sink_keys(ids of one row's real tokens (T,)) -> a bool (T,) of the keys that count as the sink.
+    """
+    cache, structure, ids, query_real, key_real = run_for_patterns(model, tokens, cache, stack, attention,
+                                                                   attention_mask, token_type_ids)
     rows = []
     for layer in range(len(structure.blocks)):
         pattern = cache[structure.name(layer, f"{attention}.pattern")].float()  # (B, nh, T, S)
-        first = 1 if pattern.size(2) > 1 and attention == "attn" else 0  # row 0 of a causal map is all on key 0
-        rows.append(pattern[:, :, first:, 0].mean(dim=(0, 2)).cpu())
+        per_row = []
+        for b in range(pattern.size(0)):
+            row = strip_padding(pattern[b], None if query_real is None else query_real[b],
+                                None if key_real is None else key_real[b]).cpu()  # (nh, t, s)
+            keys = ids[b].cpu() if key_real is None or attention == "cross_attn" else ids[b].cpu()[key_real[b]]
+            sink = sink_keys(keys) if attention != "cross_attn" else sink_keys(torch.arange(row.size(-1)))
+            first = 1 if row.size(1) > 1 and attention == "attn" else 0
+            per_row.append(row[:, first:][..., sink].sum(-1).mean(-1))  # (nh,)
+        rows.append(torch.stack(per_row).mean(0))
     return torch.stack(rows)
+
+
+def attention_sink_scores(model, tokens, cache=None, stack: str | None = None, attention: str = "attn",
+                          attention_mask=None, token_type_ids=None) -> torch.Tensor:
+    """Mean weight every head puts on each row's first real key, over its real query rows after the first:
+    (n_layer, n_head). attention_mask (B, T) leaves padding out, so a padded row scores as it would alone."""
+    def first(keys: torch.Tensor) -> torch.Tensor:
+        return torch.arange(len(keys)) == 0
+
+    return sink_scores(model, tokens, first, cache, stack, attention, attention_mask, token_type_ids)
+
+
+def separator_sink_scores(model, tokens, sep_id: int | None = None, cache=None, stack: str | None = None,
+                          attention_mask=None, token_type_ids=None) -> torch.Tensor:
+    """BERT's [SEP] sink (Clark et al., 2019): the mean weight every head puts on the [SEP] tokens of each
+    row, over its real query rows: (n_layer, n_head). sep_id defaults to the model's tokenizer's [SEP]."""
+    if sep_id is None:
+        sep_id = getattr(getattr(model, "tokenizer", None), "special_ids", {}).get("[SEP]")
+        if sep_id is None:
+            raise LensError("the model's tokenizer has no [SEP] token; pass sep_id= (the separator's token id).")
+    ids = as_inputs(tokens)[0]
+    if not (torch.as_tensor(ids) == sep_id).any():
+        raise LensError(f"the tokens hold no [SEP] (id {sep_id}); frame each sentence as [CLS] ... [SEP].")
+    return sink_scores(model, tokens, lambda keys: keys == sep_id, cache, stack, "attn", attention_mask, token_type_ids)
 
 
 def reversal_alignment(tgt_len: int, src_len: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from lens.modes import refuse_training
 from lens.cache import LensError, get_stack
 from model.attention import PastKeyValues
 from model.layers import softcap
@@ -127,6 +128,7 @@ def activation_patch(model, corrupted_tokens, clean_cache, patching_metric: Metr
     A decoder-only model's pass starts where its patches do (see Corrupted): at their first block, and
     at their first position when every site names one.
     """
+    refuse_training(model, "activation patching")
     inputs = as_inputs(corrupted_tokens)
     structure = get_stack(model)
     check_lengths(inputs, clean_cache, structure)
@@ -287,6 +289,7 @@ def attribution_patch(model, corrupted_tokens, clean_cache, patching_metric: Met
 
     Each entry is sum over batch and the non-indexed dims of (clean - corrupted) * d metric / d act.
     """
+    refuse_training(model, "attribution patching")
     structure = get_stack(model, stack)
     inputs = as_inputs(corrupted_tokens)
     check_lengths(inputs, clean_cache, structure)

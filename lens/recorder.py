@@ -8,8 +8,11 @@
 """
 
 import math
+from contextlib import ExitStack
 
 import torch
+
+from lens.modes import evaluating
 
 STATS = ("entropy", "max", "distance")
 
@@ -36,8 +39,9 @@ class AttentionRecorder:
 
     def __enter__(self):
         self.calls = {}
-        self._context = self.model.hooks([(self.names, self._record)])
-        self._context.__enter__()
+        self._context = ExitStack()  # dropout off while recording (lens/modes.py), the hooks on
+        self._context.enter_context(evaluating(self.model))
+        self._context.enter_context(self.model.hooks([(self.names, self._record)]))
         return self
 
     def __exit__(self, *exc):

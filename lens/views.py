@@ -18,6 +18,7 @@ class AttentionView:
     key_tokens: list[str]
     layers: dict[str, np.ndarray]  # attention module name -> (n_head, T, S)
     cross: bool = False  # keys come from another sequence (no query/key distance)
+    prompt_length: int | None = None  # the target tokens from this index on were generated (the page marks them)
 
 
 def display_token(token: str) -> str:
@@ -27,7 +28,7 @@ def display_token(token: str) -> str:
 
 def views_from_maps(maps: dict[str, torch.Tensor], tokens: list[str], source_tokens: list[str] | None = None,
                     batch_index: int = 0, attention_mask: torch.Tensor | None = None,
-                    source_mask: torch.Tensor | None = None) -> list[AttentionView]:
+                    source_mask: torch.Tensor | None = None, prompt_length: int | None = None) -> list[AttentionView]:
     """Group `...pattern` maps (B, nh, T, S) by stack; queries/keys get `tokens` or `source_tokens`.
 
     `blocks.N.attn` and `decoder.blocks.N.attn` attend over `tokens`; `encoder.blocks.N.attn` over
@@ -37,6 +38,7 @@ def views_from_maps(maps: dict[str, torch.Tensor], tokens: list[str], source_tok
     sequence (1 = real, 0 = padding, as given to the model) and `source_mask` (B, S) those of the source:
     the views leave out padding queries and keys (lens.recorder.strip_padding). The tokens may then be the
     row's T tokens (padding included, dropped here) or only its real ones.
+    `prompt_length`: `tokens` from this index on were generated; the viewer marks where the prompt ends.
     """
     sequences = {"target": (tokens, attention_mask, "attention_mask"),
                  "source": (source_tokens, source_mask, "source_mask")}
@@ -77,7 +79,8 @@ def views_from_maps(maps: dict[str, torch.Tensor], tokens: list[str], source_tok
         if stack not in groups:
             prefix = stack.split(".")[0] + " " if "." in stack else ""
             groups[stack] = AttentionView(prefix + ("cross-attention" if cross else "self-attention"),
-                                          list(queries), list(keys), {}, cross)
+                                          list(queries), list(keys), {}, cross,
+                                          None if encoder else prompt_length)
         row = strip_padding(pattern[batch_index].detach(), query_real, key_real)
         array = row.float().cpu().numpy()  # (nh, T, S)
         if array.shape[1:] != (len(queries), len(keys)):

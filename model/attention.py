@@ -328,7 +328,8 @@ class Attention(nn.Module):
         # different sequences, so cross-attention has no relative distance to encode
         rope = config.pos_emb == "rope" and not cross
         max_len = max(config.block_size, getattr(config, "source_block_size", 0))  # an encoder reads those
-        self.rotary = Rotary(self.head_dim, max_len, config.rope_base) if rope else None
+        rotary_dim = getattr(config, "rotary_dim", 0) or self.head_dim
+        self.rotary = Rotary(rotary_dim, max_len, config.rope_base) if rope else None
         self.dropout_p = config.dropout  # SDPA's dropout; the explicit path uses attn_dropout
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)

@@ -155,6 +155,7 @@ class TransformerConfig:
     norm_eps: float = 1e-5
     post_norm: bool = False  # False: pre-norm blocks (GPT-2); True: norm after each residual add (BERT)
     attn_only: bool = False  # blocks without an MLP (attention-only models, as in Olsson et al. 2022)
+    parallel_residual: bool = False  # the MLP reads the block's input, not the attention's output (GPT-NeoX/Pythia)
     # options of the modern recipe (config/shakespeare_char_cpu_modern.py); the defaults are GPT-2's
     pos_emb: str = "learned"  # 'learned' (a wpe table added to the tokens) or 'rope' (rotary q and k)
     rope_base: float = 10000.0  # rotary angle base: position m turns feature pair i by m * base^(-2i/head_dim)
@@ -162,6 +163,7 @@ class TransformerConfig:
     zero_init: bool = False  # residual output projections (and an untied head) start at zero
     tie_embeddings: bool = True  # LM head shares the token embedding's weights
     logit_softcap: float = 0.0  # logits -> cap * tanh(logits / cap); 0 disables
+    rotary_dim: int = 0  # features of each head that rope rotates, from the first (GPT-NeoX: a part); 0: all
 
     def __post_init__(self):
         check_sizes(self, ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"))
@@ -186,6 +188,12 @@ class TransformerConfig:
         if self.pos_emb == "rope" and self.head_dim % 2:
             raise ConfigError(f"rope rotates pairs of features, so head_dim (n_embd / n_head = {self.head_dim}) "
                               "must be even; change n_embd or n_head.")
+        if not (is_size(self.rotary_dim, minimum=0) and self.rotary_dim <= self.head_dim and self.rotary_dim % 2 == 0):
+            raise ConfigError(f"rotary_dim must be an even number of features up to head_dim {self.head_dim} "
+                              f"(0: all of them), got {self.rotary_dim!r}.")
+        if self.parallel_residual and (self.post_norm or self.attn_only):
+            raise ConfigError("parallel_residual adds attention and MLP to one pre-norm stream; drop it, or "
+                              "post_norm / attn_only.")
         if not self.rope_base > 1.0:
             raise ConfigError(f"rope_base must be greater than 1, got {self.rope_base}.")
         if not self.logit_softcap >= 0.0:
@@ -226,9 +234,13 @@ class BERTConfig(TransformerConfig):
     norm_eps: float = 1e-12
     post_norm: bool = True
     type_vocab_size: int = 2  # segment (sentence A/B) embeddings; 0 leaves them out
+    position_offset: int = 0  # the first position's row in wpe (RoBERTa: its padding id + 1)
+    mlm_head: bool = True  # False: an encoder alone (Hugging Face's BertModel), its forward gives hidden states
 
     def __post_init__(self):
         super().__post_init__()
+        if not is_size(self.position_offset, minimum=0):
+            raise ConfigError(f"position_offset must be 0 or more, got {self.position_offset!r}.")
         if not is_size(self.type_vocab_size, minimum=0):
             raise ConfigError(f"type_vocab_size must be 0 (no segment embeddings) or more, got {self.type_vocab_size}.")
 

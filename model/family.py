@@ -65,6 +65,7 @@ class Family(HookedModel, nn.Module):
     """Base of the model families: hook points (HookedModel), the parameter count, Hugging Face export."""
 
     model_type = ""  # the family's name in checkpoints and training/families.py ("gpt", "bert", ...)
+    tokenizer = None  # a data.tokenizer.Tokenizer: from_pretrained sets the folder's, a checkpoint its meta's
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; position embeddings (every `wpe`) excluded by default, as GPT-2's paper counts."""
@@ -74,8 +75,10 @@ class Family(HookedModel, nn.Module):
                      if name.split(".")[-1] == "wpe" and isinstance(m, nn.Embedding))
         return n
 
-    def save_pretrained(self, folder: str, tokenizer=None) -> None:
+    def save_pretrained(self, folder: str, tokenizer=None, overwrite: bool = False) -> None:
         """Write a Hugging Face folder (config.json, model.safetensors and, given the tokenizer or its
-        meta dict, its files) that transformers' Auto classes load; an ExportError for options they lack."""
+        meta dict, its files) that transformers' Auto classes load; an ExportError for options they lack.
+        The folder is written whole, then swapped in; one that holds anything but an earlier export is
+        refused unless `overwrite`."""
         meta = tokenizer.meta() if hasattr(tokenizer, "meta") else tokenizer
-        save_hf(folder, self.model_type, flatten(self.config), self.state_dict(), meta)
+        save_hf(folder, self.model_type, flatten(self.config), self.state_dict(), meta, overwrite)

@@ -18,7 +18,8 @@ from model.hooks import HookPoint
 from model.family import Family, embed, logits_and_loss, tie_head
 from model.layers import Block, init_weights, make_norm
 from weights.hf_folder import PretrainedError, check_state
-from weights.hf_gpt2 import pretrained_config, read_gpt2
+from weights.hf_tokenizer import folder_tokenizer
+from weights.hf_families import read_pretrained, read_pretrained_config
 from model.generation import (Generators, generate_padded, padded_causal_mask, padded_positions, sample_rows,
                               until_stopped)
 
@@ -51,21 +52,27 @@ class GPT(Family):
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str, dropout: float = 0.0, block_size: int | None = None) -> "GPT":
-        """OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local Hugging Face GPT-2, Llama or Qwen3
-        folder (any MLP width); a block_size below the model's keeps the first position embeddings."""
-        values, state = read_gpt2(name_or_dir, dropout, block_size)
+        """OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a Hub id or a local Hugging Face folder of a
+        decoder in weights/hf_families.py's table (GPT-2, Llama, Qwen3, GPT-NeoX), in eval mode; a block_size
+        below the model's keeps the first position embeddings. `model.tokenizer` is the folder's (or None)."""
+        _, values, state, folder = read_pretrained(name_or_dir, "gpt", dropout, block_size)
         model = cls(gpt2_config(values, name_or_dir))
         own = {k: v for k, v in model.state_dict().items() if not (model.config.tie_embeddings and k == "lm_head.weight")}
         check_state(own, state, name_or_dir)
         with torch.no_grad():
             for key, param in own.items():
                 param.copy_(state[key])
-        return model
+        model.tokenizer = folder_tokenizer(folder)
+        return model.eval()  # as transformers and TransformerLens return it: dropout off
 
     @staticmethod
     def pretrained_config(name_or_dir: str, dropout: float = 0.0, block_size: int | None = None) -> GPTConfig:
         """The GPTConfig of a GPT-2 name or folder, without loading its weights."""
-        return gpt2_config(pretrained_config(name_or_dir, dropout, block_size), name_or_dir)
+        values = read_pretrained_config(name_or_dir, "gpt")[1]
+        if block_size is not None and not (type(block_size) is int and 1 <= block_size <= values["block_size"]):
+            raise PretrainedError(f"block_size must be between 1 and this model's {values['block_size']} positions, "
+                                  f"got {block_size}.")
+        return gpt2_config({**values, "dropout": dropout, "block_size": block_size or values["block_size"]}, name_or_dir)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 caches: list[PastKeyValues] | None = None, last_only: bool = False,

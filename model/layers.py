@@ -114,11 +114,13 @@ class Block(nn.Module):
     """Self-attention, optional cross-attention over a source sequence, MLP; each a residual branch.
 
     Pre-norm (GPT-2): x + f(norm(x)). Post-norm (original Transformer, BERT): norm(x + f(x)).
+    Parallel (GPT-NeoX, config.parallel_residual): the MLP reads the block's input, x + attn(ln_1(x)) + mlp(ln_2(x)).
     """
 
     def __init__(self, config, cross: bool = False):
         super().__init__()
         self.post_norm = config.post_norm
+        self.parallel = getattr(config, "parallel_residual", False)
         self.ln_1 = make_norm(config)
         self.attn = Attention(config)
         if cross:
@@ -140,7 +142,7 @@ class Block(nn.Module):
                 positions: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C). `mask`/`causal` shape self-attention; `source_mask` cross-attention;
         `positions` (B, T) are each row's rotary positions (left-padded batches)."""
-        x = self.resid_pre(x)
+        x = block_input = self.resid_pre(x)
         x = self.residual(x, self.ln_1, lambda h: self.attn(h, mask=mask, causal=causal, cache=cache,
                                                             positions=positions))
         x = self.resid_mid(x)
@@ -148,12 +150,15 @@ class Block(nn.Module):
             x = self.residual(x, self.ln_cross,
                               lambda h: self.cross_attn(h, source=source, mask=source_mask, cache=cross_cache))
         if not self.attn_only:
-            x = self.residual(x, self.ln_2, self.mlp)
+            x = self.residual(x, self.ln_2, self.mlp, block_input if self.parallel else x)
         return self.resid_post(x)
 
-    def residual(self, x: torch.Tensor, norm: nn.Module, branch) -> torch.Tensor:
-        """One residual branch, its norm before (pre-norm) or after the addition (post-norm)."""
-        return norm(x + branch(x)) if self.post_norm else x + branch(norm(x))
+    def residual(self, x: torch.Tensor, norm: nn.Module, branch, source: torch.Tensor | None = None) -> torch.Tensor:
+        """One residual branch, its norm before (pre-norm) or after the addition (post-norm); the branch
+        reads `source` instead of x when given (a pre-norm parallel block's MLP reads the block's input)."""
+        if self.post_norm:
+            return norm(x + branch(x))
+        return x + branch(norm(x if source is None else source))
 
 
 def init_weights(module: nn.Module, n_layer: int) -> None:

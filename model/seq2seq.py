@@ -18,6 +18,7 @@ from torch import nn
 
 from model.attention import PastKeyValues, make_mask
 from model.config import Seq2SeqConfig
+from model.generation import padded_positions
 from model.family import Family, embed, logits_and_loss, tie_head
 from model.hooks import HookPoint
 from model.layers import Block, init_weights, make_norm, softcap
@@ -40,12 +41,14 @@ class Encoder(nn.Module):
     def forward(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         """src (B, S) -> (B, S, C); padded positions (src_mask False) are never attended to."""
         S = src.size(1)
+        # each row's positions count from its first real token: left padding changes nothing
+        positions = None if src_mask is None or src_mask.shape != src.shape else padded_positions(src_mask)
         x = self.drop(embed(src, self.wte, self.wpe, self.config.source_block_size, what="source",
                             limit_name="source_block_size", hint="shorten it or train with a larger source_block_size",
-                            hooks=(self.embed, self.pos_embed)))
+                            positions=positions, hooks=(self.embed, self.pos_embed)))
         mask = make_mask(S, S, causal=False, key_padding_mask=src_mask)  # (B, 1, 1, S) or None
         for block in self.blocks:
-            x = block(x, mask=mask)
+            x = block(x, mask=mask, positions=positions)
         return self.ln_f(x)
 
 
@@ -72,16 +75,19 @@ class Decoder(nn.Module):
         """
         T = tgt.size(1)
         offset = caches[0].len if caches else 0
+        positions = None  # with a mask, each row counts from its first real token (as GPT's)
+        if tgt_mask is not None and tgt_mask.shape == (tgt.size(0), offset + T):
+            positions = padded_positions(tgt_mask)[:, offset:]
         x = self.drop(embed(tgt, self.wte, self.wpe, self.config.block_size, offset, what="target",
                             hint="decode fewer tokens or train with a larger block_size",
-                            hooks=(self.embed, self.pos_embed)))
+                            positions=positions, hooks=(self.embed, self.pos_embed)))
         self_mask = None
         if tgt_mask is not None:
             self_mask = make_mask(T, offset + T, causal=True, key_padding_mask=tgt_mask, offset=offset,
                                   device=tgt.device)
         cross_mask = None if src_mask is None else src_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
         for i, block in enumerate(self.blocks):
-            x = block(x, mask=self_mask, causal=True, source=memory, source_mask=cross_mask,
+            x = block(x, mask=self_mask, causal=True, source=memory, source_mask=cross_mask, positions=positions,
                       cache=caches[i] if caches else None, cross_cache=cross_caches[i] if cross_caches else None)
         return self.ln_f(x)
 

@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+from data.loader import dataset_dir
 from model.config import ConfigError, GPTConfig
 from training.config import TrainConfig, build, field_types, parse_args, read_config_file
 from training.families import family
@@ -90,3 +91,36 @@ def test_help_of_train_and_sample_lists_every_key_with_its_default(capsys):
     text = capsys.readouterr().out
     assert text.startswith("Sample text from a trained model")
     assert "  --start='\\n'\n" in text and "  --top_k=200\n" in text and "  --decoding=greedy\n" in text
+
+
+def test_vocab_size_is_refused_in_one_line():
+    import train
+    for argv in (["--vocab_size=50304"], ["--model_type=bert", "--vocab_size=100"]):
+        with pytest.raises(ConfigError, match="vocab_size comes from the dataset.*drop --vocab_size"):
+            train.load_config(argv)
+
+
+def test_config_files_may_hold_literal_arithmetic(tmp_path):
+    path = tmp_path / "nanogpt_style.py"
+    path.write_text("batch_size = 5 * 8\nmax_iters = 2000 * 2\nlearning_rate = 6e-4 / 10\nwarmup_iters = -(-7)\n"
+                    "gradient_accumulation_steps = 2 ** 3\nlr_decay_iters = 10 // 3 + 1 - 1 % 1\n"
+                    "dropout = 0.1 + 0.1\nwandb_run_name = 'mini' + '-gpt'\nsizes = [2 * 3, (1 + 1)]\n")
+    values = read_config_file(str(path))
+    assert values == {"batch_size": 40, "max_iters": 4000, "learning_rate": 6e-4 / 10, "warmup_iters": 7,
+                      "gradient_accumulation_steps": 8, "lr_decay_iters": 4, "dropout": 0.1 + 0.1,
+                      "wandb_run_name": "mini-gpt", "sizes": [6, 2]}
+    for code in ("n = 10 ** 10 ** 10\n", "n = 'a' * 10 ** 9\n", "n = 1 / 0\n", "n = x * 2\n", "n = len('ab') * 2\n",
+                 "n = (lambda: 1)() + 1\n", "n = [1] * 10 ** 9\n"):
+        path.write_text(code)
+        with pytest.raises(ConfigError, match="line 1"):
+            read_config_file(str(path))
+
+
+def test_the_built_in_dataset_is_named_for_the_plays_and_its_old_name_still_works():
+    assert TrainConfig().dataset == "shakespeare_plays_char"
+    assert dataset_dir("shakespeare_plays_char") == dataset_dir("shakespeare_char")  # old runs and checkpoints
+    assert dataset_dir("shakespeare_plays") == dataset_dir("shakespeare")
+    assert dataset_dir("x", "/some/dir") == "/some/dir"
+    for path in glob.glob(os.path.join(REPO, "config", "*.py")):  # no config names the plays as tiny shakespeare
+        assert read_config_file(path).get("dataset") not in ("shakespeare_char", "shakespeare"), path
+    assert "NOT nanoGPT's tiny shakespeare" in open(os.path.join(REPO, "config", "shakespeare_char_cpu.py")).read()

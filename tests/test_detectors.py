@@ -183,3 +183,46 @@ def test_bad_padding_masks_for_detectors_are_clear_errors():
     s2s = Seq2Seq(Seq2SeqConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=20, block_size=8)).eval()
     with pytest.raises(LensError, match=r"attention_mask=\(src_mask, tgt_mask\)"):
         detectors.detect_head(s2s, (ids, ids), "previous_token_head", attention_mask=mask)
+
+
+FAMILY_MODELS = {  # family -> a builder of a small model with that position kind
+    "gpt": lambda pos: GPT(GPTConfig(n_layer=2, n_head=3, n_embd=24, vocab_size=20, block_size=16, pos_emb=pos)),
+    "bert": lambda pos: BERT(BERTConfig(n_layer=2, n_head=3, n_embd=24, vocab_size=20, block_size=16, pos_emb=pos)),
+    "roberta": lambda pos: BERT(BERTConfig(n_layer=2, n_head=3, n_embd=24, vocab_size=20, block_size=16, pos_emb=pos,
+                                           position_offset=2 if pos == "learned" else 0, type_vocab_size=1)),
+    "seq2seq": lambda pos: Seq2Seq(Seq2SeqConfig(n_layer=2, n_head=3, n_embd=24, vocab_size=20, block_size=16,
+                                                 pos_emb=pos)),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILY_MODELS))
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+@pytest.mark.parametrize("left", [False, True])
+def test_a_padded_row_scores_and_looks_as_it_does_alone(family, pos, left):
+    """README's promise (left or right padding), for every family x padding side x position kind: a padded row's
+    attention patterns (what the views show), hidden states and detector scores equal the row's run alone."""
+    from lens.recorder import real_positions, strip_padding
+
+    torch.manual_seed(0)
+    model = FAMILY_MODELS[family](pos).eval()
+    g = torch.Generator().manual_seed(1)
+    rows = [torch.randint(0, 20, (n,), generator=g) for n in (9, 5)]
+    ids, mask = padded(rows, left)
+    inputs, alone_inputs = ((ids, ids), (rows[1][None], rows[1][None])) if family == "seq2seq" else ((ids,), (rows[1][None],))
+    masks = dict(src_mask=mask, tgt_mask=mask) if family == "seq2seq" else dict(attention_mask=mask)
+    stack = "encoder" if family == "seq2seq" else None
+    _, cache = model.run_with_cache(*inputs, **masks, names_filter="*attn.pattern")
+    _, alone = model.run_with_cache(*alone_inputs, names_filter="*attn.pattern")
+    real = real_positions(mask, tuple(ids.shape))[1]
+    for name, pattern in alone.items():
+        torch.testing.assert_close(strip_padding(cache[name][1], real, real), pattern[0], atol=1e-6, rtol=0)
+    one = (mask[1:], mask[1:]) if family == "seq2seq" else mask[1:]
+    for detector in ("previous_token_head", "duplicate_token_head"):
+        torch.testing.assert_close(
+            detectors.detect_head(model, tuple(x[1:] for x in inputs) if family == "seq2seq" else ids[1:], detector,
+                                  stack=stack, attention_mask=one),
+            detectors.detect_head(model, alone_inputs if family == "seq2seq" else alone_inputs[0], detector, stack=stack),
+            atol=1e-6, rtol=0)
+    if family != "seq2seq":
+        torch.testing.assert_close(detectors.attention_sink_scores(model, ids[1:], attention_mask=mask[1:]),
+                                   detectors.attention_sink_scores(model, rows[1][None]), atol=1e-6, rtol=0)

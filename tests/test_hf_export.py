@@ -183,7 +183,7 @@ def test_hostile_folders_are_one_clear_error_each(tmp_path):
     GPT(GPTConfig(**SMALL, bias=True)).save_pretrained(str(tmp_path / "gpt2"))
     config = json.loads((tmp_path / "gpt2" / "config.json").read_text())
     (tmp_path / "gpt2" / "config.json").write_text(json.dumps({**config, "model_type": "t5"}))
-    with pytest.raises(PretrainedError, match="'t5' model; only GPT-2, Llama and Qwen3"):
+    with pytest.raises(PretrainedError, match="'t5' model; the families that load are gpt2, llama, qwen3, gpt_neox"):
         GPT.from_pretrained(str(tmp_path / "gpt2"))
     (tmp_path / "gpt2" / "config.json").write_text(json.dumps({**config, "n_inner": 100}))
     with pytest.raises(PretrainedError, match=r"blocks.0.mlp.c_fc.bias is \(144,\), expected \(100,\)"):
@@ -243,3 +243,61 @@ def test_exported_tokenizers_equal_ours_on_hostile_text(tmp_path):
             ids = tok.encode(text, allow_specials=True)
             assert hf.encode(text, add_special_tokens=False) == ids, (name, text)
             assert hf.decode(ids) == tok.decode(ids) == text, (name, text)
+
+
+def test_export_over_an_earlier_export_replaces_the_whole_folder(tmp_path, monkeypatch):
+    """A char model, then a GPT-2 BPE model into the same folder: transformers loads the second, and no file
+    of the first stays; a folder of other files is refused unless overwrite; a failed export leaves it whole."""
+    pytest.importorskip("tiktoken")
+    import weights.hf_export as hf_export
+
+    folder = tmp_path / "hf"
+    char_model = jitter(GPT(GPTConfig(**SMALL)))
+    char_model.save_pretrained(str(folder), {"tokenizer": "char", "chars": CHARS, "specials": []})
+    assert "tokenizer.json" in {p.name for p in folder.iterdir()}
+    bpe_model = jitter(GPT(GPTConfig(**{**SMALL, "vocab_size": 50257})), seed=1)
+    save_checkpoint({"model": bpe_model.state_dict(), "model_type": "gpt", "model_args": flatten(bpe_model.config),
+                     "tokenizer": {"tokenizer": "gpt2", "vocab_size": 50257, "specials": []}},
+                    str(tmp_path / "run" / "ckpt.pt"))
+    run_script("tools/export_hf.py", f"--out_dir={tmp_path / 'run'}", f"--to={folder}")
+    names = {p.name for p in folder.iterdir()}
+    assert "tokenizer.json" not in names and {"vocab.json", "merges.txt", "config.json"} <= names
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("hf.")]  # no staging or old folder left
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    assert len(tokenizer) == 50257 and tokenizer("Hello world").input_ids == [15496, 995]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    x = ids(2, 12, 50257)
+    with torch.no_grad():
+        assert (bpe_model(x)[0] - hf(x).logits).abs().max() < 1e-4
+
+    def failing(staging, weights, texts):  # a crash after the first file
+        (tmp_path / "hf.partial").write_text("")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hf_export, "write_folder", failing)
+    with pytest.raises(ExportError, match="No space left"):
+        char_model.save_pretrained(str(folder), {"tokenizer": "char", "chars": CHARS, "specials": []})
+    assert {p.name for p in folder.iterdir()} == names  # the earlier export, whole
+    monkeypatch.undo()
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="holds no earlier headscope export.*overwrite=True"):
+        char_model.save_pretrained(str(mine))
+    assert (mine / "notes.txt").read_text() == "keep me"
+    line = one_line_error(run_script("tools/export_hf.py", f"--out_dir={tmp_path / 'run'}", f"--to={mine}", check=False))
+    assert "--overwrite=True" in line and (mine / "notes.txt").exists()
+    run_script("tools/export_hf.py", f"--out_dir={tmp_path / 'run'}", f"--to={mine}", "--overwrite=True")
+    assert not (mine / "notes.txt").exists() and (mine / "config.json").exists()
+
+
+def test_export_to_an_unwritable_place_is_one_line(tmp_path):
+    model = GPT(GPTConfig(**SMALL))
+    save_checkpoint({"model": model.state_dict(), "model_type": "gpt", "model_args": flatten(model.config),
+                     "tokenizer": {"tokenizer": "char", "vocab_size": 50, "chars": CHARS, "specials": []}},
+                    str(tmp_path / "run" / "ckpt.pt"))
+    for to in ("/sys/x", "/proc/headscope/x"):
+        line = one_line_error(run_script("tools/export_hf.py", f"--out_dir={tmp_path / 'run'}", f"--to={to}",
+                                         check=False))
+        assert line.startswith(f"error: cannot write {to} (") and "folder you can write" in line, line

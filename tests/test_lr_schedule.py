@@ -5,6 +5,7 @@ import math
 import pytest
 
 from training.config import TrainConfig
+from weights.common import ConfigError
 from train import lr_at
 
 
@@ -35,3 +36,14 @@ def test_no_warmup_and_min_lr_zero():
 def test_decay_lr_false_keeps_the_learning_rate():
     cfg = TrainConfig(learning_rate=3e-4, warmup_iters=10, lr_decay_iters=20, min_lr=1e-5, decay_lr=False)
     assert {lr_at(it, cfg) for it in (0, 5, 10, 15, 20, 1000)} == {3e-4}  # no warmup either, as nanoGPT
+
+
+def test_wsd_holds_the_peak_then_cools_down_linearly():
+    cfg = TrainConfig(learning_rate=1e-3, warmup_iters=2, lr_decay_iters=20, min_lr=1e-4, lr_schedule="wsd",
+                      cooldown_frac=0.25)
+    assert lr_at(1, cfg) == pytest.approx(1e-3 * 2 / 3, rel=1e-12)  # the same warmup
+    assert {lr_at(it, cfg) for it in range(2, 16)} == {1e-3}  # stable until the last quarter (iteration 15)
+    assert [lr_at(it, cfg) for it in (16, 18, 20)] == pytest.approx([1e-3 - 0.2 * 9e-4, 1e-3 - 0.6 * 9e-4, 1e-4],
+                                                                    rel=1e-12)
+    with pytest.raises(ConfigError, match="lr_schedule must be"):
+        TrainConfig(lr_schedule="linear")

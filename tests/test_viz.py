@@ -104,11 +104,11 @@ def chromium() -> str:
     pytest.fail("the viewer test needs a headless browser: install Debian's chromium (apt-get install -y chromium).")
 
 
-def load_in_browser(page: str, tmp_path) -> dict:
+def load_in_browser(page: str, tmp_path, probe: str = PROBE) -> dict:
     """Open the page (with the probe script appended) in headless chromium; return what the probe saw."""
     path = tmp_path / "probe.html"
     assert page.count("</body>") == 1
-    path.write_text(page.replace("</body>", PROBE), encoding="utf-8")
+    path.write_text(page.replace("</body>", probe), encoding="utf-8")
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.run(
             [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -417,6 +417,7 @@ def test_sample_writes_maps_for_prompt_and_generated_tokens(tmp_path):
     seen = load_in_browser((attn / "attention.html").read_text(encoding="utf-8"), tmp_path)
     assert seen["status"] == "ready" and seen["errors"] == "" and seen["images"] == 0
     assert seen["gridCells"] == [6] and seen["queries"] == [display_token(t) for t in tokens]
+    assert page_data((attn / "attention.html").read_text(encoding="utf-8"))[0]["prompt_length"] == len(prompt) - first
 
 
 def test_log_attention_prints_stats_and_logs_images(monkeypatch, capsys):
@@ -468,3 +469,56 @@ def test_pages_and_maps_are_written_atomically(tmp_path, monkeypatch):
         viewer.save(str(folder / "attention.html"))
     assert {name: (folder / name).read_bytes() for name in before} == before  # the old files, whole
     assert sorted(os.listdir(folder)) == ["attention.html", "attention.npz"]  # no temporary file left
+
+
+DEFECT_PROBE = """<pre id="probe"></pre><script>
+const out = {};
+try {
+  const $$ = (sel) => [...document.querySelectorAll(sel)];
+  const stat = document.getElementById("stat");
+  stat.value = "myscore"; stat.dispatchEvent(new Event("change"));
+  out.cellTitle = document.querySelector(".cell[data-layer='0'][data-head='2']").title;
+  document.querySelector(".cell[data-layer='0'][data-head='0']").dispatchEvent(new MouseEvent("click", {bubbles: true}));
+  out.linesHint = document.getElementById("info").textContent;
+  document.querySelector("#heads button[data-head='all']").dispatchEvent(new MouseEvent("click", {bubbles: true}));
+  document.querySelectorAll("#queries .tok")[3].dispatchEvent(new MouseEvent("mouseover", {bubbles: true}));
+  const info = document.getElementById("info");
+  out.infoFits = info.scrollWidth <= info.clientWidth + 1 && info.getBoundingClientRect().right <= window.innerWidth;
+  out.infoText = info.textContent;
+  out.gen = $$("#queries .tok").map((s, i) => s.classList.contains("gen") ? i : -1).filter((i) => i >= 0);
+  out.firstGen = $$("#keys .tok.first-gen").map((s) => Number(s.dataset.index));
+  out.note = document.getElementById("note").textContent;
+  const matrix = document.querySelector("input[value=matrix]");
+  matrix.checked = true; matrix.dispatchEvent(new Event("change"));
+  out.matrixHint = info.textContent;
+  out.queryLabels = $$("#mqueries .mlabel").map((s) => s.textContent);
+  out.keyLabels = $$("#mkeys .mlabel").map((s) => s.textContent);
+  out.genLabels = $$("#mqueries .mlabel.gen").length;
+  const bar = document.getElementById("mscalebar"), px = bar.getContext("2d").getImageData(0, 0, bar.width, 1).data;
+  out.scale = [bar.width, px[0], px[4 * (bar.width - 1)]];  // red channel: white (255) at 0, blue (0) at 1
+  out.boxShown = getComputedStyle(document.getElementById("matrixbox")).display;
+} catch (e) { out.error = String(e) + " " + e.stack; }
+out.errors = document.getElementById("errors").textContent;
+document.getElementById("probe").textContent = JSON.stringify(out);
+</script></body>"""
+
+
+def test_viewer_defects_seen_on_real_models_are_fixed(tmp_path):
+    """Custom scores name themselves in the tooltip; the matrix view has token labels, a colour scale and its own
+    hint; the info line of 12 heads wraps inside the page; a GPT's page marks where the prompt ends."""
+    tokens = [f"tok{i}" for i in range(10)]
+    maps = {f"blocks.{layer}.attn.pattern": torch.softmax(torch.randn(1, 12, 10, 10), -1).tril() for layer in range(2)}
+    maps = {k: v / v.sum(-1, keepdim=True) for k, v in maps.items()}
+    views = views_from_maps(maps, tokens, prompt_length=6)
+    scores = {"myscore": {f"blocks.{layer}.attn": [h / 10 for h in range(12)] for layer in range(2)}}
+    page = viewer_html(views, title="gpt", scores=scores)
+    assert page_data(page)[0]["prompt_length"] == 6
+    seen = load_in_browser(page, tmp_path, probe=DEFECT_PROBE)
+    assert "error" not in seen and seen["errors"] == "", seen
+    assert seen["cellTitle"] == "blocks.0.attn head 2, myscore 0.2"
+    assert seen["linesHint"] == "hover a token to see where it attends"
+    assert seen["infoFits"] and "head 3" in seen["infoText"], seen["infoText"]
+    assert seen["gen"] == [6, 7, 8, 9] and seen["firstGen"] == [6] and "tokens 0..5" in seen["note"]
+    assert seen["matrixHint"] == "hover a cell to see its query, key and weight"
+    assert seen["queryLabels"] == tokens and seen["keyLabels"] == tokens and seen["genLabels"] == 4
+    assert seen["scale"] == [100, 255, 0] and seen["boxShown"] == "grid"

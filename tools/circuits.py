@@ -3,6 +3,16 @@
     python tools/circuits.py --out_dir=out-induction --prompt="ROMEO: ... ROMEO"
     python tools/circuits.py --init_from=gpt2 --prompt="When Mary and John went to the store, John gave a drink to" \
         --target=" Mary" --wrong=" John" --corrupt="When Mary and John went to the store, Mary gave a drink to"
+    python tools/circuits.py --init_from=path/to/bert --prompt="The cat sat on the mat." \
+        --corrupt="The dog sat on the mat."      # an encoder: detectors, attention statistics, patching
+
+--init_from takes any folder of weights/hf_families.py's table (or a Hub id); the model's own tokenizer
+encodes the prompts (--tokenizer= when the folder has none).
+For an encoder (BERT, RoBERTa, with or without the MLM head) it prints each head's detector scores
+(previous, duplicate, induction, first-position and [SEP] sinks) and attention statistics, then patches the
+clean sentence into the corrupted one against a metric of the hidden states: the cosine similarity of
+the run's mean-pooled final hidden states with the clean run's. A post-norm encoder normalises the
+residual sum in every block, so it has no direct attribution or logit lens (they are left out, with a note).
 
 Prints the direct logit attribution of every head and MLP (top k), each head's detector scores and the
 logit lens, then patches the clean prompt into the corrupted one (exact and attribution patching).
@@ -15,30 +25,37 @@ tokens in a fixed random order.
 import argparse
 import os
 import sys
+from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from data.tokenizer import GPT2Tokenizer, TokenizerError, from_meta  # noqa: E402
+from data.tokenizer import from_meta  # noqa: E402
 from lens import detectors, patching, report  # noqa: E402
 from lens.logit_lens import logit_lens, top_tokens  # noqa: E402
-from model import GPT, CheckpointError, ConfigError, load_checkpoint  # noqa: E402
-from training.families import model_from_checkpoint  # noqa: E402
+from lens.recorder import head_stats_all, stats_table  # noqa: E402
+from model import load_checkpoint  # noqa: E402
+from training.families import load_pretrained, model_from_checkpoint, pretrained_tokenizer  # noqa: E402
 from lens.heatmaps import views_from_maps, write_attention  # noqa: E402
-from weights.common import atomic_write  # noqa: E402
+from weights.common import ConfigError, UserError, atomic_write  # noqa: E402
+
+FAMILIES = ("gpt", "bert")  # what this tool explains: a decoder's next token, an encoder's sentence
 
 
 def load(args):
-    """(model in eval mode, tokenizer) from --out_dir's checkpoint or --init_from."""
+    """(model in eval mode, tokenizer) from --out_dir's checkpoint or --init_from (its own tokenizer or --tokenizer)."""
     if args.init_from:
-        model, tokenizer = GPT.from_pretrained(args.init_from), GPT2Tokenizer()
+        model = load_pretrained(args.init_from)
+        tokenizer = pretrained_tokenizer(model, args.init_from, args.tokenizer)
     else:
+        if args.tokenizer:
+            raise ConfigError("--tokenizer is for --init_from=<folder>; a checkpoint of ours holds its tokenizer.")
         ckpt = load_checkpoint(args.out_dir)
-        if ckpt.get("model_type", "gpt") != "gpt":
-            raise ConfigError(f"{args.out_dir} holds a {ckpt['model_type']} model; this tool explains a GPT's "
-                              "next-token prediction (use lens/ in Python for the other families).")
+        if ckpt.get("model_type", "gpt") not in FAMILIES:
+            raise ConfigError(f"{args.out_dir} holds a {ckpt['model_type']} model; this tool explains a GPT or a BERT "
+                              "(use lens/ in Python for the encoder-decoders).")
         model, tokenizer = model_from_checkpoint(ckpt), from_meta(ckpt["tokenizer"])
     return model.to(args.device).eval(), tokenizer
 
@@ -52,8 +69,11 @@ def single_token(tokenizer, text: str, what: str) -> int:
 
 
 def encode_prompt(model, tokenizer, text: str, what: str) -> torch.Tensor:
-    """(1, T) ids of a prompt, checked against the context length."""
+    """(1, T) ids of a prompt, checked against the context length; an encoder's framed as [CLS] text [SEP]."""
     ids = tokenizer.encode(text)
+    if model.model_type == "bert":
+        ids = [tokenizer.special_ids[s] for s in ("[CLS]",) if s in tokenizer.special_ids] + ids \
+            + [tokenizer.special_ids[s] for s in ("[SEP]",) if s in tokenizer.special_ids]
     if not 2 <= len(ids) <= model.config.block_size:
         raise ConfigError(f"--{what} is {len(ids)} tokens; give 2 to {model.config.block_size} tokens.")
     return torch.tensor([ids], device=next(model.parameters()).device)
@@ -78,16 +98,19 @@ def attribution(cache, target: int, wrong: int | None, k: int):
     return labels, values
 
 
-def head_detectors(model, ids: torch.Tensor) -> tuple[list[str], list[list]]:
-    """Each head's previous-token, duplicate-token, induction and sink scores, printed and returned."""
+def head_detectors(model, ids: torch.Tensor, sep_id: int | None = None) -> tuple[list[str], list[list]]:
+    """Each head's previous-token, duplicate-token, induction and sink scores (and [SEP] sink), printed and returned."""
     scores = {"previous": detectors.detect_head(model, ids, "previous_token_head"),
               "duplicate": detectors.detect_head(model, ids, "duplicate_token_head"),
               "induction": detectors.induction_scores(model, min(20, model.config.block_size // 2)),
               "sink": detectors.attention_sink_scores(model, ids)}
+    if sep_id is not None and bool((ids == sep_id).any()):
+        scores["sep_sink"] = detectors.separator_sink_scores(model, ids, sep_id)
     header = ["head", *scores]
     n_layer, n_head = scores["sink"].shape
     rows = [[f"L{l}H{h}", *(float(s[l, h]) for s in scores.values())] for l in range(n_layer) for h in range(n_head)]
-    print("\nhead detectors (share of attention; induction on repeated random tokens, sink = weight on position 0):")
+    print("\nhead detectors (share of attention; induction on repeated random tokens, sink = weight on position 0, "
+          "sep_sink = on [SEP]):")
     print_table(header, rows)
     return header, rows
 
@@ -117,11 +140,13 @@ def patch_all(model, ids, corrupted, cache, metric):
     return tables, approx, base
 
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description="Explain a GPT's next-token prediction: attribution, detectors, "
-                                                 "logit lens, patching.")
+def parse(argv: list[str]):
+    """The command line."""
+    parser = argparse.ArgumentParser(description="Explain a GPT's next-token prediction (attribution, detectors, "
+                                                 "logit lens, patching) or an encoder's sentence (detectors, patching).")
     parser.add_argument("--out_dir", default="out", help="folder with a headscope checkpoint (ckpt.pt)")
-    parser.add_argument("--init_from", default="", help="gpt2 (or gpt2-medium, ...) or a Hugging Face GPT-2 folder")
+    parser.add_argument("--init_from", default="", help="gpt2 (or gpt2-medium, ...), a Hugging Face folder or Hub id")
+    parser.add_argument("--tokenizer", default="", help="for a folder without tokenizer files: gpt2 or a folder with them")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--target", default=None, help="the token to explain (default: the model's prediction)")
     parser.add_argument("--wrong", default=None, help="a contrast token: explain logit(target) - logit(wrong)")
@@ -129,10 +154,26 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--top_k", type=int, default=10)
     parser.add_argument("--report", default="circuits-report", help="folder for PNGs and HTML")
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def corrupted_prompt(model, tokenizer, ids: torch.Tensor, text: str | None) -> torch.Tensor:
+    """--corrupt's ids, or the clean prompt's tokens in a fixed random order (an encoder's [CLS]/[SEP] kept)."""
+    if text is not None:
+        return encode_prompt(model, tokenizer, text, "corrupt")
+    inner = 1 if model.model_type == "bert" and ids.size(1) > 3 else 0
+    order = torch.randperm(ids.size(1) - 2 * inner, generator=torch.Generator().manual_seed(0)) + inner
+    order = torch.cat([torch.arange(inner), order, torch.arange(ids.size(1) - inner, ids.size(1))])
+    return ids[:, order.to(ids.device)]
+
+
+def main(argv: list[str]) -> None:
+    args = parse(argv)
     model, tokenizer = load(args)
     ids = encode_prompt(model, tokenizer, args.prompt, "prompt")
     tokens = [tokenizer.decode([i]) for i in ids[0].tolist()]
+    if model.model_type == "bert":
+        return explain_encoder(args, model, tokenizer, ids, tokens)
     with torch.no_grad():
         (logits, _), cache = model.run_with_cache(ids)
     predicted = int(logits[0, -1].argmax())
@@ -143,30 +184,71 @@ def main(argv: list[str]) -> None:
     labels, values = attribution(cache, target, wrong, args.top_k)
     det_header, det_rows = head_detectors(model, ids)
     lens_fig = lens_table(cache, tokens, tokenizer)
-    if args.corrupt is None:
-        order = torch.randperm(ids.size(1), generator=torch.Generator().manual_seed(0))
-        corrupted = ids[:, order.to(ids.device)]
-    else:
-        corrupted = encode_prompt(model, tokenizer, args.corrupt, "corrupt")
+    corrupted = corrupted_prompt(model, tokenizer, ids, args.corrupt)
     metric = lambda lg: lg[0, -1, target] - (lg[0, -1, wrong] if wrong is not None else 0.0)  # noqa: E731
     print(f"\npatching the clean prompt into the corrupted one (clean metric {float(metric(logits)):.3f}):")
     tables, approx, base = patch_all(model, ids, corrupted, cache, metric)
-    write_report(args.report, model, cache, tokens, labels, values, det_header, det_rows, lens_fig, tables, approx, base)
+    figures = {"logit_lens": lens_fig, "attribution": report.attribution_figure(labels, values),
+               **patch_figures(model, tokens, tables, approx, base)}
+    write_report(args.report, cache, tokens, det_header, det_rows, figures)
 
 
-def write_report(folder, model, cache, tokens, labels, values, det_header, det_rows, lens_fig, tables, approx, base):
+def explain_encoder(args, model, tokenizer, ids: torch.Tensor, tokens: list[str]) -> None:
+    """An encoder's sentence: detectors, attention statistics, patching against a hidden-state metric."""
+    for option in ("target", "wrong"):
+        if getattr(args, option) is not None:
+            raise ConfigError(f"--{option} names a predicted token, which an encoder's sentence has not; drop it "
+                              "(patching measures the sentence's hidden states).")
+    with torch.no_grad():
+        _, cache = model.run_with_cache(ids)
+        final = model.encode(ids)  # (1, T, C): the encoder's output
+    print(f"prompt: {len(tokens)} tokens (an encoder: no next-token prediction to explain)")
+    if model.config.post_norm:
+        print("note: this encoder is post-norm (each block normalises the residual sum), so its output is not a sum "
+              "of the heads' and MLPs' outputs: there is no direct attribution or logit lens; patching is exact anyway.")
+    det_header, det_rows = head_detectors(model, ids, tokenizer.special_ids.get("[SEP]"))
+    maps = {k: v for k, v in cache.items() if k.endswith(".pattern")}
+    print("\nattention statistics (entropy in nats, largest weight, mean distance to the key):")
+    print(stats_table(head_stats_all(maps)))
+    corrupted = corrupted_prompt(model, tokenizer, ids, args.corrupt)
+
+    def metric(hidden):  # the patched run's sentence vector against the clean one's (1 = the clean run)
+        return torch.cosine_similarity(hidden.mean(1), final.mean(1).to(hidden.dtype), dim=-1).mean()
+
+    print("\npatching the clean sentence into the corrupted one; metric = cosine similarity of the mean-pooled final "
+          "hidden states with the clean run's (clean 1.000):")
+    with encoder_only(model):
+        tables, approx, base = patch_all(model, ids, corrupted, cache, metric)
+    write_report(args.report, cache, tokens, det_header, det_rows, patch_figures(model, tokens, tables, approx, base))
+
+
+@contextmanager
+def encoder_only(model):
+    """While the block runs, the encoder's forward gives its final hidden states (its MLM head, if any, set aside),
+    which the patching metric reads."""
+    head, model.head = model.head, None
+    try:
+        yield model
+    finally:
+        model.head = head
+
+
+def patch_figures(model, tokens, tables, approx, base) -> dict:
+    """The exact and attribution patching tables as figures."""
+    heads = [f"H{h}" for h in range(model.config.n_head)]
+    return {"patch_resid_pre": report.patching_figure(tables["resid_pre"].numpy() - base, tokens, "layer",
+                                                      "position", "exact patching: resid_pre (metric - corrupted)"),
+            "patch_heads": report.patching_figure(tables["attn_head_out_all_pos"].numpy() - base, heads, "layer",
+                                                  "head", "exact patching: head outputs (metric - corrupted)"),
+            "attr_patch_resid_pre": report.patching_figure(approx["resid_pre"].numpy(), tokens, "layer",
+                                                           "position", "attribution patching: resid_pre"),
+            "attr_patch_heads": report.patching_figure(approx["attn_head_out_all_pos"].numpy(), heads, "layer",
+                                                       "head", "attribution patching: head outputs")}
+
+
+def write_report(folder, cache, tokens, det_header, det_rows, figures: dict) -> None:
     """PNGs, circuits.html and the attention viewer into `folder`."""
     os.makedirs(folder, exist_ok=True)
-    heads = [f"H{h}" for h in range(model.config.n_head)]
-    figures = {"logit_lens": lens_fig, "attribution": report.attribution_figure(labels, values),
-               "patch_resid_pre": report.patching_figure(tables["resid_pre"].numpy() - base, tokens, "layer",
-                                                         "position", "exact patching: resid_pre (metric - corrupted)"),
-               "patch_heads": report.patching_figure(tables["attn_head_out_all_pos"].numpy() - base, heads, "layer",
-                                                     "head", "exact patching: head outputs (metric - corrupted)"),
-               "attr_patch_resid_pre": report.patching_figure(approx["resid_pre"].numpy(), tokens, "layer",
-                                                              "position", "attribution patching: resid_pre"),
-               "attr_patch_heads": report.patching_figure(approx["attn_head_out_all_pos"].numpy(), heads, "layer",
-                                                          "head", "attribution patching: head outputs")}
     sections = [("head detectors", report.html_table(det_header, det_rows))]
     for name, fig in figures.items():
         with atomic_write(os.path.join(folder, f"{name}.png")) as f:
@@ -189,5 +271,5 @@ def report_page(sections, tokens) -> str:
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except (ConfigError, CheckpointError, TokenizerError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

@@ -4,7 +4,9 @@
     python tools/export_hf.py --out_dir=out-bert --to=hf-bert     # a BERT -> BertForMaskedLM
 
 The folder holds config.json, model.safetensors and the tokenizer's files (GPT-2's vocab.json and
-merges.txt, or a character-level tokenizer.json). Then, in Python:
+merges.txt, or a character-level tokenizer.json). It is built beside --to, then swapped in, so an export
+over an earlier one leaves none of its files; a --to that holds anything else is refused unless
+--overwrite=True. Then, in Python:
     AutoModelForCausalLM.from_pretrained("hf-out"), AutoTokenizer.from_pretrained("hf-out")
 An option that no Hugging Face class expresses (additive or hard attention, relu2, soft-capped
 logits, ...) is refused with one line naming it.
@@ -26,6 +28,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out_dir", default="out", help="the training run's folder (holding ckpt.pt)")
     parser.add_argument("--to", required=True, help="the Hugging Face folder to write")
+    parser.add_argument("--overwrite", default="False", choices=("True", "False"),
+                        help="True: replace --to even if it holds something else than an earlier export")
     return parser.parse_args(argv)
 
 
@@ -35,7 +39,7 @@ def main(argv: list[str]) -> None:
     try:
         ckpt = load_checkpoint(args.out_dir)
         model = model_from_checkpoint(ckpt)
-        model.save_pretrained(args.to, ckpt.get("tokenizer"))
+        model.save_pretrained(args.to, ckpt.get("tokenizer"), overwrite=args.overwrite == "True")
     except UserError as e:
         sys.exit(f"error: {e}")
     auto = "AutoModelForMaskedLM" if model.model_type == "bert" else "AutoModelForCausalLM"

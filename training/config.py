@@ -1,13 +1,16 @@
 """Training and sampling options, and reading them: config files and --key=value overrides.
 
 A config file (``config/NAME.py``) is data, not code: every statement must be ``name = literal``
-(numbers, strings, booleans, None, lists, dicts). It is parsed with ``ast``, never executed.
+(numbers, strings, booleans, None, lists, dicts), where a number may be written as arithmetic on numbers
+(``batch_size = 5 * 8``, as nanoGPT's configs do). It is parsed with ``ast``, never executed.
 The model's own sizes are the model configs of model/config.py.
 """
 
 import ast
 import dataclasses
+import operator
 import os
+import re
 import textwrap
 import typing
 from dataclasses import dataclass
@@ -34,7 +37,7 @@ class TrainConfig:
     always_save_checkpoint: bool = True
     # data
     model_type: str = "gpt"
-    dataset: str = "shakespeare_char"
+    dataset: str = "shakespeare_plays_char"  # the 38 plays (data/loader.py DATASET_FOLDERS), not tiny shakespeare
     data_dir: str = ""  # defaults to data/<dataset>
     batch_size: int = 16
     # documents of sharded data (separated by <|endoftext|> or [EOS]; GPT and BERT; data/documents.py)
@@ -56,6 +59,8 @@ class TrainConfig:
     warmup_iters: int = 100
     lr_decay_iters: int = 2500
     min_lr: float = 1e-4
+    lr_schedule: str = "cosine"  # after warmup: 'cosine' decay, or 'wsd': stable, then a linear cooldown to min_lr
+    cooldown_frac: float = 0.4  # wsd: the share of lr_decay_iters spent cooling down
     optimizer: str = "adamw"  # 'adamw', or 'muon': Muon for the blocks' matrices, AdamW for the rest
     muon_lr: float = 0.02  # Muon's peak learning rate (the schedule scales it like learning_rate)
     muon_momentum: float = 0.95
@@ -90,6 +95,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be {rule}, got {getattr(self, name)}.")
         if self.attn_stats_interval < 0:
             raise ConfigError(f"attn_stats_interval must be 0 (off) or positive, got {self.attn_stats_interval}.")
+        if self.lr_schedule not in ("cosine", "wsd"):
+            raise ConfigError(f"lr_schedule must be 'cosine' or 'wsd', got {self.lr_schedule!r}.")
+        if not 0.0 <= self.cooldown_frac <= 1.0:
+            raise ConfigError(f"cooldown_frac must be in [0, 1], got {self.cooldown_frac}.")
         if self.optimizer not in ("adamw", "muon"):
             raise ConfigError(f"optimizer must be 'adamw' or 'muon', got {self.optimizer!r}.")
         if self.optimizer == "muon" and not (self.muon_lr > 0 and 0 <= self.muon_momentum < 1
@@ -114,7 +123,8 @@ class SampleConfig:
     """Options of sample.py."""
 
     out_dir: str = "out"  # folder holding ckpt.pt
-    init_from: str = "resume"  # 'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face folder
+    init_from: str = "resume"  # 'resume' (the checkpoint in out_dir), a GPT-2 name, a Hugging Face folder or Hub id
+    tokenizer: str = ""  # for --init_from=<folder> without tokenizer files: 'gpt2' or a folder holding them
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
     prompts: str = ""  # a file of prompts, one per line, continued together in one padded batch (GPT)
     num_samples: int = 2
@@ -155,10 +165,11 @@ class SampleConfig:
 
 
 def check_init_from(init_from: str, own: tuple[str, ...]) -> None:
-    """init_from must be one of `own`, a GPT-2 name or an existing folder (of Hugging Face weights)."""
-    if init_from not in own + HUB_MODELS and not os.path.isdir(init_from):
-        raise ConfigError(f"init_from must be {', '.join(own)}, one of {', '.join(HUB_MODELS)} or a folder with "
-                          f"Hugging Face GPT-2 weights, got {init_from!r}.")
+    """init_from must be one of `own`, a GPT-2 name, an existing folder (of Hugging Face weights) or a Hub id."""
+    hub_id = re.fullmatch(r"[\w-][\w.-]*/[\w-][\w.-]*", init_from) and not os.path.exists(init_from)
+    if init_from not in own + HUB_MODELS and not os.path.isdir(init_from) and not hub_id:
+        raise ConfigError(f"init_from must be {', '.join(own)}, one of {', '.join(HUB_MODELS)}, a folder with "
+                          f"Hugging Face weights or a Hub id (owner/name), got {init_from!r}.")
 
 
 def field_types(cls) -> dict[str, type]:
@@ -243,10 +254,52 @@ def read_config_file(path: str) -> dict:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
             raise ConfigError(f"{path} line {node.lineno}: only `name = value` assignments are allowed in a config file.")
         try:
-            values[node.targets[0].id] = ast.literal_eval(node.value)
+            values[node.targets[0].id] = ast.literal_eval(FoldArithmetic().visit(node.value))
         except (ValueError, TypeError):  # TypeError: an unhashable key, e.g. {[1]: 2}
-            raise ConfigError(f"{path} line {node.lineno}: the value must be a literal (number, string, True/False, None).")
+            raise ConfigError(f"{path} line {node.lineno}: the value must be a literal (number, string, True/False, "
+                              "None, list, dict) or arithmetic on numbers such as 5 * 8.")
+        except (ArithmeticError, RecursionError) as e:  # 1 / 0, 10.0 ** 400
+            raise ConfigError(f"{path} line {node.lineno}: the arithmetic cannot be computed ({e}); write the number.")
     return values
+
+
+ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+              ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+INT_LIMIT = 2 ** 64  # a larger integer is no setting; 10 ** 10 ** 10 would take the memory
+
+
+def is_plain_number(value) -> bool:
+    """An int or a float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class FoldArithmetic(ast.NodeTransformer):
+    """Replace arithmetic on number literals (``5 * 8``, ``-(-7)``, ``2 ** 3``) and string concatenation by its
+    value, bottom up, computing nothing else; what remains is left to ast.literal_eval, which refuses it."""
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.op, (ast.UAdd, ast.USub)) and isinstance(node.operand, ast.Constant) \
+                and is_plain_number(node.operand.value):
+            value = node.operand.value
+            return ast.copy_location(ast.Constant(-value if isinstance(node.op, ast.USub) else value), node)
+        return node
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        if not (isinstance(node.left, ast.Constant) and isinstance(node.right, ast.Constant)):
+            return node
+        a, b = node.left.value, node.right.value
+        if isinstance(a, str) and isinstance(b, str) and isinstance(node.op, ast.Add):
+            return ast.copy_location(ast.Constant(a + b), node)
+        if not (is_plain_number(a) and is_plain_number(b) and type(node.op) in ARITHMETIC):
+            return node
+        if isinstance(node.op, ast.Pow) and abs(b) > 64 and abs(a) > 1:
+            return node  # too large to be a setting
+        value = ARITHMETIC[type(node.op)](a, b)
+        if isinstance(value, int) and abs(value) > INT_LIMIT or not is_plain_number(value):
+            return node  # a complex power such as (-8) ** 0.5 is no setting either
+        return ast.copy_location(ast.Constant(value), node)
 
 
 def parse_args(argv: list[str]) -> dict:

@@ -10,6 +10,7 @@ from contextlib import nullcontext
 
 import torch
 
+from data.streaming import StreamDecoder
 from lens.heatmaps import views_from_maps, write_attention
 from lens.interventions import ablate_heads, head_means, parse_heads
 from lens.recorder import AttentionRecorder, head_stats_all, stats_table
@@ -71,20 +72,19 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
     samples = []
     for n in range(cfg.num_samples):
         sys.stdout.write(tokenizer.decode(prompt_ids))
-        new_ids, printed = [], ""
+        new_ids, streamer = [], StreamDecoder(tokenizer)  # each new character once, when complete
         record = recorder if n == 0 and recorder else nullcontext()  # maps of the first sample
         with autocast(device, dtype), model.hooks(interventions), record:
             for token in stream(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator=generator):
                 new_ids.append(token.item())
-                text = tokenizer.decode(new_ids)
-                if not text.endswith("\ufffd"):  # BPE may split a character: wait for its last bytes
-                    sys.stdout.write(text[len(printed):])
+                text = streamer.push(new_ids[-1])
+                if text:
+                    sys.stdout.write(text)
                     sys.stdout.flush()
-                    printed = text
             if n == 0 and recorder and not new_ids:  # nothing generated: record the prompt alone
                 with torch.no_grad():
                     model(idx[:, -block_size:])
-        sys.stdout.write(tokenizer.decode(new_ids)[len(printed):])
+        sys.stdout.write(streamer.flush())
         sys.stdout.write("\n" + ("-" * 40 + "\n" if n + 1 < cfg.num_samples else ""))
         samples.append(new_ids)
     if recorder:
@@ -93,7 +93,7 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
         ids = (prompt_ids + samples[0])[first:]
         tokens = [tokenizer.decode([i]) for i in ids[:next(iter(maps.values())).size(-1)]]  # the last has no row
         write_maps(maps, tokens, cfg.attention_dir, f"attention: {tokenizer.decode(ids)[:60]}",
-                   top_k=cfg.attention_top_k)
+                   top_k=cfg.attention_top_k, prompt_length=len(prompt_ids) - first)
 
 
 def read_prompt_lines(path: str, tokenizer, block_size: int) -> list[list[int]]:
@@ -142,10 +142,12 @@ def sample_gpt_batch(model, tokenizer, cfg: SampleConfig, device: str, dtype: st
 
 
 def write_maps(maps: dict, tokens: list[str], out_dir: str, title: str, source_tokens: list[str] | None = None,
-               top_k: int = TOP_K) -> None:
-    """Write attention maps (PNG per layer, HTML viewer, npz) and print per-head statistics."""
+               top_k: int = TOP_K, prompt_length: int | None = None) -> None:
+    """Write attention maps (PNG per layer, HTML viewer, npz) and print per-head statistics; `prompt_length`:
+    the tokens from there on were generated (the viewer marks them)."""
     try:
-        paths = write_attention(out_dir, views_from_maps(maps, tokens, source_tokens), title=title, top_k=top_k)
+        paths = write_attention(out_dir, views_from_maps(maps, tokens, source_tokens, prompt_length=prompt_length),
+                                title=title, top_k=top_k)
     except OSError as e:
         raise ConfigError(f"cannot write attention maps to {out_dir} ({e.strerror}); pick a writable --attention_dir.")
     print(stats_table(head_stats_all(maps)))
@@ -159,6 +161,9 @@ def fill_mask(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> N
     The model reads each mask in a window of the prompt framed as in training ([CLS] text [SEP]),
     centred on the mask when the prompt is longer than the context window.
     """
+    if getattr(model, "head", None) is None:
+        raise ConfigError("this encoder has no MLM head (a headless BertModel folder), so it cannot fill masks; "
+                          "load a BertForMaskedLM folder, or use its hidden states from Python (model.encode).")
     ids = tokenizer.encode(read_prompt(cfg.start), allow_specials=True)
     mask_id, cls_id, sep_id = (tokenizer.special_ids.get(s) for s in ("[MASK]", "[CLS]", "[SEP]"))
     if mask_id is None or mask_id not in ids:
@@ -180,8 +185,9 @@ def fill_mask(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> N
             logits = model(windows)[0].float()  # (M, L, V): one window per remaining mask
         rows = torch.arange(len(remaining), device=device)
         logits = logits[rows, torch.tensor([len(head) + p - s for p, s in zip(remaining, starts)], device=device)]
-        logits[:, tokenizer.base_vocab_size:] = float("-inf")  # propose text, never special tokens
-        top = torch.softmax(logits, dim=-1).topk(min(cfg.candidates, tokenizer.base_vocab_size), dim=-1)
+        logits[:, tokenizer.vocab_size:] = float("-inf")  # propose text, never special tokens or unused ids
+        logits[:, tokenizer.special_token_ids()] = float("-inf")
+        top = torch.softmax(logits, dim=-1).topk(min(cfg.candidates, int(logits.isfinite().sum(-1).min())), dim=-1)
         best = top.values[:, 0].argmax().item()  # the mask the model is surest about goes first
         pos = remaining.pop(best)
         shown = "  ".join(f"{tokenizer.decode([t])!r} {p:.3f}"

@@ -3,6 +3,8 @@
 train.py, sample.py and the checkpoint loader read it; adding a family is one entry here.
 """
 
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,7 +14,10 @@ from data.pairs import PairBatches
 from model import BERT, GPT, BERTConfig, GPTConfig, RNNConfig, RNNEncoderDecoder, Seq2Seq, Seq2SeqConfig
 from training.config import TrainConfig, field_types, from_dict
 from training.decoding import fill_mask, sample_gpt, sample_seq2seq
+from data.tokenizer import GPT2Tokenizer, Tokenizer, from_meta
 from weights.checkpoint import CheckpointError, upgrade_state
+from weights.hf_families import ROWS, read_pretrained_config
+from weights.hf_tokenizer import folder_tokenizer
 from weights.common import ConfigError
 
 
@@ -69,4 +74,40 @@ def model_from_checkpoint(ckpt: dict):
     except RuntimeError:
         raise CheckpointError("the checkpoint's weights do not match the model config it stores, so it is damaged; "
                               "restore it from a copy or train a new one.") from None
+    if isinstance(ckpt.get("tokenizer"), dict):
+        net.tokenizer = from_meta(ckpt["tokenizer"])
     return net
+
+
+def pretrained_tokenizer(model, source: str, choice: str = "") -> Tokenizer:
+    """The tokenizer for a model loaded from `source`: `choice` ('gpt2' or a folder of tokenizer files) when
+    given, else the folder's own (model.tokenizer); a ConfigError saying so when there is none."""
+    if choice == "gpt2":
+        tokenizer = GPT2Tokenizer()
+    elif choice:
+        if not os.path.isdir(choice):
+            raise ConfigError(f"--tokenizer={choice} is neither gpt2 nor a folder; pass a folder holding tokenizer.json, "
+                              "vocab.txt or vocab.json + merges.txt.")
+        tokenizer = folder_tokenizer(choice)
+        if tokenizer is None:
+            raise ConfigError(f"{choice} holds no tokenizer files (tokenizer.json, vocab.txt or vocab.json + merges.txt).")
+    elif model.tokenizer is not None:
+        tokenizer = model.tokenizer
+    elif model.config.vocab_size == GPT2Tokenizer.base_vocab_size:  # GPT-2's own ids, as before folders had theirs
+        print(f"({source} holds no tokenizer files; using GPT-2's BPE for its 50257 ids: --tokenizer= picks another)",
+              file=sys.stderr)
+        tokenizer = GPT2Tokenizer()
+    else:
+        raise ConfigError(f"{source} holds no tokenizer files (tokenizer.json, vocab.txt or vocab.json + merges.txt); "
+                          "pass --tokenizer=DIR, a folder holding this model's tokenizer, or --tokenizer=gpt2.")
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only {model.config.vocab_size}; "
+                          "pass the model's own tokenizer with --tokenizer=.")
+    return tokenizer
+
+
+def load_pretrained(name_or_dir: str, **options):
+    """A Hugging Face folder or Hub id of any family in weights/hf_families.py's table, as our GPT or BERT (in
+    eval mode, `tokenizer` set from the folder); `options` go to that class's from_pretrained."""
+    row = ROWS[read_pretrained_config(name_or_dir)[0]]
+    return FAMILIES[row.family].model.from_pretrained(name_or_dir, **options)

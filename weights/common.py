@@ -8,12 +8,14 @@
 - `IGNORE_INDEX`: the label that every loss skips (padding, unmasked MLM positions), shared by the
   batch makers in data/ and the heads in model/.
 - `atomic_write`: the one way files are written: to a temporary file, then renamed over the target,
-  so a crash never leaves half a file (or a lost old one) under the real name.
+  so a crash never leaves half a file (or a lost old one) under the real name. `atomic_folder` does the
+  same for a whole folder (a Hugging Face export): built beside the target, then swapped in.
 """
 
 import glob
 import os
 import re
+import shutil
 from contextlib import contextmanager
 
 IGNORE_INDEX = -100  # PyTorch's and Hugging Face's default label to skip
@@ -45,6 +47,14 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def remove_path(path: str) -> None:
+    """Remove a file, a link or a folder with everything in it."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+
+
 def temporary_path(path: str) -> str:
     """A temporary name next to path for this process, after removing the ones that processes killed
     mid-write left behind (their process is gone), which would otherwise stay on disk for good."""
@@ -52,7 +62,7 @@ def temporary_path(path: str) -> str:
         pid = re.fullmatch(r"\.tmp(\d+)(?:\.tmp\d+)*", stale[len(path):])  # nested: a staged file's own temporary
         if pid and int(pid.group(1)) != os.getpid() and not process_alive(int(pid.group(1))):
             try:
-                os.remove(stale)
+                remove_path(stale)
             except OSError:
                 pass  # another process removed it first
     return f"{path}.tmp{os.getpid()}"
@@ -74,3 +84,25 @@ def atomic_write(path: str, mode: str = "wb", encoding: str | None = None):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextmanager
+def atomic_folder(path: str):
+    """Yield a new empty folder beside `path` to fill; when the block ends without an error, swap it in for
+    `path` (what `path` held is removed after the swap, so no file of it stays). On an error `path` is untouched
+    and the new folder removed. OSError (an unwritable place) reaches the caller."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    staging = temporary_path(path)  # also clears the folders that killed writers left
+    os.mkdir(staging)
+    try:
+        yield staging
+        old = None
+        if os.path.lexists(path):
+            old = f"{path}.old{os.getpid()}"
+            os.rename(path, old)  # a crash before the next rename leaves the previous folder here, whole
+        os.rename(staging, path)
+        if old is not None:
+            remove_path(old)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)

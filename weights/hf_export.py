@@ -15,9 +15,10 @@ import os
 
 import torch
 
-from weights.common import UserError, atomic_write
+from weights.common import UserError, atomic_folder, atomic_write
 from weights.hf_tokenizer import GPT2_EOT_ID, special_id, tokenizer_files
 
+EXPORT_MARKER = ".headscope_export"  # in every folder we export: what we wrote, so a later export may replace it
 GPT2_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu"}  # ours -> Hugging Face
 BERT_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
 
@@ -38,6 +39,7 @@ def refuse_unless(config: dict, target: str, **required) -> None:
 def common_checks(config: dict, target: str) -> None:
     """Options that no exported class expresses (every one has an MLP in each block)."""
     refuse_unless(config, target, attn_score="scaled_dot", attn_weighting="softmax", logit_softcap=(0, 0.0),
+                  parallel_residual=False, rotary_dim=0, position_offset=(0, None), mlm_head=(True, None),
                   attn_only=False)
 
 
@@ -162,10 +164,13 @@ def to_hf(model_type: str, config: dict, state: dict, pad_id: int = 0, eos_id: i
     raise ExportError(f"model type {model_type!r} has no Hugging Face export; export a GPT or a BERT.")
 
 
-def save_hf(folder: str, model_type: str, config: dict, state: dict, tokenizer: dict | None = None) -> None:
+def save_hf(folder: str, model_type: str, config: dict, state: dict, tokenizer: dict | None = None,
+            overwrite: bool = False) -> None:
     """Write config.json, model.safetensors and the tokenizer's files (tokenizer: a headscope meta dict) to folder.
 
-    Everything is checked before the first file is written; each file is written atomically.
+    Everything is checked before the first file is written. The folder is built whole beside `folder`, then
+    swapped in: no file of what it held before stays. A folder that holds anything but an earlier export of
+    ours is refused unless `overwrite`.
     """
     try:
         from safetensors.torch import save  # lazy: installed with transformers / huggingface_hub
@@ -176,11 +181,33 @@ def save_hf(folder: str, model_type: str, config: dict, state: dict, tokenizer: 
     files = tokenizer_files(tokenizer, config["block_size"])
     # safetensors wants every tensor contiguous and in its own memory (a tied head is written once)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in hf_state.items()}
-    if os.path.exists(folder) and not os.path.isdir(folder):
+    texts = {"config.json": json.dumps(hf_config, indent=2), **files}
+    try:
+        check_target(folder, overwrite)
+        with atomic_folder(folder) as staging:
+            write_folder(staging, save(tensors, metadata={"format": "pt"}), texts)
+    except OSError as e:
+        raise ExportError(f"cannot write {folder} ({e.strerror or e}); export to a folder you can write.") from None
+
+
+def check_target(folder: str, overwrite: bool) -> None:
+    """An ExportError unless folder is new, empty, an earlier export of ours, or `overwrite` allows replacing it."""
+    if os.path.lexists(folder) and not os.path.isdir(folder):
         raise ExportError(f"{folder} is a file; pass a folder to export into.")
-    os.makedirs(folder, exist_ok=True)
+    here = os.path.join(os.path.abspath(os.getcwd()), "")
+    if here.startswith(os.path.join(os.path.abspath(folder), "")):
+        raise ExportError(f"{folder} holds the current folder; export to a folder of its own.")
+    if os.path.isdir(folder) and os.listdir(folder) and not overwrite \
+            and not os.path.isfile(os.path.join(folder, EXPORT_MARKER)):
+        raise ExportError(f"{folder} is not empty and holds no earlier headscope export; export to a new or empty "
+                          "folder, or pass overwrite=True (--overwrite=True) to replace everything in it.")
+
+
+def write_folder(folder: str, weights: bytes, texts: dict[str, str]) -> None:
+    """model.safetensors, the text files and the marker of our exports, each written atomically into folder."""
     with atomic_write(os.path.join(folder, "model.safetensors")) as f:
-        f.write(save(tensors, metadata={"format": "pt"}))
-    for name, text in {"config.json": json.dumps(hf_config, indent=2), **files}.items():
+        f.write(weights)
+    marker = json.dumps({"written_by": "headscope", "files": sorted(["model.safetensors", *texts])})
+    for name, text in {**texts, EXPORT_MARKER: marker}.items():
         with atomic_write(os.path.join(folder, name), "w") as f:
             f.write(text if text.endswith("\n") else text + "\n")

@@ -13,6 +13,9 @@ import torch
 
 from weights.checkpoint import CheckpointError
 
+# what a Hub download fetches besides the weights: the tokenizer and sentence-transformers' pooling
+FOLDER_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+                "special_tokens_map.json", "modules.json", "1_Pooling/config.json"]
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -31,9 +34,9 @@ def download(repo_id: str, what: str) -> str:
         raise PretrainedError(f"there is no folder {repo_id}; pass a local {what} "
                               "(or pip install huggingface_hub to download Hub models).") from None
     try:
-        folder = snapshot_download(repo_id, allow_patterns=["config.json", "model*.safetensors*"])
+        folder = snapshot_download(repo_id, allow_patterns=FOLDER_FILES + ["model*.safetensors*"])
         if not any(os.path.exists(os.path.join(folder, f)) for f in WEIGHT_FILES):  # an older, .bin-only model
-            folder = snapshot_download(repo_id, allow_patterns=["config.json", "pytorch_model*.bin*"])
+            folder = snapshot_download(repo_id, allow_patterns=FOLDER_FILES + ["pytorch_model*.bin*"])
     except Exception as e:  # offline, hub errors, ...
         raise PretrainedError(f"cannot download {repo_id} from the Hugging Face Hub ({type(e).__name__}); check "
                               f"your connection, or pass a local {what}.") from None
@@ -107,11 +110,15 @@ def read_hf_folder(name_or_dir: str, what: str = "Hugging Face model folder",
                    hub_names: dict[str, str] | None = None) -> tuple[dict, dict]:
     """(config.json as a dict, every tensor of the weights) of a Hugging Face model folder or Hub id."""
     folder = resolve_folder(name_or_dir, what, hub_names)
-    config = read_config(folder, what)
+    return read_config(folder, what), read_weights(folder, what)
+
+
+def read_weights(folder: str, what: str = "Hugging Face model folder") -> dict:
+    """Every tensor of a folder's weight files."""
     state = {}
     for path in weight_files(folder, what):
         state.update(read_weight_file(path))
-    return config, state
+    return state
 
 
 def check_state(own: dict, state: dict, source: str) -> None:

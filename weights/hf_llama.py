@@ -11,9 +11,6 @@ import torch
 
 from weights.hf_folder import PretrainedError
 
-MODEL_TYPES = ("llama", "qwen3")
-
-
 def positive_int(hf: dict, key: str) -> int:
     """hf[key] as a positive integer; a PretrainedError if it is missing or not one."""
     value = hf.get(key)
@@ -48,25 +45,24 @@ def check_llama(hf: dict, n_embd: int, n_head: int) -> None:
                                   "models with full multi-head attention, no biases and plain rotary angles load.")
 
 
-def llama_config(hf: dict, dropout: float = 0.0, block_size: int | None = None) -> dict:
+def llama_config(hf: dict) -> dict:
     """GPTConfig's keyword arguments for a Llama or Qwen3 config.json."""
     n_embd, n_head = positive_int(hf, "hidden_size"), positive_int(hf, "num_attention_heads")
     check_llama(hf, n_embd, n_head)
     width, positions = positive_int(hf, "intermediate_size"), positive_int(hf, "max_position_embeddings")
-    if block_size is not None and not 1 <= block_size <= positions:
-        raise PretrainedError(f"block_size must be between 1 and this model's {positions} positions, got {block_size}.")
     rope = hf.get("rope_parameters") or {}
     default_width = 8 * math.ceil(8 * n_embd / 3 / 8)  # model/config.py's SwiGLU rule
     return dict(vocab_size=positive_int(hf, "vocab_size"), n_layer=positive_int(hf, "num_hidden_layers"),
-                n_head=n_head, n_embd=n_embd, block_size=block_size or positions, dropout=dropout, bias=False,
+                n_head=n_head, n_embd=n_embd, block_size=positions, dropout=0.0, bias=False,
                 activation="swiglu", norm="rmsnorm", norm_eps=positive_number(hf.get("rms_norm_eps", 1e-6), "rms_norm_eps"),
                 pos_emb="rope", rope_base=positive_number(rope.get("rope_theta", hf.get("rope_theta", 10000.0)), "rope_theta"),
                 qk_norm=hf["model_type"] == "qwen3", tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
                 mlp_hidden=None if width == default_width else width)
 
 
-def llama_state(hf_state: dict, n_layer: int, tie_embeddings: bool, qk_norm: bool) -> dict:
+def llama_state(hf_state: dict, config: dict) -> dict:
     """Our GPT's parameter names -> tensors, from a Llama/Qwen3 state dict."""
+    n_layer, tie_embeddings, qk_norm = config["n_layer"], config["tie_embeddings"], config["qk_norm"]
     def take(name: str) -> torch.Tensor:
         if name not in hf_state:
             raise PretrainedError(f"the weights have no {name!r}; the folder is incomplete or not this config's model.")

@@ -1,4 +1,10 @@
-"""Tokenizer files for an exported Hugging Face folder, from a headscope tokenizer meta dict.
+"""Tokenizer files of a Hugging Face folder: read into a data.tokenizer.Tokenizer (`folder_tokenizer`), and
+written for an exported folder from a headscope tokenizer meta dict.
+
+Reading (what from_pretrained sets as `model.tokenizer`), first found wins: tokenizer.json (any
+`tokenizers` tokenizer: Llama's, Qwen's, Pythia's, ...), BERT's WordPiece vocab.txt, GPT-2's vocab.json +
+merges.txt. The special tokens' roles (mask, cls, sep, ...) come from tokenizer_config.json or
+special_tokens_map.json. A folder with none of these has no tokenizer (None).
 
 - GPT-2 BPE (`tokenizer: gpt2`): GPT-2's own vocab.json and merges.txt (tiktoken's cached encoder.json
   and vocab.bpe, byte for byte) and a tokenizer_config.json, which `AutoTokenizer.from_pretrained` reads.
@@ -13,6 +19,7 @@ import json
 import os
 import tempfile
 
+from data.tokenizer import HFTokenizer, TokenizerError
 from weights.common import UserError
 
 GPT2_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
@@ -97,3 +104,87 @@ def special_id(meta: dict | None, token: str, default: int = 0) -> int:
         return default
     base = len(meta["chars"]) if meta.get("tokenizer") == "char" else 50257
     return base + specials.index(token)
+
+
+BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+GUESSED_ROLES = {"mask_token": ("[MASK]", "<mask>"), "cls_token": ("[CLS]", "<s>"), "sep_token": ("[SEP]", "</s>"),
+                 "pad_token": ("[PAD]", "<pad>"), "unk_token": ("[UNK]", "<unk>"), "eos_token": (GPT2_EOT, "</s>")}
+
+
+def read_json(path: str) -> dict:
+    """A JSON file's object, or {} when it is missing or not one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def special_token_roles(folder: str) -> dict[str, str]:
+    """role (mask_token, cls_token, ...) -> the token's text, from tokenizer_config.json and special_tokens_map.json."""
+    roles = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        for role, value in read_json(os.path.join(folder, name)).items():
+            value = value.get("content") if isinstance(value, dict) else value
+            if role.endswith("_token") and isinstance(value, str):
+                roles[role] = value
+    return roles
+
+
+def guess_roles(backend) -> dict[str, str]:
+    """Roles of the usual special tokens a vocabulary holds, for a folder without tokenizer_config.json."""
+    found = {}
+    for role, candidates in GUESSED_ROLES.items():
+        token = next((t for t in candidates if backend.token_to_id(t) is not None), None)
+        if token is not None:
+            found[role] = token
+    return found
+
+
+def backend_from_files(folder: str, lowercase: bool):
+    """A `tokenizers` Tokenizer from vocab.txt (WordPiece) or vocab.json + merges.txt (byte-level BPE); None without."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers  # lazy: folders only
+    vocab_txt, vocab_json, merges = (os.path.join(folder, f) for f in ("vocab.txt", "vocab.json", "merges.txt"))
+    if os.path.isfile(vocab_txt):
+        backend = Tokenizer(models.WordPiece.from_file(vocab_txt, unk_token="[UNK]"))
+        backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+        backend.pre_tokenizer, backend.decoder = pre_tokenizers.BertPreTokenizer(), decoders.WordPiece()
+        specials = BERT_SPECIALS
+    elif os.path.isfile(vocab_json) and os.path.isfile(merges):
+        backend = Tokenizer(models.BPE.from_file(vocab_json, merges))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        specials = (GPT2_EOT,)
+    else:
+        return None
+    backend.add_special_tokens([t for t in specials if backend.token_to_id(t) is not None])
+    return backend
+
+
+def folder_tokenizer(folder: str) -> HFTokenizer | None:
+    """The tokenizer a Hugging Face folder holds (see the module docstring), or None when it holds none."""
+    roles = special_token_roles(folder)
+    path = os.path.join(folder, "tokenizer.json")
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError):
+            raise TokenizerError(f"{path} is unreadable; restore it, or delete it and pass --tokenizer=.") from None
+        tokenizer = HFTokenizer.from_json(text, roles)
+    else:
+        try:
+            lowercase = read_json(os.path.join(folder, "tokenizer_config.json")).get("do_lower_case", True) is not False
+            backend = backend_from_files(folder, lowercase)
+        except ImportError:
+            raise TokenizerError("this folder's tokenizer needs the tokenizers package: pip install tokenizers.") from None
+        except Exception as e:  # the library's own error for malformed vocab or merges files
+            raise TokenizerError(f"the tokenizer files of {folder} cannot be read ({str(e)[:80]}); restore them "
+                                 "or pass --tokenizer=.") from None
+        if backend is None:
+            return None
+        tokenizer = HFTokenizer(backend, roles)
+    if not roles:
+        tokenizer = HFTokenizer(tokenizer.backend, guess_roles(tokenizer.backend))
+    return tokenizer

@@ -7,6 +7,8 @@ const VIEWS = JSON.parse(document.getElementById("data").textContent);
 const ROW = 18, WIRES = 220, LEVELS = 65535;
 const STAT_LABELS = { entropy: "entropy", max: "max weight", distance: "mean distance" };
 const $ = (id) => document.getElementById(id);
+const statLabel = (stat) => STAT_LABELS[stat] || stat;  // a caller's own scores= go by their own name
+const HINTS = { lines: "hover a token to see where it attends", matrix: "hover a cell to see its query, key and weight" };
 const state = { view: 0, layer: 0, heads: [], mode: "model", detail: "lines", hover: null, stat: "", sort: false,
   tokensOf: -1 };
 
@@ -76,7 +78,7 @@ function makeCell(view, v, l, h, pixels, range) {
     const share = range.max > range.min ? (value - range.min) / (range.max - range.min) : 1;
     cell.style.background = "rgba(255, 127, 14, " + (0.1 + 0.8 * share).toFixed(3) + ")";
   }
-  cell.title = layer.name + " head " + h + (value === null ? "" : ", " + STAT_LABELS[state.stat] + " " + value);
+  cell.title = layer.name + " head " + h + (value === null ? "" : ", " + statLabel(state.stat) + " " + value);
   cell.append(canvas, label);
   return cell;
 }
@@ -137,17 +139,35 @@ function setup() {
   buildHeads(n_head);
   if (state.tokensOf !== state.view) {
     for (const [id, tokens, side] of [["queries", view.queries, "q"], ["keys", view.keys, "k"]]) {
-      $(id).replaceChildren(...tokens.map((t, i) => { const span = element("span", "tok");
+      $(id).replaceChildren(...tokens.map((t, i) => { const span = element("span", "tok" + promptClass(view, i, side));
         span.textContent = show(t); span.dataset.side = side; span.dataset.index = i; return span; }));
     }
+    buildMatrixLabels(view);
     state.tokensOf = state.view;
   }
   state.hover = null;
   draw();
 }
+function promptClass(view, i, side) {  // generated tokens (a GPT's page) are set apart from the prompt
+  const n = view.prompt_length;
+  if (n === null || n === undefined || (side === "k" && view.cross)) return "";
+  return i < n ? "" : i === n ? " gen first-gen" : " gen";
+}
+function buildMatrixLabels(view) {  // query tokens down the left, key tokens (turned) along the top
+  const cell = matrixCell(view), every = Math.ceil(9 / cell);  // a label every `every` cells stays legible
+  for (const [id, tokens, side] of [["mqueries", view.queries, "q"], ["mkeys", view.keys, "k"]]) {
+    $(id).replaceChildren(...tokens.map((t, i) => { const label = element("span", "mlabel" + promptClass(view, i, side));
+      label.textContent = i % every === 0 ? show(t) : "";
+      label.title = i + " " + JSON.stringify(t);
+      label.style[side === "q" ? "height" : "width"] = cell + "px";
+      label.style.fontSize = Math.min(12, Math.max(9, cell - 2)) + "px"; return label; }));
+  }
+}
+function matrixCell(view) { return Math.max(2, Math.min(16, Math.floor(800 / Math.max(view.queries.length, view.keys.length, 1)))); }
 function draw() {
   $("lines").style.display = state.mode === "lines" ? "flex" : "none";
-  $("matrix").style.display = state.mode === "matrix" ? "block" : "none";
+  $("matrixbox").style.display = state.mode === "matrix" ? "grid" : "none";
+  $("info").textContent = HINTS[state.mode] || "";
   if (state.mode === "lines") drawLines(); else if (state.mode === "matrix") drawMatrix();
 }
 function hoveredLinks(rows, heads, T) {  // [head, query, key, weight] of what is to be drawn
@@ -191,13 +211,14 @@ function drawLines() {
 function drawMatrix() {  // the mean of the selected heads, one canvas pixel per weight, scaled up by CSS
   const view = VIEWS[state.view], rows = rowsOf(state.view, state.layer), T = view.queries.length;
   const S = view.keys.length, heads = selected(), canvas = $("matrix");
-  const cell = Math.max(2, Math.min(16, Math.floor(800 / Math.max(T, S, 1))));
+  const cell = matrixCell(view);
   canvas.style.width = S * cell + "px"; canvas.style.height = T * cell + "px"; canvas.dataset.cell = cell;
   const mean = new Float32Array(T * S);
   for (const h of heads) {
     for (let q = 0; q < T; q++) eachWeight(rows, h, q, (k, w) => { mean[q * S + k] += w / heads.length; });
   }
   paint(canvas, S, T, (i) => mean[i]);
+  paint($("mscalebar"), 100, 1, (i) => i / 99);  // the colour of a weight from 0 to 1
 }
 
 // ---- what the pointer is on
@@ -247,8 +268,11 @@ function setMode(mode) {
   if (mode !== "model") state.detail = mode;
   document.querySelector("input[name=mode][value=" + mode + "]").checked = true;
   document.body.className = mode === "model" ? "model" : "detail";
+  const view = VIEWS[state.view], n = view.prompt_length;
+  const generated = n === null || n === undefined ? "" : " The prompt is tokens 0.." + (n - 1) +
+    "; the tokens after the line (in italics) were generated.";
   $("note").textContent = mode === "model" ? "click a head to open it. Thumbnails: each row scaled to its strongest " +
-    "cell." : VIEWS[state.view].note;
+    "cell." + generated : view.note + generated;
   if (mode === "model") buildModel(); else setup();
 }
 function openHead(v, l, h) {
@@ -284,6 +308,6 @@ for (const radio of document.querySelectorAll("input[name=mode]"))
   radio.addEventListener("change", (e) => setMode(e.target.value));
 const STATS = [...new Set(VIEWS.flatMap((view) => view.layers.flatMap((layer) => Object.keys(layer.stats))))];
 $("stat").append(...STATS.map((stat) => { const o = element("option"); o.value = stat;
-  o.textContent = STAT_LABELS[stat] || stat; return o; }));
+  o.textContent = statLabel(stat); return o; }));
 setMode("model");
 document.body.setAttribute("data-status", "ready");
