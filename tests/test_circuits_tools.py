@@ -92,10 +92,12 @@ def test_circuits_script_writes_an_escaped_report(tmp_path):
                       "--target=c", "--wrong=d", "--corrupt=hb<script>cd ab<s")
     for heading in ("direct logit attribution", "head detectors", "logit lens", "correlation"):
         assert heading in proc.stdout
-    for name in ("logit_lens", "attribution", "patch_resid_pre", "patch_heads", "attr_patch_heads"):
+    for name in ("logit_lens", "attribution", "patch_resid_pre", "patch_heads", "attr_patch_heads", "edge_circuit",
+                 "faithfulness"):
         assert (reports / f"{name}.png").stat().st_size > 5_000
     page = (reports / "circuits.html").read_text()
     assert "<td>&lt;</td>" in page and "<script>" not in page  # prompt tokens are text, never markup
+    assert "edge circuit" in proc.stdout and "-&gt;" in page and "<q>" not in page  # edge names escaped too
     assert (reports / "attention.html").exists()
     assert "exactly one token" in one_line_error(run_script("tools/circuits.py", f"--out_dir={tmp_path}",
                                                             "--prompt=abc", "--target=ab", check=False))

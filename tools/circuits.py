@@ -34,6 +34,10 @@ import torch  # noqa: E402
 
 from data.tokenizer import from_meta  # noqa: E402
 from lens import detectors, patching, report  # noqa: E402
+from lens.circuit import faithfulness_curve, greedy_circuit  # noqa: E402
+from lens.circuit_plots import circuit_figure, faithfulness_figure, top_edges_rows  # noqa: E402
+from lens.eap import eap_ig  # noqa: E402
+from lens.edges import Pairs  # noqa: E402
 from lens.logit_lens import logit_lens, top_tokens  # noqa: E402
 from lens.recorder import head_stats_all, stats_table  # noqa: E402
 from model import load_checkpoint  # noqa: E402
@@ -152,6 +156,7 @@ def parse(argv: list[str]):
     parser.add_argument("--wrong", default=None, help="a contrast token: explain logit(target) - logit(wrong)")
     parser.add_argument("--corrupt", default=None, help="corrupted prompt for patching (same token count)")
     parser.add_argument("--top_k", type=int, default=10)
+    parser.add_argument("--edges", type=int, default=20, help="edges in the EAP-IG circuit drawn (0: no edge circuit)")
     parser.add_argument("--report", default="circuits-report", help="folder for PNGs and HTML")
     parser.add_argument("--device", default="cpu")
     return parser.parse_args(argv)
@@ -190,7 +195,29 @@ def main(argv: list[str]) -> None:
     tables, approx, base = patch_all(model, ids, corrupted, cache, metric)
     figures = {"logit_lens": lens_fig, "attribution": report.attribution_figure(labels, values),
                **patch_figures(model, tokens, tables, approx, base)}
-    write_report(args.report, cache, tokens, det_header, det_rows, figures)
+    sections = []
+    if args.edges > 0:
+        edge_figures, edge_table = edge_circuit(model, ids, corrupted, target, wrong, args.edges)
+        figures.update(edge_figures)
+        sections.append(("edge circuit: its edges", edge_table))
+    write_report(args.report, cache, tokens, det_header, det_rows, figures, sections)
+
+
+def edge_circuit(model, ids, corrupted, target: int, wrong: int | None, n_edges: int):
+    """EAP-IG (5 steps) over every edge for the prompt pair, its greedy circuit of n_edges and the faithfulness
+    curve: ({name: figure}, HTML table of the circuit's edges)."""
+    pairs = Pairs(ids.cpu(), corrupted.cpu())
+    metric = lambda lg, batch: lg[:, -1, target] - (lg[:, -1, wrong] if wrong is not None else 0.0)  # noqa: E731
+    scores = eap_ig(model, pairs, metric=metric, steps=5)
+    mask = greedy_circuit(scores, n_edges)
+    curve = faithfulness_curve(model, pairs, metric=metric, scores=scores, method="greedy")
+    rows = top_edges_rows(scores.graph, scores.values, mask)
+    print(f"\nedge circuit (EAP-IG, {len(scores.graph)} edges): faithfulness CPR {curve.cpr:.3f}, CMD {curve.cmd:.3f}; "
+          f"the greedy circuit's best edges:")
+    print_table(["rank", "edge", "EAP-IG score"], [[r, e, f"{v:+.4f}"] for r, e, v in rows[:10]])
+    figures = {"edge_circuit": circuit_figure(scores.graph, mask, scores.values, "EAP-IG circuit"),
+               "faithfulness": faithfulness_figure({"EAP-IG, greedy": curve})}
+    return figures, report.html_table(["rank", "edge", "EAP-IG score"], rows)
 
 
 def explain_encoder(args, model, tokenizer, ids: torch.Tensor, tokens: list[str]) -> None:
@@ -246,10 +273,10 @@ def patch_figures(model, tokens, tables, approx, base) -> dict:
                                                        "head", "attribution patching: head outputs")}
 
 
-def write_report(folder, cache, tokens, det_header, det_rows, figures: dict) -> None:
-    """PNGs, circuits.html and the attention viewer into `folder`."""
+def write_report(folder, cache, tokens, det_header, det_rows, figures: dict, extra: list | tuple = ()) -> None:
+    """PNGs, circuits.html and the attention viewer into `folder`; `extra`: more (heading, HTML) sections."""
     os.makedirs(folder, exist_ok=True)
-    sections = [("head detectors", report.html_table(det_header, det_rows))]
+    sections = [("head detectors", report.html_table(det_header, det_rows)), *extra]
     for name, fig in figures.items():
         with atomic_write(os.path.join(folder, f"{name}.png")) as f:
             fig.savefig(f, format="png", dpi=100)
