@@ -132,9 +132,10 @@ def load_config(argv: list[str]):
         types = field_types(type(model_cfg))
         if "dropout" in values:  # a training setting, not part of the weights (nanoGPT also takes it on resume)
             model_cfg = replace(model_cfg, dropout=coerce("dropout", values["dropout"], types["dropout"]))
+        held = to_dict(model_cfg)  # flat keys, as given on the command line (hard_attention_estimator)
         for key in sorted(set(values) & set(types)):  # the model is the checkpoint's: a different size is a mistake
-            if coerce(key, values[key], types[key]) != getattr(model_cfg, key):
-                raise ConfigError(f"{cfg.out_dir} holds a model with {key}={getattr(model_cfg, key)!r}; a resumed run "
+            if coerce(key, values[key], types[key]) != held[key]:
+                raise ConfigError(f"{cfg.out_dir} holds a model with {key}={held[key]!r}; a resumed run "
                                   f"keeps its model: drop --{key}, or start a new run in another out_dir.")
     elif cfg.init_from != "scratch":  # pretrained GPT-2: its sizes, with this command line's dropout/block_size
         fixed = sorted(set(values) & set(field_types(type(model_cfg))) - {"dropout", "block_size"})
