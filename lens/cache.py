@@ -102,6 +102,15 @@ class ActivationCache(dict):
         return ActivationCache(self, self.model, name)
 
     def __missing__(self, key):
+        base, grad = (key[:-5], "_grad") if isinstance(key, str) and key.endswith("_grad") else (key, "")
+        if isinstance(base, str) and "hook_" in base and hasattr(self.model, "resolve_hook"):
+            try:  # a TransformerLens name: blocks.0.attn.hook_z is our blocks.0.attn.z, in TL's layout
+                name, head_first = self.model.resolve_hook(base)
+            except KeyError:
+                name, head_first = None, False
+            if name is not None and name + grad in self:
+                value = dict.__getitem__(self, name + grad)
+                return value.transpose(1, 2) if head_first else value
         hint = "it was left out by names_filter; run run_with_cache without it" if key in self.model.hook_names() \
             else "see model.hook_names() for the names"
         raise HookNameError(f"the cache has no {key!r}: {hint}.")

@@ -337,6 +337,7 @@ class Attention(nn.Module):
         self.q, self.k, self.v = HookPoint(), HookPoint(), HookPoint()  # (B, nh, T|S, hs)
         self.scores, self.pattern = HookPoint(), HookPoint()  # (B, nh, T, S)
         self.z = HookPoint()  # per-head output (B, nh, T, hs)
+        self.result = HookPoint()  # each head's output after c_proj (B, nh, T, C): computed only when hooked
         self.out = HookPoint()  # (B, T, C)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -415,6 +416,11 @@ class Attention(nn.Module):
                 self.scorer.prepare_q(q), k, v, attn_mask=mask, is_causal=sdpa_causal,
                 dropout_p=dropout_p, scale=self.scorer.sdpa_scale)
         z = self.z(z)
-        y = z.transpose(1, 2).contiguous().view(x.shape)  # re-assemble heads: (B, T, C)
-        y = self.out(self.resid_dropout(self.c_proj(y)))
+        if self.result.active:  # per-head results (TransformerLens' hook_result), summed by hand
+            W_O = self.c_proj.weight.view(-1, self.n_head, self.head_dim)  # (C, nh, hs)
+            y = self.result(torch.einsum("bhtd,chd->bhtc", z, W_O)).sum(1)  # (B, nh, T, C) -> (B, T, C)
+            y = y + self.c_proj.bias if self.c_proj.bias is not None else y
+        else:
+            y = self.c_proj(z.transpose(1, 2).contiguous().view(x.shape))  # re-assemble heads: (B, T, C)
+        y = self.out(self.resid_dropout(y))
         return (y, weights) if need_weights else y

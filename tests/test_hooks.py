@@ -57,11 +57,11 @@ def hooks_attached(model):
 def test_hook_names_follow_the_module_tree():
     names = tiny().hook_names()
     for layer in (0, 1):
-        for point in ("q", "k", "v", "scores", "pattern", "z", "out"):
+        for point in ("q", "k", "v", "scores", "pattern", "z", "result", "out"):
             assert f"blocks.{layer}.attn.{point}" in names
         for point in ("resid_pre", "resid_mid", "resid_post", "mlp.post", "mlp.out"):
             assert f"blocks.{layer}.{point}" in names
-    assert names[:2] == ["embed", "pos_embed"] and len(names) == 2 + 2 * 12
+    assert names[:2] == ["embed", "pos_embed"] and len(names) == 2 + 2 * 13
 
 
 def test_captured_pattern_equals_softmax_of_captured_q_k():

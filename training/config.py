@@ -32,9 +32,11 @@ class TrainConfig:
     overwrite: bool = False  # allow a fresh run to replace a checkpoint already in out_dir
     eval_interval: int = 250
     log_interval: int = 50
-    eval_iters: int = 20
+    eval_iters: typing.Union[int, typing.Literal["all"]] = 20  # batches per split, or 'all': every window of val
     eval_only: bool = False
+    eval_file: str = ""  # with --eval_only: also every window of this UTF-8 text file (a GPT)
     always_save_checkpoint: bool = True
+    keep_best: bool = False  # also keep the best model (lowest val loss) as out_dir/best.pt
     # data
     model_type: str = "gpt"
     dataset: str = "shakespeare_plays_char"  # the 38 plays (data/loader.py DATASET_FOLDERS), not tiny shakespeare
@@ -83,8 +85,9 @@ class TrainConfig:
         check_init_from(self.init_from, ("scratch", "resume"))
         for name in ("batch_size", "gradient_accumulation_steps", "eval_interval", "log_interval", "eval_iters",
                      "max_nonfinite_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+            if getattr(self, name) != "all" and getattr(self, name) < 1:
+                also = " or 'all'" if name == "eval_iters" else ""
+                raise ConfigError(f"{name} must be a positive integer{also}, got {getattr(self, name)}.")
         if self.max_iters < 0 or self.warmup_iters < 0:
             raise ConfigError("max_iters and warmup_iters must not be negative.")
         for name, ok, rule in (("learning_rate", self.learning_rate > 0, "> 0"), ("min_lr", self.min_lr >= 0, ">= 0"),
@@ -111,6 +114,9 @@ class TrainConfig:
             raise ConfigError(f"dtype must be one of auto, float32, bfloat16, float16, got {self.dtype!r}.")
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}.")
+        if self.eval_file and not self.eval_only:
+            raise ConfigError("--eval_file is evaluated by --eval_only=True (with --init_from=resume or a GPT-2); "
+                              "add --eval_only=True.")
 
     @property
     def packing(self) -> Packing:
@@ -123,6 +129,7 @@ class SampleConfig:
     """Options of sample.py."""
 
     out_dir: str = "out"  # folder holding ckpt.pt
+    checkpoint: str = "ckpt.pt"  # the file in out_dir to sample from (best.pt: train.py --keep_best=True)
     init_from: str = "resume"  # 'resume' (the checkpoint in out_dir), a GPT-2 name, a Hugging Face folder or Hub id
     tokenizer: str = ""  # for --init_from=<folder> without tokenizer files: 'gpt2' or a folder holding them
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
@@ -200,11 +207,21 @@ def field_defaults(cls) -> dict[str, object]:
 def coerce(key: str, value, typ):
     """Return value converted to typ (from a string when it came from the command line), or raise."""
     origin = typing.get_origin(typ)
-    if origin is typing.Union:  # Optional[X]
+    if origin is typing.Union:  # Optional[X], or e.g. Union[int, Literal["all"]]
         args = [a for a in typing.get_args(typ) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
+        if len(args) < len(typing.get_args(typ)) and (value is None or (isinstance(value, str)
+                                                                         and value.lower() == "none")):
             return None
-        return coerce(key, value, args[0])
+        for arg in args:
+            try:
+                return coerce(key, value, arg)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key} expects a value of type {' or '.join(map(type_text, args))}, got {value!r}.")
+    if origin is typing.Literal:
+        if value in typing.get_args(typ):
+            return value
+        raise ConfigError(f"{key} expects {type_text(typ)}, got {value!r}.")
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -232,6 +249,13 @@ def coerce(key: str, value, typ):
     else:
         return value
     raise ConfigError(f"{key} expects a value of type {typ.__name__}, got {value!r}.")
+
+
+def type_text(typ) -> str:
+    """A type as an error message names it: int, or 'all' for Literal['all']."""
+    if typing.get_origin(typ) is typing.Literal:
+        return " or ".join(repr(v) for v in typing.get_args(typ))
+    return typ.__name__
 
 
 def read_config_file(path: str) -> dict:
