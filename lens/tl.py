@@ -17,7 +17,7 @@ hooks, W_Q, to_tokens, ...) is the wrapped model's. docs/transformer_lens.md has
 import torch
 import torch.nn.functional as F
 
-from model.cache import ActivationCache, LensError
+from lens.cache import ActivationCache, LensError
 from lens.folding import fold_weights
 from lens.tl_methods import TransformerLensMethods
 from model.gpt import GPT

@@ -16,7 +16,7 @@ True demands one (an error if there is none), False never prepends. The model's 
 
 import torch
 
-from model.cache import LensError
+from lens.cache import LensError
 from lens.weight_space import WeightSpace
 
 

@@ -17,12 +17,8 @@ import torch
 from torch import nn
 
 from lens.factored import FactoredMatrix, composition_scores
-<<<<<<< HEAD
 from model.attention import Additive, General
 from lens.cache import LensError, get_stack
-=======
-from model.cache import LensError, get_stack
->>>>>>> main
 
 
 def head_weights(attn: nn.Module) -> dict[str, torch.Tensor]:

@@ -166,11 +166,6 @@ class HookedModel:
             for handle in handles:
                 handle.remove()
 
-<<<<<<< HEAD
-    def capture(self, *args, names_filter: NameFilter = None, device=None,
-                fwd_hooks: Iterable[tuple[NameFilter, HookFn]] = (), **kwargs) -> tuple[object, dict[str, torch.Tensor]]:
-        """Run the model on args/kwargs; return (output, {hook name: a detached copy of its value}).
-=======
     def attach(self, names_filter: NameFilter, fn: HookFn, direction: str = "fwd") -> list:
         """Attach fn to the selected hook points ("fwd": their values, "bwd": their gradients); the handles."""
         if direction not in ("fwd", "bwd"):
@@ -186,12 +181,9 @@ class HookedModel:
             handles.append(points[name].register_forward_hook(call))
         return handles
 
-    def run_with_cache(self, *args, names_filter: NameFilter = None, device=None,
-                       fwd_hooks: Iterable[tuple[NameFilter, HookFn]] = (), **kwargs):
-        """Run the model on args/kwargs; return (output, cache): forward's output ((logits, loss) for every
-        family) and an ActivationCache (a dict name -> detached tensor, with TransformerLens' methods: see
-        model/cache.py).
->>>>>>> main
+    def capture(self, *args, names_filter: NameFilter = None, device=None,
+                fwd_hooks: Iterable[tuple[NameFilter, HookFn]] = (), **kwargs) -> tuple[object, dict[str, torch.Tensor]]:
+        """Run the model on args/kwargs; return (output, {hook name: a detached copy of its value}).
 
         `device` (e.g. "cpu") moves each tensor there as it is captured. `fwd_hooks` (interventions)
         run before the capturing hooks, so the values are those after them. `run_with_cache` (lens/methods.py)

@@ -25,11 +25,7 @@ from lens.tl import HookedTransformer, get_act_name
 from lens.tl import test_prompt as run_test_prompt  # not collected as a test
 from lens.weight_space import WeightSpace, head_weights
 from model import BERT, GPT, BERTConfig, GPTConfig
-<<<<<<< HEAD
-from lens.cache import ActivationCache, LensError
-=======
-from model.cache import ActivationCache, HookNameError, LensError
->>>>>>> main
+from lens.cache import ActivationCache, HookNameError, LensError
 
 TOL = dict(atol=1e-4, rtol=0)
 
