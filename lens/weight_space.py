@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from lens.factored import FactoredMatrix, composition_scores
-from model.attention import Additive, General
 from lens.cache import LensError, get_stack
 
 

@@ -183,7 +183,8 @@ class HookedModel:
 
     def capture(self, *args, names_filter: NameFilter = None, device=None,
                 fwd_hooks: Iterable[tuple[NameFilter, HookFn]] = (), **kwargs) -> tuple[object, dict[str, torch.Tensor]]:
-        """Run the model on args/kwargs; return (output, {hook name: a detached copy of its value}).
+        """Run the model on args/kwargs; return (output, {hook name: a detached copy of its value}): forward's
+        output ((logits, loss) for every family) and the captured values.
 
         `device` (e.g. "cpu") moves each tensor there as it is captured. `fwd_hooks` (interventions)
         run before the capturing hooks, so the values are those after them. `run_with_cache` (lens/methods.py)

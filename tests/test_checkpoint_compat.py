@@ -14,7 +14,7 @@ def old_payload(model, model_type: str, model_args: dict) -> dict:
     state = {k.replace(".scorer.", ".score."): v for k, v in model.state_dict().items()}  # Attention.score then
     return {"model": state, "optimizer": {"state": {}, "param_groups": []}, "model_type": model_type,
             "model_args": model_args, "train_config": {"out_dir": "out", "model_type": model_type},
-            "tokenizer": {"kind": "char", "chars": "ab"}, "iter_num": 2, "best_val_loss": 4.0,
+            "tokenizer": {"tokenizer": "char", "vocab_size": 2, "specials": [], "chars": "ab"}, "iter_num": 2, "best_val_loss": 4.0,
             "rng": [], "elapsed_s": 1.0, "wandb_id": None}
 
 
@@ -65,7 +65,8 @@ def test_checkpoint_with_flat_hard_attention_options_loads_into_the_nested_confi
     config = from_dict(GPTConfig, GPT_ARGS_BEFORE_29)
     assert config.hard_attention == HardAttentionConfig(temperature=0.5, estimator="reinforce", eval="sample",
                                                         baseline="moving_average", baseline_momentum=0.8, entropy=0.01)
-    assert to_dict(config) == {**GPT_ARGS_BEFORE_29, **NEW_IN_35}  # the same flat keys, and issue 35's options
+    stored = to_dict(config)  # this version stores the same flat keys (and options added since)
+    assert {k: stored[k] for k in GPT_ARGS_BEFORE_29} == GPT_ARGS_BEFORE_29
     model = GPT(config).train()
     idx = torch.randint(0, 11, (2, 8))
     model(idx, idx)[1].backward()  # one REINFORCE step: the baseline buffer holds a real value
