@@ -14,6 +14,7 @@
     python sample.py --init_from=path/to/weights --tokenizer=path/to/tokenizer --start="..."  # a folder without one
 """
 
+import os
 import sys
 
 from data.tokenizer import from_meta
@@ -30,7 +31,7 @@ def load_model(cfg: SampleConfig, device: str):
     if cfg.init_from == "resume":
         if cfg.tokenizer:
             raise ConfigError("--tokenizer is for --init_from=<folder>; a checkpoint of ours holds its tokenizer.")
-        ckpt = load_checkpoint(cfg.out_dir, needs=SAMPLE_KEYS)
+        ckpt = load_checkpoint(os.path.join(cfg.out_dir, cfg.checkpoint), needs=SAMPLE_KEYS)
         return (model_from_checkpoint(ckpt).to(device).eval(), from_meta(ckpt["tokenizer"]),
                 ckpt.get("model_type", "gpt"))
     model = load_pretrained(cfg.init_from).to(device).eval()

@@ -14,26 +14,29 @@ wrong type is an error that lists the valid keys.
 
 import math
 import os
+import signal
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from data.loader import batch_generator, dataset_dir, read_meta
+from data.loader import batch_generator, dataset_dir, encode_text_file, read_meta
 from data.tokenizer import from_meta
 from lens.training_probe import probe
 from model import GPT
-from model.attention import check_options_apply
+from model.hard_attention import check_options_apply
 from training import distributed
 from training.config import TrainConfig, build, coerce, field_types, from_dict, parse_args, to_dict, usage, wants_help
 from training.families import FAMILIES, check_family_keys, family
+from training.interrupt import GracefulStop, Interrupted
 from training.logger import RunLogger, log_attention
 from training.mfu import device_peak, flops_per_token, mfu
 from training.muon import make_muon_adamw
+from training.outdir import lock_out_dir
 from training.system import autocast as autocast_for, enable_tf32, pick_device, pick_dtype
-from weights.checkpoint import RESUME_KEYS, CheckpointError, load_checkpoint, save_checkpoint
-from weights.common import ConfigError, UserError
+from weights.checkpoint import RESUME_KEYS, CheckpointError, copy_checkpoint, load_checkpoint, save_checkpoint
+from weights.common import IGNORE_INDEX, ConfigError, UserError
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -71,29 +74,26 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str):
 
 
 @torch.no_grad()
-def estimate_loss(model, batches, cfg: TrainConfig, autocast, ranks) -> dict:
-    """Mean loss (and the batch maker's own metrics) over eval_iters batches of each split.
+def estimate_loss(model, batches, cfg: TrainConfig, autocast, ranks, texts: tuple[str, ...] = ()) -> dict:
+    """Loss, perplexity, bits per character/byte (a GPT) and the batch maker's own metrics of each split.
 
-    The same batches at every evaluation, each from a generator of its own (training's random state
-    is untouched). The ranks share the batches and sum their results; every rank runs the same
-    number of forward passes (FSDP gathers weights in each), padding ones counting zero.
+    eval_iters batches of train and val: the same batches at every evaluation, each from a generator of
+    its own (training's random state is untouched), the loss their mean. eval_iters='all': every window of
+    val instead (LMBatches.every_window), the loss the mean over all its tokens. `texts` (e.g. a held-out
+    file added to the batch maker) are always evaluated whole. The ranks share the batches and sum their
+    results; every rank runs the same number of forward passes (FSDP gathers weights in each).
     """
     model.eval()
+    whole = {split: batches.every_window(split) for split in texts}
+    if cfg.eval_iters == "all":
+        whole = {"val": batches.every_window("val"), **whole}
+    drawn = {} if cfg.eval_iters == "all" else {
+        split: [lambda split=split, i=i: batches.get(split, batch_generator(cfg.seed, "eval", split, i))
+                for i in range(cfg.eval_iters)] for split in ("train", "val")}
     out = {}
-    per_rank = -(-cfg.eval_iters // ranks.world_size)
-    for split in ("train", "val"):
-        sums = {}
-        for i in range(ranks.rank, per_rank * ranks.world_size, ranks.world_size):
-            batch = batches.get(split, batch_generator(cfg.seed, "eval", split, i))
-            with autocast:
-                logits, loss = model(**batch)
-            values = {"loss": loss.item()}
-            if hasattr(batches, "eval_metrics"):
-                values.update(batches.eval_metrics(logits, batch))
-            for name, value in values.items():
-                sums[name] = sums.get(name, 0.0) + (value if i < cfg.eval_iters else 0.0)
-        sums = distributed.all_reduce_sums(sums, ranks)
-        out.update({f"{split}_{name}": total / cfg.eval_iters for name, total in sums.items()})
+    for split, makers in {**drawn, **whole}.items():
+        sums = split_sums(model, batches, makers, autocast, ranks)
+        out.update(split_metrics(split, sums, split in whole, getattr(batches, "unit", "token")))
     if hasattr(batches, "evaluate"):  # metrics that need more than one forward pass (e.g. decoding)
         with autocast:
             out.update(batches.evaluate(model))
@@ -101,8 +101,40 @@ def estimate_loss(model, batches, cfg: TrainConfig, autocast, ranks) -> dict:
     return out
 
 
-def load_config(argv: list[str]):
-    """Build (TrainConfig, model config, checkpoint or None) from the command line."""
+def split_sums(model, batches, makers: list, autocast, ranks) -> dict:
+    """Sums over the batches that `makers` make (rank r takes r, r + N, ...; padding passes count zero)."""
+    sums = {}
+    per_rank = -(-len(makers) // ranks.world_size)
+    for i in range(ranks.rank, per_rank * ranks.world_size, ranks.world_size):
+        batch = makers[min(i, len(makers) - 1)]()
+        with autocast:
+            logits, loss = model(**batch)
+        values = {"batches": 1, "loss": loss.item()}
+        if hasattr(batches, "units"):  # next-token prediction: nats over the scored targets, and their text
+            tokens = int((batch["targets"] != IGNORE_INDEX).sum())
+            values.update(nats=loss.item() * tokens, tokens=tokens, units=batches.units(batch))
+        if hasattr(batches, "eval_metrics"):
+            values.update(batches.eval_metrics(logits, batch))
+        for name, value in values.items():
+            sums[name] = sums.get(name, 0.0) + (value if i < len(makers) else 0.0)
+    return distributed.all_reduce_sums(sums, ranks)
+
+
+def split_metrics(split: str, sums: dict, whole: bool, unit: str) -> dict:
+    """{split}_loss (the mean over batches, or over tokens when whole), _ppl, _bpc or _bpb, _tokens (whole)."""
+    n = sums.pop("batches")
+    loss = sums["nats"] / sums["tokens"] if whole else sums["loss"] / n
+    out = {f"{split}_loss": loss, f"{split}_ppl": math.exp(loss) if loss < 700 else float("inf")}
+    if "units" in sums:  # bits per character (char tokenizer) or per UTF-8 byte (GPT-2 BPE)
+        out[f"{split}_bp{unit[0]}"] = sums["nats"] / math.log(2) / sums["units"]
+    if whole:
+        out[f"{split}_tokens"] = int(sums["tokens"])
+    out.update({f"{split}_{k}": v / n for k, v in sums.items() if k not in ("loss", "nats", "tokens", "units")})
+    return out
+
+
+def read_config(argv: list[str]):
+    """(raw values, TrainConfig, model config) of the command line, before any checkpoint is read."""
     values = parse_args(argv)
     model_type = str(values.get("model_type", "gpt"))
     check_family_keys(values, model_type)  # e.g. --cell (an RNN's) on a Transformer: an error, not ignored
@@ -112,6 +144,24 @@ def load_config(argv: list[str]):
     cfg, model_cfg = build(values, TrainConfig, family(model_type).config)
     if hasattr(model_cfg, "attn_weighting"):
         check_options_apply(model_cfg)  # e.g. a hard_attention_* option with no hard attention
+    return values, cfg, model_cfg
+
+
+def lock_run_dir(cfg: TrainConfig) -> tuple:
+    """(lock, error): rank 0's lock on out_dir for the run's life (training/outdir.py), None on other ranks; or
+    the UserError that stops the run, raised by setup_system once every rank can stop with it. An evaluation
+    locks an out_dir that exists (so it never reads a running run's files) and writes nothing there."""
+    if os.environ.get("RANK", "0") != "0":
+        return None, None
+    try:
+        return lock_out_dir(cfg.out_dir, create=not cfg.eval_only), None
+    except UserError as e:
+        return None, e
+
+
+def load_config(argv: list[str], parsed: tuple | None = None):
+    """Build (TrainConfig, model config, checkpoint or None) from the command line (read_config's result)."""
+    values, cfg, model_cfg = parsed or read_config(argv)
     ckpt = None
     if cfg.init_from == "resume":
         ckpt = load_checkpoint(cfg.out_dir, needs=RESUME_KEYS)
@@ -131,9 +181,10 @@ def load_config(argv: list[str]):
         types = field_types(type(model_cfg))
         if "dropout" in values:  # a training setting, not part of the weights (nanoGPT also takes it on resume)
             model_cfg = replace(model_cfg, dropout=coerce("dropout", values["dropout"], types["dropout"]))
+        held = to_dict(model_cfg)  # flat keys, as given on the command line (hard_attention_estimator)
         for key in sorted(set(values) & set(types)):  # the model is the checkpoint's: a different size is a mistake
-            if coerce(key, values[key], types[key]) != getattr(model_cfg, key):
-                raise ConfigError(f"{cfg.out_dir} holds a model with {key}={getattr(model_cfg, key)!r}; a resumed run "
+            if coerce(key, values[key], types[key]) != held[key]:
+                raise ConfigError(f"{cfg.out_dir} holds a model with {key}={held[key]!r}; a resumed run "
                                   f"keeps its model: drop --{key}, or start a new run in another out_dir.")
     elif cfg.init_from != "scratch":  # pretrained GPT-2: its sizes, with this command line's dropout/block_size
         fixed = sorted(set(values) & set(field_types(type(model_cfg))) - {"dropout", "block_size"})
@@ -171,6 +222,14 @@ class Run:
     train_seconds: float = 0.0  # in training steps only (no evaluation, no saving), resumed runs included
     wandb_id: str | None = None
     nonfinite_in_a_row: int = 0
+    evaluated: bool = True  # whether iter_num's evaluation is done (False in a checkpoint saved on a signal)
+    tokens: int = 0  # real tokens trained on, over all ranks (padding not counted), up to the last count
+    tokens_at_start: int = 0  # of the checkpoint this run resumed
+    tokens_pending: object = 0  # this rank's tokens since that count (a tensor: no device sync per step)
+    saved: tuple | None = None  # (iteration, inode) of the ckpt.pt this run saved or resumed, else None
+    saving: int | None = None  # the iteration being saved right now
+    last_val_loss: float = float("nan")
+    started: float = field(default_factory=time.perf_counter)  # when the loop started (ETA, summary)
 
     @property
     def ckpt_path(self) -> str:
@@ -178,14 +237,29 @@ class Run:
         return os.path.join(self.cfg.out_dir, "ckpt.pt")
 
     @property
+    def best_path(self) -> str:
+        """out_dir/best.pt (--keep_best=True)."""
+        return os.path.join(self.cfg.out_dir, "best.pt")
+
+    @property
     def tokens_per_iter(self) -> int:
-        """Tokens in one optimizer step, over all ranks."""
+        """Positions in one optimizer step, over all ranks (padding included: the nominal batch)."""
         return self.cfg.batch_size * self.model_cfg.block_size * self.cfg.gradient_accumulation_steps
 
+    def count_tokens(self) -> int:
+        """Add up every rank's tokens since the last count (collective); return the run's total."""
+        pending = {"tokens": float(self.tokens_pending)}
+        self.tokens += int(distributed.all_reduce_sums(pending, self.ranks)["tokens"])
+        self.tokens_pending = 0
+        return self.tokens
 
-def setup_system(cfg: TrainConfig, ckpt: dict | None):
+
+def setup_system(cfg: TrainConfig, ckpt: dict | None, lock_error: Exception | None = None):
     """(ranks, dtype, autocast): the processes (one, or torchrun's), the precision and the seed."""
     ranks = distributed.setup(pick_device(cfg.device))  # one process, or one of torchrun's
+    with distributed.stop_together(ranks):  # rank 0 could not lock out_dir: every rank stops with a line
+        if lock_error is not None:
+            raise lock_error
     dtype = pick_dtype(cfg.dtype, ranks.device)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     if ckpt is None and os.path.exists(ckpt_path) and not cfg.overwrite and not cfg.eval_only:
@@ -217,9 +291,15 @@ def setup_data(cfg: TrainConfig, model_cfg, ckpt: dict | None, ranks):
     elif tokenizer.vocab_size != model_cfg.vocab_size or tokenizer.meta() != ckpt.get("tokenizer", tokenizer.meta()):
         theirs = tokenizer.vocab_size if tokenizer.vocab_size != model_cfg.vocab_size else "as many, other tokens"
         raise ConfigError(f"the checkpoint's vocabulary ({model_cfg.vocab_size}) differs from dataset "
-                          f"{cfg.dataset} ({theirs}); resume on the dataset it was trained on.")
+                          f"{folder} ({theirs}); resume on the dataset it was trained on.")
     packing = (cfg.packing,) if cfg.packing.needs_separator else ()  # GPT's and BERT's batch makers take it
-    return tokenizer, batch_maker(folder, model_cfg, cfg.batch_size, ranks.device, tokenizer, *packing), model_cfg
+    batches = batch_maker(folder, model_cfg, cfg.batch_size, ranks.device, tokenizer, *packing)
+    if (cfg.eval_iters == "all" or cfg.eval_file) and not hasattr(batches, "every_window"):
+        raise ConfigError(f"--eval_iters=all and --eval_file evaluate every window of a GPT's text, not "
+                          f"{family(cfg.model_type).description}'s batches; give --eval_iters a number.")
+    if cfg.eval_file:
+        batches.add_text("file", encode_text_file(cfg.eval_file, tokenizer))
+    return tokenizer, batches, model_cfg
 
 
 def build_model(run: Run):
@@ -264,6 +344,9 @@ def resume(run: Run, ckpt: dict, model, optimizer, scaler) -> None:
         scaler.load_state_dict(ckpt["scaler"])
     run.iter_num = run.start_iter = ckpt["iter_num"]
     run.best_val_loss = ckpt["best_val_loss"]
+    run.evaluated = ckpt.get("evaluated", True)  # older checkpoints were all saved after an evaluation
+    run.tokens = ckpt.get("tokens", run.iter_num * run.tokens_per_iter)  # older ones: the nominal count
+    run.tokens_at_start, run.saved = run.tokens, (run.iter_num, inode(run.ckpt_path))
     run.elapsed_before, run.wandb_id = ckpt.get("elapsed_s", 0.0), ckpt.get("wandb_id")
     run.train_seconds = ckpt.get("train_s", 0.0)
     exact = distributed.restore_rng(ckpt["rng"], run.ranks)
@@ -274,30 +357,57 @@ def resume(run: Run, ckpt: dict, model, optimizer, scaler) -> None:
                       "pass a larger --max_iters to continue.")
 
 
+def inode(path: str) -> int | None:
+    """The file's inode (a checkpoint replaced by a save gets a new one), None if there is none."""
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
 def evaluate_and_save(run: Run, model, optimizer, scaler, lr: float, elapsed: float, tokens_per_s: float) -> None:
     """Estimate the losses, record them, and save a checkpoint when the model is finite and good enough."""
     cfg = run.cfg
-    losses = estimate_loss(model, run.batches, cfg, run.autocast, run.ranks)  # every rank takes part
+    losses = estimate_loss(model, run.batches, cfg, run.autocast, run.ranks,  # every rank takes part
+                           ("file",) if cfg.eval_file else ())
     record = {"iter": run.iter_num, **losses, "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
-              "elapsed_s": round(elapsed, 2), "train_s": round(run.train_seconds, 2),
-              "tokens": run.iter_num * run.tokens_per_iter}
+              "elapsed_s": round(elapsed, 2), "train_s": round(run.train_seconds, 2), "tokens": run.count_tokens()}
     if cfg.head_probe and run.ranks.master and not cfg.fsdp:  # detector and in-context scores (lens/training_probe.py)
         record.update(probe(model, run.batches.get("val", torch.Generator().manual_seed(cfg.seed + 3)), cfg.seed))
     run.log.evaluation(losses, record, write=not cfg.eval_only)
+    run.evaluated, run.last_val_loss = True, losses["val_loss"]
     good = math.isfinite(losses["val_loss"])  # never replace a good checkpoint with a broken model
-    if cfg.eval_only or run.iter_num == 0 or not good or not (losses["val_loss"] < run.best_val_loss
-                                                               or cfg.always_save_checkpoint):
+    best = good and losses["val_loss"] < run.best_val_loss
+    if cfg.eval_only or run.iter_num == 0 or not good or not (best or cfg.always_save_checkpoint):
         return
     run.best_val_loss = min(run.best_val_loss, losses["val_loss"])
+    save(run, model, optimizer, scaler, elapsed, best)
+
+
+def save(run: Run, model, optimizer, scaler, elapsed: float, best: bool = False) -> None:
+    """Write ckpt.pt (and, with keep_best, best.pt when `best`), and say so; collective."""
+    cfg = run.cfg
     model_state, optim_state = distributed.full_state(model, optimizer)  # collective
     rng = distributed.rng_states(run.ranks)  # collective
+    tokens = run.count_tokens()  # collective
     with distributed.stop_together(run.ranks):  # rank 0 cannot save (disk full): every rank stops with a line
         if run.ranks.master:
+            run.saving = (run.iter_num, inode(run.ckpt_path))
             save_checkpoint({
                 "model": model_state, "optimizer": optim_state, "scaler": scaler.state_dict(),
                 "model_type": cfg.model_type, "model_args": to_dict(run.model_cfg), "train_config": to_dict(cfg),
                 "tokenizer": run.tokenizer.meta(), "iter_num": run.iter_num, "best_val_loss": run.best_val_loss,
-                "rng": rng, "elapsed_s": elapsed, "train_s": run.train_seconds, "wandb_id": run.wandb_id}, run.ckpt_path)
+                "rng": rng, "elapsed_s": elapsed, "train_s": run.train_seconds, "wandb_id": run.wandb_id,
+                "evaluated": run.evaluated,
+                "tokens": tokens}, run.ckpt_path)
+            run.saved, run.saving = (run.iter_num, inode(run.ckpt_path)), None
+            also = ""
+            if best and cfg.keep_best:
+                copy_checkpoint(run.ckpt_path, run.best_path)
+                also = f", also as {run.best_path}"
+            what = (f"val loss {run.last_val_loss:.4f}" + (", the best so far" if best else "")) if run.evaluated \
+                else "not evaluated"
+            run.log.print(f"saved {run.ckpt_path} at iter {run.iter_num} ({what}{also})")
 
 
 def train_step(run: Run, model, train_model, optimizer, scaler) -> tuple[float, float, bool]:
@@ -312,6 +422,7 @@ def train_step(run: Run, model, train_model, optimizer, scaler) -> tuple[float, 
     for micro in range(micro_steps):
         j = micro * ranks.world_size + ranks.rank
         batch = run.batches.get("train", batch_generator(run.cfg.seed, "train", run.iter_num, j))
+        run.tokens_pending = run.tokens_pending + run.batches.count_tokens(batch)  # real tokens, for tokens/s
         with distributed.grad_sync(train_model, sync=micro == micro_steps - 1):  # all-reduce on the last only
             with run.autocast:
                 _, loss = train_model(**batch)
@@ -340,23 +451,51 @@ def check_finite(run: Run, loss_value: float, grad_norm: float, finite: bool) ->
                   f"{run.nonfinite_in_a_row} in a row")
     run.log.log({"nonfinite_steps": run.nonfinite_in_a_row}, run.iter_num)
     if run.nonfinite_in_a_row >= run.cfg.max_nonfinite_steps:
-        kept = (f"the last good checkpoint {run.ckpt_path} is intact: resume it" if os.path.exists(run.ckpt_path)
-                else "no checkpoint was saved: start again")
         raise TrainingDiverged(f"the loss was non-finite for {run.nonfinite_in_a_row} steps in a row (iter "
-                               f"{run.iter_num}); {kept} with a lower --learning_rate or --grad_clip, or raise "
-                               "--max_nonfinite_steps.")
+                               f"{run.iter_num}); {checkpoint_note(run)}, or start again; either way with a lower "
+                               "--learning_rate or --grad_clip, or raise --max_nonfinite_steps.")
 
 
-def log_progress(run: Run, loss_value: float, lr: float, seconds: float, iters: int, token_flops: float,
-                 peak: float | None) -> float:
-    """Rank 0's line every log_interval iterations (loss, lr, time, tokens/s, MFU); return tokens/s."""
-    dt = seconds / iters
-    tokens_per_s = run.tokens_per_iter / dt
+def duration(seconds: float) -> str:
+    """3h05m, 4m07s or 12s."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def log_progress(run: Run, loss_value: float, lr: float, seconds: float, iters: int, tokens: int,
+                 token_flops: float, peak: float | None) -> float:
+    """Rank 0's line every log_interval iterations (progress, loss, lr, time, tokens/s, MFU, ETA); return tokens/s.
+
+    `seconds`, `iters` and `tokens`: the training time, iterations and real tokens since the last line. The ETA extrapolates
+    this run's wall time so far (evaluations and saves included) over the iterations left."""
+    cfg = run.cfg
+    done = run.iter_num - run.start_iter
+    tokens_per_s = tokens / seconds
     utilisation = f", MFU {100 * mfu(tokens_per_s, token_flops, peak, run.ranks.world_size):.1f}%" if peak else ""
-    run.log.print(f"iter {run.iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
-                  f"{tokens_per_s / 1000:.1f}k tokens/s{utilisation}")
+    eta = (time.perf_counter() - run.started) / done * (cfg.max_iters - run.iter_num)
+    run.log.print(f"iter {run.iter_num}/{cfg.max_iters} ({100 * run.iter_num / max(1, cfg.max_iters):.0f}%): loss "
+                  f"{loss_value:.4f}, lr {lr:.2e}, {seconds / iters * 1000:.1f} ms/iter, "
+                  f"{tokens_per_s / 1000:.1f}k tokens/s{utilisation}, ETA {duration(eta)}")
     run.log.log({"train/loss": loss_value, "lr": lr, "tokens_per_s": tokens_per_s}, run.iter_num)
     return tokens_per_s
+
+
+def summary(run: Run) -> str:
+    """The end-of-run lines: val losses, wall time, tokens/s, where the checkpoints are."""
+    wall = time.perf_counter() - run.started
+    trained = run.iter_num - run.start_iter
+    if run.saved is None:
+        kept = "no checkpoint was saved" + ("" if run.cfg.always_save_checkpoint else
+                                            " (always_save_checkpoint=False and the val loss never improved)")
+    else:
+        kept = f"checkpoint {run.ckpt_path} (iter {run.saved[0]})"
+        if run.cfg.keep_best and os.path.exists(run.best_path):
+            kept += f", best model {run.best_path}"
+    return (f"done: iter {run.iter_num}/{run.cfg.max_iters}, {trained} iterations in {duration(wall)} "
+            f"({(run.tokens - run.tokens_at_start) / max(wall, 1e-9) / 1000:.1f}k tokens/s, evaluations included); "
+            f"val loss {run.last_val_loss:.4f}, best {run.best_val_loss:.4f}; {kept}")
 
 
 def family_notes() -> tuple[str, ...]:
@@ -378,38 +517,72 @@ def main(argv: list[str]) -> None:
                               "model options of model_type=gpt (defaults)": FAMILIES["gpt"].config},
                     family_notes()), end="")
         return
-    cfg, model_cfg, ckpt = load_config(argv)
-    ranks, dtype, autocast = setup_system(cfg, ckpt)
-    tokenizer, batches, model_cfg = setup_data(cfg, model_cfg, ckpt, ranks)
-    run = Run(cfg, model_cfg, ranks, dtype, autocast, tokenizer, batches, RunLogger(cfg, ranks.master))
-    model, train_model, optimizer, scaler = build_model(run)
-    token_flops, (peak, gpu_name) = flops_per_token(model, model_cfg.block_size), device_peak(ranks.device)
+    lock = run = cfg = None
+    try:
+        parsed = read_config(argv)
+        cfg = parsed[1]
+        lock, lock_error = lock_run_dir(cfg)  # before anything in out_dir is read or written
+        cfg, model_cfg, ckpt = load_config(argv, parsed) if lock_error is None else (*parsed[1:], None)
+        ranks, dtype, autocast = setup_system(cfg, ckpt, lock_error)
+        tokenizer, batches, model_cfg = setup_data(cfg, model_cfg, ckpt, ranks)
+        run = Run(cfg, model_cfg, ranks, dtype, autocast, tokenizer, batches, RunLogger(cfg, ranks.master))
+        model, train_model, optimizer, scaler = build_model(run)
+        if ckpt is not None:
+            resume(run, ckpt, model, optimizer, scaler)
+        del ckpt
+        with distributed.stop_together(ranks):  # rank 0 alone opens metrics.jsonl and wandb; if it cannot, all stop
+            run.wandb_id = run.log.start(model_cfg, run.start_iter, run.wandb_id)
+        notice = "stopping after this step to save a checkpoint (press Ctrl-C again to quit at once, saving nothing)"
+        with GracefulStop(notice if ranks.master else "", enabled=not cfg.eval_only) as stop:
+            train_loop(run, model, train_model, optimizer, scaler, stop)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted, nothing more saved; " + checkpoint_note(run, cfg)) from None
+    finally:
+        if lock is not None:
+            lock.close()
+    if not cfg.eval_only:
+        run.log.print(summary(run))
+    run.log.finish()
+
+
+def checkpoint_note(run: Run | None, cfg: TrainConfig | None = None) -> str:
+    """What out_dir's ckpt.pt holds now, as a true clause for a message (before the run exists: from `cfg`)."""
+    if run is None and cfg is None:
+        return "nothing was written"
+    path = run.ckpt_path if run is not None else os.path.join(cfg.out_dir, "ckpt.pt")
+    saved, now = (run.saved if run is not None else None), inode(path)
+    if run is not None and run.saving is not None and now != run.saving[1]:
+        saved = (run.saving[0], now)  # interrupted just after the save in progress replaced the file
+    if saved is not None and now == saved[1]:
+        return f"{path} holds iter {saved[0]}: continue with --init_from=resume"
+    return f"{path} was not changed" if now is not None else "no checkpoint was saved"
+
+
+def train_loop(run: Run, model, train_model, optimizer, scaler, stop: GracefulStop) -> None:
+    """Evaluate, save and step until max_iters (or once, with eval_only); on a signal, save and stop."""
+    cfg, ranks = run.cfg, run.ranks
+    token_flops, (peak, gpu_name) = flops_per_token(model, run.model_cfg.block_size), device_peak(ranks.device)
     if ranks.device.startswith("cuda") and peak is None:
         run.log.print(f"MFU unknown for {gpu_name} (not in training/mfu.py's table of peak FLOP/s)")
-    if ckpt is not None:
-        resume(run, ckpt, model, optimizer, scaler)
-    del ckpt
-    with distributed.stop_together(ranks):  # rank 0 alone opens metrics.jsonl and wandb; if it cannot, all stop
-        run.wandb_id = run.log.start(model_cfg, run.start_iter, run.wandb_id)
-
-    t_start = time.perf_counter()
-    window_start, window_iters, tokens_per_s = time.perf_counter(), 0, 0.0
+    run.started = time.perf_counter()
+    window_start, window_iters, window_tokens, tokens_per_s = time.perf_counter(), 0, run.tokens, 0.0
     while True:
         lr = lr_at(run.iter_num, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups have their own peak rate
-        resumed_here = run.iter_num == run.start_iter > 0 and not cfg.eval_only  # evaluated before the save
+        resumed_here = run.iter_num == run.start_iter > 0 and run.evaluated and not cfg.eval_only  # evaluated before the save
         if (run.iter_num % cfg.eval_interval == 0 or run.iter_num >= cfg.max_iters or cfg.eval_only) \
                 and not resumed_here:
-            evaluate_and_save(run, model, optimizer, scaler, lr, run.elapsed_before + time.perf_counter() - t_start,
+            evaluate_and_save(run, model, optimizer, scaler, lr, run.elapsed_before + time.perf_counter() - run.started,
                               tokens_per_s)
             if cfg.eval_only:
                 break
             window_start, window_iters = time.perf_counter(), 0  # evaluation time is not training time
+            window_tokens = run.tokens
         if cfg.attn_stats_interval and run.iter_num % cfg.attn_stats_interval == 0 and not cfg.eval_only \
                 and ranks.master and not cfg.fsdp:  # rank 0 alone; a sharded model would need every rank's forward
             t_attn = time.perf_counter()
-            log_attention(model, batches.get("val", torch.Generator().manual_seed(cfg.seed + 2)), tokenizer,
+            log_attention(model, run.batches.get("val", torch.Generator().manual_seed(cfg.seed + 2)), run.tokenizer,
                           run.iter_num, cfg.wandb_log)
             window_start += time.perf_counter() - t_attn  # not training time
         if run.iter_num >= cfg.max_iters:
@@ -418,13 +591,33 @@ def main(argv: list[str]) -> None:
         loss_value, grad_norm, finite = train_step(run, model, train_model, optimizer, scaler)
         run.train_seconds += time.perf_counter() - step_start
         run.iter_num += 1
+        run.evaluated = False
         window_iters += 1
         check_finite(run, loss_value, grad_norm, finite)
         if run.iter_num % cfg.log_interval == 0:
+            tokens = run.count_tokens()
             tokens_per_s = log_progress(run, loss_value, lr, time.perf_counter() - window_start, window_iters,
-                                        token_flops, peak)
-            window_start, window_iters = time.perf_counter(), 0
-    run.log.finish()
+                                        tokens - window_tokens, token_flops, peak)
+            window_start, window_iters, window_tokens = time.perf_counter(), 0, tokens
+        if stop.requested(ranks):
+            stop_and_save(run, model, optimizer, scaler, stop.signum)
+
+
+def stop_and_save(run: Run, model, optimizer, scaler, signum: int) -> None:
+    """After a SIGINT/SIGTERM: save a checkpoint that resumes exactly, then raise Interrupted saying so.
+
+    With always_save_checkpoint=False, ckpt.pt held the best model: it is kept as best.pt first (and the
+    run goes on with keep_best=True), since ckpt.pt now gets the latest state."""
+    cfg, note = run.cfg, ""
+    if not cfg.always_save_checkpoint and not cfg.keep_best and run.saved is not None and run.ranks.master:
+        copy_checkpoint(run.ckpt_path, run.best_path)
+        note = f"; the best model so far (val loss {run.best_val_loss:.4f}) is {run.best_path}"
+    if not cfg.always_save_checkpoint and not cfg.keep_best:
+        run.cfg = replace(cfg, keep_best=True)
+    save(run, model, optimizer, scaler, run.elapsed_before + time.perf_counter() - run.started)
+    name = signal.Signals(signum).name
+    raise Interrupted(f"{name}: saved {run.ckpt_path} at iter {run.iter_num} of {cfg.max_iters}{note}; continue "
+                      f"with python train.py --out_dir={cfg.out_dir} --init_from=resume", 128 + signum)
 
 
 if __name__ == "__main__":
@@ -436,7 +629,9 @@ if __name__ == "__main__":
         print(f"{tag}error: {e}", file=sys.stderr, flush=True)
         distributed.settle(e)
         sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(f"{tag}interrupted; the last checkpoint in out_dir is intact (continue with --init_from=resume).")
+    except Interrupted as e:
+        if not rank:  # every rank stops at the same step; one says so
+            print(f"{e}", file=sys.stderr, flush=True)
+        sys.exit(e.code)
     finally:
         distributed.teardown()

@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data.corpus import shakespeare_text  # noqa: E402
+from model.config import from_flat  # noqa: E402
 from training.families import FAMILIES  # noqa: E402
 from weights.common import IGNORE_INDEX  # noqa: E402
 
@@ -83,8 +84,8 @@ class Snippets:
 def build(family: str, options: dict, data: Snippets):
     """A model of the family with the options, sized for the task's vocabulary and lengths."""
     entry = FAMILIES[family]  # training/families.py: "rnn" or "seq2seq"
-    return entry.model(entry.config(vocab_size=data.vocab_size, block_size=data.max_len + 1,
-                                    source_block_size=data.max_len, **options))
+    return entry.model(from_flat(entry.config, dict(vocab_size=data.vocab_size, block_size=data.max_len + 1,
+                                                    source_block_size=data.max_len, **options)))
 
 
 def lr_at(it: int, iters: int, peak: float) -> float:

@@ -67,10 +67,11 @@ def mean_se(values: list[float]) -> str:
     if not values:
         return "-"
     mean = sum(values) / len(values)
+    text = f"{mean:,.0f}" if abs(mean) >= 1e4 else f"{mean:.4g}"  # token counts in full
     if len(values) == 1:
-        return f"{mean:.4g}"
+        return text
     se = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
-    return f"{mean:.4g} +- {se:.2g}"
+    return f"{text} +- {se:,.0f}" if se >= 1e4 else f"{text} +- {se:.2g}"
 
 
 def reach(rows: list[dict], target: float) -> dict | None:

@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import torch
 
 from data.documents import Packing, document_ids, mask_boundary_targets, packing_report, require_separator
-from data.tokenizer import from_meta
+from data.tokenizer import TokenizerError, from_meta
 from data.tokens import TokenFileError, Windows, split_files
+from weights.common import IGNORE_INDEX, ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,12 +77,18 @@ class LMBatches:
             self.doc_sep = require_separator(tokenizer or from_meta(read_meta(folder)), folder)
         align = self.doc_sep if self.packing.align == "doc" else None
         self.data = {split: Windows(split_files(folder, split), block_size, align) for split in ("train", "val")}
+        self.parts = {split: windows.parts for split, windows in self.data.items()}  # every_window's texts
         self.block_size, self.batch_size, self.device = block_size, batch_size, device
+        self.tokenizer, self.lengths = tokenizer, None
+        self.unit = tokenizer.unit if tokenizer is not None else "token"
 
     def get(self, split: str, generator: torch.Generator) -> dict:
         """One batch {'idx': (B, T), 'targets': (B, T)} drawn with `generator`; with doc_mask also
         'doc_ids' (B, T), and no target that starts the next document (unless boundary_loss)."""
-        xy = torch.from_numpy(self.data[split].sample(self.batch_size, generator))
+        return self.to_batch(torch.from_numpy(self.data[split].sample(self.batch_size, generator)))
+
+    def to_batch(self, xy: torch.Tensor) -> dict:
+        """The batch of (B, T + 1) windows, on the device."""
         batch = {"idx": xy[:, :-1], "targets": xy[:, 1:]}
         if self.packing.doc_mask:
             batch["doc_ids"] = document_ids(batch["idx"], self.doc_sep)
@@ -91,6 +99,57 @@ class LMBatches:
     def describe(self) -> str:
         """One line for the log: how rows meet documents (padding, cut documents), or '' without separators."""
         return packing_report(self.data["train"], self.doc_sep, self.packing.align) if self.doc_sep is not None else ""
+
+    @staticmethod
+    def count_tokens(batch: dict) -> int:
+        """The tokens of a batch (every position is real), for tokens/s."""
+        return batch["idx"].numel()
+
+    def units(self, batch: dict) -> int:
+        """Characters (char tokenizer) or UTF-8 bytes (GPT-2 BPE) of text that a batch's scored targets stand for."""
+        if self.lengths is None:
+            lengths = self.tokenizer.unit_lengths() if self.tokenizer is not None else []
+            self.lengths = torch.tensor(lengths or [1], device=batch["targets"].device)
+        targets = batch["targets"][batch["targets"] != IGNORE_INDEX]
+        return targets.numel() if len(self.lengths) == 1 else int(self.lengths[targets].sum())
+
+    def add_text(self, name: str, ids: list[int]) -> None:
+        """A text of the caller's (e.g. a held-out file), evaluated by every_window(name)."""
+        if len(ids) < 2:
+            raise ConfigError(f"the {name} text has {len(ids)} token(s); a model needs at least 2 to score one.")
+        self.parts[name] = [np.asarray(ids, dtype=np.int64)]
+
+    def every_window(self, split: str) -> list:
+        """The whole split as batches of non-overlapping windows: each token after a file's first is a target
+        exactly once (a file's last window may be shorter). Return a list of functions, each making a batch."""
+        T, groups = self.block_size, []
+        for part in self.parts[split]:
+            starts = range(0, len(part) - 1, T)
+            full = [s for s in starts if s + T + 1 <= len(part)]
+            groups += [(part, full[i:i + self.batch_size]) for i in range(0, len(full), self.batch_size)]
+            groups += [(part, [s]) for s in starts[len(full):]]  # the rest: one shorter window
+        return [lambda part=part, group=group: self.to_batch(torch.from_numpy(np.stack(
+            [np.asarray(part[s:s + T + 1], dtype=np.int64) for s in group]))) for part, group in groups]
+
+
+def encode_text_file(path: str, tokenizer) -> list[int]:
+    """A UTF-8 text file as token ids; a character the tokenizer cannot encode is one error naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path} ({e.strerror}); pass an existing UTF-8 text file.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; convert it to UTF-8 first.") from None
+    try:
+        return tokenizer.encode(text)
+    except TokenizerError:
+        known = getattr(tokenizer, "stoi", {})
+        at = next((i for i, ch in enumerate(text) if ch not in known), 0)
+        line, column = text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
+        raise TokenizerError(f"{path} line {line}, column {column}: character {text[at]!r} (U+{ord(text[at]):04X}) "
+                             f"is not in the model's vocabulary of {tokenizer.base_vocab_size} characters; evaluate "
+                             "a text written in the characters it was trained on.") from None
 
 
 def to_device(batch: dict, device: str) -> dict:

@@ -108,6 +108,11 @@ class MLMBatches:
             batch["doc_ids"] = torch.cat([doc_ids[:, 1:2], doc_ids[:, 1:]], dim=1)
         return {k: v.to(self.device) for k, v in batch.items()}
 
+    @staticmethod
+    def count_tokens(batch: dict) -> torch.Tensor:
+        """The real tokens of a batch ([CLS], text, [SEP]; not padding), for tokens/s."""
+        return batch["attention_mask"].sum()
+
     def describe(self) -> str:
         """One line for the log: how rows meet documents (padding, cut documents), or '' without separators."""
         if self.doc_sep is None:

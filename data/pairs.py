@@ -242,6 +242,11 @@ class PairBatches:
         batch = {"src": src, "src_mask": src != self.pad, "tgt": tgt, "targets": targets}
         return {k: v.to(self.device) for k, v in batch.items()}
 
+    @staticmethod
+    def count_tokens(batch: dict) -> torch.Tensor:
+        """The real tokens of a batch: its sources' and its targets' (with EOS), not padding; for tokens/s."""
+        return batch["src_mask"].sum() + (batch["targets"] != IGNORE_INDEX).sum()
+
     def eval_metrics(self, logits: torch.Tensor, batch: dict) -> dict:
         """Teacher-forced token accuracy (every target token and EOS; padding excluded)."""
         real = batch["targets"] >= 0

@@ -22,6 +22,7 @@ class Tokenizer:
 
     kind = ""
     base_vocab_size = 0
+    unit = "character"  # what bits per unit counts: "character" (bpc) or "byte" (bpb, of the UTF-8 text)
 
     def __init__(self, specials: tuple[str, ...] = ()):
         unknown = [s for s in specials if s not in SPECIAL_TOKENS]
@@ -68,6 +69,10 @@ class Tokenizer:
                 run.append(i)
         out.append(self._decode(run))
         return "".join(out)
+
+    def unit_lengths(self) -> list[int]:
+        """Characters (or bytes) of text each id stands for; a special token, a separator, counts as one."""
+        return [1] * self.vocab_size
 
     def special_token_ids(self) -> list[int]:
         """Every special token's id (never proposed as text by fill-mask)."""
@@ -129,6 +134,7 @@ class GPT2Tokenizer(Tokenizer):
 
     kind = "gpt2"
     base_vocab_size = 50257
+    unit = "byte"
     eot_token = "<|endoftext|>"
 
     def __init__(self, specials: tuple[str, ...] = ()):
@@ -143,6 +149,12 @@ class GPT2Tokenizer(Tokenizer):
     def encode_ordinary(self, text: str) -> list[int]:
         """Text -> ids with no special tokens at all (a document's own text, whatever it contains)."""
         return self.enc.encode_ordinary(text)
+
+    def unit_lengths(self) -> list[int]:
+        """UTF-8 bytes of each id; <|endoftext|> and the special tokens, separators, count as one byte."""
+        lengths = [len(self.enc.decode_single_token_bytes(i)) for i in range(self.base_vocab_size)]
+        lengths[self.eot_id] = 1
+        return lengths + [1] * len(self.specials)
 
     def _decode(self, ids) -> str:
         # bytes of a character split across tokens decode to U+FFFD instead of raising

@@ -21,7 +21,7 @@ import torch
 
 from lens.eap import EdgeMetric, EdgeScores, alt_run_logits, check_ablation, mean_activations, metric_values, prepare, record
 from lens.edges import Circuit, EdgeGraph, edge_forward, key_mask
-from model.cache import LensError
+from lens.cache import LensError
 
 SIZES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # MIB's circuit sizes, fractions of the edges
 

@@ -20,7 +20,7 @@ import torch
 from lens.modes import evaluating
 from lens.patching import as_inputs
 from lens.recorder import real_positions, strip_padding
-from model.cache import LensError, get_stack
+from lens.cache import LensError, get_stack
 
 HEAD_NAMES = ("previous_token_head", "duplicate_token_head", "induction_head")
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from lens.edges import Batch, Circuit, EdgeGraph, EdgePatch, Pairs, Recorder, as_pairs, edge_forward, key_mask
-from model.cache import LensError
+from lens.cache import LensError
 
 EdgeMetric = Callable[[torch.Tensor, Batch], torch.Tensor]
 

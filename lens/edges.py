@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.attention import make_mask
-from model.cache import LensError
+from lens.cache import LensError
 from model.family import embed
 from model.layers import softcap
 

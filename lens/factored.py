@@ -10,7 +10,7 @@ Leading dims (layer, head) broadcast between A and B and index like a tensor's.
 
 import torch
 
-from model.cache import LensError
+from lens.cache import LensError
 
 
 def linalg_dtype(t: torch.Tensor) -> torch.Tensor:

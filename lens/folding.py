@@ -22,7 +22,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from model.cache import LensError, get_stack
+from lens.cache import LensError, get_stack
 
 
 def fold_norm(norm: nn.Module, reader: nn.Linear, center: bool) -> None:

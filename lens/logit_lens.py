@@ -9,7 +9,7 @@ logit lens; TransformerLens' accumulated_resid(apply_ln=True) at the unembedding
 
 import torch
 
-from model.cache import LensError
+from lens.cache import LensError
 
 
 def logit_lens(cache, pos_slice=None) -> torch.Tensor:

@@ -9,7 +9,7 @@ captured in the same noisy mode.
 
 from contextlib import contextmanager
 
-from model.cache import LensError
+from lens.cache import LensError
 
 
 def dropout_rate(model) -> float:

@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from lens.modes import refuse_training
-from model.cache import LensError, get_stack
-from model.attention import KVCache
+from lens.cache import LensError, get_stack
+from model.attention import PastKeyValues
 from model.layers import softcap
 
 Metric = Callable[[torch.Tensor], torch.Tensor | float]
@@ -187,7 +187,7 @@ class Corrupted:
         x = x.repeat(copies, *([1] * (x.dim() - 1)))
         repeat = lambda t: t.repeat(copies, 1, 1, 1)  # noqa: E731  (B, nh, T, hs) -> a new (copies*B, ...)
         for l in range(layer, self.n_layer):
-            cache = KVCache.holding(repeat(self.cache[f"blocks.{l}.attn.k"]), repeat(self.cache[f"blocks.{l}.attn.v"]),
+            cache = PastKeyValues.holding(repeat(self.cache[f"blocks.{l}.attn.k"]), repeat(self.cache[f"blocks.{l}.attn.v"]),
                                     position)
             x = model.blocks[l](x, causal=True, cache=cache)
         logits = softcap(model.lm_head(model.ln_f(x)), model.config.logit_softcap)

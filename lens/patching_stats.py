@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from lens.patching import KINDS, activation_patch, attribution_patch, kind_sites
-from model.cache import ActivationCache, LensError, get_stack
+from lens.cache import ActivationCache, LensError, get_stack
 
 ALTERNATIVES = ("two-sided", "greater", "less")
 

@@ -24,7 +24,7 @@ import torch
 
 from lens.patching import Corrupted, Metric, as_inputs, check_lengths, default_batch_size, scalar
 from lens.weight_space import head_weights
-from model.cache import LensError, get_stack
+from lens.cache import LensError, get_stack
 
 FINAL = "resid_final"  # the receiver that is the residual stream after the last block (the unembedding's input)
 

@@ -61,6 +61,24 @@ def attribution_figure(labels: list[str], values: np.ndarray, k: int = 20, title
     return fig
 
 
+def detector_figure(scores: dict[str, np.ndarray], title: str = "head detectors (share of attention)"):
+    """One layer x head heatmap per detector score, side by side (0..1)."""
+    plt = pyplot()
+    n_layer, n_head = next(iter(scores.values())).shape
+    fig, axes = plt.subplots(1, len(scores), figsize=(len(scores) * max(2.6, 0.3 * n_head + 1.2), max(2.4, 0.3 * n_layer + 1.4)),
+                             squeeze=False)
+    for ax, (name, table) in zip(axes[0], scores.items()):
+        image = ax.imshow(table, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(n_head), [str(h) for h in range(n_head)], fontsize=7)
+        ax.set_yticks(range(n_layer), [str(l) for l in range(n_layer)], fontsize=7)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_title(name, fontsize=9)
+    fig.colorbar(image, ax=list(axes[0]))
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
 def patching_figure(table: np.ndarray, xlabels: list[str], ylabel: str, xlabel: str, title: str):
     """Heatmap of a patching table (rows: layers), centred on zero."""
     plt = pyplot()

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lens.detectors import detect_head, induction_scores
-from model.cache import LensError
+from lens.cache import LensError
 from weights.common import IGNORE_INDEX
 
 

@@ -31,14 +31,13 @@ def views_from_maps(maps: dict[str, torch.Tensor], tokens: list[str], source_tok
                     source_mask: torch.Tensor | None = None, prompt_length: int | None = None) -> list[AttentionView]:
     """Group `...pattern` maps (B, nh, T, S) by stack; queries/keys get `tokens` or `source_tokens`.
 
-    `blocks.N.attn` and `decoder.blocks.N.attn` attend over `tokens`; `encoder.blocks.N.attn` over
-    `source_tokens`; `...cross_attn` from `tokens` to `source_tokens`.
+    `blocks.N.attn` and `decoder.blocks.N.attn` attend over `tokens` (generated from `prompt_length` on, which
+    the viewer marks); `encoder.blocks.N.attn` over `source_tokens`; `...cross_attn` from `tokens` to `source_tokens`.
 
     For row `batch_index` of a padded batch, `attention_mask` (B, T) marks the real tokens of `tokens`'
     sequence (1 = real, 0 = padding, as given to the model) and `source_mask` (B, S) those of the source:
     the views leave out padding queries and keys (lens.recorder.strip_padding). The tokens may then be the
     row's T tokens (padding included, dropped here) or only its real ones.
-    `prompt_length`: `tokens` from this index on were generated; the viewer marks where the prompt ends.
     """
     sequences = {"target": (tokens, attention_mask, "attention_mask"),
                  "source": (source_tokens, source_mask, "source_mask")}
@@ -78,9 +77,8 @@ def views_from_maps(maps: dict[str, torch.Tensor], tokens: list[str], source_tok
         queries, keys = shown[query_kind], shown[key_kind]
         if stack not in groups:
             prefix = stack.split(".")[0] + " " if "." in stack else ""
-            groups[stack] = AttentionView(prefix + ("cross-attention" if cross else "self-attention"),
-                                          list(queries), list(keys), {}, cross,
-                                          None if encoder else prompt_length)
+            groups[stack] = AttentionView(prefix + ("cross-attention" if cross else "self-attention"), list(queries),
+                                          list(keys), {}, cross, None if encoder else prompt_length)
         row = strip_padding(pattern[batch_index].detach(), query_real, key_real)
         array = row.float().cpu().numpy()  # (nh, T, S)
         if array.shape[1:] != (len(queries), len(keys)):

@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from lens.factored import FactoredMatrix, composition_scores
-from model.attention import Additive, General
-from model.cache import LensError, get_stack
+from lens.cache import LensError, get_stack
 
 
 def head_weights(attn: nn.Module) -> dict[str, torch.Tensor]:
@@ -41,7 +40,7 @@ def head_weights(attn: nn.Module) -> dict[str, torch.Tensor]:
 
 def check_bilinear(attn: nn.Module) -> None:
     """A LensError unless the head's score is q^T M k for a fixed M (no additive score, no QK-norm)."""
-    if isinstance(attn.scorer, Additive):
+    if getattr(attn.scorer, "name", "") == "additive":
         raise LensError("the additive (Bahdanau) score is not a bilinear form q^T M k: this model has no QK circuit.")
     if not isinstance(attn.q_norm, nn.Identity):
         raise LensError("with qk_norm the queries and keys are normalised between W_Q, W_K and the score: the "
@@ -137,7 +136,7 @@ class WeightSpace:
         for block in self.structure.blocks:
             check_bilinear(block.attn)
             W_Q = head_weights(block.attn)["W_Q"]
-            if isinstance(block.attn.scorer, General):  # q^T G k: G joins the query side
+            if getattr(block.attn.scorer, "name", "") == "general":  # q^T G k: G joins the query side
                 W_Q = W_Q @ block.attn.scorer.weight
             queries.append(W_Q)
         return FactoredMatrix(torch.stack(queries), self.W_K.transpose(-2, -1))

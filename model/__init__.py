@@ -1,11 +1,22 @@
-"""headscope models: the networks and their configs (public names only)."""
+"""headscope models: the networks and their configs (public names only).
 
+The analysis methods every family has (`run_with_cache`, ...) are defined in lens/methods.py, outside
+the learner's files, and added here (docs/architecture.md). Hard attention registers its weighting here.
+"""
+
+import model.hard_attention  # noqa: F401 (registers the "hard" weighting)
+from lens.methods import AnalysisMethods
 from model.bert import BERT
-from model.config import BERTConfig, ConfigError, GPTConfig, RNNConfig, Seq2SeqConfig, TransformerConfig
+from model.config import (BERTConfig, ConfigError, GPTConfig, HardAttentionConfig, RNNConfig, Seq2SeqConfig,
+                          TransformerConfig)
 from model.gpt import GPT
+from model.hooks import HookedModel
 from model.rnn import RNNEncoderDecoder
 from model.seq2seq import Seq2Seq
 from weights.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
+HookedModel.add_methods(AnalysisMethods)
+
 __all__ = ["GPT", "GPTConfig", "BERT", "BERTConfig", "Seq2Seq", "Seq2SeqConfig", "RNNEncoderDecoder", "RNNConfig",
-           "TransformerConfig", "ConfigError", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+           "TransformerConfig", "HardAttentionConfig", "ConfigError", "CheckpointError", "load_checkpoint",
+           "save_checkpoint"]

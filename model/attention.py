@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from model.hooks import HookPoint
 from model.rotary import Rotary
-from weights.common import IGNORE_INDEX, ConfigError
+from weights.common import ConfigError
 
 SCORES: dict[str, type] = {}
 # compiled on first use: FlexAttention's fused kernel, and the block mask built without a Python loop
@@ -42,10 +42,6 @@ def register(registry: dict, name: str):
     return add
 
 
-HARD_OPTIONS = ("hard_attention_temperature", "hard_attention_estimator", "hard_attention_eval")
-REINFORCE_OPTIONS = ("hard_attention_baseline", "hard_attention_baseline_momentum", "hard_attention_entropy")
-
-
 def check_variant(score: str, weighting: str, prefix: str = "attn_") -> None:
     """Raise a ConfigError unless `score` and `weighting` name registered, compatible variants."""
     if not isinstance(score, str) or score not in SCORES:  # not a str: a list would not even hash
@@ -57,49 +53,6 @@ def check_variant(score: str, weighting: str, prefix: str = "attn_") -> None:
 def is_number(value) -> bool:
     """Whether value is an int or float (not a bool, a string or None)."""
     return type(value) in (int, float)
-
-
-def check_choice(config, name: str, choices: tuple[str, ...]) -> None:
-    """A ConfigError unless config.<name> is one of the strings in `choices`."""
-    value = getattr(config, name)
-    if not isinstance(value, str) or value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}.")
-
-
-def check_variants(config) -> None:
-    """Raise a ConfigError unless the config's self- and cross-attention variants and their options are valid."""
-    check_variant(config.attn_score, config.attn_weighting, "attn_")
-    check_variant(config.cross_attn_score, config.cross_attn_weighting, "cross_attn_")
-    tau = config.hard_attention_temperature
-    if not (is_number(tau) and 0 < tau < float("inf")):  # inf: -inf / inf = nan in the masked scores
-        raise ConfigError(f"hard_attention_temperature must be > 0 and finite, got {tau!r}.")
-    check_choice(config, "hard_attention_estimator", Hard.estimators)
-    check_choice(config, "hard_attention_eval", Hard.eval_modes)
-    check_choice(config, "hard_attention_baseline", Hard.baselines)
-    momentum = config.hard_attention_baseline_momentum
-    if not (is_number(momentum) and 0.0 <= momentum < 1.0):
-        raise ConfigError(f"hard_attention_baseline_momentum must be in [0, 1), got {momentum!r}.")
-    entropy = config.hard_attention_entropy
-    if not (is_number(entropy) and 0.0 <= entropy < float("inf")):
-        raise ConfigError(f"hard_attention_entropy must be >= 0 and finite, got {entropy!r}.")
-
-
-def check_options_apply(config) -> None:
-    """A ConfigError for a hard_attention_* option changed from its default where nothing would read it.
-
-    Checked for the settings of a new run (train.py), not in the config itself: a checkpoint that holds
-    such an option still loads (the option changes nothing).
-    """
-    fields = type(config).__dataclass_fields__
-    changed = [n for n in HARD_OPTIONS + REINFORCE_OPTIONS if getattr(config, n) != fields[n].default]
-    hard = "hard" in (config.attn_weighting, config.cross_attn_weighting)
-    for name in changed:
-        if not hard:
-            raise ConfigError(f"{name} applies to hard attention only, and no attention here is hard; "
-                              "set attn_weighting=hard (or cross_attn_weighting=hard) or drop it.")
-        if name in REINFORCE_OPTIONS and config.hard_attention_estimator != "reinforce":
-            raise ConfigError(f"{name} applies to hard_attention_estimator=reinforce only, not "
-                              f"{config.hard_attention_estimator!r}; set the estimator to reinforce or drop it.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,12 +173,18 @@ class Additive(Score):
 
 
 class Weighting(nn.Module):
-    """Base weighting. `fast` means SDPA computes the same thing (only softmax does)."""
+    """Base weighting. `fast` means SDPA computes the same thing (only softmax does).
+
+    A weighting with options of its own reads them from the model config in `from_config` (hard attention:
+    model/hard_attention.py); one that trains through an extra loss term implements
+    `auxiliary_loss` (model/layers.py AuxiliaryLoss)."""
 
     fast = False
 
-    def __init__(self, config=None):
-        super().__init__()
+    @classmethod
+    def from_config(cls, config) -> "Weighting":
+        """The weighting for a model config (its own options, if any, are read from there)."""
+        return cls()
 
 
 @register(WEIGHTINGS, "softmax")
@@ -238,111 +197,8 @@ class Softmax(Weighting):
         return F.softmax(scores, dim=-1)
 
 
-@register(WEIGHTINGS, "hard")
-class Hard(Weighting):
-    """Hard attention: each query takes the value of exactly one key (a one-hot row of weights).
-
-    Choosing is not differentiable, so training uses an estimator (temperature tau):
-    - `gumbel`: straight-through Gumbel-softmax. The forward pass picks argmax(scores + Gumbel noise),
-      a sample from softmax(scores); the backward pass uses the gradient of softmax((scores + noise) / tau).
-    - `straight_through`: the forward pass picks argmax(scores); the backward pass uses softmax(scores / tau).
-    - `reinforce`: the forward pass samples a key from p = softmax(scores / tau); no gradient flows
-      through the choice. The scores learn from the score-function estimator (Williams, 1992; Xu et
-      al., 2015): the model's forward hands the per-sequence losses to `reinforce_term`, whose
-      gradient is sum_b w_b (loss_b - baseline) grad log p(choices of b), minus an entropy bonus.
-    At evaluation `eval_mode` picks the argmax or a sample (Gumbel-max). Masked keys (score -inf) are
-    never chosen; a row whose keys are all masked gets zero weights.
-    """
-
-    estimators = ("gumbel", "straight_through", "reinforce")
-    eval_modes = ("argmax", "sample")
-    baselines = ("moving_average", "none")
-
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.temperature = getattr(config, "hard_attention_temperature", 1.0)
-        self.estimator = getattr(config, "hard_attention_estimator", "gumbel")
-        self.eval_mode = getattr(config, "hard_attention_eval", "argmax")
-        self.log_prob = self.entropy = None  # (B,) of the last training forward pass (reinforce)
-        if self.estimator == "reinforce":
-            self.use_baseline = getattr(config, "hard_attention_baseline", "moving_average") != "none"
-            self.momentum = getattr(config, "hard_attention_baseline_momentum", 0.9)
-            self.entropy_weight = getattr(config, "hard_attention_entropy", 0.0)
-            self.register_buffer("baseline", torch.tensor(float("nan")))  # nan: no step seen yet
-
-    def forward(self, scores: torch.Tensor) -> torch.Tensor:
-        has_key = scores.isfinite().any(dim=-1, keepdim=True)  # False for rows with every key masked
-        dtype, scores = scores.dtype, scores.float().masked_fill(~has_key, 0.0)
-        if self.training and self.estimator == "reinforce":
-            return self.sample_for_reinforce(scores, has_key).to(dtype)
-        noisy = self.training and self.estimator == "gumbel" or not self.training and self.eval_mode == "sample"
-        if noisy:  # Gumbel(0, 1) noise: argmax(scores + noise) is a sample from softmax(scores)
-            scores = scores + gumbel_noise(scores)
-        choice = F.one_hot(scores.argmax(dim=-1), scores.size(-1)).to(scores.dtype)  # (B, nh, T, S)
-        if self.training and torch.is_grad_enabled():
-            soft = F.softmax(scores / self.temperature, dim=-1)
-            choice = choice + (soft - soft.detach())  # the value of the choice, the gradient of soft
-        return (choice * has_key).to(dtype)
-
-    def sample_for_reinforce(self, scores: torch.Tensor, has_key: torch.Tensor) -> torch.Tensor:
-        """One-hot sample from softmax(scores / tau); keep each sequence's log-probability and entropy."""
-        log_p = F.log_softmax(scores / self.temperature, dim=-1)  # (B, nh, T, S)
-        index = (log_p.detach() + gumbel_noise(log_p)).argmax(dim=-1, keepdim=True)  # (B, nh, T, 1)
-        real = has_key.squeeze(-1)  # (B, nh, T): rows with a key to choose
-        if torch.is_grad_enabled():
-            chosen = log_p.gather(-1, index).squeeze(-1) * real
-            entropy = -(log_p.exp() * log_p.masked_fill(log_p == float("-inf"), 0.0)).sum(-1) * real
-            self.log_prob, self.entropy = chosen.flatten(1).sum(1), entropy.flatten(1).sum(1)  # (B,)
-        choice = torch.zeros_like(scores).scatter_(-1, index, 1.0)  # (B, nh, T, S), no gradient
-        return choice * has_key
-
-    def reinforce_term(self, seq_loss: torch.Tensor, seq_weight: torch.Tensor) -> torch.Tensor:
-        """Surrogate whose gradient is the REINFORCE estimate for the last forward pass; its value is 0.
-
-        seq_loss (B,): each sequence's mean loss (minus the reward); seq_weight (B,): its share of the
-        batch loss. Updates the moving-average baseline (after use: the estimate stays unbiased).
-        """
-        log_prob, entropy = self.log_prob, self.entropy
-        self.log_prob = self.entropy = None
-        seq_loss = seq_loss.detach().float()
-        first = self.baseline.isnan()  # no step seen yet: no baseline (tensor ops, no Python branch: compiles)
-        baseline = torch.where(first, 0.0, self.baseline) if self.use_baseline else 0.0
-        advantage = seq_loss - baseline
-        term = (seq_weight * advantage * log_prob).sum() - self.entropy_weight * (seq_weight * entropy).sum()
-        if self.use_baseline:
-            batch_mean = (seq_weight * seq_loss).sum() / seq_weight.sum()
-            # a new tensor, not copy_: compiled (AOT autograd) backward passes may recompute the advantage
-            # from the buffer after an in-place update, with the new baseline in place of the one used
-            self.baseline = torch.where(first, batch_mean, self.momentum * baseline + (1 - self.momentum) * batch_mean)
-        return term - term.detach()
-
-
-def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
-    """Gumbel(0, 1) noise shaped like `like`: argmax(logits + noise) is a sample from softmax(logits)."""
-    uniform = torch.rand_like(like, dtype=torch.float).clamp_(min=torch.finfo(torch.float).tiny)
-    return -torch.log(-torch.log(uniform))
-
-
-def reinforce_term(model: nn.Module, logits: torch.Tensor, targets: torch.Tensor,
-                   ignore_index: int = IGNORE_INDEX) -> torch.Tensor | float:
-    """Sum of the REINFORCE surrogates of every hard weighting that sampled in this forward pass (else 0).
-
-    logits (B, T, V) and targets (B, T) give each sequence's mean token loss (its minus reward) and
-    its share of the batch's mean loss; add the result to the loss (its value is 0, only its gradient counts).
-    """
-    pending = [m for m in model.modules() if isinstance(m, Hard) and m.log_prob is not None]
-    if not pending:
-        return 0.0
-    token_loss = F.cross_entropy(logits.detach().flatten(0, 1).float(), targets.reshape(-1),
-                                 ignore_index=ignore_index, reduction="none").view(targets.shape)  # (B, T)
-    counts = (targets != ignore_index).sum(1).float()  # (B,)
-    seq_loss = token_loss.sum(1) / counts.clamp(min=1)
-    seq_weight = counts / counts.sum().clamp(min=1)
-    return sum(m.reinforce_term(seq_loss, seq_weight) for m in pending)
-
-
 # ----------------------------------------------------------------------------------------------
-# Masks and the KV cache
+# Masks and the KV cache (the keys and values of past positions; the *activation* cache is lens/cache.py)
 
 
 def make_mask(q_len: int, k_len: int, causal: bool, key_padding_mask: torch.Tensor | None = None,
@@ -406,8 +262,9 @@ def dense_mask(block_mask: BlockMask) -> torch.Tensor:
     return create_mask(block_mask.mask_mod, block_mask.shape[0], 1, q_len, kv_len, device=block_mask.kv_num_blocks.device)
 
 
-class KVCache:
-    """Keys and values of the positions seen so far, for one attention layer.
+class PastKeyValues:
+    """The KV cache of one attention layer: keys and values of the positions seen so far (Hugging Face's
+    past_key_values). Named so that it cannot be taken for the activation cache (lens/cache.py).
 
     A self-attention cache grows by the new positions at each call; a cross-attention cache is
     filled once from the encoder output and then reused at every decoding step.
@@ -419,7 +276,7 @@ class KVCache:
         self.len = 0
 
     @classmethod
-    def holding(cls, k: torch.Tensor, v: torch.Tensor, length: int) -> "KVCache":
+    def holding(cls, k: torch.Tensor, v: torch.Tensor, length: int) -> "PastKeyValues":
         """A cache of k.size(2) positions whose first `length` are k, v (B, nh, L, hs); it writes the next
         positions into these tensors, so pass ones nothing else reads."""
         cache = cls(k.size(2))
@@ -463,7 +320,7 @@ class Attention(nn.Module):
             self.c_attn = nn.Linear(C, 3 * C, bias=config.bias)
         self.c_proj = nn.Linear(C, C, bias=config.bias)
         self.scorer = SCORES[score or config.attn_score](self.n_head, self.head_dim)
-        self.weighting = WEIGHTINGS[weighting or config.attn_weighting](config)
+        self.weighting = WEIGHTINGS[weighting or config.attn_weighting].from_config(config)
         # QK-norm: RMS-normalise each head's queries and keys (identity unless config.qk_norm)
         self.q_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
@@ -480,6 +337,7 @@ class Attention(nn.Module):
         self.q, self.k, self.v = HookPoint(), HookPoint(), HookPoint()  # (B, nh, T|S, hs)
         self.scores, self.pattern = HookPoint(), HookPoint()  # (B, nh, T, S)
         self.z = HookPoint()  # per-head output (B, nh, T, hs)
+        self.result = HookPoint()  # each head's output after c_proj (B, nh, T, C): computed only when hooked
         self.out = HookPoint()  # (B, T, C)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -487,7 +345,7 @@ class Attention(nn.Module):
         B, T, C = x.shape
         return x.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
 
-    def project(self, x: torch.Tensor, source: torch.Tensor | None, cache: KVCache | None, offset: int = 0,
+    def project(self, x: torch.Tensor, source: torch.Tensor | None, cache: PastKeyValues | None, offset: int = 0,
                 positions: torch.Tensor | None = None):
         """Queries from x; keys and values from x (self) or source (cross), through the cache.
 
@@ -513,7 +371,7 @@ class Attention(nn.Module):
         return q, k, v
 
     def forward(self, x: torch.Tensor, source: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                causal: bool = False, cache: KVCache | None = None, need_weights: bool = False,
+                causal: bool = False, cache: PastKeyValues | None = None, need_weights: bool = False,
                 positions: torch.Tensor | None = None):
         """Attend from x (B, T, C) to itself or to `source` (B, S, C); return y (B, T, C) [, weights].
 
@@ -558,6 +416,11 @@ class Attention(nn.Module):
                 self.scorer.prepare_q(q), k, v, attn_mask=mask, is_causal=sdpa_causal,
                 dropout_p=dropout_p, scale=self.scorer.sdpa_scale)
         z = self.z(z)
-        y = z.transpose(1, 2).contiguous().view(x.shape)  # re-assemble heads: (B, T, C)
-        y = self.out(self.resid_dropout(self.c_proj(y)))
+        if self.result.active:  # per-head results (TransformerLens' hook_result), summed by hand
+            W_O = self.c_proj.weight.view(-1, self.n_head, self.head_dim)  # (C, nh, hs)
+            y = self.result(torch.einsum("bhtd,chd->bhtc", z, W_O)).sum(1)  # (B, nh, T, C) -> (B, T, C)
+            y = y + self.c_proj.bias if self.c_proj.bias is not None else y
+        else:
+            y = self.c_proj(z.transpose(1, 2).contiguous().view(x.shape))  # re-assemble heads: (B, T, C)
+        y = self.out(self.resid_dropout(y))
         return (y, weights) if need_weights else y

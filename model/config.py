@@ -8,7 +8,7 @@ import math
 import typing
 from dataclasses import dataclass
 
-from model.attention import check_variants, is_number
+from model.attention import check_variant, is_number
 from model.layers import ACTIVATIONS, NORMS
 from weights.common import ConfigError
 
@@ -39,6 +39,84 @@ def check_dropout(dropout) -> None:
         raise ConfigError(f"dropout must be a number in [0, 1), got {dropout!r}.")
 
 
+def check_choice(config, name: str, choices: tuple[str, ...], shown: str = "") -> None:
+    """A ConfigError unless config.<name> is one of the strings in `choices` (`shown`: the name in the message)."""
+    value = getattr(config, name)
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{shown or name} must be one of {', '.join(choices)}, got {value!r}.")
+
+
+@dataclass
+class HardAttentionConfig:
+    """The options of hard attention (attn_weighting='hard', model/hard_attention.py), nested in the model
+    configs as `hard_attention`. On the command line and in checkpoints each is a flat key with the
+    prefix `hard_attention_` (--hard_attention_estimator=reinforce): see `flatten` / `unflatten`."""
+
+    temperature: float = 1.0  # tau of the training estimator
+    estimator: str = "gumbel"  # 'gumbel' (straight-through Gumbel-softmax), 'straight_through' or 'reinforce'
+    eval: str = "argmax"  # at evaluation: 'argmax' or 'sample'
+    # REINFORCE estimator only
+    baseline: str = "moving_average"  # subtracted from the per-sequence loss: 'moving_average' or 'none'
+    baseline_momentum: float = 0.9  # the moving average's decay per training step
+    entropy: float = 0.0  # weight of the entropy bonus on the sampling distribution
+
+    estimators = ("gumbel", "straight_through", "reinforce")
+    eval_modes = ("argmax", "sample")
+    baselines = ("moving_average", "none")
+    reinforce_only = ("baseline", "baseline_momentum", "entropy")
+
+    def __post_init__(self):
+        tau = self.temperature
+        if not (is_number(tau) and 0 < tau < float("inf")):  # inf: -inf / inf = nan in the masked scores
+            raise ConfigError(f"hard_attention_temperature must be > 0 and finite, got {tau!r}.")
+        check_choice(self, "estimator", self.estimators, "hard_attention_estimator")
+        check_choice(self, "eval", self.eval_modes, "hard_attention_eval")
+        check_choice(self, "baseline", self.baselines, "hard_attention_baseline")
+        momentum = self.baseline_momentum
+        if not (is_number(momentum) and 0.0 <= momentum < 1.0):
+            raise ConfigError(f"hard_attention_baseline_momentum must be in [0, 1), got {momentum!r}.")
+        entropy = self.entropy
+        if not (is_number(entropy) and 0.0 <= entropy < float("inf")):
+            raise ConfigError(f"hard_attention_entropy must be >= 0 and finite, got {entropy!r}.")
+
+
+def nested_configs(cls) -> dict[str, type]:
+    """The fields of a config class that hold a config themselves (e.g. hard_attention), with its class."""
+    return {f.name: f.default_factory for f in dataclasses.fields(cls) if dataclasses.is_dataclass(f.default_factory)}
+
+
+def flatten(config) -> dict:
+    """A config as a flat dict, a nested config's fields as `<field>_<name>` (hard_attention_estimator):
+    the keys of the command line, config files and checkpoints."""
+    values = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            values.update({f"{f.name}_{k}": v for k, v in flatten(value).items()})
+        else:
+            values[f.name] = value
+    return values
+
+
+def unflatten(cls, values: dict) -> dict:
+    """Keyword arguments for config class `cls` from flat values: `<field>_<name>` keys become the nested
+    config `<field>`. Other keys pass through unchanged (the caller decides about unknown ones)."""
+    kwargs = dict(values)
+    for name, sub in nested_configs(cls).items():
+        given = kwargs.pop(name, None)
+        inner = dict(flatten(given)) if dataclasses.is_dataclass(given) else dict(given or {})
+        for f in dataclasses.fields(sub):
+            if f"{name}_{f.name}" in kwargs:
+                inner[f.name] = kwargs.pop(f"{name}_{f.name}")
+        kwargs[name] = sub(**inner)
+    return kwargs
+
+
+def from_flat(cls, values: dict):
+    """Build config class `cls` from flat keyword values (`hard_attention_estimator=...` included)."""
+    return cls(**unflatten(cls, values))
+
+
 @dataclass
 class TransformerConfig:
     """Sizes and options shared by every model family (decoder, encoder, encoder-decoder)."""
@@ -55,13 +133,8 @@ class TransformerConfig:
     attn_weighting: str = "softmax"  # how scores become weights
     cross_attn_score: str = "scaled_dot"  # the same two choices for cross-attention (encoder-decoder only)
     cross_attn_weighting: str = "softmax"
-    hard_attention_temperature: float = 1.0  # tau of the hard weighting's training estimator
-    hard_attention_estimator: str = "gumbel"  # 'gumbel' (straight-through Gumbel-softmax), 'straight_through' or 'reinforce'
-    hard_attention_eval: str = "argmax"  # hard attention at evaluation: 'argmax' or 'sample'
-    # REINFORCE estimator only (hard_attention_estimator='reinforce'; model/attention.py Hard)
-    hard_attention_baseline: str = "moving_average"  # subtracted from the per-sequence loss: 'moving_average' or 'none'
-    hard_attention_baseline_momentum: float = 0.9  # the moving average's decay per training step
-    hard_attention_entropy: float = 0.0  # weight of the entropy bonus on the sampling distribution
+    # options of attn_weighting='hard' (flat keys hard_attention_*; model/hard_attention.py)
+    hard_attention: HardAttentionConfig = dataclasses.field(default_factory=HardAttentionConfig)
     activation: str = "gelu"  # MLP non-linearity (model/layers.py ACTIVATIONS); GPT-2 uses gelu_tanh
     # MLP hidden width (BERT's intermediate_size, GPT-2's n_inner); None: 4 * n_embd, or for a gated
     # activation (SwiGLU) 2/3 of that rounded up to a multiple of 8, which keeps the parameter count
@@ -214,12 +287,7 @@ class RNNConfig:
     n_head: int = 1  # heads of the decoder's attention over the encoder states
     attn_score: str = "additive"  # how a decoder state is compared with an encoder state
     attn_weighting: str = "softmax"
-    hard_attention_temperature: float = 1.0  # the options of attn_weighting='hard', as in TransformerConfig
-    hard_attention_estimator: str = "gumbel"
-    hard_attention_eval: str = "argmax"
-    hard_attention_baseline: str = "moving_average"
-    hard_attention_baseline_momentum: float = 0.9
-    hard_attention_entropy: float = 0.0
+    hard_attention: HardAttentionConfig = dataclasses.field(default_factory=HardAttentionConfig)  # as in TransformerConfig
     dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True  # the output layer shares the target embedding's weights
@@ -276,4 +344,12 @@ class RNNConfig:
         return dataclasses.replace(self, vocab_size=vocab_size, source_vocab_size=source)
 
 
-__all__ = ["ConfigError", "TransformerConfig", "GPTConfig", "BERTConfig", "Seq2SeqConfig", "RNNConfig"]
+def check_variants(config) -> None:
+    """A ConfigError unless the self- and cross-attention variants are registered (model/attention.py)."""
+    check_variant(config.attn_score, config.attn_weighting, "attn_")
+    check_variant(config.cross_attn_score, config.cross_attn_weighting, "cross_attn_")
+    if not isinstance(config.hard_attention, HardAttentionConfig):
+        raise ConfigError(f"hard_attention must be a HardAttentionConfig, got {config.hard_attention!r}.")
+
+
+__all__ = ["ConfigError", "HardAttentionConfig", "flatten", "unflatten", "from_flat", "TransformerConfig", "GPTConfig", "BERTConfig", "Seq2SeqConfig", "RNNConfig"]

@@ -4,15 +4,13 @@ head (tied to the embedding or not, soft-capped logits, the loss with one ignore
 The parameters stay on the family's own modules (`wte`, `wpe`, `lm_head`), named as in GPT-2.
 """
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.attention import reinforce_term
+from model.config import flatten
 from model.hooks import HookedModel
-from model.layers import softcap
+from model.layers import auxiliary_losses, softcap
 from weights.common import IGNORE_INDEX
 from weights.hf_export import save_hf
 
@@ -51,16 +49,15 @@ def logits_and_loss(logits: torch.Tensor, targets: torch.Tensor | None, cap: flo
     """The pair every family's forward returns: soft-capped logits (B, T, V) and the mean cross-entropy
     over the targets (B, T) that are not IGNORE_INDEX (-100), or None without targets (nanoGPT's contract).
 
-    Given the model, the loss also carries the REINFORCE surrogate of its hard attention layers that
-    sampled in this forward pass (model/attention.py reinforce_term): its value is 0, its gradient trains
-    their scores.
+    Given the model, the loss also carries the auxiliary terms its modules left in this forward pass
+    (model/layers.py AuxiliaryLoss; e.g. hard attention's REINFORCE surrogate, whose value is 0).
     """
     logits = softcap(logits, cap)
     if targets is None:
         return logits, None
     loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX)
     if model is not None:
-        loss = loss + reinforce_term(model, logits, targets)
+        loss = loss + auxiliary_losses(model, logits, targets)
     return logits, loss
 
 
@@ -84,4 +81,4 @@ class Family(HookedModel, nn.Module):
         The folder is written whole, then swapped in; one that holds anything but an earlier export is
         refused unless `overwrite`."""
         meta = tokenizer.meta() if hasattr(tokenizer, "meta") else tokenizer
-        save_hf(folder, self.model_type, dataclasses.asdict(self.config), self.state_dict(), meta, overwrite)
+        save_hf(folder, self.model_type, flatten(self.config), self.state_dict(), meta, overwrite)

@@ -29,7 +29,7 @@ from model.generation import (Generators, padded_causal_mask, padded_positions, 
 from model.layers import softcap
 
 
-class StaticKVCache:
+class StaticPastKeyValues:
     """One layer's preallocated keys and values; writes the new ones at the slots in `slot` (T,)."""
 
     len = 0  # positions and the mask are passed explicitly: attention adds no offset of its own
@@ -68,7 +68,7 @@ class StaticDecoder:
         self.slot = torch.zeros(1, dtype=torch.long, device=param.device)  # the new token's cache slot
         self.position = torch.zeros(batch_size, 1, dtype=torch.long, device=param.device)
         self.mask = torch.zeros(batch_size, 1, 1, L, dtype=torch.bool, device=param.device)  # real slots so far
-        self.caches = [StaticKVCache(self.slot) for _ in model.blocks]
+        self.caches = [StaticPastKeyValues(self.slot) for _ in model.blocks]
         self.step = self._step
         if compile:
             if param.is_cuda:  # CUDA graphs replay the whole step

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-from model.attention import KVCache
+from model.attention import PastKeyValues
 from model.sampling import sample_next
 
 Generators = torch.Generator | list[torch.Generator] | None
@@ -108,7 +108,7 @@ def generate_padded(model, idx: torch.Tensor, attention_mask: torch.Tensor, max_
         full = caches is not None and caches[0].len + 1 > block_size
         if caches is None or full or not use_cache:  # (re)build: feed every row's window
             pending, mask = rewindow(rows, starts, block_size, max(1, block_size // 2) if use_cache else block_size)
-            caches = [KVCache(block_size) for _ in model.blocks] if use_cache else None
+            caches = [PastKeyValues(block_size) for _ in model.blocks] if use_cache else None
         else:
             mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
         logits, _ = model(pending, caches=caches, last_only=True, attention_mask=mask)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from model.attention import KVCache, document_mask, document_positions
+from model.attention import PastKeyValues, document_mask, document_positions
 from model.config import ConfigError, GPTConfig
 from model.hooks import HookPoint
 from model.family import Family, embed, logits_and_loss, tie_head
@@ -75,7 +75,7 @@ class GPT(Family):
         return gpt2_config({**values, "dropout": dropout, "block_size": block_size or values["block_size"]}, name_or_dir)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                caches: list[KVCache] | None = None, last_only: bool = False,
+                caches: list[PastKeyValues] | None = None, last_only: bool = False,
                 attention_mask: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None):
         """idx (B, T) token ids -> (logits (B, T, V), loss): the mean cross-entropy, or None without targets.
 
@@ -155,7 +155,7 @@ class GPT(Family):
                 if caches is None or caches[0].len + pending.size(1) > block_size:
                     keep = block_size if caches is None else max(1, block_size // 2)
                     pending = idx[:, -keep:]
-                    caches = [KVCache(block_size) for _ in self.blocks]
+                    caches = [PastKeyValues(block_size) for _ in self.blocks]
                 logits, _ = self(pending, caches=caches, last_only=True)
             else:
                 logits, _ = self(idx[:, -block_size:], last_only=True)

@@ -4,8 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.attention import Attention, KVCache, Score
+from model.attention import Attention, PastKeyValues, Score
 from model.hooks import HookPoint
+from weights.common import IGNORE_INDEX
 
 
 class ReLUSquared(nn.Module):
@@ -40,6 +41,41 @@ NORMS = {
 def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
     """cap * tanh(logits / cap): logits bounded by +-cap, nearly unchanged well inside (0 disables)."""
     return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
+class AuxiliaryLoss:
+    """Mixin for a module whose training forward pass leaves a term to add to the model's loss.
+
+    The families' loss (`auxiliary_losses`) asks every such module of the model whether it has a term
+    (`has_auxiliary_loss`) and, if any has, hands each the per-sequence losses of this batch; the terms
+    are added to the loss that forward returns, so a training step (or torch.compile) sees one loss.
+    Hard attention's REINFORCE estimator uses it (model/hard_attention.py); the core knows no variant.
+    """
+
+    def has_auxiliary_loss(self) -> bool:
+        """Whether the last forward pass left a term (then auxiliary_loss is called once, and forgets it)."""
+        return False
+
+    def auxiliary_loss(self, seq_loss: torch.Tensor, seq_weight: torch.Tensor) -> torch.Tensor:
+        """The term: seq_loss (B,) each sequence's mean token loss, seq_weight (B,) its share of the batch loss."""
+        raise NotImplementedError
+
+
+def auxiliary_losses(model: nn.Module, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | float:
+    """The sum of the terms the model's AuxiliaryLoss modules left in this forward pass (0 when none did).
+
+    logits (B, T, V) and targets (B, T) give each sequence's mean token loss and its share of the batch's
+    mean loss (targets equal to IGNORE_INDEX count for neither).
+    """
+    pending = [m for m in model.modules() if isinstance(m, AuxiliaryLoss) and m.has_auxiliary_loss()]
+    if not pending:
+        return 0.0
+    token_loss = F.cross_entropy(logits.detach().flatten(0, 1).float(), targets.reshape(-1),
+                                 ignore_index=IGNORE_INDEX, reduction="none").view(targets.shape)  # (B, T)
+    counts = (targets != IGNORE_INDEX).sum(1).float()  # (B,)
+    seq_loss = token_loss.sum(1) / counts.clamp(min=1)
+    seq_weight = counts / counts.sum().clamp(min=1)
+    return sum(m.auxiliary_loss(seq_loss, seq_weight) for m in pending)
 
 
 def make_norm(config) -> nn.Module:
@@ -97,7 +133,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False,
                 source: torch.Tensor | None = None, source_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, cross_cache: KVCache | None = None,
+                cache: PastKeyValues | None = None, cross_cache: PastKeyValues | None = None,
                 positions: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C). `mask`/`causal` shape self-attention; `source_mask` cross-attention;
         `positions` (B, T) are each row's rotary positions (left-padded batches)."""

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from model.attention import Attention, KVCache
+from model.attention import Attention, PastKeyValues
 from model.config import RNNConfig
 from model.family import Family, embed, logits_and_loss
 from model.hooks import HookPoint
@@ -120,7 +120,7 @@ class RNNDecoder(nn.Module):
         return (h, torch.zeros_like(h)) if self.config.cell == "lstm" else h
 
     def forward(self, tgt: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor | None = None,
-                state=None, cross_cache: KVCache | None = None):
+                state=None, cross_cache: PastKeyValues | None = None):
         """tgt (B, T) -> (features (B, T, C), final state); `state` continues from earlier tokens."""
         if state is None:
             state = self.first_state(memory, src_mask)
@@ -166,11 +166,11 @@ class RNNEncoderDecoder(Family):
                              "train with a larger block_size.")
         memory = self.encoder(src, src_mask)
         features, _ = self.decoder(tgt, memory, src_mask)
-        return logits_and_loss(self.lm_head(features), targets, model=self)  # (B, T, V), loss + REINFORCE's 0 or None
+        return logits_and_loss(self.lm_head(features), targets, model=self)  # (B, T, V), loss (+ auxiliary terms) or None
 
-    def new_caches(self, source_len: int) -> tuple[list[RNNState], list[KVCache]]:
+    def new_caches(self, source_len: int) -> tuple[list[RNNState], list[PastKeyValues]]:
         """The decoder's recurrent state, and the attention's cache of encoder keys and values."""
-        return [RNNState()], [KVCache(source_len)]
+        return [RNNState()], [PastKeyValues(source_len)]
 
     def step_logits(self, tokens: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor | None,
                     caches) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.attention import KVCache, make_mask
+from model.attention import PastKeyValues, make_mask
 from model.config import Seq2SeqConfig
 from model.generation import padded_positions
 from model.family import Family, embed, logits_and_loss, tie_head
@@ -66,8 +66,8 @@ class Decoder(nn.Module):
         self.ln_f = make_norm(config)
 
     def forward(self, tgt: torch.Tensor, memory: torch.Tensor | None, src_mask: torch.Tensor | None = None,
-                tgt_mask: torch.Tensor | None = None, caches: list[KVCache] | None = None,
-                cross_caches: list[KVCache] | None = None) -> torch.Tensor:
+                tgt_mask: torch.Tensor | None = None, caches: list[PastKeyValues] | None = None,
+                cross_caches: list[PastKeyValues] | None = None) -> torch.Tensor:
         """tgt (B, T) -> (B, T, C), attending to memory (B, S, C); positions continue after `caches`.
 
         `tgt_mask` (B, cached + T) marks real target tokens; `memory` may be None once the
@@ -126,10 +126,10 @@ class Seq2Seq(Family):
         return logits_and_loss(self.lm_head(self.decoder(tgt, memory, src_mask, tgt_mask)), targets,
                                self.config.logit_softcap, self)
 
-    def new_caches(self, source_len: int) -> tuple[list[KVCache], list[KVCache]]:
+    def new_caches(self, source_len: int) -> tuple[list[PastKeyValues], list[PastKeyValues]]:
         """Empty self-attention and cross-attention caches, one of each per decoder block."""
         blocks = self.decoder.blocks
-        return [KVCache(self.config.block_size) for _ in blocks], [KVCache(source_len) for _ in blocks]
+        return [PastKeyValues(self.config.block_size) for _ in blocks], [PastKeyValues(source_len) for _ in blocks]
 
     def step_logits(self, tokens: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor | None,
                     caches) -> torch.Tensor:

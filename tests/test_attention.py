@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from model.attention import Attention, KVCache, make_mask
+from model.attention import Attention, PastKeyValues, make_mask
 from model.config import GPTConfig
 
 CFG = GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=11)
@@ -78,7 +78,7 @@ def test_kv_cache_matches_full_pass(chunks):
     att = Attention(CFG).eval()
     x = torch.randn(2, 7, 32)
     full = att(x, causal=True)
-    cache, outs, t = KVCache(16), [], 0
+    cache, outs, t = PastKeyValues(16), [], 0
     for n in chunks:
         outs.append(att(x[:, t:t + n], causal=True, cache=cache))
         t += n
@@ -88,7 +88,7 @@ def test_kv_cache_matches_full_pass(chunks):
 def test_cross_cache_computes_source_once():
     att = Attention(CFG, cross=True).eval()
     x, source = torch.randn(2, 3, 32), torch.randn(2, 5, 32)
-    cache = KVCache(5)
+    cache = PastKeyValues(5)
     first = att(x, source=source, cache=cache)
     calls = []
     att.kv_attn.register_forward_hook(lambda *a: calls.append(1))

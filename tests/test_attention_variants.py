@@ -8,8 +8,9 @@ import sys
 import pytest
 import torch
 
-from model.attention import SCORES, Additive, Attention, KVCache, check_options_apply, make_mask
-from model.config import ConfigError, GPTConfig, RNNConfig, Seq2SeqConfig
+from model.attention import SCORES, Additive, Attention, PastKeyValues, make_mask
+from model.config import ConfigError, GPTConfig, RNNConfig, Seq2SeqConfig, from_flat
+from model.hard_attention import check_options_apply
 from model.gpt import GPT
 from model.layers import Block
 from weights.common import IGNORE_INDEX
@@ -24,8 +25,9 @@ B, T, S, C = 3, 6, 5, 32
 
 def config(score="scaled_dot", weighting="softmax", **kw) -> GPTConfig:
     """A tiny config with the given self-attention variant (and the same for cross-attention)."""
-    return GPTConfig(n_layer=2, n_head=4, n_embd=C, block_size=16, vocab_size=11, attn_score=score,
-                     attn_weighting=weighting, cross_attn_score=score, cross_attn_weighting=weighting, **kw)
+    return from_flat(GPTConfig, dict(n_layer=2, n_head=4, n_embd=C, block_size=16, vocab_size=11, attn_score=score,
+                                     attn_weighting=weighting, cross_attn_score=score, cross_attn_weighting=weighting,
+                                     **kw))
 
 
 def setup(case: str, cfg: GPTConfig):
@@ -157,7 +159,7 @@ def test_kv_cache_matches_full_pass(score, weighting):
     att = Attention(config(score, weighting)).eval()
     x = torch.randn(2, 7, C)
     full = att(x, causal=True)
-    cache = KVCache(16)
+    cache = PastKeyValues(16)
     steps = [att(x[:, :3], causal=True, cache=cache)] + [att(x[:, t:t + 1], causal=True, cache=cache)
                                                          for t in range(3, 7)]
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
@@ -194,7 +196,7 @@ def test_cross_attention_has_its_own_variant():
 ])
 def test_invalid_variants_are_config_errors(key, value, match):
     with pytest.raises(ConfigError, match=match):
-        GPTConfig(**{key: value})
+        from_flat(GPTConfig, {key: value})
 
 
 @pytest.mark.parametrize("options,match", [
@@ -207,12 +209,12 @@ def test_invalid_variants_are_config_errors(key, value, match):
 ])
 def test_hard_attention_options_that_would_be_ignored_are_config_errors(options, match):
     with pytest.raises(ConfigError, match=match):  # what train.py checks for a new run
-        check_options_apply(GPTConfig(**options))  # the config itself builds: a checkpoint with it still loads
+        check_options_apply(from_flat(GPTConfig, options))  # the config itself builds: a checkpoint with it still loads
     with pytest.raises(ConfigError, match=match):
-        check_options_apply(RNNConfig(**options))
+        check_options_apply(from_flat(RNNConfig, options))
     # where they apply, the same options are accepted
-    check_options_apply(GPTConfig(**{**options, "attn_weighting": "hard", "hard_attention_estimator": "reinforce"}))
-    check_options_apply(Seq2SeqConfig(**{**options, "cross_attn_weighting": "hard",
+    check_options_apply(from_flat(GPTConfig, {**options, "attn_weighting": "hard", "hard_attention_estimator": "reinforce"}))
+    check_options_apply(from_flat(Seq2SeqConfig, {**options, "cross_attn_weighting": "hard",
                                          "hard_attention_estimator": "reinforce"}))
 
 
@@ -230,8 +232,8 @@ def test_small_gpt_learns_with_every_variant(score, weighting, extra):
     """A one-layer GPT must learn y_t = x_{t-2}: only attention can fetch an earlier token."""
     V, L, lag, batch = 8, 10, 2, 16
     torch.manual_seed(0)
-    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=C, block_size=L, vocab_size=V, attn_score=score,
-                    attn_weighting=weighting, **extra)
+    cfg = from_flat(GPTConfig, dict(n_layer=1, n_head=2, n_embd=C, block_size=L, vocab_size=V, attn_score=score,
+                                    attn_weighting=weighting, **extra))
     model = GPT(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     gen = torch.Generator().manual_seed(1)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from model import BERT, GPT, BERTConfig, GPTConfig, Seq2Seq, Seq2SeqConfig
-from model.cache import ActivationCache, HookNameError, LensError
+from lens.cache import ActivationCache, HookNameError, LensError
 
 
 def randomised(model):

@@ -92,16 +92,21 @@ def test_circuits_script_writes_an_escaped_report(tmp_path):
                       "--target=c", "--wrong=d", "--corrupt=hb<script>cd ab<s")
     for heading in ("direct logit attribution", "head detectors", "logit lens", "correlation"):
         assert heading in proc.stdout
-    for name in ("logit_lens", "attribution", "patch_resid_pre", "patch_heads", "attr_patch_heads"):
+    assert "BOS: none" in proc.stdout
+    for name in ("head_detectors", "logit_lens", "attribution", "patch_resid_pre", "patch_heads", "attr_patch_heads",
+                 "edge_circuit", "faithfulness"):
         assert (reports / f"{name}.png").stat().st_size > 5_000
     page = (reports / "circuits.html").read_text()
     assert "<td>&lt;</td>" in page and "<script>" not in page  # prompt tokens are text, never markup
+    assert "edge circuit" in proc.stdout and "-&gt;" in page and "<q>" not in page  # edge names escaped too
     assert (reports / "attention.html").exists()
     assert "exactly one token" in one_line_error(run_script("tools/circuits.py", f"--out_dir={tmp_path}",
                                                             "--prompt=abc", "--target=ab", check=False))
     line = one_line_error(run_script("tools/circuits.py", f"--out_dir={tmp_path}", "--prompt=abcd", "--corrupt=abc",
                                      check=False))
     assert "same shape" in line
+    assert "no BOS token" in one_line_error(run_script("tools/circuits.py", f"--out_dir={tmp_path}", "--prompt=abcd",
+                                                       "--prepend_bos=True", check=False))
     assert "no checkpoint" in one_line_error(run_script("tools/circuits.py", f"--out_dir={tmp_path / 'none'}",
                                                         "--prompt=ab", check=False))
 
@@ -120,3 +125,16 @@ def test_logit_lens_ends_in_the_model_logits_and_html_is_escaped():
     assert "&lt;b&gt;&amp;" in table and "<b>" not in table
     view = report.HTMLView(report.report_html("<t>", [("h", table)]))
     assert view._repr_html_().count("&lt;t&gt;") == 2
+
+
+def test_circuits_script_prepends_bos_on_request_and_summarises_many_heads(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=13, n_embd=26, n_positions=16)).save_pretrained(tmp_path / "gpt2")
+    proc = run_script("tools/circuits.py", f"--init_from={tmp_path / 'gpt2'}", "--prompt=When Mary and John",
+                      "--prepend_bos=True", f"--report={tmp_path / 'report'}")
+    assert "BOS: prepended '<|endoftext|>'" in proc.stdout and "prompt: 5 tokens" in proc.stdout
+    section = proc.stdout.split("head detectors")[1].split("logit lens")[0]
+    assert "top 5" in section and section.count("\n") < 10  # 26 heads: the five best per detector, not 26 rows
+    assert (tmp_path / "report" / "head_detectors.png").stat().st_size > 5_000

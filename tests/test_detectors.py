@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from lens import detectors
 from model import BERT, GPT, BERTConfig, GPTConfig, Seq2Seq, Seq2SeqConfig
-from model.cache import LensError
+from lens.cache import LensError
 from lens.interventions import ablate_heads
 from model.generation import pack
 
@@ -226,3 +226,33 @@ def test_a_padded_row_scores_and_looks_as_it_does_alone(family, pos, left):
     if family != "seq2seq":
         torch.testing.assert_close(detectors.attention_sink_scores(model, ids[1:], attention_mask=mask[1:]),
                                    detectors.attention_sink_scores(model, rows[1][None]), atol=1e-6, rtol=0)
+
+
+def test_sink_detectors_take_masks_and_segments():
+    """attention_sink_scores and BERT's [SEP] sink by hand, on a right-padded batch of sentence pairs: each row
+    counts as it does alone, and token_type_ids reach the model."""
+    torch.manual_seed(0)
+    model = BERT(BERTConfig(n_layer=2, n_head=3, n_embd=24, vocab_size=20, block_size=16)).eval()
+    CLS, SEP = 1, 2
+    rows = [torch.tensor([CLS, 5, 6, 7, SEP, 8, 9, SEP]), torch.tensor([CLS, 11, SEP, 12, 13, SEP])]
+    types = [torch.tensor([0] * 5 + [1] * 3), torch.tensor([0] * 3 + [1] * 3)]
+    ids, mask = padded(rows, left=False)
+    type_ids, _ = padded(types, left=False)
+    sep = detectors.separator_sink_scores(model, ids, SEP, attention_mask=mask, token_type_ids=type_ids)
+    sink = detectors.attention_sink_scores(model, ids, attention_mask=mask, token_type_ids=type_ids)
+    by_hand_sep, by_hand_first = [], []
+    for row, t in zip(rows, types):
+        _, cache = model.run_with_cache(row[None], token_type_ids=t[None], names_filter="*attn.pattern")
+        patterns = torch.stack([cache[f"blocks.{l}.attn.pattern"][0] for l in range(2)])  # (L, nh, T, T)
+        by_hand_sep.append(patterns[:, :, 1:][..., row == SEP].sum(-1).mean(-1))
+        by_hand_first.append(patterns[:, :, 1:, 0].mean(-1))
+    torch.testing.assert_close(sep, torch.stack(by_hand_sep).mean(0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(sink, torch.stack(by_hand_first).mean(0), atol=1e-6, rtol=0)
+    assert not torch.allclose(sep, detectors.separator_sink_scores(model, ids, SEP, attention_mask=mask), atol=1e-4)
+    with pytest.raises(LensError, match="no \\[SEP\\]"):
+        detectors.separator_sink_scores(model, ids, 19, attention_mask=mask)
+    with pytest.raises(LensError, match="pass sep_id"):
+        detectors.separator_sink_scores(model, ids, attention_mask=mask)
+    with pytest.raises(LensError, match="no segment embeddings"):
+        detectors.detect_head(GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, vocab_size=20, block_size=16)), ids,
+                              "previous_token_head", token_type_ids=type_ids)

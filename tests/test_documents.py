@@ -14,7 +14,7 @@ from data.mlm import MLMBatches
 from data.tokenizer import CharTokenizer
 from data.tokens import write_tokens
 from model import BERT, GPT, BERTConfig, GPTConfig
-from model.attention import KVCache, dense_mask, document_mask, document_positions
+from model.attention import PastKeyValues, dense_mask, document_mask, document_positions
 from weights.common import IGNORE_INDEX, ConfigError
 
 TOKENIZER = CharTokenizer("abcdefgh", ("[EOS]",))
@@ -153,7 +153,7 @@ def test_kv_cache_decodes_packed_documents_as_the_full_pass():
     model, a, b, window, doc_ids = two_documents(GPT, config)
     with torch.no_grad():
         full, _ = model(window, doc_ids=doc_ids)
-        caches = [KVCache(16) for _ in model.blocks]
+        caches = [PastKeyValues(16) for _ in model.blocks]
         steps = [model(window[:, :7], caches=caches, doc_ids=doc_ids[:, :7])[0]]
         steps += [model(window[:, t:t + 1], caches=caches, doc_ids=doc_ids[:, :t + 1])[0] for t in range(7, 12)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)

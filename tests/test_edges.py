@@ -9,7 +9,7 @@ from lens.eap import eap, eap_ig, edge_patching
 from lens.edges import Circuit, EdgeGraph, Pairs, Plain, edge_forward
 from lens.ground_truth import induction_task, recovery, successor_task
 from model import BERT, GPT, BERTConfig, GPTConfig, Seq2Seq, Seq2SeqConfig
-from model.cache import LensError
+from lens.cache import LensError
 from model.config import RNNConfig
 from model.rnn import RNNEncoderDecoder
 

@@ -9,6 +9,7 @@ import torch
 
 from conftest import one_line_error, run_script
 from model import BERT, GPT, BERTConfig, ConfigError, GPTConfig, Seq2Seq, Seq2SeqConfig
+from model.config import flatten
 from weights.checkpoint import save_checkpoint
 from weights.hf_export import ExportError
 from weights.hf_folder import PretrainedError
@@ -209,7 +210,7 @@ def test_hostile_folders_are_one_clear_error_each(tmp_path):
 def test_export_command_line(tmp_path):
     model = jitter(BERT(BERTConfig(**{**SMALL, "vocab_size": 54})), 0.05)
     tokenizer = {"tokenizer": "char", "vocab_size": 54, "chars": CHARS, "specials": BERT_SPECIALS}
-    save_checkpoint({"model": model.state_dict(), "model_type": "bert", "model_args": vars(model.config),
+    save_checkpoint({"model": model.state_dict(), "model_type": "bert", "model_args": flatten(model.config),
                      "tokenizer": tokenizer}, str(tmp_path / "run" / "ckpt.pt"))
     proc = run_script("tools/export_hf.py", f"--out_dir={tmp_path / 'run'}", f"--to={tmp_path / 'hf'}")
     assert "AutoModelForMaskedLM" in proc.stdout
@@ -255,7 +256,7 @@ def test_export_over_an_earlier_export_replaces_the_whole_folder(tmp_path, monke
     char_model.save_pretrained(str(folder), {"tokenizer": "char", "chars": CHARS, "specials": []})
     assert "tokenizer.json" in {p.name for p in folder.iterdir()}
     bpe_model = jitter(GPT(GPTConfig(**{**SMALL, "vocab_size": 50257})), seed=1)
-    save_checkpoint({"model": bpe_model.state_dict(), "model_type": "gpt", "model_args": vars(bpe_model.config),
+    save_checkpoint({"model": bpe_model.state_dict(), "model_type": "gpt", "model_args": flatten(bpe_model.config),
                      "tokenizer": {"tokenizer": "gpt2", "vocab_size": 50257, "specials": []}},
                     str(tmp_path / "run" / "ckpt.pt"))
     run_script("tools/export_hf.py", f"--out_dir={tmp_path / 'run'}", f"--to={folder}")
@@ -293,7 +294,7 @@ def test_export_over_an_earlier_export_replaces_the_whole_folder(tmp_path, monke
 
 def test_export_to_an_unwritable_place_is_one_line(tmp_path):
     model = GPT(GPTConfig(**SMALL))
-    save_checkpoint({"model": model.state_dict(), "model_type": "gpt", "model_args": vars(model.config),
+    save_checkpoint({"model": model.state_dict(), "model_type": "gpt", "model_args": flatten(model.config),
                      "tokenizer": {"tokenizer": "char", "vocab_size": 50, "chars": CHARS, "specials": []}},
                     str(tmp_path / "run" / "ckpt.pt"))
     for to in ("/sys/x", "/proc/headscope/x"):

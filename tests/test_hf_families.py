@@ -11,7 +11,7 @@ from lens import detectors, patching
 from lens.recorder import AttentionRecorder
 from model import BERT, GPT, CheckpointError
 from model.bert import NoHeadError
-from model.cache import LensError
+from lens.cache import LensError
 from training.families import load_pretrained
 from test_pretrained import save_hf_gpt2
 

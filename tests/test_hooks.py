@@ -57,11 +57,11 @@ def hooks_attached(model):
 def test_hook_names_follow_the_module_tree():
     names = tiny().hook_names()
     for layer in (0, 1):
-        for point in ("q", "k", "v", "scores", "pattern", "z", "out"):
+        for point in ("q", "k", "v", "scores", "pattern", "z", "result", "out"):
             assert f"blocks.{layer}.attn.{point}" in names
         for point in ("resid_pre", "resid_mid", "resid_post", "mlp.post", "mlp.out"):
             assert f"blocks.{layer}.{point}" in names
-    assert names[:2] == ["embed", "pos_embed"] and len(names) == 2 + 2 * 12
+    assert names[:2] == ["embed", "pos_embed"] and len(names) == 2 + 2 * 13
 
 
 def test_captured_pattern_equals_softmax_of_captured_q_k():
@@ -307,7 +307,7 @@ def test_head_stats_on_known_patterns():
 
 
 def test_recorded_cross_attention_during_cached_decoding():
-    from model.attention import KVCache
+    from model.attention import PastKeyValues
 
     model = TinyEncoderDecoder(GPTConfig(**CFG)).eval()
     B, S, T = 2, 6, 4
@@ -318,7 +318,7 @@ def test_recorded_cross_attention_during_cached_decoding():
     encoded = source
     for block in model.encoder.blocks:
         encoded = block(encoded, mask=make_mask(S, S, causal=False, key_padding_mask=pad))
-    caches, cross_caches = [KVCache(T) for _ in range(2)], [KVCache(S) for _ in range(2)]
+    caches, cross_caches = [PastKeyValues(T) for _ in range(2)], [PastKeyValues(S) for _ in range(2)]
     with AttentionRecorder(model, "decoder.*pattern") as recorder:
         for t in range(T):  # one target position per step, as a decoder generates
             x = target[:, t:t + 1]

@@ -72,10 +72,30 @@ def root(name: str) -> str:
     return name.split(".")[0]
 
 
+# the analysis methods every family has, added to HookedModel by model/__init__.py (docs/architecture.md)
+ANALYSIS_METHODS = ("lens.methods", "lens.cache")
+
+
+def allowed_in_model(path: str, name: str) -> bool:
+    """Whether model/ file `path` may import `name`: torch, the standard library, model/, weights/; and
+    model/__init__.py the analysis methods of ANALYSIS_METHODS."""
+    if root(name) in {"torch", "model", "weights"} | set(sys.stdlib_module_names):
+        return True
+    return path == "model/__init__.py" and (name in ANALYSIS_METHODS or name.rsplit(".", 1)[0] in ANALYSIS_METHODS)
+
+
 def test_model_imports_only_torch_the_standard_library_model_and_weights():
-    allowed = {"torch", "model", "weights"} | set(sys.stdlib_module_names)
     bad = [f"{path}:{line} imports {name}" for path in python_files("model")
-           for line, name in top_level_imports(parse(path)) if root(name) not in allowed]
+           for line, name in top_level_imports(parse(path)) if not allowed_in_model(path, name)]
+    assert not bad, bad
+
+
+def test_the_analysis_methods_import_nothing_of_model():
+    """model/__init__.py imports them, so they must not import model/ back (nor lens/ beyond themselves)."""
+    paths = [name.replace(".", "/") + ".py" for name in ANALYSIS_METHODS]
+    bad = [f"{path}:{line} imports {name}" for path in paths for line, name in top_level_imports(parse(path))
+           if root(name) in PACKAGES and root(name) not in ("weights", "data") and
+           name.rsplit(".", 1)[0] not in ANALYSIS_METHODS and name not in ANALYSIS_METHODS]
     assert not bad, bad
 
 
@@ -162,6 +182,9 @@ def test_the_checks_catch_what_they_forbid():
     assert [name for _, name in function_imports(tree)] == ["data.tokens", "data.tokens.load_tokens"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert allowed_in_model("model/__init__.py", "lens.methods.AnalysisMethods")
+    assert not allowed_in_model("model/gpt.py", "lens.methods.AnalysisMethods")  # only the package's face
+    assert not allowed_in_model("model/__init__.py", "lens.patching")  # not every analysis module
     long = ast.parse("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES)
     func = long.body[0]
     assert func.end_lineno - func.lineno + 1 > MAX_FUNCTION_LINES

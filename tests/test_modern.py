@@ -9,7 +9,7 @@ import torch
 from conftest import run_script
 from model import GPT, ConfigError, GPTConfig
 from training.config import TrainConfig
-from model.attention import Attention, KVCache
+from model.attention import Attention, PastKeyValues
 from training.config import read_config_file
 from model.layers import Block, make_norm
 from training.muon import NS_COEFFS, Muon, block_matrices, make_muon_adamw, orthogonalize
@@ -75,7 +75,7 @@ def test_rope_attention_is_invariant_to_shifting_all_positions():
     att = Attention(GPTConfig(**TINY, pos_emb="rope")).eval()
     x = torch.randn(2, 4, 32)
     plain = att(x, causal=True)
-    cache = KVCache(16)
+    cache = PastKeyValues(16)
     att(torch.randn(2, 5, 32), causal=True, cache=cache)
     # mask out the 5 cached keys: the new queries see the same 4 keys, now at positions 5..8
     mask = torch.ones(4, 9, dtype=torch.bool).tril(diagonal=5)
@@ -149,7 +149,7 @@ def test_decoder_block_with_cross_attention_caches_rope_and_qk_norm():
     assert isinstance(block.cross_attn.k_norm, torch.nn.RMSNorm)
     x, source = torch.randn(2, 7, 32), torch.randn(2, 5, 32)
     whole = block(x, causal=True, source=source)
-    cache, cross_cache = KVCache(16), KVCache(16)
+    cache, cross_cache = PastKeyValues(16), PastKeyValues(16)
     steps = [block(x[:, t:t + 1], causal=True, source=source, cache=cache, cross_cache=cross_cache) for t in range(7)]
     assert torch.allclose(torch.cat(steps, dim=1), whole, atol=1e-5)
 

@@ -5,7 +5,7 @@ import torch
 
 from lens import patching
 from model import GPT, GPTConfig, Seq2Seq, Seq2SeqConfig
-from model.cache import LensError
+from lens.cache import LensError
 
 
 def random_gpt(**overrides):

@@ -1,7 +1,8 @@
 """sample.py and tools/circuits.py on Hugging Face folders of other families, each with its own tokenizer:
 a Llama with a BPE tokenizer.json trained here, a BERT (MLM head or not) with a WordPiece vocab.txt."""
 
-import json
+import importlib.util
+import os
 import re
 import shutil
 
@@ -9,8 +10,13 @@ import pytest
 import torch
 
 import sample
-from conftest import one_line_error, run_script
+from conftest import REPO
 from model import GPT
+from weights.common import UserError
+
+spec = importlib.util.spec_from_file_location("circuits_tool", os.path.join(REPO, "tools", "circuits.py"))
+circuits = importlib.util.module_from_spec(spec)  # the script, run in-process (a subprocess costs seconds)
+spec.loader.exec_module(circuits)
 
 WORDS = "the cat sat on the mat while a dog ran to the park and the bird sang in the tree".split()
 
@@ -49,14 +55,16 @@ def test_sample_uses_the_folders_own_tokenizer(llama_folder, capsys):
     assert capsys.readouterr().out.strip() == tokenizer.decode(expected, skip_special_tokens=False).strip()
 
 
-def test_circuits_uses_the_folders_own_tokenizer(llama_folder, tmp_path):
+def test_circuits_uses_the_folders_own_tokenizer(llama_folder, tmp_path, capsys):
     folder, tokenizer = llama_folder
     prompt = "the cat sat on the mat and the cat"
-    proc = run_script("tools/circuits.py", f"--init_from={folder}", f"--prompt={prompt}", f"--report={tmp_path}")
+    circuits.main([f"--init_from={folder}", f"--prompt={prompt}", f"--report={tmp_path}"])
     ids = tokenizer.encode(prompt, add_special_tokens=False).ids
-    assert f"prompt: {len(ids)} tokens" in proc.stdout
+    assert f"prompt: {len(ids)} tokens" in capsys.readouterr().out
     page = (tmp_path / "circuits.html").read_text()
-    shown = re.findall(r"<tr><td>\d+</td><td>(.*?)</td></tr>", page)
+    start = page.index("<h2>prompt</h2>")
+    prompt = page[start:page.index("</table>", start)]  # the prompt's table
+    shown = re.findall(r"<tr><td>\d+</td><td>(.*?)</td></tr>", prompt)
     assert shown == [tokenizer.decode([i]) for i in ids]
 
 
@@ -65,10 +73,10 @@ def test_a_folder_without_a_tokenizer_says_so_and_takes_one(llama_folder, tmp_pa
     bare = tmp_path / "bare"
     shutil.copytree(folder, bare)
     (bare / "tokenizer.json").unlink()
-    line = one_line_error(run_script("sample.py", f"--init_from={bare}", "--start=the cat", check=False))
-    assert "holds no tokenizer files" in line and "--tokenizer=" in line
-    line = one_line_error(run_script("tools/circuits.py", f"--init_from={bare}", "--prompt=the cat", check=False))
-    assert "holds no tokenizer files" in line
+    with pytest.raises(UserError, match="holds no tokenizer files .* pass --tokenizer=DIR"):
+        sample.main([f"--init_from={bare}", "--start=the cat", "--device=cpu"])
+    with pytest.raises(UserError, match="holds no tokenizer files"):
+        circuits.main([f"--init_from={bare}", "--prompt=the cat", f"--report={tmp_path}"])
     sample.main([f"--init_from={bare}", f"--tokenizer={folder}", "--start=the cat", "--num_samples=1",
                  "--max_new_tokens=2", "--device=cpu"])
     assert capsys.readouterr().out.startswith("the cat")
@@ -92,30 +100,31 @@ def bert_folders(tmp_path_factory):
     return folders
 
 
-def test_sample_fills_masks_of_a_bert_folder_and_writes_its_attention(bert_folders, tmp_path):
-    proc = run_script("sample.py", f"--init_from={bert_folders['mlm']}", "--start=the cat [MASK] on the mat.",
-                      f"--attention_dir={tmp_path}", "--device=cpu")
-    assert "[MASK] 1 of 1:" in proc.stdout
-    lines = proc.stdout.splitlines()
+def test_sample_fills_masks_of_a_bert_folder_and_writes_its_attention(bert_folders, tmp_path, capsys):
+    sample.main([f"--init_from={bert_folders['mlm']}", "--start=the cat [MASK] on the mat.",
+                 f"--attention_dir={tmp_path}", "--device=cpu"])
+    out = capsys.readouterr().out
+    assert "[MASK] 1 of 1:" in out
+    lines = out.splitlines()
     filled = lines[lines.index(next(line for line in lines if line.startswith("[MASK] 1 of 1"))) + 1]
     assert "[MASK]" not in filled and "[CLS]" not in filled and filled.startswith("the cat")
     page = (tmp_path / "attention.html").read_text()
     assert '"[CLS]"' in page and '"[SEP]"' in page and '"cat"' in page  # WordPiece tokens, framed as in BERT
-    line = one_line_error(run_script("sample.py", f"--init_from={bert_folders['headless']}",
-                                     "--start=the cat [MASK] on the mat.", check=False))
-    assert "no MLM head" in line
+    with pytest.raises(UserError, match="no MLM head"):
+        sample.main([f"--init_from={bert_folders['headless']}", "--start=the cat [MASK] on the mat.", "--device=cpu"])
 
 
-def test_circuits_explains_an_encoder(bert_folders, tmp_path):
-    proc = run_script("tools/circuits.py", f"--init_from={bert_folders['headless']}", "--prompt=the cat sat on the mat.",
-                      "--corrupt=the dog sat on the mat.", f"--report={tmp_path}")
+def test_circuits_explains_an_encoder(bert_folders, tmp_path, capsys):
+    circuits.main([f"--init_from={bert_folders['headless']}", "--prompt=the cat sat on the mat.",
+                   "--corrupt=the dog sat on the mat.", f"--report={tmp_path}"])
+    out = capsys.readouterr().out
     for heading in ("post-norm", "head detectors", "sep_sink", "attention statistics", "cosine similarity",
                     "correlation"):
-        assert heading in proc.stdout
-    assert "direct logit attribution" not in proc.stdout
+        assert heading in out
+    assert "direct logit attribution" not in out
     for name in ("patch_resid_pre", "patch_heads", "attr_patch_heads"):
         assert (tmp_path / f"{name}.png").stat().st_size > 5_000
     assert (tmp_path / "attention.html").exists()
-    line = one_line_error(run_script("tools/circuits.py", f"--init_from={bert_folders['mlm']}", "--prompt=the cat",
-                                     "--target=cat", check=False))
-    assert "--target names a predicted token" in line
+    with pytest.raises(UserError, match="--target names a predicted token"):
+        circuits.main([f"--init_from={bert_folders['mlm']}", "--prompt=the cat", "--target=cat",
+                       f"--report={tmp_path}"])

@@ -1,23 +1,21 @@
 """REINFORCE for hard attention: the estimator against the exact gradient of the expected loss, masks, the families."""
 
 import copy
-import types
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, RNNConfig, RNNEncoderDecoder
-from model.attention import Hard
+from model import GPT, GPTConfig, HardAttentionConfig, RNNConfig, RNNEncoderDecoder
+from model.hard_attention import Hard
 
 S, D, N = 4, 3, 40_000  # keys, value width, sampled sequences
 
 
 def reinforce(baseline="none", entropy=0.0, temperature=1.0) -> Hard:
     """A REINFORCE hard weighting in training mode."""
-    cfg = types.SimpleNamespace(hard_attention_estimator="reinforce", hard_attention_baseline=baseline,
-                                hard_attention_baseline_momentum=0.9, hard_attention_entropy=entropy,
-                                hard_attention_temperature=temperature)
+    cfg = HardAttentionConfig(estimator="reinforce", baseline=baseline, baseline_momentum=0.9, entropy=entropy,
+                              temperature=temperature)
     return Hard(cfg).train()
 
 
@@ -118,7 +116,7 @@ def test_entropy_bonus_is_the_gradient_of_minus_the_entropy():
 def test_families_train_the_scores_by_reinforce_and_report_the_plain_loss():
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=11, attn_score="general",
-                        attn_weighting="hard", hard_attention_estimator="reinforce"))
+                        attn_weighting="hard", hard_attention=HardAttentionConfig(estimator="reinforce")))
     idx = torch.randint(0, 11, (4, 8))
     logits, loss = gpt(idx, idx)
     torch.testing.assert_close(loss, F.cross_entropy(logits.view(-1, 11), idx.view(-1)))
@@ -130,7 +128,7 @@ def test_families_train_the_scores_by_reinforce_and_report_the_plain_loss():
     gpt(idx, idx)
     assert gpt.blocks[0].attn.weighting.log_prob is None  # evaluation samples nothing to learn from
     rnn = RNNEncoderDecoder(RNNConfig(n_embd=16, block_size=8, vocab_size=11, attn_score="general",
-                                      attn_weighting="hard", hard_attention_estimator="reinforce"))
+                                      attn_weighting="hard", hard_attention=HardAttentionConfig(estimator="reinforce")))
     _, loss = rnn(idx, idx, idx)
     loss.backward()
     assert rnn.decoder.cross_attn.scorer.weight.grad.abs().sum() > 0
@@ -140,7 +138,7 @@ def test_a_reinforce_training_step_compiles_as_one_graph_and_equals_eager():
     """The surrogate is part of the family's forward, so fullgraph compile must trace it (baseline included)."""
     torch.manual_seed(0)
     eager = GPT(GPTConfig(n_layer=1, n_head=3, n_embd=15, block_size=8, vocab_size=11, attn_score="general",
-                          attn_weighting="hard", hard_attention_estimator="reinforce"))
+                          attn_weighting="hard", hard_attention=HardAttentionConfig(estimator="reinforce")))
     twin = copy.deepcopy(eager)
     compiled = torch.compile(twin, fullgraph=True, backend="aot_eager")  # a graph break is an error
     for step in range(3):  # the first step sets the baseline, the next ones use and move it

@@ -7,6 +7,7 @@ import torch
 
 from lens.recorder import AttentionRecorder
 from model import ConfigError, RNNConfig, RNNEncoderDecoder
+from model.config import from_flat
 from weights.common import IGNORE_INDEX
 
 V, PAD, BOS, EOS = 15, 12, 13, 14  # 12 ordinary tokens, then the three specials
@@ -156,7 +157,7 @@ def test_a_tiny_reversal_task_is_overfit(attention):
 ])
 def test_bad_configs_are_one_clear_error(kw, match):
     with pytest.raises(ConfigError, match=match):
-        RNNConfig(**kw)
+        from_flat(RNNConfig, kw)
 
 
 @pytest.mark.parametrize("argv, match", [
@@ -219,7 +220,7 @@ def test_train_resume_and_sample(pairs_dir, tmp_path, capsys):
     assert "cross-attention" in (attn / "attention.html").read_text(encoding="utf-8")
     with pytest.raises(ConfigError, match="--ablate is for a GPT"):
         sample.main([f"--out_dir={straight}", "--start=x", "--ablate=0.1"])
-    no_attn = RNNEncoderDecoder(RNNConfig(**{**a["model_args"], "attention": False}))
+    no_attn = RNNEncoderDecoder(from_flat(RNNConfig, {**a["model_args"], "attention": False}))
     save_checkpoint({**a, "model": no_attn.state_dict(), "model_args": {**a["model_args"], "attention": False}},
                     str(tmp_path / "no_attn" / "ckpt.pt"))
     with pytest.raises(ConfigError, match="no attention"):

@@ -14,14 +14,18 @@ from transformer_lens import patching as tl_patching
 from transformer_lens.head_detector import compute_head_attention_similarity_score as tl_score
 from transformer_lens.head_detector import get_induction_head_detection_pattern as tl_induction
 from transformer_lens.model_bridge import TransformerBridge
+from transformer_lens.utilities import test_prompt as tl_test_prompt
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from data.tokenizer import CharTokenizer, GPT2Tokenizer
 from lens import detectors, path_patching, patching, patching_stats
 from lens.folding import fold_weights
 from lens.interventions import ablate_heads
+from lens.tl import HookedTransformer, get_act_name
+from lens.tl import test_prompt as run_test_prompt  # not collected as a test
 from lens.weight_space import WeightSpace, head_weights
 from model import BERT, GPT, BERTConfig, GPTConfig
-from model.cache import ActivationCache, LensError
+from lens.cache import ActivationCache, HookNameError, LensError
 
 TOL = dict(atol=1e-4, rtol=0)
 
@@ -304,3 +308,122 @@ def test_patching_over_pairs_errors(models):
         patching_stats.patch_pairs(ours, clean, corrupted, lambda logits: logits[:, -1, 0], "resid")
     with pytest.raises(LensError, match="pad the pairs together"):
         patching_stats.patch_pairs(ours, clean, corrupted[:, :2], lambda logits: logits[:, -1, 0], "resid_pre")
+
+
+def test_transformer_lens_hook_functions_run_unchanged(models):
+    ours, bridge = models
+    tokens = torch.randint(0, 101, (2, 8), generator=torch.Generator().manual_seed(4))
+
+    # as TransformerLens' docs write them: z is (batch, pos, head, d_head), the hook has .name and .layer()
+    def head_ablation_hook(value, hook):
+        value[:, :, 1, :] = 0.0
+        return value
+
+    patterns = {}
+
+    def store_pattern(pattern, hook):
+        patterns[hook.layer()] = pattern.clone()
+        hook.ctx["calls"] = hook.ctx.get("calls", 0) + 1
+
+    fwd_hooks = [("blocks.0.attn.hook_z", head_ablation_hook), (lambda name: name.endswith("hook_pattern"), store_pattern)]
+    model = HookedTransformer(ours)
+    torch.testing.assert_close(model.run_with_hooks(tokens, fwd_hooks=fwd_hooks),
+                               bridge.run_with_hooks(tokens, fwd_hooks=fwd_hooks), **TOL)
+    model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
+    assert sorted(patterns) == [0, 1] and ours.blocks[1].attn.pattern.ctx["calls"] == 2  # ctx persists across runs
+    model.add_hook("blocks.0.attn.hook_z", head_ablation_hook)  # kept until reset_hooks()
+    torch.testing.assert_close(model(tokens), bridge.run_with_hooks(tokens, fwd_hooks=fwd_hooks[:1]), **TOL)
+    model.reset_hooks()
+    torch.testing.assert_close(model(tokens), bridge(tokens), **TOL)
+    assert ours.blocks[1].attn.pattern.ctx == {}  # reset_hooks clears the contexts
+    logits, cache = model.run_with_cache(tokens)
+    _, tl_cache = bridge.run_with_cache(tokens)
+    for name in ("blocks.1.attn.hook_z", "blocks.0.attn.hook_q", "blocks.1.hook_resid_mid", "blocks.0.attn.hook_pattern"):
+        torch.testing.assert_close(cache[name], tl_cache[name], **TOL, msg=name)  # TL's names and layout
+    assert cache["blocks.1.attn.z"].shape == (2, 3, 8, 16)  # ours: (batch, head, pos, d_head)
+
+
+def test_backward_hooks_and_incl_bwd_match_transformer_lens(models):
+    ours, bridge = models
+    tokens = torch.randint(0, 101, (2, 8), generator=torch.Generator().manual_seed(4))
+    model = HookedTransformer(ours)
+    loss, cache = model.run_with_cache(tokens, return_type="loss", incl_bwd=True, names_filter="blocks.*.hook_resid_pre")
+    tl_loss, tl_cache = bridge.run_with_cache(tokens, return_type="loss", incl_bwd=True)
+    torch.testing.assert_close(loss, tl_loss, **TOL)
+    for layer in (0, 1):
+        torch.testing.assert_close(cache[f"blocks.{layer}.hook_resid_pre_grad"], tl_cache[f"blocks.{layer}.hook_resid_pre_grad"],
+                                   **TOL)
+    grads = {}
+    bwd = [("blocks.1.attn.hook_z", lambda grad, hook: grads.setdefault(hook.name, grad.clone()))]
+    model.run_with_hooks(tokens, return_type="loss", bwd_hooks=bwd).backward()
+    torch.testing.assert_close(grads["blocks.1.attn.hook_z"], tl_cache["blocks.1.attn.hook_z_grad"], **TOL)  # (B, T, nh, hs)
+    torch.testing.assert_close(model(tokens, return_type="loss", loss_per_token=True),
+                               bridge(tokens, return_type="loss", loss_per_token=True), **TOL)
+
+
+def test_stop_and_start_at_layer_and_per_head_results(models):
+    ours, bridge = models
+    tokens = torch.randint(0, 101, (2, 8), generator=torch.Generator().manual_seed(4))
+    model = HookedTransformer(ours)
+    for layer in (0, 1, -1):
+        resid = model(tokens, stop_at_layer=layer)
+        torch.testing.assert_close(resid, bridge(tokens, stop_at_layer=layer), **TOL)
+        torch.testing.assert_close(model(resid, start_at_layer=layer), bridge(tokens), **TOL)
+    _, cache = model.run_with_cache(tokens)
+    torch.testing.assert_close(model(tokens, stop_at_layer=2), cache.final_resid())  # after the last block
+    logits, cache = model.run_with_cache(tokens, names_filter=["blocks.0.attn.hook_result", "blocks.0.attn.z"])
+    torch.testing.assert_close(logits, model(tokens), **TOL)  # summing the heads by hand changes nothing
+    torch.testing.assert_close(cache["blocks.0.attn.hook_result"], cache.head_results(0).permute(1, 2, 0, 3), **TOL)
+    assert "blocks.0.attn.result" not in model.run_with_cache(tokens)[1]  # opt-in: the default leaves it out
+    with pytest.raises(LensError, match="stop_at_layer=3 is out of range"):
+        model(tokens, stop_at_layer=3)
+    with pytest.raises(LensError, match="return_type must be"):
+        model(tokens, return_type="logit")
+    with pytest.raises(HookNameError, match="no hook point matches 'blocks.0.attn.hook_zz'"):
+        model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_zz", lambda value, hook: None)])
+    assert get_act_name("z", 1) == "blocks.1.attn.hook_z" and get_act_name("embed") == "hook_embed"
+
+
+def test_tokenizer_methods_and_test_prompt_match_transformer_lens(capsys):
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=50257, n_layer=1, n_head=2, n_embd=8, block_size=32)).eval()
+    gpt.tokenizer = GPT2Tokenizer()
+    model = HookedTransformer(gpt)
+    assert model.to_tokens("When Mary").tolist() == [[50256, 2215, 5335]]  # GPT-2's BOS by default, as TL
+    assert model.to_tokens("When Mary", prepend_bos=False).tolist() == [[2215, 5335]]
+    assert model.to_tokens(["Hi", "When Mary"]).tolist() == [[50256, 17250, 50256], [50256, 2215, 5335]]
+    assert model.to_str_tokens("When Mary") == ["<|endoftext|>", "When", " Mary"]
+    assert model.to_string(torch.tensor([2215, 5335])) == "When Mary" and model.to_single_token(" Mary") == 5335
+    ranks = run_test_prompt(model, "The Eiffel Tower is in", "Paris is", top_k=3)
+    ours = capsys.readouterr().out
+    tl_test_prompt("The Eiffel Tower is in", "Paris is", model, top_k=3)  # TransformerLens' own, on our model
+    assert ours == capsys.readouterr().out
+    logits = model(model.to_tokens("The Eiffel Tower is in Paris"))[0, -2]
+    assert ranks[0] == [(" Paris", int((logits > logits[6342]).sum()))]
+    run_test_prompt(model, "The Eiffel Tower is in", ["Paris", "Rome"], top_k=2)
+    ours = capsys.readouterr().out
+    tl_test_prompt("The Eiffel Tower is in", ["Paris", "Rome"], model, top_k=2)
+    assert ours == capsys.readouterr().out
+    with pytest.raises(LensError, match="exactly one token"):
+        model.to_single_token(" Eiffel")
+    chars = HookedTransformer(GPT(GPTConfig(vocab_size=3, n_layer=1, n_head=1, n_embd=4, block_size=8)))
+    chars.tokenizer = CharTokenizer("abc")
+    assert chars.to_tokens("cab").tolist() == [[2, 0, 1]]  # no BOS token: none prepended
+    with pytest.raises(LensError, match="no BOS token"):
+        chars.to_tokens("cab", prepend_bos=True)
+    with pytest.raises(LensError, match="has no tokenizer"):
+        HookedTransformer(GPT(GPTConfig(vocab_size=3, n_layer=1, n_head=1, n_embd=4, block_size=8))).to_tokens("a")
+
+
+def test_families_where_the_notion_does_not_apply_are_clear_errors():
+    bert = BERT(BERTConfig(vocab_size=11, n_layer=2, n_head=2, n_embd=8, block_size=8, post_norm=False)).eval()
+    tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(0))
+    _, cache = bert.run_with_cache(tokens)
+    with pytest.raises(LensError, match="decoder-only models"):
+        path_patching.path_patch(bert, tokens, cache, cache, lambda out: out[0].sum(), [path_patching.PathPatch([(0, 0)])])
+    with pytest.raises(LensError, match="causal"):
+        patching_stats.patch_pairs(bert, tokens, tokens, lambda out: out[:, 0, 0], "resid_pre")
+    with pytest.raises(LensError, match="no linear unembedding"):
+        WeightSpace(bert).W_U
+    with pytest.raises(LensError, match="wraps a headscope model"):
+        HookedTransformer(torch.nn.Linear(2, 2))

@@ -20,6 +20,12 @@ Writes PNGs, circuits.html (tables and charts, offline) and attention.html (the 
 The metric is logit(target) - logit(wrong) at the last position (logit(target) without --wrong);
 target defaults to the model's prediction. Without --corrupt the corrupted prompt is the clean one's
 tokens in a fixed random order.
+
+BOS is a choice: --prepend_bos=True puts the tokenizer's BOS token (GPT-2's <|endoftext|>, as
+TransformerLens does by default) before the prompt and the corrupted prompt of a decoder; the default,
+False, reads the prompt as written, so the detectors' "sink" (weight on position 0) is then the weight on
+its first word. A character tokenizer has no BOS token. With more than 24 heads the detectors print the top
+5 heads of each score; head_detectors.png has every head (layer x head).
 """
 
 import argparse
@@ -34,7 +40,12 @@ import torch  # noqa: E402
 
 from data.tokenizer import from_meta  # noqa: E402
 from lens import detectors, patching, report  # noqa: E402
+from lens.circuit import faithfulness_curve, greedy_circuit  # noqa: E402
+from lens.circuit_plots import circuit_figure, faithfulness_figure, top_edges_rows  # noqa: E402
+from lens.eap import eap_ig  # noqa: E402
+from lens.edges import Pairs  # noqa: E402
 from lens.logit_lens import logit_lens, top_tokens  # noqa: E402
+from lens.tl_methods import bos_token  # noqa: E402
 from lens.recorder import head_stats_all, stats_table  # noqa: E402
 from model import load_checkpoint  # noqa: E402
 from training.families import load_pretrained, model_from_checkpoint, pretrained_tokenizer  # noqa: E402
@@ -68,15 +79,28 @@ def single_token(tokenizer, text: str, what: str) -> int:
     return ids[0]
 
 
-def encode_prompt(model, tokenizer, text: str, what: str) -> torch.Tensor:
-    """(1, T) ids of a prompt, checked against the context length; an encoder's framed as [CLS] text [SEP]."""
+def encode_prompt(model, tokenizer, text: str, what: str, prepend_bos: bool = False) -> torch.Tensor:
+    """(1, T) ids of a prompt, checked against the context length; an encoder's framed as [CLS] text [SEP],
+    a decoder's after the BOS token with prepend_bos."""
     ids = tokenizer.encode(text)
+    if prepend_bos:
+        if model.model_type == "bert" or bos_token(tokenizer) is None:
+            raise ConfigError("--prepend_bos=True, but this tokenizer has no BOS token (a character tokenizer) or the "
+                              "model is an encoder (framed by [CLS] ... [SEP]); leave it out.")
+        ids = [bos_token(tokenizer)] + ids
     if model.model_type == "bert":
         ids = [tokenizer.special_ids[s] for s in ("[CLS]",) if s in tokenizer.special_ids] + ids \
             + [tokenizer.special_ids[s] for s in ("[SEP]",) if s in tokenizer.special_ids]
     if not 2 <= len(ids) <= model.config.block_size:
         raise ConfigError(f"--{what} is {len(ids)} tokens; give 2 to {model.config.block_size} tokens.")
     return torch.tensor([ids], device=next(model.parameters()).device)
+
+
+def parse_bool(value: str) -> bool:
+    """True or False, as the other scripts' --key=value options."""
+    if value not in ("True", "False"):
+        raise ValueError(value)
+    return value == "True"
 
 
 def print_table(header: list[str], rows: list[list]) -> None:
@@ -98,8 +122,9 @@ def attribution(cache, target: int, wrong: int | None, k: int):
     return labels, values
 
 
-def head_detectors(model, ids: torch.Tensor, sep_id: int | None = None) -> tuple[list[str], list[list]]:
-    """Each head's previous-token, duplicate-token, induction and sink scores (and [SEP] sink), printed and returned."""
+def head_detectors(model, ids: torch.Tensor, sep_id: int | None = None) -> tuple[list[str], list[list], dict]:
+    """Each head's previous-token, duplicate-token, induction and sink scores (and [SEP] sink): printed (past 24
+    heads the top 5 of each) and returned with the score tables."""
     scores = {"previous": detectors.detect_head(model, ids, "previous_token_head"),
               "duplicate": detectors.detect_head(model, ids, "duplicate_token_head"),
               "induction": detectors.induction_scores(model, min(20, model.config.block_size // 2)),
@@ -111,8 +136,14 @@ def head_detectors(model, ids: torch.Tensor, sep_id: int | None = None) -> tuple
     rows = [[f"L{l}H{h}", *(float(s[l, h]) for s in scores.values())] for l in range(n_layer) for h in range(n_head)]
     print("\nhead detectors (share of attention; induction on repeated random tokens, sink = weight on position 0, "
           "sep_sink = on [SEP]):")
-    print_table(header, rows)
-    return header, rows
+    if len(rows) <= 24:
+        print_table(header, rows)
+    else:
+        top = [[name, *(f"L{i // n_head}H{i % n_head} {s.flatten()[i]:.2f}" for i in s.flatten().argsort(descending=True)[:5])]
+               for name, s in scores.items()]
+        print_table(["detector", *(f"top {k + 1}" for k in range(5))], top)
+        print("(every head: head_detectors.png in the report)")
+    return header, rows, {name: s.cpu().numpy() for name, s in scores.items()}
 
 
 def lens_table(cache, tokens: list[str], tokenizer, n_cols: int = 12):
@@ -152,15 +183,18 @@ def parse(argv: list[str]):
     parser.add_argument("--wrong", default=None, help="a contrast token: explain logit(target) - logit(wrong)")
     parser.add_argument("--corrupt", default=None, help="corrupted prompt for patching (same token count)")
     parser.add_argument("--top_k", type=int, default=10)
+    parser.add_argument("--edges", type=int, default=20, help="edges in the EAP-IG circuit drawn (0: no edge circuit)")
     parser.add_argument("--report", default="circuits-report", help="folder for PNGs and HTML")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--prepend_bos", type=parse_bool, default=False,
+                        help="True: the tokenizer's BOS token (GPT-2: <|endoftext|>) before both prompts")
     return parser.parse_args(argv)
 
 
-def corrupted_prompt(model, tokenizer, ids: torch.Tensor, text: str | None) -> torch.Tensor:
+def corrupted_prompt(model, tokenizer, ids: torch.Tensor, text: str | None, prepend_bos: bool = False) -> torch.Tensor:
     """--corrupt's ids, or the clean prompt's tokens in a fixed random order (an encoder's [CLS]/[SEP] kept)."""
     if text is not None:
-        return encode_prompt(model, tokenizer, text, "corrupt")
+        return encode_prompt(model, tokenizer, text, "corrupt", prepend_bos)
     inner = 1 if model.model_type == "bert" and ids.size(1) > 3 else 0
     order = torch.randperm(ids.size(1) - 2 * inner, generator=torch.Generator().manual_seed(0)) + inner
     order = torch.cat([torch.arange(inner), order, torch.arange(ids.size(1) - inner, ids.size(1))])
@@ -170,7 +204,7 @@ def corrupted_prompt(model, tokenizer, ids: torch.Tensor, text: str | None) -> t
 def main(argv: list[str]) -> None:
     args = parse(argv)
     model, tokenizer = load(args)
-    ids = encode_prompt(model, tokenizer, args.prompt, "prompt")
+    ids = encode_prompt(model, tokenizer, args.prompt, "prompt", args.prepend_bos)
     tokens = [tokenizer.decode([i]) for i in ids[0].tolist()]
     if model.model_type == "bert":
         return explain_encoder(args, model, tokenizer, ids, tokens)
@@ -179,18 +213,41 @@ def main(argv: list[str]) -> None:
     predicted = int(logits[0, -1].argmax())
     target = predicted if args.target is None else single_token(tokenizer, args.target, "target")
     wrong = None if args.wrong is None else single_token(tokenizer, args.wrong, "wrong")
+    print(f"BOS: {'prepended ' + repr(tokens[0]) if args.prepend_bos else 'none (--prepend_bos=True adds it)'}")
     print(f"prompt: {len(tokens)} tokens; predicted next token {tokenizer.decode([predicted])!r}; "
           f"explaining {tokenizer.decode([target])!r}" + ("" if wrong is None else f" minus {tokenizer.decode([wrong])!r}"))
     labels, values = attribution(cache, target, wrong, args.top_k)
-    det_header, det_rows = head_detectors(model, ids)
+    det_header, det_rows, det_scores = head_detectors(model, ids)
     lens_fig = lens_table(cache, tokens, tokenizer)
-    corrupted = corrupted_prompt(model, tokenizer, ids, args.corrupt)
+    corrupted = corrupted_prompt(model, tokenizer, ids, args.corrupt, args.prepend_bos)
     metric = lambda lg: lg[0, -1, target] - (lg[0, -1, wrong] if wrong is not None else 0.0)  # noqa: E731
     print(f"\npatching the clean prompt into the corrupted one (clean metric {float(metric(logits)):.3f}):")
     tables, approx, base = patch_all(model, ids, corrupted, cache, metric)
-    figures = {"logit_lens": lens_fig, "attribution": report.attribution_figure(labels, values),
+    figures = {"head_detectors": report.detector_figure(det_scores), "logit_lens": lens_fig, "attribution": report.attribution_figure(labels, values),
                **patch_figures(model, tokens, tables, approx, base)}
-    write_report(args.report, cache, tokens, det_header, det_rows, figures)
+    sections = []
+    if args.edges > 0:
+        edge_figures, edge_table = edge_circuit(model, ids, corrupted, target, wrong, args.edges)
+        figures.update(edge_figures)
+        sections.append(("edge circuit: its edges", edge_table))
+    write_report(args.report, cache, tokens, det_header, det_rows, figures, sections)
+
+
+def edge_circuit(model, ids, corrupted, target: int, wrong: int | None, n_edges: int):
+    """EAP-IG (5 steps) over every edge for the prompt pair, its greedy circuit of n_edges and the faithfulness
+    curve: ({name: figure}, HTML table of the circuit's edges)."""
+    pairs = Pairs(ids.cpu(), corrupted.cpu())
+    metric = lambda lg, batch: lg[:, -1, target] - (lg[:, -1, wrong] if wrong is not None else 0.0)  # noqa: E731
+    scores = eap_ig(model, pairs, metric=metric, steps=5)
+    mask = greedy_circuit(scores, n_edges)
+    curve = faithfulness_curve(model, pairs, metric=metric, scores=scores, method="greedy")
+    rows = top_edges_rows(scores.graph, scores.values, mask)
+    print(f"\nedge circuit (EAP-IG, {len(scores.graph)} edges): faithfulness CPR {curve.cpr:.3f}, CMD {curve.cmd:.3f}; "
+          f"the greedy circuit's best edges:")
+    print_table(["rank", "edge", "EAP-IG score"], [[r, e, f"{v:+.4f}"] for r, e, v in rows[:10]])
+    figures = {"edge_circuit": circuit_figure(scores.graph, mask, scores.values, "EAP-IG circuit"),
+               "faithfulness": faithfulness_figure({"EAP-IG, greedy": curve})}
+    return figures, report.html_table(["rank", "edge", "EAP-IG score"], rows)
 
 
 def explain_encoder(args, model, tokenizer, ids: torch.Tensor, tokens: list[str]) -> None:
@@ -206,7 +263,7 @@ def explain_encoder(args, model, tokenizer, ids: torch.Tensor, tokens: list[str]
     if model.config.post_norm:
         print("note: this encoder is post-norm (each block normalises the residual sum), so its output is not a sum "
               "of the heads' and MLPs' outputs: there is no direct attribution or logit lens; patching is exact anyway.")
-    det_header, det_rows = head_detectors(model, ids, tokenizer.special_ids.get("[SEP]"))
+    det_header, det_rows, det_scores = head_detectors(model, ids, tokenizer.special_ids.get("[SEP]"))
     maps = {k: v for k, v in cache.items() if k.endswith(".pattern")}
     print("\nattention statistics (entropy in nats, largest weight, mean distance to the key):")
     print(stats_table(head_stats_all(maps)))
@@ -219,7 +276,8 @@ def explain_encoder(args, model, tokenizer, ids: torch.Tensor, tokens: list[str]
           "hidden states with the clean run's (clean 1.000):")
     with encoder_only(model):
         tables, approx, base = patch_all(model, ids, corrupted, cache, metric)
-    write_report(args.report, cache, tokens, det_header, det_rows, patch_figures(model, tokens, tables, approx, base))
+    write_report(args.report, cache, tokens, det_header, det_rows,
+                 {"head_detectors": report.detector_figure(det_scores), **patch_figures(model, tokens, tables, approx, base)})
 
 
 @contextmanager
@@ -246,10 +304,10 @@ def patch_figures(model, tokens, tables, approx, base) -> dict:
                                                        "head", "attribution patching: head outputs")}
 
 
-def write_report(folder, cache, tokens, det_header, det_rows, figures: dict) -> None:
-    """PNGs, circuits.html and the attention viewer into `folder`."""
+def write_report(folder, cache, tokens, det_header, det_rows, figures: dict, extra: list | tuple = ()) -> None:
+    """PNGs, circuits.html and the attention viewer into `folder`; `extra`: more (heading, HTML) sections."""
     os.makedirs(folder, exist_ok=True)
-    sections = [("head detectors", report.html_table(det_header, det_rows))]
+    sections = [("head detectors", report.html_table(det_header, det_rows)), *extra]
     for name, fig in figures.items():
         with atomic_write(os.path.join(folder, f"{name}.png")) as f:
             fig.savefig(f, format="png", dpi=100)

@@ -15,6 +15,7 @@ import textwrap
 import typing
 from dataclasses import dataclass
 
+from model.config import flatten, nested_configs, unflatten
 from data.documents import Packing
 from model.sampling import check_sampling
 from weights.common import ConfigError
@@ -31,9 +32,11 @@ class TrainConfig:
     overwrite: bool = False  # allow a fresh run to replace a checkpoint already in out_dir
     eval_interval: int = 250
     log_interval: int = 50
-    eval_iters: int = 20
+    eval_iters: typing.Union[int, typing.Literal["all"]] = 20  # batches per split, or 'all': every window of val
     eval_only: bool = False
+    eval_file: str = ""  # with --eval_only: also every window of this UTF-8 text file (a GPT)
     always_save_checkpoint: bool = True
+    keep_best: bool = False  # also keep the best model (lowest val loss) as out_dir/best.pt
     # data
     model_type: str = "gpt"
     dataset: str = "shakespeare_plays_char"  # the 38 plays (data/loader.py DATASET_FOLDERS), not tiny shakespeare
@@ -82,8 +85,9 @@ class TrainConfig:
         check_init_from(self.init_from, ("scratch", "resume"))
         for name in ("batch_size", "gradient_accumulation_steps", "eval_interval", "log_interval", "eval_iters",
                      "max_nonfinite_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+            if getattr(self, name) != "all" and getattr(self, name) < 1:
+                also = " or 'all'" if name == "eval_iters" else ""
+                raise ConfigError(f"{name} must be a positive integer{also}, got {getattr(self, name)}.")
         if self.max_iters < 0 or self.warmup_iters < 0:
             raise ConfigError("max_iters and warmup_iters must not be negative.")
         for name, ok, rule in (("learning_rate", self.learning_rate > 0, "> 0"), ("min_lr", self.min_lr >= 0, ">= 0"),
@@ -110,6 +114,9 @@ class TrainConfig:
             raise ConfigError(f"dtype must be one of auto, float32, bfloat16, float16, got {self.dtype!r}.")
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}.")
+        if self.eval_file and not self.eval_only:
+            raise ConfigError("--eval_file is evaluated by --eval_only=True (with --init_from=resume or a GPT-2); "
+                              "add --eval_only=True.")
 
     @property
     def packing(self) -> Packing:
@@ -122,6 +129,7 @@ class SampleConfig:
     """Options of sample.py."""
 
     out_dir: str = "out"  # folder holding ckpt.pt
+    checkpoint: str = "ckpt.pt"  # the file in out_dir to sample from (best.pt: train.py --keep_best=True)
     init_from: str = "resume"  # 'resume' (the checkpoint in out_dir), a GPT-2 name, a Hugging Face folder or Hub id
     tokenizer: str = ""  # for --init_from=<folder> without tokenizer files: 'gpt2' or a folder holding them
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
@@ -172,19 +180,48 @@ def check_init_from(init_from: str, own: tuple[str, ...]) -> None:
 
 
 def field_types(cls) -> dict[str, type]:
-    """Map each dataclass field name to its resolved type."""
+    """Map each key of a config class to its resolved type; a nested config's fields as `<field>_<name>`."""
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    nested = nested_configs(cls)
+    types = {}
+    for f in dataclasses.fields(cls):
+        if f.name in nested:
+            types.update({f"{f.name}_{k}": t for k, t in field_types(nested[f.name]).items()})
+        else:
+            types[f.name] = hints[f.name]
+    return types
+
+
+def field_defaults(cls) -> dict[str, object]:
+    """Each key of a config class (as in field_types) with its default value."""
+    defaults = {}
+    for f in dataclasses.fields(cls):
+        value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(value):
+            defaults.update({f"{f.name}_{k}": v for k, v in flatten(value).items()})
+        else:
+            defaults[f.name] = value
+    return defaults
 
 
 def coerce(key: str, value, typ):
     """Return value converted to typ (from a string when it came from the command line), or raise."""
     origin = typing.get_origin(typ)
-    if origin is typing.Union:  # Optional[X]
+    if origin is typing.Union:  # Optional[X], or e.g. Union[int, Literal["all"]]
         args = [a for a in typing.get_args(typ) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
+        if len(args) < len(typing.get_args(typ)) and (value is None or (isinstance(value, str)
+                                                                         and value.lower() == "none")):
             return None
-        return coerce(key, value, args[0])
+        for arg in args:
+            try:
+                return coerce(key, value, arg)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key} expects a value of type {' or '.join(map(type_text, args))}, got {value!r}.")
+    if origin is typing.Literal:
+        if value in typing.get_args(typ):
+            return value
+        raise ConfigError(f"{key} expects {type_text(typ)}, got {value!r}.")
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -212,6 +249,13 @@ def coerce(key: str, value, typ):
     else:
         return value
     raise ConfigError(f"{key} expects a value of type {typ.__name__}, got {value!r}.")
+
+
+def type_text(typ) -> str:
+    """A type as an error message names it: int, or 'all' for Literal['all']."""
+    if typing.get_origin(typ) is typing.Literal:
+        return " or ".join(repr(v) for v in typing.get_args(typ))
+    return typ.__name__
 
 
 def read_config_file(path: str) -> dict:
@@ -307,15 +351,14 @@ def usage(doc: str, defaults: dict[str, type], notes: tuple[str, ...] = ()) -> s
     """A script's --help: its docstring, every --key=default of each titled config class, then the notes."""
     parts = [doc.strip(), ""]
     for title, cls in defaults.items():
-        parts += [f"{title}:"] + [f"  --{f.name}={default_text(f)}" for f in dataclasses.fields(cls)] + [""]
+        parts += [f"{title}:"] + [f"  --{k}={default_text(v)}" for k, v in field_defaults(cls).items()] + [""]
     for note in notes:
         parts += textwrap.wrap(note, width=100, subsequent_indent="  ") + [""]
     return "\n".join(parts).rstrip() + "\n"
 
 
-def default_text(field: dataclasses.Field) -> str:
-    """A field's default as typed on the command line (a string's repr shows an empty or newline default)."""
-    value = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+def default_text(value) -> str:
+    """A default as typed on the command line (a string's repr shows an empty or newline default)."""
     return repr(value) if isinstance(value, str) and (not value or not value.isprintable()) else str(value)
 
 
@@ -329,19 +372,20 @@ def build(values: dict, *classes: type) -> list:
     built = []
     for cls, typs in zip(classes, types):
         kwargs = {k: coerce(k, v, typs[k]) for k, v in values.items() if k in typs}
-        built.append(cls(**kwargs))
+        built.append(cls(**unflatten(cls, kwargs)))
     return built
 
 
 def to_dict(cfg) -> dict:
-    """A dataclass as a plain dict (safe to store in a weights_only checkpoint)."""
-    return dataclasses.asdict(cfg)
+    """A config as a plain flat dict (safe to store in a weights_only checkpoint; nested configs' fields
+    under their flat keys, hard_attention_estimator, as every version has stored them)."""
+    return flatten(cfg)
 
 
 def from_dict(cls, values: dict):
-    """Rebuild a dataclass from a stored dict, ignoring keys this version no longer has."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})
+    """Rebuild a config from a stored flat dict, ignoring keys this version no longer has."""
+    names = set(field_types(cls)) | {f.name for f in dataclasses.fields(cls)}
+    return cls(**unflatten(cls, {k: v for k, v in values.items() if k in names}))
 
 
 __all__ = ["ConfigError", "TrainConfig", "SampleConfig", "read_config_file", "parse_args", "build", "to_dict",

@@ -29,6 +29,25 @@ def keep_metrics(path: str, upto_iter: int) -> None:
         f.writelines(lines)
 
 
+SPLIT_DETAILS = ("ppl", "bpc", "bpb", "tokens")  # shown in brackets after each split's loss
+
+
+def evaluation_text(losses: dict) -> str:
+    """'train loss 2.1 (ppl 8.17, 3.03 bpc), val loss ...' and the val split's other metrics."""
+    parts = []
+    for split in ("train", "val", "file"):
+        if f"{split}_loss" not in losses:
+            continue
+        details = [f"ppl {losses[f'{split}_ppl']:.2f}"] if f"{split}_ppl" in losses else []
+        details += [f"{losses[f'{split}_{k}']:.3f} {k}" for k in ("bpc", "bpb") if f"{split}_{k}" in losses]
+        if f"{split}_tokens" in losses:
+            details.append(f"every window: {losses[f'{split}_tokens']:,} tokens")
+        parts.append(f"{split} loss {losses[f'{split}_loss']:.4f}" + (f" ({', '.join(details)})" if details else ""))
+    parts += [f"{k[4:]} {v:.4f}" for k, v in losses.items()
+              if k.startswith("val_") and k[4:] not in ("loss",) + SPLIT_DETAILS]
+    return ", ".join(parts)
+
+
 class RunLogger:
     """Prints, appends to out_dir/metrics.jsonl and logs to wandb; every method is a no-op off rank 0."""
 
@@ -76,8 +95,7 @@ class RunLogger:
 
     def evaluation(self, losses: dict, record: dict, write: bool) -> None:
         """Print an evaluation; with `write`, append its record to metrics.jsonl and wandb."""
-        extra = "".join(f", {k[4:]} {v:.4f}" for k, v in losses.items() if k.startswith("val_") and k != "val_loss")
-        self.print(f"step {record['iter']}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f}{extra}")
+        self.print(f"step {record['iter']}: {evaluation_text(losses)}")
         if write and self.master:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")

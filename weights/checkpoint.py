@@ -7,10 +7,11 @@ Reading one upgrades what older headscope versions wrote (renamed parameters and
 """
 
 import os
+import shutil
 
 import torch
 
-from weights.common import UserError, atomic_write
+from weights.common import UserError, atomic_write, temporary_path
 
 # parameter names of older versions -> today's (Attention.score, the score module, became Attention.scorer)
 RENAMED_PARAMETERS = ((".attn.score.", ".attn.scorer."), (".cross_attn.score.", ".cross_attn.scorer."))
@@ -30,6 +31,24 @@ def save_checkpoint(payload: dict, path: str) -> None:
         kept = "the previous one is intact" if os.path.isfile(path) else "none was saved"
         raise CheckpointError(f"cannot save the checkpoint {path} ({e.strerror or e}; {kept}); free some disk space "
                               "or pick a writable --out_dir.") from None
+
+
+def copy_checkpoint(source: str, path: str) -> None:
+    """Make path a copy of the checkpoint at source, atomically: a hard link (no second copy on disk; a later
+    save replaces source by a new file, so the link keeps this one) or, where links fail, a copy of the bytes."""
+    tmp = temporary_path(path)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path} ({e.strerror or e}); free some disk space or pick a writable "
+                              "--out_dir.") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DDP's, in either order (nanoGPT: module._orig_mod.)

@@ -4,6 +4,7 @@
   Its message is one sentence saying what to do; train.py, sample.py and the tools catch this class
   alone and print `error: <message>`.
 - `ConfigError`: a configuration mistake (a bad option or value), raised by model/, data/ and training/.
+- `HookNameError`: a hook name that matches no hook point (model/hooks.py) or no cached value (lens/cache.py).
 - `IGNORE_INDEX`: the label that every loss skips (padding, unmasked MLM positions), shared by the
   batch makers in data/ and the heads in model/.
 - `atomic_write`: the one way files are written: to a temporary file, then renamed over the target,
@@ -26,6 +27,13 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A user-caused configuration mistake; its message is one sentence saying what to do."""
+
+
+class HookNameError(UserError, KeyError):
+    """A hook name or pattern that matches no hook point of the model (or no cached value)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def process_alive(pid: int) -> bool:

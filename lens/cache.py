@@ -19,16 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from weights.common import ConfigError, UserError
+from weights.common import ConfigError, HookNameError
 
 PosSlice = int | slice | list | torch.Tensor | None
-
-
-class HookNameError(UserError, KeyError):
-    """A hook name or pattern that matches no hook point of the model (or no cached value)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class LensError(ConfigError):
@@ -109,6 +102,15 @@ class ActivationCache(dict):
         return ActivationCache(self, self.model, name)
 
     def __missing__(self, key):
+        base, grad = (key[:-5], "_grad") if isinstance(key, str) and key.endswith("_grad") else (key, "")
+        if isinstance(base, str) and "hook_" in base and hasattr(self.model, "resolve_hook"):
+            try:  # a TransformerLens name: blocks.0.attn.hook_z is our blocks.0.attn.z, in TL's layout
+                name, head_first = self.model.resolve_hook(base)
+            except KeyError:
+                name, head_first = None, False
+            if name is not None and name + grad in self:
+                value = dict.__getitem__(self, name + grad)
+                return value.transpose(1, 2) if head_first else value
         hint = "it was left out by names_filter; run run_with_cache without it" if key in self.model.hook_names() \
             else "see model.hook_names() for the names"
         raise HookNameError(f"the cache has no {key!r}: {hint}.")

@@ -1,0 +1,238 @@
+"""A TransformerLens-flavoured entry point: ported notebook code runs with an import change.
+
+    from lens.tl import HookedTransformer, test_prompt, get_act_name
+    model = HookedTransformer.from_pretrained("gpt2")      # TransformerLens' processing: fold_ln, centring
+    logits = model(tokens)                                   # bare logits (B, T, V), as TransformerLens returns
+    loss = model(tokens, return_type="loss", loss_per_token=True)   # (B, T - 1)
+    resid = model(tokens, stop_at_layer=3)                   # the residual stream before block 3
+    logits = model(resid, start_at_layer=3)                  # and from there on
+    logits, cache = model.run_with_cache("When Mary and John went to the store")
+    test_prompt(model, "The Eiffel Tower is in the city of", "Paris")
+
+A headscope model's own forward returns (logits, loss) (nanoGPT's convention); `HookedTransformer(model)`
+wraps any GPT so that calls return what TransformerLens returns. Every other attribute (blocks, config,
+hooks, W_Q, to_tokens, ...) is the wrapped model's. docs/transformer_lens.md has the porting table.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from lens.cache import ActivationCache, LensError
+from lens.folding import fold_weights
+from lens.tl_methods import TransformerLensMethods
+from model.gpt import GPT
+
+RETURN_TYPES = ("logits", "loss", "both", None)
+TL_ACT_NAMES = {"resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post",
+                "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out", "q": "attn.hook_q", "k": "attn.hook_k",
+                "v": "attn.hook_v", "z": "attn.hook_z", "pattern": "attn.hook_pattern",
+                "attn_scores": "attn.hook_attn_scores", "scores": "attn.hook_attn_scores",
+                "result": "attn.hook_result", "post": "mlp.hook_post"}
+
+
+def get_act_name(name: str, layer: int | None = None) -> str:
+    """TransformerLens' utils.get_act_name: ("z", 0) -> "blocks.0.attn.hook_z"; ("embed") -> "hook_embed"."""
+    if name in ("embed", "pos_embed"):
+        return f"hook_{name}"
+    if name not in TL_ACT_NAMES:
+        raise LensError(f"unknown activation {name!r}; pick one of embed, pos_embed, {', '.join(TL_ACT_NAMES)}.")
+    if layer is None:
+        raise LensError(f"{name!r} is inside a block: give its layer, e.g. get_act_name({name!r}, 0).")
+    return f"blocks.{layer}.{TL_ACT_NAMES[name]}"
+
+
+def logits_of(output) -> torch.Tensor:
+    """The logits of a forward's output ((logits, loss) or bare logits)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+class StopForward(Exception):
+    """Raised by the hook that ends a forward pass at stop_at_layer; carries the residual stream."""
+
+    def __init__(self, value: torch.Tensor):
+        super().__init__("stop_at_layer")
+        self.value = value
+
+
+def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, per_token: bool) -> torch.Tensor:
+    """Cross-entropy of each next token: (B, T - 1) per token, else the mean."""
+    loss = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), tokens[:, 1:], reduction="none")
+    return loss if per_token else loss.mean()
+
+
+class HookedTransformer:
+    """A headscope GPT behind TransformerLens' call conventions (see the module docstring)."""
+
+    def __init__(self, model):
+        if not hasattr(model, "hook_names"):
+            raise LensError(f"HookedTransformer wraps a headscope model (GPT); got {type(model).__name__}.")
+        object.__setattr__(self, "model", model)
+
+    @classmethod
+    def from_pretrained(cls, name: str, fold_ln: bool = True, center_writing_weights: bool = True,
+                        center_unembed: bool = True, fold_value_biases: bool = True) -> "HookedTransformer":
+        """GPT.from_pretrained, then TransformerLens' default weight processing (lens/folding.py), in eval mode."""
+        model = GPT.from_pretrained(name).eval()
+        if fold_ln or center_writing_weights or center_unembed or fold_value_biases:
+            tokenizer = getattr(model, "tokenizer", None)
+            model = fold_weights(model, fold_ln, center_writing_weights, center_unembed, fold_value_biases)
+            model.tokenizer = tokenizer
+        return cls(model)
+
+    @classmethod
+    def from_pretrained_no_processing(cls, name: str) -> "HookedTransformer":
+        """GPT.from_pretrained with the weights as stored."""
+        return cls.from_pretrained(name, False, False, False, False)
+
+    def __getattr__(self, name: str):
+        if hasattr(self.model, name):
+            return getattr(self.model, name)
+        method = getattr(TransformerLensMethods, name, None)  # a model built before the methods were added
+        if isinstance(method, property):
+            return method.fget(self.model)
+        if callable(method):
+            return lambda *args, **kwargs: method(self.model, *args, **kwargs)
+        raise AttributeError(f"{type(self.model).__name__} has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self.model, name, value)
+
+    def __repr__(self) -> str:
+        return f"HookedTransformer({self.model!r})"
+
+    def __call__(self, input, return_type: str | None = "logits", loss_per_token: bool = False,
+                 prepend_bos: bool | None = None, stop_at_layer: int | None = None,
+                 start_at_layer: int | None = None, tokens: torch.Tensor | None = None):
+        """TransformerLens' forward: input is a string, a list of strings, token ids (B, T) or, with
+        start_at_layer, the residual stream (B, T, d_model); return_type "logits", "loss", "both" or None."""
+        if return_type not in RETURN_TYPES:
+            raise LensError(f"return_type must be one of {', '.join(map(str, RETURN_TYPES))}, got {return_type!r}.")
+        if isinstance(input, (str, list)):
+            input = self.to_tokens(input, prepend_bos=prepend_bos)
+        if start_at_layer is None:
+            tokens = input
+        if stop_at_layer is not None:
+            return self.residual_at(input, self.layer_index(stop_at_layer, "stop_at_layer"), start_at_layer)
+        logits = self.run_from(input, start_at_layer)
+        if return_type in ("logits", None):
+            return logits if return_type else None
+        if tokens is None:
+            raise LensError("a loss with start_at_layer needs the token ids: pass tokens=.")
+        loss = next_token_loss(logits, tokens, loss_per_token)
+        return loss if return_type == "loss" else (logits, loss)
+
+    forward = __call__
+
+    def layer_index(self, layer: int, what: str) -> int:
+        """A block index in 0..n_layer (-1 is n_layer - 1, as TransformerLens counts); a LensError outside."""
+        n = len(self.model.blocks)
+        if not -n <= layer <= n:
+            raise LensError(f"{what}={layer} is out of range; this model has layers 0..{n} ({n}: after the last block).")
+        return n + layer if layer < 0 else layer
+
+    def run_from(self, input: torch.Tensor, start_at_layer: int | None) -> torch.Tensor:
+        """Logits of token ids, or of the residual stream entering block start_at_layer."""
+        if start_at_layer is None:
+            return logits_of(self.model(input))
+        start = self.layer_index(start_at_layer, "start_at_layer")
+        if input.dim() != 3 or input.size(-1) != self.model.config.n_embd:
+            raise LensError(f"with start_at_layer the input is the residual stream (B, T, {self.model.config.n_embd}), "
+                            f"got {tuple(input.shape)}.")
+        placeholder = torch.zeros(input.shape[:2], dtype=torch.long, device=input.device)  # the blocks before are skipped
+        if start == len(self.model.blocks):
+            name, value = f"blocks.{start - 1}.resid_post", input
+        else:
+            name, value = f"blocks.{start}.resid_pre", input
+        with self.model.hooks([(name, lambda tensor, hook: value)]):
+            return logits_of(self.model(placeholder))
+
+    def residual_at(self, input: torch.Tensor, stop: int, start_at_layer: int | None) -> torch.Tensor:
+        """The residual stream entering block `stop` (n_layer: after the last block), (B, T, d_model)."""
+        n = len(self.model.blocks)
+        name = f"blocks.{stop}.resid_pre" if stop < n else f"blocks.{n - 1}.resid_post"
+
+        def stop_here(tensor, hook):
+            raise StopForward(tensor)
+
+        try:
+            with self.model.hooks([(name, stop_here)]):
+                self.run_from(input, start_at_layer)
+        except StopForward as stopped:
+            return stopped.value
+        raise LensError(f"the forward pass never reached {name}.")
+
+    def run_with_hooks(self, *args, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True, **kwargs):
+        """Call with (name, fn) hooks attached (fn(activation, hook) or our fn(tensor, name)); backward hooks
+        fire when a loss computed from the output is differentiated, also after the call returns."""
+        with self.model.hooks(fwd_hooks, bwd_hooks):
+            return self(*args, **kwargs)
+
+    def run_with_cache(self, *args, names_filter=None, device=None, incl_bwd: bool = False, **kwargs):
+        """(what the call returns, ActivationCache); incl_bwd differentiates the output (a scalar: use
+        return_type="loss") and caches each hook's gradient too, as NAME_grad."""
+        values = {}
+
+        def store(suffix: str):
+            def keep(tensor: torch.Tensor, hook) -> None:
+                values[self.model.resolve_hook(str(hook))[0] + suffix] = tensor.detach().to(device or tensor.device,
+                                                                                           copy=True)
+            return keep
+
+        names = self.model.match_hooks(names_filter)
+        with self.model.hooks([(names, store(""))], [(names, store("_grad"))] if incl_bwd else []):
+            output = self(*args, **kwargs)
+            if incl_bwd:
+                if not (isinstance(output, torch.Tensor) and output.numel() == 1):
+                    raise LensError("incl_bwd differentiates the output, which must be one number: pass "
+                                    "return_type='loss'.")
+                output.backward()
+        return output, ActivationCache(values, self.model)
+
+
+def test_prompt(model, prompt: str, answer: str | list[str], top_k: int = 10, prepend_bos: bool | None = None,
+                prepend_space_to_answer: bool = True, print_details: bool = True) -> list[list[tuple[str, int]]]:
+    """TransformerLens' test_prompt: for each answer token, print its rank, logit and probability after the
+    prompt (and the answer tokens before it) and the top_k tokens; return [[(answer token, rank)], ...].
+
+    A list of answers compares their first tokens as alternatives for the next token."""
+    model = model if isinstance(model, HookedTransformer) else HookedTransformer(model)
+    answers = [answer] if isinstance(answer, str) else list(answer)
+    if not answers or not all(isinstance(a, str) and a for a in answers):
+        raise LensError("answer must be a non-empty string or a list of them.")
+    if prepend_space_to_answer:
+        answers = [a if a.startswith(" ") else " " + a for a in answers]
+    prompt_ids = model.to_tokens(prompt, prepend_bos=prepend_bos)[0]
+    answer_ids = [model.to_tokens(a, prepend_bos=False)[0] for a in answers]
+    if len(answers) > 1:
+        answer_ids = [ids[:1] for ids in answer_ids]
+    tokens = torch.stack([torch.cat([prompt_ids, ids]) for ids in answer_ids])  # (answers, T)
+    if print_details:
+        print("Tokenized prompt:", model.to_str_tokens(prompt_ids))
+        print("Tokenized answer" + ("s:" if len(answers) > 1 else ":"), [model.to_str_tokens(ids) for ids in answer_ids]
+              if len(answers) > 1 else model.to_str_tokens(answer_ids[0]))
+    with torch.no_grad():
+        logits = model(tokens).float()  # (answers, T, V)
+    ranks = []
+    for offset in range(answer_ids[0].numel()):
+        position = len(prompt_ids) + offset  # predicted from the position before it
+        row = logits[:, position - 1]  # (answers, V)
+        targets = tokens[:, position]
+        rank = (row > row.gather(1, targets[:, None])).sum(1)  # how many tokens score higher
+        ranks.append([(model.to_string(t[None]), int(r)) for t, r in zip(targets, rank)])
+        if print_details:
+            print_answer(model, row, targets, rank, top_k)
+    if print_details:  # one answer: a flat list over its tokens, as TransformerLens prints it
+        print("Ranks of the answer tokens:", [r[0] for r in ranks] if len(answers) == 1 else ranks)
+    return ranks
+
+
+def print_answer(model, logits: torch.Tensor, targets: torch.Tensor, rank: torch.Tensor, top_k: int) -> None:
+    """One answer position: each answer token's rank, logit and probability, then the top_k tokens."""
+    probs = logits.softmax(-1)
+    print("Performance on answer token" + ("s:" if len(targets) > 1 else ":"))
+    for i, (t, r) in enumerate(zip(targets, rank)):
+        print(f"Rank: {int(r):<8} Logit: {float(logits[i, t]):5.2f} Prob: {float(probs[i, t]):6.2%} "
+              f"Token: |{model.to_string(t[None])}|")
+    top = probs[0].topk(min(top_k, probs.size(-1)))
+    for k, (p, t) in enumerate(zip(top.values, top.indices)):
+        print(f"Top {k}th token. Logit: {float(logits[0, t]):5.2f} Prob: {float(p):6.2%} Token: |{model.to_string(t[None])}|")
