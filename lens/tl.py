@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 from lens.cache import ActivationCache, LensError
 from lens.folding import fold_weights
-from lens.tl_methods import TransformerLensMethods
 from model.gpt import GPT
 
 RETURN_TYPES = ("logits", "loss", "both", None)
@@ -85,14 +84,7 @@ class HookedTransformer:
         return cls.from_pretrained(name, False, False, False, False)
 
     def __getattr__(self, name: str):
-        if hasattr(self.model, name):
-            return getattr(self.model, name)
-        method = getattr(TransformerLensMethods, name, None)  # a model built before the methods were added
-        if isinstance(method, property):
-            return method.fget(self.model)
-        if callable(method):
-            return lambda *args, **kwargs: method(self.model, *args, **kwargs)
-        raise AttributeError(f"{type(self.model).__name__} has no attribute {name!r}")
+        return getattr(self.model, name)  # TransformerLens' methods too: model/__init__.py adds them to every model
 
     def __setattr__(self, name: str, value) -> None:
         setattr(self.model, name, value)

@@ -1,11 +1,13 @@
 """headscope models: the networks and their configs (public names only).
 
-The analysis methods every family has (`run_with_cache`, ...) are defined in lens/methods.py, outside
-the learner's files, and added here (docs/architecture.md). Hard attention registers its weighting here.
+The analysis methods every family has (`run_with_cache`, ...; TransformerLens' `to_tokens`, `W_Q`, `add_hook`,
+...) are defined in lens/methods.py and lens/tl_methods.py, outside the learner's files, and added here
+(docs/architecture.md). Hard attention registers its weighting here.
 """
 
 import model.hard_attention  # noqa: F401 (registers the "hard" weighting)
 from lens.methods import AnalysisMethods
+from lens.tl_methods import TransformerLensMethods
 from model.bert import BERT
 from model.config import (BERTConfig, ConfigError, GPTConfig, HardAttentionConfig, RNNConfig, Seq2SeqConfig,
                           TransformerConfig)
@@ -16,6 +18,7 @@ from model.seq2seq import Seq2Seq
 from weights.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 HookedModel.add_methods(AnalysisMethods)
+HookedModel.add_methods(TransformerLensMethods)
 
 __all__ = ["GPT", "GPTConfig", "BERT", "BERTConfig", "Seq2Seq", "Seq2SeqConfig", "RNNEncoderDecoder", "RNNConfig",
            "TransformerConfig", "HardAttentionConfig", "ConfigError", "CheckpointError", "load_checkpoint",

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from data.tokenizer import CharTokenizer
 from model import BERT, GPT, BERTConfig, GPTConfig, Seq2Seq, Seq2SeqConfig
 from lens.cache import ActivationCache, HookNameError, LensError
 
@@ -132,3 +133,19 @@ def test_layer_zero_has_no_heads_and_its_stream_is_the_embeddings():
     parts, labels = cache.get_full_resid_decomposition(0, return_labels=True)
     assert labels == ["embed", "pos_embed", "bias"]
     torch.testing.assert_close(parts.sum(0), cache["blocks.0.resid_pre"], atol=1e-5, rtol=0)
+
+
+def test_bare_models_have_the_transformer_lens_methods():
+    """model/__init__.py adds lens/tl_methods.py to every family: no HookedTransformer wrapper needed."""
+    model = tiny_gpt()  # 2 layers, 3 heads of 8, width 24
+    assert model.W_Q.shape == (2, 3, 24, 8) and model.W_O.shape == (2, 3, 8, 24)
+    torch.testing.assert_close(model.W_Q[1, 2], model.blocks[1].attn.c_attn.weight[16:24].T)  # head 2's query rows
+    torch.testing.assert_close(model.OV.AB, model.W_V @ model.W_O)
+    assert model.W_E is model.wte.weight and model.all_composition_scores("K").shape == (2, 3, 2, 3)
+    model.tokenizer = CharTokenizer("abc")
+    tokens = model.to_tokens(["cab", "a"])  # a character tokenizer has no BOS: none prepended, padded with 0
+    assert tokens.tolist() == [[2, 0, 1], [0, 0, 0]] and tokens.device == model.wte.weight.device
+    assert model.to_str_tokens("cab") == ["c", "a", "b"] and model.to_string(tokens[0]) == "cab"
+    assert model.to_single_token("b") == 1
+    bert = randomised(BERT(BERTConfig(vocab_size=11, n_layer=1, n_head=2, n_embd=8, block_size=8)))
+    assert bert.W_K.shape == (1, 2, 8, 4)

@@ -73,7 +73,8 @@ def root(name: str) -> str:
 
 
 # the analysis methods every family has, added to HookedModel by model/__init__.py (docs/architecture.md)
-ANALYSIS_METHODS = ("lens.methods", "lens.cache")
+# (with the lens modules they import)
+ANALYSIS_METHODS = ("lens.methods", "lens.tl_methods", "lens.weight_space", "lens.factored", "lens.cache")
 
 
 def allowed_in_model(path: str, name: str) -> bool:
