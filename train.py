@@ -26,6 +26,7 @@ from data.tokenizer import from_meta
 from lens.training_probe import probe
 from model import GPT
 from model.hard_attention import check_options_apply
+from model.layers import copies_per_sequence
 from training import distributed
 from training.config import TrainConfig, build, coerce, field_types, from_dict, parse_args, to_dict, usage, wants_help
 from training.families import FAMILIES, check_family_keys, family
@@ -422,6 +423,9 @@ def train_step(run: Run, model, train_model, optimizer, scaler) -> tuple[float, 
     for micro in range(micro_steps):
         j = micro * ranks.world_size + ranks.rank
         batch = run.batches.get("train", batch_generator(run.cfg.seed, "train", run.iter_num, j))
+        copies = copies_per_sequence(model)  # e.g. REINFORCE's leave-one-out samples: each sequence k times in a row
+        if copies > 1:
+            batch = {name: rows.repeat_interleave(copies, 0) for name, rows in batch.items()}
         run.tokens_pending = run.tokens_pending + run.batches.count_tokens(batch)  # real tokens, for tokens/s
         with distributed.grad_sync(train_model, sync=micro == micro_steps - 1):  # all-reduce on the last only
             with run.autocast:

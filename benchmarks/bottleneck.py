@@ -12,7 +12,8 @@ schedule. Held-out snippets come from the last 10%; each length bucket is decode
 scored by exact match and per-character accuracy (position by position against the target, missing
 characters wrong). Budgets are iterations, not seconds, so the results do not depend on the machine's load.
 Writes into --out: results.json, bottleneck.png (Bahdanau et al.'s Figure 2 for this task), one
-alignment heatmap per attention model, and hard_estimators.png (training curves of the estimators).
+alignment heatmap per attention model, hard_estimators.png (training curves of the estimators) and
+hard_by_length.png (their exact match and per-character accuracy against length).
 """
 
 import argparse
@@ -329,6 +330,7 @@ def main(argv: list[str]) -> None:
         print("\nscore gradients over 16 passes on one batch: variance per element, squared mean per element")
         print(gradient_table(hard_results))
         plot_curves(hard_results, os.path.join(args.out, "hard_estimators.png"))
+        plot(hard_results, os.path.join(args.out, "hard_by_length.png"), f"hard attention, {budget}")
     print(f"\n{wall:.0f} s wall, load average {os.getloadavg()[0]:.1f}; files in {args.out}")
 
 

@@ -26,6 +26,20 @@ from lens.cache import LensError, get_stack
 from model.attention import PastKeyValues
 from model.layers import softcap
 
+__all__ = ["KINDS", "Metric", "kind_sites", "activation_patch", "patch_table", "attribution_patch", "attribution_table",
+           "get_act_patch_block_every", "get_act_patch_resid_pre", "get_act_patch_resid_mid", "get_act_patch_attn_out",
+           "get_act_patch_mlp_out", "get_act_patch_attn_head_out_by_pos", "get_act_patch_attn_head_q_by_pos",
+           "get_act_patch_attn_head_k_by_pos", "get_act_patch_attn_head_v_by_pos",
+           "get_act_patch_attn_head_out_all_pos", "get_act_patch_attn_head_q_all_pos",
+           "get_act_patch_attn_head_k_all_pos", "get_act_patch_attn_head_v_all_pos",
+           "get_act_patch_attn_head_pattern_all_pos", "get_act_patch_attn_head_pattern_by_pos",
+           "get_attr_patch_resid_pre", "get_attr_patch_resid_mid", "get_attr_patch_attn_out", "get_attr_patch_mlp_out",
+           "get_attr_patch_attn_head_out_by_pos", "get_attr_patch_attn_head_q_by_pos",
+           "get_attr_patch_attn_head_k_by_pos", "get_attr_patch_attn_head_v_by_pos",
+           "get_attr_patch_attn_head_out_all_pos", "get_attr_patch_attn_head_q_all_pos",
+           "get_attr_patch_attn_head_k_all_pos", "get_attr_patch_attn_head_v_all_pos",
+           "get_attr_patch_attn_head_pattern_all_pos", "get_attr_patch_attn_head_pattern_by_pos"]
+
 Metric = Callable[[torch.Tensor], torch.Tensor | float]
 Site = tuple[str, tuple]  # (hook name, index into the activation after its batch dim)
 
@@ -251,29 +265,185 @@ def patch_table(model, corrupted_tokens, clean_cache, patching_metric: Metric, k
     return table
 
 
-def _exact(kind: str):
-    def patch(model, corrupted_tokens, clean_cache, patching_metric, batch_size=None, progress=False, stack=None):
-        return patch_table(model, corrupted_tokens, clean_cache, patching_metric, kind, batch_size, progress, stack)
-
-    shape = {(0,): "(layer, pos)" if "head" not in kind else "(layer, head)", (1, 0): "(layer, pos, head)",
-             (0, 1): "(layer, head, dest_pos)"}[KINDS[kind][1]]
-    patch.__name__ = f"get_act_patch_{kind}"
-    patch.__doc__ = f"Exact patching of {KINDS[kind][0]} from the clean run into the corrupted one: the metric, {shape}."
-    return patch
+def attribution_table(model, corrupted_tokens, clean_cache, patching_metric: Metric, kind: str,
+                      stack: str | None = None) -> torch.Tensor:
+    """Attribution patching of every site of one kind (see KINDS): patch_table's table, approximated."""
+    return attribution_patch(model, corrupted_tokens, clean_cache, patching_metric, [kind], stack)[kind]
 
 
-def _attr(kind: str):
-    def patch(model, corrupted_tokens, clean_cache, patching_metric, stack=None):
-        return attribution_patch(model, corrupted_tokens, clean_cache, patching_metric, [kind], stack)[kind]
-
-    patch.__name__ = f"get_attr_patch_{kind}"
-    patch.__doc__ = f"Attribution patching (gradient approximation) of {KINDS[kind][0]}: the same table as get_act_patch_{kind}."
-    return patch
+# TransformerLens' names, one pair per kind of KINDS: get_act_patch_KIND (exact), get_attr_patch_KIND (attribution)
+def get_act_patch_resid_pre(model, corrupted_tokens, clean_cache, patching_metric,
+                            batch_size=None, progress=False, stack=None) -> torch.Tensor:
+    """Exact patching of the residual stream entering each block: the metric, (layer, pos)."""
+    return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "resid_pre", batch_size, progress, stack)
 
 
-for _kind in KINDS:
-    globals()[f"get_act_patch_{_kind}"] = _exact(_kind)
-    globals()[f"get_attr_patch_{_kind}"] = _attr(_kind)
+def get_act_patch_resid_mid(model, corrupted_tokens, clean_cache, patching_metric,
+                            batch_size=None, progress=False, stack=None) -> torch.Tensor:
+    """Exact patching of the residual stream between each block's attention and MLP: the metric, (layer, pos)."""
+    return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "resid_mid", batch_size, progress, stack)
+
+
+def get_act_patch_attn_out(model, corrupted_tokens, clean_cache, patching_metric,
+                           batch_size=None, progress=False, stack=None) -> torch.Tensor:
+    """Exact patching of each attention layer's output: the metric, (layer, pos)."""
+    return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_out", batch_size, progress, stack)
+
+
+def get_act_patch_mlp_out(model, corrupted_tokens, clean_cache, patching_metric,
+                          batch_size=None, progress=False, stack=None) -> torch.Tensor:
+    """Exact patching of each MLP's output: the metric, (layer, pos)."""
+    return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "mlp_out", batch_size, progress, stack)
+
+
+def get_act_patch_attn_head_out_by_pos(model, corrupted_tokens, clean_cache, patching_metric,
+                                       batch_size=None, progress=False, stack=None) -> torch.Tensor:
+    """Exact patching of each head's output (z): the metric, (layer, pos, head)."""
+    return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_out_by_pos",
+                       batch_size, progress, stack)
+
+
+def get_act_patch_attn_head_q_by_pos(model, corrupted_tokens, clean_cache, patching_metric,
+                                     batch_size=None, progress=False, stack=None) -> torch.Tensor:
+    """Exact patching of each head's queries: the metric, (layer, pos, head)."""
+    return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_q_by_pos",
+                       batch_size, progress, stack)
+
+
+def get_act_patch_attn_head_k_by_pos(model, corrupted_tokens, clean_cache, patching_metric,
+                                     batch_size=None, progress=False, stack=None) -> torch.Tensor:
+    """Exact patching of each head's keys: the metric, (layer, pos, head)."""
+    return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_k_by_pos",
+                       batch_size, progress, stack)
+
+
+def get_act_patch_attn_head_v_by_pos(model, corrupted_tokens, clean_cache, patching_metric,
+                                     batch_size=None, progress=False, stack=None) -> torch.Tensor:
+    """Exact patching of each head's values: the metric, (layer, pos, head)."""
+    return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_v_by_pos",
+                       batch_size, progress, stack)
+
+
+def get_act_patch_attn_head_out_all_pos(model, corrupted_tokens, clean_cache, patching_metric,
+                                        batch_size=None, progress=False, stack=None) -> torch.Tensor:
+    """Exact patching of each head's output (z) at every position at once: the metric, (layer, head)."""
+    return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_out_all_pos",
+                       batch_size, progress, stack)
+
+
+def get_act_patch_attn_head_q_all_pos(model, corrupted_tokens, clean_cache, patching_metric,
+                                      batch_size=None, progress=False, stack=None) -> torch.Tensor:
+    """Exact patching of each head's queries at every position at once: the metric, (layer, head)."""
+    return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_q_all_pos",
+                       batch_size, progress, stack)
+
+
+def get_act_patch_attn_head_k_all_pos(model, corrupted_tokens, clean_cache, patching_metric,
+                                      batch_size=None, progress=False, stack=None) -> torch.Tensor:
+    """Exact patching of each head's keys at every position at once: the metric, (layer, head)."""
+    return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_k_all_pos",
+                       batch_size, progress, stack)
+
+
+def get_act_patch_attn_head_v_all_pos(model, corrupted_tokens, clean_cache, patching_metric,
+                                      batch_size=None, progress=False, stack=None) -> torch.Tensor:
+    """Exact patching of each head's values at every position at once: the metric, (layer, head)."""
+    return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_v_all_pos",
+                       batch_size, progress, stack)
+
+
+def get_act_patch_attn_head_pattern_all_pos(model, corrupted_tokens, clean_cache, patching_metric,
+                                            batch_size=None, progress=False, stack=None) -> torch.Tensor:
+    """Exact patching of each head's whole attention pattern: the metric, (layer, head)."""
+    return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_pattern_all_pos",
+                       batch_size, progress, stack)
+
+
+def get_act_patch_attn_head_pattern_by_pos(model, corrupted_tokens, clean_cache, patching_metric,
+                                           batch_size=None, progress=False, stack=None) -> torch.Tensor:
+    """Exact patching of each head's attention pattern, row by row: the metric, (layer, head, dest_pos)."""
+    return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_pattern_by_pos",
+                       batch_size, progress, stack)
+
+
+def get_attr_patch_resid_pre(model, corrupted_tokens, clean_cache, patching_metric, stack=None) -> torch.Tensor:
+    """Attribution patching of the residual stream entering each block: (layer, pos)."""
+    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "resid_pre", stack)
+
+
+def get_attr_patch_resid_mid(model, corrupted_tokens, clean_cache, patching_metric, stack=None) -> torch.Tensor:
+    """Attribution patching of the residual stream between each block's attention and MLP: (layer, pos)."""
+    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "resid_mid", stack)
+
+
+def get_attr_patch_attn_out(model, corrupted_tokens, clean_cache, patching_metric, stack=None) -> torch.Tensor:
+    """Attribution patching of each attention layer's output: (layer, pos)."""
+    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_out", stack)
+
+
+def get_attr_patch_mlp_out(model, corrupted_tokens, clean_cache, patching_metric, stack=None) -> torch.Tensor:
+    """Attribution patching of each MLP's output: (layer, pos)."""
+    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "mlp_out", stack)
+
+
+def get_attr_patch_attn_head_out_by_pos(model, corrupted_tokens, clean_cache, patching_metric,
+                                        stack=None) -> torch.Tensor:
+    """Attribution patching of each head's output (z): (layer, pos, head)."""
+    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_out_by_pos", stack)
+
+
+def get_attr_patch_attn_head_q_by_pos(model, corrupted_tokens, clean_cache, patching_metric,
+                                      stack=None) -> torch.Tensor:
+    """Attribution patching of each head's queries: (layer, pos, head)."""
+    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_q_by_pos", stack)
+
+
+def get_attr_patch_attn_head_k_by_pos(model, corrupted_tokens, clean_cache, patching_metric,
+                                      stack=None) -> torch.Tensor:
+    """Attribution patching of each head's keys: (layer, pos, head)."""
+    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_k_by_pos", stack)
+
+
+def get_attr_patch_attn_head_v_by_pos(model, corrupted_tokens, clean_cache, patching_metric,
+                                      stack=None) -> torch.Tensor:
+    """Attribution patching of each head's values: (layer, pos, head)."""
+    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_v_by_pos", stack)
+
+
+def get_attr_patch_attn_head_out_all_pos(model, corrupted_tokens, clean_cache, patching_metric,
+                                         stack=None) -> torch.Tensor:
+    """Attribution patching of each head's output (z) at every position at once: (layer, head)."""
+    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_out_all_pos", stack)
+
+
+def get_attr_patch_attn_head_q_all_pos(model, corrupted_tokens, clean_cache, patching_metric,
+                                       stack=None) -> torch.Tensor:
+    """Attribution patching of each head's queries at every position at once: (layer, head)."""
+    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_q_all_pos", stack)
+
+
+def get_attr_patch_attn_head_k_all_pos(model, corrupted_tokens, clean_cache, patching_metric,
+                                       stack=None) -> torch.Tensor:
+    """Attribution patching of each head's keys at every position at once: (layer, head)."""
+    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_k_all_pos", stack)
+
+
+def get_attr_patch_attn_head_v_all_pos(model, corrupted_tokens, clean_cache, patching_metric,
+                                       stack=None) -> torch.Tensor:
+    """Attribution patching of each head's values at every position at once: (layer, head)."""
+    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_v_all_pos", stack)
+
+
+def get_attr_patch_attn_head_pattern_all_pos(model, corrupted_tokens, clean_cache, patching_metric,
+                                             stack=None) -> torch.Tensor:
+    """Attribution patching of each head's whole attention pattern: (layer, head)."""
+    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_pattern_all_pos", stack)
+
+
+def get_attr_patch_attn_head_pattern_by_pos(model, corrupted_tokens, clean_cache, patching_metric,
+                                            stack=None) -> torch.Tensor:
+    """Attribution patching of each head's attention pattern, row by row: (layer, head, dest_pos)."""
+    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_pattern_by_pos", stack)
 
 
 def get_act_patch_block_every(model, corrupted_tokens, clean_cache, patching_metric, batch_size=None,

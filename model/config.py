@@ -56,14 +56,18 @@ class HardAttentionConfig:
     estimator: str = "gumbel"  # 'gumbel' (straight-through Gumbel-softmax), 'straight_through' or 'reinforce'
     eval: str = "argmax"  # at evaluation: 'argmax' or 'sample'
     # REINFORCE estimator only
-    baseline: str = "moving_average"  # subtracted from the per-sequence loss: 'moving_average' or 'none'
-    baseline_momentum: float = 0.9  # the moving average's decay per training step
+    credit: str = "query"  # 'query': each choice gets the target losses it can change; 'sequence': its sequence's
+    baseline: str = "batch"  # 'batch', 'moving_average', 'samples', 'learned' or 'none' (model/reinforce.py)
+    baseline_momentum: float = 0.9  # decay per training step of the moving average (and of normalize's RMS)
+    samples: int = 1  # each training sequence this many times per batch (with baseline='samples', RLOO)
+    normalize: bool = False  # divide advantages by a running RMS of past steps' advantages
     entropy: float = 0.0  # weight of the entropy bonus on the sampling distribution
 
     estimators = ("gumbel", "straight_through", "reinforce")
     eval_modes = ("argmax", "sample")
-    baselines = ("moving_average", "none")
-    reinforce_only = ("baseline", "baseline_momentum", "entropy")
+    baselines = ("batch", "moving_average", "samples", "learned", "none")
+    credits = ("query", "sequence")
+    reinforce_only = ("credit", "baseline", "baseline_momentum", "samples", "normalize", "entropy")
 
     def __post_init__(self):
         tau = self.temperature
@@ -72,6 +76,14 @@ class HardAttentionConfig:
         check_choice(self, "estimator", self.estimators, "hard_attention_estimator")
         check_choice(self, "eval", self.eval_modes, "hard_attention_eval")
         check_choice(self, "baseline", self.baselines, "hard_attention_baseline")
+        check_choice(self, "credit", self.credits, "hard_attention_credit")
+        if not (type(self.samples) is int and self.samples >= 1):
+            raise ConfigError(f"hard_attention_samples must be a positive integer, got {self.samples!r}.")
+        if self.estimator == "reinforce" and (self.samples > 1) != (self.baseline == "samples"):
+            raise ConfigError("hard_attention_baseline=samples and hard_attention_samples >= 2 go together "
+                              f"(got {self.baseline!r} and {self.samples}); set both or neither.")
+        if type(self.normalize) is not bool:
+            raise ConfigError(f"hard_attention_normalize must be True or False, got {self.normalize!r}.")
         momentum = self.baseline_momentum
         if not (is_number(momentum) and 0.0 <= momentum < 1.0):
             raise ConfigError(f"hard_attention_baseline_momentum must be in [0, 1), got {momentum!r}.")

@@ -47,35 +47,40 @@ class AuxiliaryLoss:
     """Mixin for a module whose training forward pass leaves a term to add to the model's loss.
 
     The families' loss (`auxiliary_losses`) asks every such module of the model whether it has a term
-    (`has_auxiliary_loss`) and, if any has, hands each the per-sequence losses of this batch; the terms
+    (`has_auxiliary_loss`) and, if any has, hands each the model and each target's loss; the terms
     are added to the loss that forward returns, so a training step (or torch.compile) sees one loss.
     Hard attention's REINFORCE estimator uses it (model/hard_attention.py); the core knows no variant.
+    A module may also ask the training step for each sequence `copies_per_sequence` times in a row.
     """
+
+    copies_per_sequence = 1
 
     def has_auxiliary_loss(self) -> bool:
         """Whether the last forward pass left a term (then auxiliary_loss is called once, and forgets it)."""
         return False
 
-    def auxiliary_loss(self, seq_loss: torch.Tensor, seq_weight: torch.Tensor) -> torch.Tensor:
-        """The term: seq_loss (B,) each sequence's mean token loss, seq_weight (B,) its share of the batch loss."""
+    def auxiliary_loss(self, model: nn.Module, token_loss: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """The term: `model` the whole model (where this module sits in it), token_loss (B, T) each target's loss
+        (detached; 0 where not scored), real (B, T) whether a target is scored (the loss is their mean)."""
         raise NotImplementedError
+
+
+def copies_per_sequence(model: nn.Module) -> int:
+    """How many times in a row a training batch should hold each sequence: the most any AuxiliaryLoss asks."""
+    return max((m.copies_per_sequence for m in model.modules() if isinstance(m, AuxiliaryLoss)), default=1)
 
 
 def auxiliary_losses(model: nn.Module, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | float:
     """The sum of the terms the model's AuxiliaryLoss modules left in this forward pass (0 when none did).
 
-    logits (B, T, V) and targets (B, T) give each sequence's mean token loss and its share of the batch's
-    mean loss (targets equal to IGNORE_INDEX count for neither).
+    logits (B, T, V) and targets (B, T) give each target's loss; targets equal to IGNORE_INDEX are not scored.
     """
     pending = [m for m in model.modules() if isinstance(m, AuxiliaryLoss) and m.has_auxiliary_loss()]
     if not pending:
         return 0.0
     token_loss = F.cross_entropy(logits.detach().flatten(0, 1).float(), targets.reshape(-1),
                                  ignore_index=IGNORE_INDEX, reduction="none").view(targets.shape)  # (B, T)
-    counts = (targets != IGNORE_INDEX).sum(1).float()  # (B,)
-    seq_loss = token_loss.sum(1) / counts.clamp(min=1)
-    seq_weight = counts / counts.sum().clamp(min=1)
-    return sum(m.auxiliary_loss(seq_loss, seq_weight) for m in pending)
+    return sum(m.auxiliary_loss(model, token_loss, targets != IGNORE_INDEX) for m in pending)
 
 
 def make_norm(config) -> nn.Module:

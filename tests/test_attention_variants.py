@@ -181,7 +181,7 @@ def test_cross_attention_has_its_own_variant():
     ("hard_attention_temperature", 0.0, "hard_attention_temperature must be > 0"),
     ("hard_attention_temperature", float("inf"), "hard_attention_temperature must be > 0 and finite"),
     ("hard_attention_estimator", "score_function", "hard_attention_estimator must be one of gumbel, straight_through, reinforce"),
-    ("hard_attention_baseline", "learned", "hard_attention_baseline must be one of moving_average, none"),
+    ("hard_attention_baseline", "median", "hard_attention_baseline must be one of batch, moving_average, samples, learned, none"),
     ("hard_attention_baseline_momentum", 1.0, "hard_attention_baseline_momentum must be in"),
     ("hard_attention_entropy", -0.1, "hard_attention_entropy must be >= 0"),
     ("hard_attention_eval", "beam", "hard_attention_eval must be one of argmax, sample"),
@@ -193,6 +193,10 @@ def test_cross_attention_has_its_own_variant():
     ("hard_attention_temperature", True, "hard_attention_temperature must be > 0"),
     ("hard_attention_baseline_momentum", "0.9", "hard_attention_baseline_momentum must be in"),
     ("hard_attention_entropy", None, "hard_attention_entropy must be >= 0"),
+    ("hard_attention_credit", "token", "hard_attention_credit must be one of query, sequence"),
+    ("hard_attention_samples", 0, "hard_attention_samples must be a positive integer"),
+    ("hard_attention_samples", 2.0, "hard_attention_samples must be a positive integer"),
+    ("hard_attention_normalize", "yes", "hard_attention_normalize must be True or False"),
 ])
 def test_invalid_variants_are_config_errors(key, value, match):
     with pytest.raises(ConfigError, match=match):

@@ -48,6 +48,7 @@ def test_old_seq2seq_checkpoint_with_zero_meaning_same_as_target_loads():
 
 # model_args as the version before issue 29 stored them (its to_dict of a GPTConfig, copied from a checkpoint
 # its train.py wrote): the hard attention options were flat fields of the config then
+NEW_IN_35 = {"hard_attention_credit": "query", "hard_attention_samples": 1, "hard_attention_normalize": False}
 GPT_ARGS_BEFORE_29 = {
     "block_size": 8, "vocab_size": 11, "n_layer": 2, "n_head": 2, "n_embd": 16, "dropout": 0.0, "bias": False,
     "attn_score": "general", "attn_weighting": "hard", "cross_attn_score": "scaled_dot",
@@ -63,7 +64,7 @@ def test_checkpoint_with_flat_hard_attention_options_loads_into_the_nested_confi
     torch.manual_seed(0)
     config = from_dict(GPTConfig, GPT_ARGS_BEFORE_29)
     assert config.hard_attention == HardAttentionConfig(temperature=0.5, estimator="reinforce", eval="sample",
-                                                        baseline_momentum=0.8, entropy=0.01)
+                                                        baseline="moving_average", baseline_momentum=0.8, entropy=0.01)
     stored = to_dict(config)  # this version stores the same flat keys (and options added since)
     assert {k: stored[k] for k in GPT_ARGS_BEFORE_29} == GPT_ARGS_BEFORE_29
     model = GPT(config).train()
@@ -92,6 +93,6 @@ def test_rnn_checkpoint_with_flat_hard_attention_options_loads():
             "tie_embeddings": True}  # an RNN's model_args before issue 29
     model = RNNEncoderDecoder(from_dict(RNNConfig, args)).eval()
     loaded = model_from_checkpoint(old_payload(model, "rnn", dict(args))).eval()
-    assert loaded.config.hard_attention.baseline == "none" and to_dict(loaded.config) == args
+    assert loaded.config.hard_attention.baseline == "none" and to_dict(loaded.config) == {**args, **NEW_IN_35}
     src, tgt = torch.randint(0, 13, (2, 6)), torch.randint(0, 13, (2, 5))
     assert torch.equal(loaded(src, tgt)[0], model(src, tgt)[0])

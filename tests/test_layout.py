@@ -123,6 +123,28 @@ def test_no_function_longer_than_a_screen():
     assert not long, long
 
 
+def globals_assignments(tree: ast.Module) -> list[int]:
+    """Lines that make names through globals(): `globals()[...] = ...` and `globals().update(...)`."""
+    def is_globals(node: ast.AST) -> bool:
+        return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "globals"
+
+    found = []
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+        found += [node.lineno for target in targets if isinstance(target, ast.Subscript) and is_globals(target.value)]
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update" \
+                and is_globals(node.func.value):
+            found.append(node.lineno)
+    return sorted(found)
+
+
+def test_no_function_made_through_globals_in_the_packages():
+    """Every public name is written out, so that grep and an IDE find it (STYLE.md)."""
+    bad = [f"{path}:{line}" for path in python_files(*PACKAGES) for line in globals_assignments(parse(path))]
+    assert not bad, bad
+
+
 def import_graph() -> dict[str, set[str]]:
     """Module -> the project modules it imports when it loads (`from pkg import name` counts as pkg.name
     when that is a module, else as pkg)."""
@@ -185,6 +207,9 @@ def test_the_checks_catch_what_they_forbid():
     assert allowed_in_model("model/__init__.py", "lens.methods.AnalysisMethods")
     assert not allowed_in_model("model/gpt.py", "lens.methods.AnalysisMethods")  # only the package's face
     assert not allowed_in_model("model/__init__.py", "lens.patching")  # not every analysis module
+    made = ast.parse("for k in KINDS:\n    globals()[f'get_{k}'] = make(k)\nglobals().update(more)\n"
+                     "names = globals()['KINDS']\nglobals()['x'] += 1\n")
+    assert globals_assignments(made) == [2, 3, 5]  # reading globals() is not making a name
     long = ast.parse("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES)
     func = long.body[0]
     assert func.end_lineno - func.lineno + 1 > MAX_FUNCTION_LINES

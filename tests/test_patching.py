@@ -1,5 +1,7 @@
 """Activation patching (batched) against a one-pass-per-patch loop, its identities, attribution patching."""
 
+import inspect
+
 import pytest
 import torch
 
@@ -58,6 +60,26 @@ def test_batched_patching_equals_a_loop_of_single_patches(kind):
     table = getattr(patching, f"get_act_patch_{kind}")(model, corrupted, clean_cache, metric)
     assert table[indices[-1]] == pytest.approx(expected[-1].item(), abs=1e-5)
     assert table.numel() == len(patches)
+
+
+def test_every_kind_has_written_out_exact_and_attribution_functions_that_patch_that_kind():
+    """get_act_patch_KIND and get_attr_patch_KIND: a `def` of that name (grep finds it), in __all__, the kind's table."""
+    source = inspect.getsource(patching)
+    model = random_gpt()
+    clean, corrupted = prompts()
+    _, clean_cache = model.run_with_cache(clean)
+    approx = patching.attribution_patch(model, corrupted, clean_cache, metric, list(patching.KINDS))
+    for kind in patching.KINDS:
+        exact, attr = getattr(patching, f"get_act_patch_{kind}"), getattr(patching, f"get_attr_patch_{kind}")
+        for function in (exact, attr):
+            assert f"\ndef {function.__name__}(" in source and function.__name__ in patching.__all__
+            assert function.__name__.endswith(kind) and function.__doc__
+        indices, patches = patching.kind_sites(model, kind, clean_cache)
+        values = patching.activation_patch(model, corrupted, clean_cache, metric, patches)
+        table = exact(model, corrupted, clean_cache, metric, batch_size=7)
+        torch.testing.assert_close(table[tuple(torch.tensor(indices).T)], values)
+        torch.testing.assert_close(attr(model, corrupted, clean_cache, metric), approx[kind])
+        assert table.shape == approx[kind].shape
 
 
 @pytest.mark.parametrize("kind", ["resid_pre", "resid_mid", "attn_out", "attn_head_out_by_pos", "attn_head_q_by_pos"])

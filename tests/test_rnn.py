@@ -152,7 +152,7 @@ def test_a_tiny_reversal_task_is_overfit(attention):
     (dict(n_embd=33), "bidirectional"),
     (dict(attention=False, attn_score="dot"), "attention=False"),
     (dict(attn_score="cosine"), "attn_score must be one of"),
-    (dict(attn_weighting="hard", hard_attention_estimator="reinforce", hard_attention_baseline="learned"),
+    (dict(attn_weighting="hard", hard_attention_estimator="reinforce", hard_attention_baseline="median"),
      "hard_attention_baseline must be one of"),
 ])
 def test_bad_configs_are_one_clear_error(kw, match):
