@@ -28,8 +28,3 @@ def top_tokens(lens_logits: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, tor
     probs = lens_logits.float().softmax(-1)
     values, ids = probs.topk(k, dim=-1)
     return ids, values
-
-
-def target_probs(lens_logits: torch.Tensor, target: int) -> torch.Tensor:
-    """The probability of one token id at every entry: (...)."""
-    return lens_logits.float().softmax(-1)[..., target]

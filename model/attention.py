@@ -60,7 +60,10 @@ def is_number(value) -> bool:
 
 
 class Score(nn.Module):
-    """Base score: scale * q.k. `sdpa_scale` not None means SDPA can compute it (on prepare_q(q))."""
+    """Base score: scale * q.k. `sdpa_scale` not None means SDPA can compute it (on prepare_q(q)).
+
+    Attention builds every score as cls(n_head, head_dim); the scores with weights (general, additive) and
+    the scaled dot product read the sizes, the base and the plain dot product need neither."""
 
     sdpa_scale: float | None = None
 
@@ -129,12 +132,11 @@ class Additive(Score):
 
     chunk_elements = 1 << 24  # tanh features per chunk: 64 MiB in float32
 
-    def __init__(self, n_head: int, head_dim: int, hidden: int | None = None):
+    def __init__(self, n_head: int, head_dim: int):
         super().__init__(n_head, head_dim)
-        hidden = hidden or head_dim
-        self.w_q = nn.Parameter(torch.empty(n_head, head_dim, hidden))
-        self.w_k = nn.Parameter(torch.empty(n_head, head_dim, hidden))
-        self.v = nn.Parameter(torch.empty(n_head, hidden))
+        self.w_q = nn.Parameter(torch.empty(n_head, head_dim, head_dim))  # hidden size head_dim
+        self.w_k = nn.Parameter(torch.empty(n_head, head_dim, head_dim))
+        self.v = nn.Parameter(torch.empty(n_head, head_dim))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

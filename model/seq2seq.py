@@ -108,13 +108,6 @@ class Seq2Seq(Family):
         tie_head(self.lm_head, self.decoder.wte, config)
         init_weights(self, max(config.n_layer, config.n_encoder_layer))
 
-    def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; position embeddings excluded by default."""
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= sum(m.wpe.weight.numel() for m in (self.encoder, self.decoder) if m.wpe is not None)
-        return n
-
     def forward(self, src: torch.Tensor, tgt: torch.Tensor, targets: torch.Tensor | None = None,
                 src_mask: torch.Tensor | None = None, tgt_mask: torch.Tensor | None = None):
         """Teacher forcing: src (B, S), tgt (B, T) (BOS + target) -> (logits (B, T, V), loss), loss None

@@ -47,6 +47,8 @@ def test_shapes_loss_and_vocabularies():
     assert separate(torch.randint(0, 40, (2, 9)), tgt[:2])[0].shape == (2, 6, V)
     with pytest.raises(ValueError, match="source_block_size"):
         separate(torch.zeros(1, 10, dtype=torch.long), tgt[:1])
+    positions = separate.encoder.wpe.weight.numel() + separate.decoder.wpe.weight.numel()  # 9 x 32 and block x 32
+    assert separate.num_params() == sum(p.numel() for p in separate.parameters()) - positions  # the family's count
 
 
 def test_rotary_positions_cover_a_source_longer_than_the_target():
