@@ -34,7 +34,7 @@ from training.interrupt import GracefulStop, Interrupted
 from training.logger import RunLogger, log_attention
 from training.mfu import device_peak, flops_per_token, mfu
 from training.muon import make_muon_adamw
-from training.outdir import lock_out_dir
+from training.outdir import lock_out_dir, release
 from training.system import autocast as autocast_for, enable_tf32, pick_device, pick_dtype
 from weights.checkpoint import RESUME_KEYS, CheckpointError, copy_checkpoint, load_checkpoint, save_checkpoint
 from weights.common import IGNORE_INDEX, ConfigError, UserError
@@ -543,7 +543,7 @@ def main(argv: list[str]) -> None:
         raise Interrupted("interrupted, nothing more saved; " + checkpoint_note(run, cfg)) from None
     finally:
         if lock is not None:
-            lock.close()
+            release(lock)
     if not cfg.eval_only:
         run.log.print(summary(run))
     run.log.finish()

@@ -129,6 +129,19 @@ def from_flat(cls, values: dict):
     return cls(**unflatten(cls, values))
 
 
+def flat_keys_too(cls):
+    """Let the config class also take the flat keys of checkpoints and the command line as keywords, so that
+    nanoGPT's habit `GPTConfig(**checkpoint["model_args"])` builds the nested configs."""
+    init = cls.__init__
+
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **unflatten(type(self), kwargs))
+
+    cls.__init__ = __init__
+    return cls
+
+
+@flat_keys_too
 @dataclass
 class TransformerConfig:
     """Sizes and options shared by every model family (decoder, encoder, encoder-decoder)."""
@@ -218,11 +231,13 @@ class TransformerConfig:
         return dataclasses.replace(self, vocab_size=vocab_size)
 
 
+@flat_keys_too
 @dataclass
 class GPTConfig(TransformerConfig):
     """A GPT-style decoder: causal self-attention, LM head tied to the token embedding."""
 
 
+@flat_keys_too
 @dataclass
 class BERTConfig(TransformerConfig):
     """A BERT-style encoder: bidirectional self-attention, MLM head tied to the token embedding.
@@ -245,6 +260,7 @@ class BERTConfig(TransformerConfig):
             raise ConfigError(f"type_vocab_size must be 0 (no segment embeddings) or more, got {self.type_vocab_size}.")
 
 
+@flat_keys_too
 @dataclass
 class Seq2SeqConfig(TransformerConfig):
     """An encoder-decoder: bidirectional encoder, decoder with causal self- and cross-attention.
@@ -276,6 +292,7 @@ class Seq2SeqConfig(TransformerConfig):
         return self.source_vocab_size == self.vocab_size
 
 
+@flat_keys_too
 @dataclass
 class RNNConfig:
     """An RNN encoder-decoder (model/rnn.py): a GRU or LSTM encoder (bidirectional by default) and decoder.

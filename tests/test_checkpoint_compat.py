@@ -1,10 +1,12 @@
 """Checkpoints written before the package layout of issue 15 still load: the payload below is what
 that version's train.py saved (keys, config dicts and parameter names, `attn.score.*` included)."""
 
+import pytest
 import torch
 
 from model import (GPT, GPTConfig, HardAttentionConfig, RNNConfig, RNNEncoderDecoder, Seq2Seq, Seq2SeqConfig,
                    load_checkpoint, save_checkpoint)
+from model.config import flatten
 from training.config import from_dict, to_dict
 from training.families import model_from_checkpoint
 
@@ -96,3 +98,15 @@ def test_rnn_checkpoint_with_flat_hard_attention_options_loads():
     assert loaded.config.hard_attention.baseline == "none" and to_dict(loaded.config) == {**args, **NEW_IN_35}
     src, tgt = torch.randint(0, 13, (2, 6)), torch.randint(0, 13, (2, 5))
     assert torch.equal(loaded(src, tgt)[0], model(src, tgt)[0])
+
+
+def test_config_classes_take_a_checkpoints_flat_model_args():
+    """nanoGPT's habit, `GPTConfig(**checkpoint["model_args"])`, builds the nested hard-attention config from the
+    flat keys every checkpoint stores (it was a TypeError once the options were nested)."""
+    for cls in (GPTConfig, Seq2SeqConfig, RNNConfig):
+        flat = {**flatten(cls()), "hard_attention_estimator": "reinforce", "hard_attention_temperature": 0.5}
+        config = cls(**flat)
+        assert config.hard_attention == HardAttentionConfig(estimator="reinforce", temperature=0.5)
+        assert flatten(config) == flat
+    with pytest.raises(TypeError, match="hard_attention_bogus"):
+        GPTConfig(hard_attention_bogus=1)

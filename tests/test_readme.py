@@ -48,6 +48,8 @@ SKIPPED = {  # exact command -> why it does not run here
                        "--ckpt=../nanoGPT/out-shakespeare-char/ckpt.pt --to_out=out-nanogpt",
                        "python sample.py --out_dir=out-nanogpt --use_cache=False")},
     "torchrun --standalone --nproc_per_node=8 train.py ... --fsdp=True": "needs 8 GPUs",
+    "python benchmarks/time_to_loss.py --a=CONFIG --b=CONFIG --b_set=key=value,key=value --target=1.9 [--key=value ...]":
+        "a synopsis with placeholders; the instance above runs",
     "torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py":
         f"needs 8 GPUs and FineWeb-Edu ({NEEDS_INTERNET})",
 }
@@ -129,8 +131,10 @@ def small_args(argv: list[str], work: str, chars: str, pairs: str) -> list[str]:
         if values.get("init_from") == "resume":  # a stored run (a checkpoint of the work folder): its model stays
             return SHORT_RUN[:3]
         seq2seq = values.get("model_type") in ("seq2seq", "rnn")  # the encoder-decoders read pairs
+        # document masking needs documents: the fixture's four files, prepared as the README's web-scale shards
+        data_dir = pairs if seq2seq else os.path.join(work, "docdata") if values.get("doc_mask") else chars
         return [*SHORT_RUN, *TINY_MODEL, *([] if seq2seq else ["--block_size=32"]),
-                f"--data_dir={pairs if seq2seq else chars}", f"--out_dir={out}", "--overwrite=True"]
+                f"--data_dir={data_dir}", f"--out_dir={out}", "--overwrite=True"]
     plays = os.path.join(chars, "input.txt")
     appended = {
         "sample.py": ["--device=cpu", "--max_new_tokens=3", "--num_samples=1"],
@@ -148,6 +152,9 @@ def small_args(argv: list[str], work: str, chars: str, pairs: str) -> list[str]:
                                         "--eval_interval=1", *SHORT_RUN, *TINY_MODEL],
         "benchmarks/bottleneck.py": ["--iters=2", "--per_bucket=2", "--max_len=10", "--batch_size=2", "--jobs=1",
                                      f"--out={os.path.join(work, 'new', 'bench')}"],
+        "benchmarks/time_to_loss.py": ["--seeds=2", "--eval_interval=1", f"--data_dir={chars}",
+                                       f"--out={os.path.join(work, 'new', 'ttl')}", *SHORT_RUN, *TINY_MODEL,
+                                       "--block_size=32"],
         "tools/export_hf.py": [],  # exports the work folder's tiny `out` into it
         "bench.py": ["--configs=cpu_char", "--steps=1", "--warmup=0", "--new_tokens=2", "--device=cpu"],
     }
@@ -187,6 +194,9 @@ def work(char_data, tmp_path_factory):
     for i in range(4):
         (work / "DIR_OR_FILES" / f"doc{i}.txt").write_text(plays[i * 4000:(i + 1) * 4000], encoding="utf-8")
     (work / "lines.txt").write_text("to be or not\nwhat light\n", encoding="utf-8")
+    subprocess.run([sys.executable, "data/fineweb/prepare.py", f"--input={work / 'DIR_OR_FILES'}",
+                    f"--out_dir={work / 'docdata'}", "--num_proc=1", "--shard_tokens=2000", "--val_tokens=500"],
+                   cwd=REPO, check=True, capture_output=True)
     pairs = work / "new" / "pairs"
     subprocess.run([sys.executable, "data/reverse/prepare.py", "--max_plays=1", "--n_val=20", f"--out_dir={pairs}"],
                    cwd=REPO, check=True, capture_output=True)

@@ -38,10 +38,12 @@ def lock_out_dir(out_dir: str, create: bool = True):
     closing it, or the process ending, releases the lock). With create=False an out_dir that does not
     exist, or cannot be written, is not locked (None): a run that writes nothing there needs no lock."""
     path = os.path.join(out_dir, LOCK_NAME)
+    made = create and not os.path.isdir(out_dir)
     try:
         if create:
             os.makedirs(out_dir, exist_ok=True)
         handle = open(path, "a+")
+        handle.made_dir = made  # release() removes a folder this run made and left empty
     except OSError as e:
         if not create:
             return None
@@ -58,3 +60,13 @@ def lock_out_dir(out_dir: str, create: bool = True):
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def release(handle) -> None:
+    """Drop out_dir's lock; a folder the lock itself made, which holds nothing but the lock file (the run
+    stopped on an error before writing anything), is removed, so a mistyped command leaves no empty out_dir."""
+    folder = os.path.dirname(handle.name)
+    if getattr(handle, "made_dir", False) and os.listdir(folder) == [LOCK_NAME]:
+        os.remove(handle.name)  # still locked: no other run can take this folder in between
+        os.rmdir(folder)
+    handle.close()
