@@ -8,8 +8,14 @@ import pytest
 
 from conftest import REPO, run_script
 
+# the script imports its sibling modern_recipe as a script does; benchmarks/ stays on sys.path only for that
+# import (left there, its bottleneck.py shadowed the `bottleneck` package that pandas probes for, and the next
+# test file on this worker that imported transformer_lens -> datasets -> pandas failed)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-from time_to_loss import below_target_p, student_t_cdf  # noqa: E402
+try:
+    from time_to_loss import below_target_p, student_t_cdf
+finally:
+    sys.path.remove(os.path.join(REPO, "benchmarks"))
 
 
 @pytest.mark.parametrize("t,df,expected", [(-2.3, 4, 0.04146951855619118), (-5.0, 1, 0.0628329581890012),
