@@ -1,13 +1,10 @@
-import contextlib
-import io
+import atexit
+import json
 import os
-import runpy
 import shutil
 import subprocess
 import sys
 import tempfile
-import traceback
-import warnings
 
 import pytest
 import torch
@@ -18,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():
     """The whole suite (module fixtures too) on one thread: a trained loss then does not depend on the core
-    count, and OpenMP does not spin against a busy CPU. Scripts run by run_script use their own defaults."""
+    count, and OpenMP does not spin against a busy CPU. Scripts run by run_script run on one thread too."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -46,124 +43,68 @@ def char_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("chardata")
     text_path = folder / "input.txt"
     text_path.write_text(shakespeare_text(max_plays=2), encoding="utf-8")
-    run_in_process("data/shakespeare_char/prepare.py", "--input", str(text_path), "--out_dir", str(folder))
+    run_script("data/shakespeare_char/prepare.py", "--input", str(text_path), "--out_dir", str(folder))
     return folder
 
 
-def run_script(*args, check=True, env=None):
-    """Run a repo script in a fresh interpreter (with extra environment variables); return the CompletedProcess.
+def run_script(*args, check=True, env=None, fresh=False):
+    """Run a repo script as `python SCRIPT ARGS` (with extra environment variables); return the CompletedProcess.
 
-    train.py and sample.py run on the CPU unless the test names a device: the tests mean the CPU (on a GPU,
-    --device=auto would train in bf16, where their float32 equalities do not hold). The script runs on one
-    thread (OMP_NUM_THREADS=1, unless `env` says otherwise), as the tests in this process do: on a machine
-    whose cores the other pytest workers keep busy, torch's threads wait on each other (100 iterations of a
-    tiny model, startup included: 46 s with torch's default threads, 19 s on one, measured on 2 busy cores)."""
+    The script runs in a process of its own, forked from a server that has imported torch and the project
+    (run_forked); with fresh=True (or `python -c`) in a fresh interpreter, which also sees what happens at
+    import time. train.py and sample.py run on the CPU unless the test names a device: the tests mean the CPU
+    (on a GPU, --device=auto would train in bf16, where their float32 equalities do not hold)."""
     if args and args[0] in ("train.py", "sample.py") and not any(str(a).startswith("--device=") for a in args):
         args = (*args, "--device=cpu")
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **(env or {})})
+    if fresh or str(args[0]).startswith("-"):
+        proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                              env={**script_env(), **(env or {})})
+    else:
+        proc = run_forked(args, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
-def run_in_process(*args, check=True, env=None):
-    """Run a script of the repo's root (train.py, sample.py) as `python SCRIPT ARGS` would, but in this process;
-    return a CompletedProcess with its exit status and what it wrote to stdout and stderr.
+def script_env():
+    """The environment scripts run in: this process's, without wandb, on one thread (OMP_NUM_THREADS=1).
 
-    The script's `if __name__ == "__main__":` block runs (runpy), so its exit status and `error: ...` line are
-    the script's own; stdout and stderr are captured at the file descriptors (C-level output included), and the
-    warnings it raises are written to stderr, as Python's default filters would show them. What a fresh
-    interpreter does and this does not: importing the packages (warnings at import time), reading environment
-    variables at import time (PYTHONPATH), the default thread count (here torch's one thread), signals and
-    locks between processes: tests of those use run_script. The script runs in the repo's root, with its
-    sys.argv, its folder first on sys.path and the environment (WANDB_MODE=disabled and `env`) only for its
-    duration; the top-level modules it imported from its own folder (outside the repo's root) are forgotten
-    after it."""
-    script, *rest = (str(a) for a in args)
-    if script in ("train.py", "sample.py") and not any(a.startswith("--device=") for a in rest):
-        rest.append("--device=cpu")
-    with _script_context([script, *rest], {"WANDB_MODE": "disabled", **(env or {})}), _captured_fds() as output:
-        code = _run_main(os.path.join(REPO, script))
-    proc = subprocess.CompletedProcess([sys.executable, script, *rest], code, *output)
-    if check and code != 0:
-        raise AssertionError(f"{args} failed ({code}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    One thread, as the tests in this process: on cores that the other pytest worker keeps busy, torch's
+    threads wait on each other (100 iterations of a tiny model, startup included: 46 s with torch's default
+    threads, 19 s on one, measured on 2 busy cores)."""
+    return {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
 
 
-def _run_main(path):
-    """Run the script at path as __main__; return the exit status Python would give it."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.resetwarnings()  # Python's default filters, not pytest's
-        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
-            warnings.filterwarnings("ignore", category=category)
-        warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
-        try:
-            runpy.run_path(path, run_name="__main__")
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
-            if not isinstance(e.code, (int, type(None))):
-                print(e.code, file=sys.stderr)  # sys.exit("error: ...") prints its message
-        except BaseException:  # noqa: BLE001 - an uncaught exception: Python prints its traceback
-            traceback.print_exc()
-            code = 1
-    for w in caught:
-        sys.stderr.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line))
-    return code
+_server = None  # this pytest process's tests/script_server.py, started on first use
 
 
-@contextlib.contextmanager
-def _script_context(argv, env):
-    """sys.argv, sys.path, the current folder (the repo's root) and environment variables as the script sees them."""
-    saved_argv, saved_path, saved_cwd, modules = sys.argv, sys.path[:], os.getcwd(), set(sys.modules)
-    saved_env = {k: os.environ.get(k) for k in env}
-    folder = os.path.dirname(os.path.join(REPO, argv[0]))
-    sys.argv = argv
-    sys.path.insert(0, folder)
-    os.chdir(REPO)
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        sys.argv, sys.path[:] = saved_argv, saved_path
-        os.chdir(saved_cwd)
-        for name in set(sys.modules) - modules:  # a sibling of tools/x.py imported as a top-level module must
-            file = getattr(sys.modules[name], "__file__", None) or ""  # not shadow a package in later tests
-            if folder != REPO and "." not in name and os.path.dirname(file) == folder:
-                del sys.modules[name]
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@contextlib.contextmanager
-def _captured_fds():
-    """Capture file descriptors 1 and 2 (and sys.stdout, sys.stderr on them); yield [stdout, stderr] filled
-    with the captured text on exit."""
-    output = []
-    streams = sys.stdout, sys.stderr
-    for stream in streams:
-        stream.flush()
-    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
-        saved = [os.dup(1), os.dup(2)]
-        os.dup2(out_file.fileno(), 1)
-        os.dup2(err_file.fileno(), 2)
-        sys.stdout, sys.stderr = (open(fd, "w", encoding="utf-8", buffering=1, closefd=False) for fd in (1, 2))
-        try:
-            yield output
-        finally:
-            sys.stdout.close()
-            sys.stderr.close()
-            sys.stdout, sys.stderr = streams
-            for fd, copy in zip((1, 2), saved):
-                os.dup2(copy, fd)
-                os.close(copy)
-            for f in (out_file, err_file):
-                f.seek(0)
-                output.append(f.read().decode("utf-8", errors="replace"))
+def run_forked(argv, cwd=REPO, env=None, timeout=300):
+    """Run `python SCRIPT ARGS` (argv, without `python`) in a process of its own, forked from a server that
+    has imported torch and the project (tests/script_server.py); return the CompletedProcess (exit status,
+    stdout, stderr). A fresh interpreter spends seconds importing torch (4 to 40 s measured on 2 busy cores);
+    a forked one, none. The environment is script_env() and `env`, applied when the script starts (so a
+    variable read at import time by a preloaded package has no effect; PYTHONPATH is put on sys.path as
+    Python does). A run past `timeout` seconds is ended by SIGALRM (exit status -14)."""
+    global _server
+    if _server is None or _server.poll() is not None:
+        _server = subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "script_server.py")], cwd=REPO,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=script_env())
+        atexit.register(_server.stdin.close)  # the server exits when its stdin closes
+    argv = [str(a) for a in argv]
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [os.path.join(folder, name) for name in ("stdout", "stderr")]
+        request = {"argv": argv, "cwd": str(cwd), "env": {**script_env(), **(env or {})}, "stdout": paths[0],
+                   "stderr": paths[1], "timeout": timeout}
+        _server.stdin.write(json.dumps(request) + "\n")
+        _server.stdin.flush()
+        reply = _server.stdout.readline()
+        if not reply:
+            raise AssertionError(f"tests/script_server.py stopped (exit status {_server.wait()}) running {argv}")
+        output = []
+        for path in paths:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                output.append(f.read())
+    return subprocess.CompletedProcess([sys.executable, *argv], json.loads(reply), *output)
 
 
 def one_line_error(proc):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import one_line_error, run_in_process
+from conftest import one_line_error, run_script
 from data.tokenizer import CharTokenizer
 from model import GPT, GPTConfig, save_checkpoint
 from lens.recorder import AttentionRecorder
@@ -115,21 +115,21 @@ def test_sample_script_continues_several_prompts(tmp_path):
     lines = ["ab", "hello there", "x" * 20]  # the last is longer than the context: its end is kept
     (tmp_path / "prompts.txt").write_text("\n".join(lines) + "\n")
     common = [f"--out_dir={tmp_path}", "--num_samples=1", "--max_new_tokens=12", "--temperature=0", "--device=cpu"]
-    proc = run_in_process("sample.py", f"--prompts={tmp_path / 'prompts.txt'}", *common)
+    proc = run_script("sample.py", f"--prompts={tmp_path / 'prompts.txt'}", *common)
     out = proc.stdout.splitlines()
     assert [line.split("]")[0] for line in out] == ["[prompt 1", "[prompt 2", "[prompt 3"]
     assert "prompt 3: 20 tokens cropped to its last 16" in proc.stderr
     for line, prompt in list(zip(out, lines))[::2]:  # the shortest and the cropped prompt, each alone
-        alone = run_in_process("sample.py", f"--start={prompt[-16:]}", *common).stdout
+        alone = run_script("sample.py", f"--start={prompt[-16:]}", *common).stdout
         assert line.split("] ", 1)[1] == alone.rstrip("\n"), (line, alone)
-    fast_alone = run_in_process("sample.py", f"--start={lines[0]}", *common, "--fast_decode=True")
+    fast_alone = run_script("sample.py", f"--start={lines[0]}", *common, "--fast_decode=True")
     assert "for 1 prompt(s)" in fast_alone.stderr
     assert fast_alone.stdout.rstrip("\n") == out[0].split("] ", 1)[1]
-    fast = run_in_process("sample.py", f"--prompts={tmp_path / 'prompts.txt'}", *common, "--fast_decode=True")
+    fast = run_script("sample.py", f"--prompts={tmp_path / 'prompts.txt'}", *common, "--fast_decode=True")
     assert "--fast_decode: a static KV cache for 3 prompt(s)" in fast.stderr  # the batch went through it
     assert fast.stdout == proc.stdout  # the static cache and compiled step: the same padded greedy text
     (tmp_path / "bad.txt").write_text("ab\n\ncd\n")
-    error = one_line_error(run_in_process("sample.py", f"--prompts={tmp_path / 'bad.txt'}", *common, check=False))
+    error = one_line_error(run_script("sample.py", f"--prompts={tmp_path / 'bad.txt'}", *common, check=False))
     assert "line 2" in error and "empty" in error
-    error = one_line_error(run_in_process("sample.py", f"--prompts={tmp_path / 'none.txt'}", *common, check=False))
+    error = one_line_error(run_script("sample.py", f"--prompts={tmp_path / 'none.txt'}", *common, check=False))
     assert "cannot read prompts file" in error

@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from conftest import one_line_error, run_in_process
+from conftest import one_line_error, run_script
 from data.shakespeare_repeats.prepare import repeat_chunks, repeat_lines
 from data.tokenizer import CharTokenizer
 from lens import report, training_probe
@@ -16,9 +16,9 @@ from weights.common import IGNORE_INDEX
 
 def test_head_probe_logs_scores_and_plot_draws_them(char_data, tmp_path):
     out = tmp_path / "out"
-    run_in_process("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=4", "--eval_interval=2",
-                   "--eval_iters=1", "--batch_size=4", "--block_size=32", "--n_layer=2", "--n_head=2", "--n_embd=16",
-                   "--attn_only=True", "--head_probe=True", "--device=cpu")
+    run_script("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=4", "--eval_interval=2",
+               "--eval_iters=1", "--batch_size=4", "--block_size=32", "--n_layer=2", "--n_head=2", "--n_embd=16",
+               "--attn_only=True", "--head_probe=True", "--device=cpu")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in rows] == [0, 2, 4]
     for row in rows:
@@ -28,11 +28,11 @@ def test_head_probe_logs_scores_and_plot_draws_them(char_data, tmp_path):
         text = [v for k, v in row.items() if k.startswith("induction_text/L")]
         assert len(text) == 4 and all(0 <= v <= 1 for v in text) and row["induction_text_max"] == max(text)
     png = tmp_path / "heads.png"
-    proc = run_in_process("tools/plot_heads.py", str(out), "-o", str(png))
+    proc = run_script("tools/plot_heads.py", str(out), "-o", str(png))
     assert png.stat().st_size > 10_000 and "3 evaluations" in proc.stdout
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "metrics.jsonl").write_text(json.dumps({"iter": 0, "val_loss": 1.0}) + "\n")
-    assert "head_probe" in one_line_error(run_in_process("tools/plot_heads.py", str(tmp_path / "plain"), check=False))
+    assert "head_probe" in one_line_error(run_script("tools/plot_heads.py", str(tmp_path / "plain"), check=False))
 
 
 def test_induction_scores_on_given_halves_score_them_followed_by_themselves():
@@ -88,8 +88,8 @@ def tiny_checkpoint(folder):
 def test_circuits_script_writes_an_escaped_report(tmp_path):
     tiny_checkpoint(tmp_path)
     reports = tmp_path / "report"
-    proc = run_in_process("tools/circuits.py", f"--out_dir={tmp_path}", "--prompt=ab<script>cd ab<s",
-                          f"--report={reports}", "--target=c", "--wrong=d", "--corrupt=hb<script>cd ab<s")
+    proc = run_script("tools/circuits.py", f"--out_dir={tmp_path}", "--prompt=ab<script>cd ab<s", f"--report={reports}",
+                      "--target=c", "--wrong=d", "--corrupt=hb<script>cd ab<s")
     for heading in ("direct logit attribution", "head detectors", "logit lens", "correlation"):
         assert heading in proc.stdout
     assert "BOS: none" in proc.stdout
@@ -100,15 +100,15 @@ def test_circuits_script_writes_an_escaped_report(tmp_path):
     assert "<td>&lt;</td>" in page and "<script>" not in page  # prompt tokens are text, never markup
     assert "edge circuit" in proc.stdout and "-&gt;" in page and "<q>" not in page  # edge names escaped too
     assert (reports / "attention.html").exists()
-    assert "exactly one token" in one_line_error(run_in_process("tools/circuits.py", f"--out_dir={tmp_path}",
-                                                                "--prompt=abc", "--target=ab", check=False))
-    line = one_line_error(run_in_process("tools/circuits.py", f"--out_dir={tmp_path}", "--prompt=abcd", "--corrupt=abc",
-                                         check=False))
+    assert "exactly one token" in one_line_error(run_script("tools/circuits.py", f"--out_dir={tmp_path}",
+                                                            "--prompt=abc", "--target=ab", check=False))
+    line = one_line_error(run_script("tools/circuits.py", f"--out_dir={tmp_path}", "--prompt=abcd", "--corrupt=abc",
+                                     check=False))
     assert "same shape" in line
-    assert "no BOS token" in one_line_error(run_in_process("tools/circuits.py", f"--out_dir={tmp_path}",
-                                                           "--prompt=abcd", "--prepend_bos=True", check=False))
-    assert "no checkpoint" in one_line_error(run_in_process("tools/circuits.py", f"--out_dir={tmp_path / 'none'}",
-                                                            "--prompt=ab", check=False))
+    assert "no BOS token" in one_line_error(run_script("tools/circuits.py", f"--out_dir={tmp_path}", "--prompt=abcd",
+                                                       "--prepend_bos=True", check=False))
+    assert "no checkpoint" in one_line_error(run_script("tools/circuits.py", f"--out_dir={tmp_path / 'none'}",
+                                                        "--prompt=ab", check=False))
 
 
 def test_logit_lens_ends_in_the_model_logits_and_html_is_escaped():
@@ -132,8 +132,8 @@ def test_circuits_script_prepends_bos_on_request_and_summarises_many_heads(tmp_p
 
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=13, n_embd=26, n_positions=16)).save_pretrained(tmp_path / "gpt2")
-    proc = run_in_process("tools/circuits.py", f"--init_from={tmp_path / 'gpt2'}", "--prompt=When Mary and John",
-                          "--prepend_bos=True", f"--report={tmp_path / 'report'}")
+    proc = run_script("tools/circuits.py", f"--init_from={tmp_path / 'gpt2'}", "--prompt=When Mary and John",
+                      "--prepend_bos=True", f"--report={tmp_path / 'report'}")
     assert "BOS: prepended '<|endoftext|>'" in proc.stdout and "prompt: 5 tokens" in proc.stdout
     section = proc.stdout.split("head detectors")[1].split("logit lens")[0]
     assert "top 5" in section and section.count("\n") < 10  # 26 heads: the five best per detector, not 26 rows

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from conftest import one_line_error, run_in_process
+from conftest import one_line_error, run_script
 from data.mlm import MLMBatches, mask_tokens
 from data.tokenizer import from_meta
 from model import BERTConfig, load_checkpoint
@@ -128,8 +128,8 @@ SMALL = ["--model_type=bert", "--n_layer=2", "--n_head=2", "--n_embd=32", "--blo
 
 def test_train_then_fill_masks(char_data, tmp_path):
     out = tmp_path / "out"
-    run_in_process("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=400", "--eval_interval=200",
-                   "--lr_decay_iters=400", *SMALL)
+    run_script("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=400", "--eval_interval=200",
+               "--lr_decay_iters=400", *SMALL)
     with open(out / "metrics.jsonl") as f:
         rows = [json.loads(line) for line in f]
     assert [r["iter"] for r in rows] == [0, 200, 400]
@@ -151,19 +151,18 @@ def test_train_then_fill_masks(char_data, tmp_path):
     assert len(text) == len("To be, or not to be") and "[MASK]" not in text
     assert text.startswith("To be, or ") and text[11:17] == "ot to " and text.endswith("e")
 
-    assert "[MASK]" in one_line_error(run_in_process("sample.py", f"--out_dir={out}", "--start=no mask here",
-                                                     check=False))
+    assert "[MASK]" in one_line_error(run_script("sample.py", f"--out_dir={out}", "--start=no mask here", check=False))
     # --ablate acts on GPT generation only: a BERT says so instead of ignoring it
-    assert "GPT" in one_line_error(run_in_process("sample.py", f"--out_dir={out}", "--start=[MASK]", "--ablate=0.1",
-                                                  check=False))
-    assert "encoder-decoder" in one_line_error(run_in_process("sample.py", f"--out_dir={out}", "--start=[MASK]",
-                                                              "--decoding=beam", check=False))
+    assert "GPT" in one_line_error(run_script("sample.py", f"--out_dir={out}", "--start=[MASK]", "--ablate=0.1",
+                                              check=False))
+    assert "encoder-decoder" in one_line_error(run_script("sample.py", f"--out_dir={out}", "--start=[MASK]",
+                                                          "--decoding=beam", check=False))
     # a prompt longer than the context window: each mask is read in a window around it
     masks, text = fill(out, "[MASK]" + "a" * 60 + "[MASK]", n_masks=2, candidates=1)
     assert len(text) == 62 and text[1:61] == "a" * 60
 
     attn = tmp_path / "attn"
-    run_in_process("sample.py", f"--out_dir={out}", "--start=To be, or not to [MASK]", f"--attention_dir={attn}")
+    run_script("sample.py", f"--out_dir={out}", "--start=To be, or not to [MASK]", f"--attention_dir={attn}")
     html = (attn / "attention.html").read_text(encoding="utf-8")
     assert "self-attention" in html and "[CLS]" in html and (attn / "attention.npz").exists()
 
@@ -171,9 +170,9 @@ def test_train_then_fill_masks(char_data, tmp_path):
 def test_resume_matches_uninterrupted_run(char_data, tmp_path):
     # the pooler gets no gradient from the MLM loss, so the optimizer holds no state for it
     common = [f"--data_dir={char_data}", "--eval_interval=5", "--eval_iters=2", "--dropout=0.1", *SMALL[:5]]
-    run_in_process("train.py", f"--out_dir={tmp_path / 'full'}", "--max_iters=10", *common)
-    run_in_process("train.py", f"--out_dir={tmp_path / 'split'}", "--max_iters=5", *common)
-    run_in_process("train.py", f"--out_dir={tmp_path / 'split'}", "--max_iters=10", "--init_from=resume")
+    run_script("train.py", f"--out_dir={tmp_path / 'full'}", "--max_iters=10", *common)
+    run_script("train.py", f"--out_dir={tmp_path / 'split'}", "--max_iters=5", *common)
+    run_script("train.py", f"--out_dir={tmp_path / 'split'}", "--max_iters=10", "--init_from=resume")
     rows = {}
     for run in ("full", "split"):
         with open(tmp_path / run / "metrics.jsonl") as f:
@@ -186,7 +185,7 @@ def test_resume_matches_uninterrupted_run(char_data, tmp_path):
 
 def fill(out_dir, prompt, n_masks, candidates):
     """Run sample.py's fill-mask: (one line per mask, the filled text)."""
-    proc = run_in_process("sample.py", f"--out_dir={out_dir}", f"--start={prompt}", f"--candidates={candidates}")
+    proc = run_script("sample.py", f"--out_dir={out_dir}", f"--start={prompt}", f"--candidates={candidates}")
     lines = proc.stdout.split("\n")
     assert all(line.startswith("[MASK] ") for line in lines[:n_masks]), proc.stdout
     assert proc.stdout.endswith("\n")

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import run_in_process
+from conftest import run_script
 from model import GPT, ConfigError, GPTConfig
 from training.config import TrainConfig
 from model.attention import Attention, PastKeyValues
@@ -343,8 +343,8 @@ def test_train_with_the_preset_resumes_and_refuses_another_optimizer(char_data, 
     small = [f"--data_dir={char_data}", f"--out_dir={out}", "--n_layer=2", "--n_head=2", "--n_embd=32",
              "--batch_size=8", "--eval_iters=5", "--eval_interval=10", "--log_interval=10", "--max_iters=20",
              "--lr_decay_iters=40", "--warmup_iters=5"]
-    run_in_process("train.py", "config/shakespeare_char_cpu_modern.py", *small)
-    run_in_process("train.py", "config/shakespeare_char_cpu_modern.py", *small, "--init_from=resume", "--max_iters=30")
+    run_script("train.py", "config/shakespeare_char_cpu_modern.py", *small)
+    run_script("train.py", "config/shakespeare_char_cpu_modern.py", *small, "--init_from=resume", "--max_iters=30")
     import json
 
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
@@ -353,15 +353,15 @@ def test_train_with_the_preset_resumes_and_refuses_another_optimizer(char_data, 
     # the config file's schedule, resumed: warmup to 3e-3 over 5 iterations, cosine to min_lr 3e-4 at 40
     cosine = [3e-4 + 0.5 * (1 + math.cos(math.pi * (it - 5) / 35)) * (3e-3 - 3e-4) for it in (10, 20, 30)]
     assert [r["lr"] for r in rows] == pytest.approx([3e-3 / 6, *cosine], rel=1e-9)
-    proc = run_in_process("train.py", *small, "--init_from=resume", "--optimizer=adamw", "--max_iters=40", check=False)
+    proc = run_script("train.py", *small, "--init_from=resume", "--optimizer=adamw", "--max_iters=40", check=False)
     assert proc.returncode == 1 and proc.stderr.strip().startswith("error:") and "optimizer=muon" in proc.stderr
     # settings given on resume are the ones used (not the saved optimizer's), as the checkpoint then records
-    run_in_process("train.py", *small, "--init_from=resume", "--max_iters=31", "--muon_lr=0.5", "--weight_decay=0.3")
+    run_script("train.py", *small, "--init_from=resume", "--max_iters=31", "--muon_lr=0.5", "--weight_decay=0.3")
     ckpt = torch.load(out / "ckpt.pt", weights_only=False)
     groups, lr = ckpt["optimizer"]["param_groups"], ckpt["train_config"]["learning_rate"]
     assert ckpt["train_config"]["muon_lr"] == 0.5
     assert sorted((g["lr_scale"], g["weight_decay"]) for g in groups) == [(1.0, 0.0), (1.0, 0.3), (0.5 / lr, 0.0)]
-    proc = run_in_process("sample.py", f"--out_dir={out}", "--num_samples=1", "--max_new_tokens=20")
+    proc = run_script("sample.py", f"--out_dir={out}", "--num_samples=1", "--max_new_tokens=20")
     from data.tokenizer import from_meta
     from model import load_checkpoint
     from training.families import model_from_checkpoint

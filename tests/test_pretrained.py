@@ -7,8 +7,9 @@ import re
 import pytest
 import torch
 
-from conftest import run_in_process
+from conftest import run_script
 from model import GPT, ConfigError
+import train
 from training.config import TrainConfig
 from weights.hf_folder import PretrainedError
 
@@ -131,7 +132,7 @@ def bpe_data(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("bpe")
     (folder / "input.txt").write_text(shakespeare_text(max_plays=2), encoding="utf-8")
-    run_in_process("data/shakespeare/prepare.py", "--input", str(folder / "input.txt"), "--out_dir", str(folder))
+    run_script("data/shakespeare/prepare.py", "--input", str(folder / "input.txt"), "--out_dir", str(folder))
     return folder
 
 
@@ -143,8 +144,8 @@ def test_finetune_eval_only_and_sample_from_a_gpt2_folder(bpe_data, hf_dir, tmp_
 
     out = tmp_path / "out"
     common = [f"--data_dir={bpe_data}", f"--out_dir={out}", "--batch_size=4", "--eval_iters=2", "--block_size=16"]
-    proc = run_in_process("train.py", f"--init_from={hf_folder}", "--max_iters=8", "--eval_interval=4",
-                          "--lr_decay_iters=8", "--warmup_iters=0", "--learning_rate=1e-2", "--log_interval=4", *common)
+    proc = run_script("train.py", f"--init_from={hf_folder}", "--max_iters=8", "--eval_interval=4",
+                      "--lr_decay_iters=8", "--warmup_iters=0", "--learning_rate=1e-2", "--log_interval=4", *common)
     assert "initialised from" in proc.stdout
     with open(out / "metrics.jsonl") as f:
         rows = [json.loads(line) for line in f]
@@ -152,31 +153,32 @@ def test_finetune_eval_only_and_sample_from_a_gpt2_folder(bpe_data, hf_dir, tmp_
 
     # --eval_only: the stored model's losses, nothing trained or written
     before = (out / "ckpt.pt").read_bytes()
-    proc = run_in_process("train.py", f"--out_dir={out}", "--init_from=resume", "--eval_only=True")
+    proc = run_script("train.py", f"--out_dir={out}", "--init_from=resume", "--eval_only=True")
     val_loss = lambda out: float(re.findall(r"val loss ([0-9.]+)", out)[-1])  # noqa: E731 (ppl and bpb follow it)
     assert val_loss(proc.stdout) == pytest.approx(rows[-1]["val_loss"], abs=1e-4)
     assert (out / "ckpt.pt").read_bytes() == before
-    proc = run_in_process("train.py", f"--init_from={hf_folder}", "--eval_only=True", *common)
+    proc = run_script("train.py", f"--init_from={hf_folder}", "--eval_only=True", *common)
     assert val_loss(proc.stdout) == pytest.approx(rows[0]["val_loss"], abs=1e-4)
 
-    proc = run_in_process("sample.py", f"--init_from={hf_folder}", "--start=To be, or not", "--num_samples=1",
-                          "--max_new_tokens=20", "--seed=3")
+    proc = run_script("sample.py", f"--init_from={hf_folder}", "--start=To be, or not", "--num_samples=1",
+                      "--max_new_tokens=20", "--seed=3")
     assert proc.stdout.startswith("To be, or not") and len(proc.stdout) > len("To be, or not") + 20
-    proc = run_in_process("sample.py", f"--out_dir={out}", "--start=ROMEO:", "--num_samples=1", "--max_new_tokens=10")
+    proc = run_script("sample.py", f"--out_dir={out}", "--start=ROMEO:", "--num_samples=1", "--max_new_tokens=10")
     assert proc.stdout.startswith("ROMEO:")
 
     # one-line errors: a model key that GPT-2 fixes; an unknown name
-    proc = run_in_process("train.py", f"--init_from={hf_folder}", "--n_layer=2", f"--data_dir={bpe_data}",
-                          f"--out_dir={tmp_path / 'o2'}", check=False)
+    proc = run_script("train.py", f"--init_from={hf_folder}", "--n_layer=2", f"--data_dir={bpe_data}",
+                      f"--out_dir={tmp_path / 'o2'}", check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ") and "n_layer" in lines[0]
     assert not os.path.exists(tmp_path / "o2")
+    assert TrainConfig(init_from="gpt5").init_from == "gpt5"  # a config reads no disk; the run's start does:
     with pytest.raises(ConfigError, match="init_from must be"):
-        TrainConfig(init_from="gpt5")
+        train.main(["--init_from=gpt5", f"--out_dir={tmp_path / 'o4'}"])
+    assert not os.path.exists(tmp_path / "o4")
     # a GPT-2 with another vocabulary (97 ids) on a GPT-2 BPE dataset: the error names both sizes
-    proc = run_in_process("train.py", f"--init_from={hf_dir[0]}", f"--data_dir={bpe_data}",
-                          f"--out_dir={tmp_path / 'o3'}",
-                          check=False)
+    proc = run_script("train.py", f"--init_from={hf_dir[0]}", f"--data_dir={bpe_data}", f"--out_dir={tmp_path / 'o3'}",
+                      check=False)
     assert proc.returncode == 1 and "has 97 token ids" in proc.stderr and "gpt2 (50257 ids)" in proc.stderr
 
 

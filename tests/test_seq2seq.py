@@ -288,16 +288,15 @@ def test_pairs_files_tasks_and_batches(tmp_path):
 
 
 def test_train_and_sample_scripts(tmp_path):
-    from conftest import run_in_process
+    from conftest import run_script
 
     lines = "\n".join(f"{w} {i}" for i, w in enumerate(["tide", "storm", "crown", "sword", "night"] * 60))
     (tmp_path / "pairs.tsv").write_text("\n".join(f"{l}\t{l[::-1]}" for l in lines.splitlines()), encoding="utf-8")
-    run_in_process("data/pairs.py", "--input", str(tmp_path / "pairs.tsv"), "--n_val", "20", "--out_dir",
-                   str(tmp_path / "ds"))
+    run_script("data/pairs.py", "--input", str(tmp_path / "pairs.tsv"), "--n_val", "20", "--out_dir", str(tmp_path / "ds"))
     out = tmp_path / "out"
-    run_in_process("train.py", "--model_type=seq2seq", f"--data_dir={tmp_path / 'ds'}", f"--out_dir={out}",
-                   "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=12", "--batch_size=16", "--max_iters=20",
-                   "--eval_interval=10", "--eval_iters=2", "--warmup_iters=2", "--learning_rate=3e-3")
+    run_script("train.py", "--model_type=seq2seq", f"--data_dir={tmp_path / 'ds'}", f"--out_dir={out}",
+               "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=12", "--batch_size=16", "--max_iters=20",
+               "--eval_interval=10", "--eval_iters=2", "--warmup_iters=2", "--learning_rate=3e-3")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in rows] == [0, 10, 20]
     assert {"val_loss", "val_exact_match", "val_token_accuracy"} <= set(rows[-1])
@@ -316,12 +315,11 @@ def test_train_and_sample_scripts(tmp_path):
              for s, t in val]
     assert ckpt["iter_num"] == 20 and rows[-1]["val_exact_match"] == pytest.approx(sum(exact) / len(val))
     sources = ["tide 7", "sword 1"]
-    proc = run_in_process("sample.py", f"--out_dir={out}", "--start=tide 7\nsword 1", "--decoding=beam",
-                          "--num_samples=1")
+    proc = run_script("sample.py", f"--out_dir={out}", "--start=tide 7\nsword 1", "--decoding=beam", "--num_samples=1")
     assert proc.stdout.splitlines() == [tok.decode(model.beam_search(torch.tensor([tok.encode(s)]), bos, eos,
                                                                      beam_size=4)[0]) for s in sources]
     attn = tmp_path / "attn"
-    proc = run_in_process("sample.py", f"--out_dir={out}", "--start=tide 7\nsword 1", f"--attention_dir={attn}")
+    proc = run_script("sample.py", f"--out_dir={out}", "--start=tide 7\nsword 1", f"--attention_dir={attn}")
     greedy = [tok.decode(model.generate(torch.tensor([tok.encode(s)]), bos, eos)[0]) for s in sources]
     assert proc.stdout.splitlines()[:2] == greedy  # then the per-head table
     import numpy as np
@@ -330,11 +328,11 @@ def test_train_and_sample_scripts(tmp_path):
     cross = [k for k in maps.files if "cross_attn" in k]
     assert cross and maps[cross[0]].shape[-1] == len("tide 7")  # (heads, target, source)
     assert "cross-attention" in (attn / "attention.html").read_text(encoding="utf-8")
-    proc = run_in_process("sample.py", f"--out_dir={out}", "--start=" + "t" * 13, check=False)
+    proc = run_script("sample.py", f"--out_dir={out}", "--start=" + "t" * 13, check=False)
     assert proc.returncode == 1 and proc.stderr.strip().startswith("error:") and "at most 12" in proc.stderr
-    proc = run_in_process("sample.py", f"--out_dir={out}", "--start=tide 7", "--ablate=0.1", check=False)
+    proc = run_script("sample.py", f"--out_dir={out}", "--start=tide 7", "--ablate=0.1", check=False)
     assert proc.returncode == 1 and proc.stderr.strip().startswith("error:") and "GPT" in proc.stderr  # not ignored
-    proc = run_in_process("sample.py", f"--out_dir={out}", "--start=tide 7", "--candidates=3", check=False)
+    proc = run_script("sample.py", f"--out_dir={out}", "--start=tide 7", "--candidates=3", check=False)
     assert proc.returncode == 1 and "--candidates is for a BERT" in proc.stderr
 
 

@@ -4,12 +4,11 @@ import json
 import math
 import os
 import shutil
-import sys
 
 import pytest
 import torch
 
-from conftest import one_line_error, run_in_process, run_script
+from conftest import one_line_error, run_script
 from model import load_checkpoint
 from training.families import model_from_checkpoint
 
@@ -37,8 +36,8 @@ def test_prepare_tinyshakespeare_split(tmp_path):
 
 def test_train_loss_falls_then_sample(char_data, tmp_path):
     out = tmp_path / "out"
-    run_in_process("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=150", "--eval_interval=50",
-                   "--lr_decay_iters=150", *SMALL)
+    run_script("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=150", "--eval_interval=50",
+               "--lr_decay_iters=150", *SMALL)
     rows = metrics(out)
     assert [r["iter"] for r in rows] == [0, 50, 100, 150]
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 1.0
@@ -46,7 +45,7 @@ def test_train_loss_falls_then_sample(char_data, tmp_path):
     # the logged rate: warmup over 5 iterations to 3e-3, cosine decay to min_lr 1e-4 at iteration 150
     cosine = [1e-4 + 0.5 * (1 + math.cos(math.pi * (it - 5) / 145)) * (3e-3 - 1e-4) for it in (50, 100)]
     assert [r["lr"] for r in rows] == pytest.approx([3e-3 / 6, *cosine, 1e-4], rel=1e-9)
-    proc = run_in_process("sample.py", f"--out_dir={out}", "--start=ROMEO:", "--num_samples=1", "--max_new_tokens=40")
+    proc = run_script("sample.py", f"--out_dir={out}", "--start=ROMEO:", "--num_samples=1", "--max_new_tokens=40")
     assert proc.stdout.startswith("ROMEO:") and len(proc.stdout) >= 46
 
 
@@ -86,9 +85,9 @@ def test_checkpoint_round_trip_restores_the_trained_model_and_optimizer(char_dat
 
 def test_resume_matches_uninterrupted_run(char_data, tmp_path):
     common = [f"--data_dir={char_data}", "--eval_interval=10", "--lr_decay_iters=40", "--dropout=0.1", *SMALL]
-    run_in_process("train.py", f"--out_dir={tmp_path / 'full'}", "--max_iters=40", *common)
-    run_in_process("train.py", f"--out_dir={tmp_path / 'split'}", "--max_iters=20", *common)
-    proc = run_in_process("train.py", f"--out_dir={tmp_path / 'split'}", "--max_iters=40", "--init_from=resume")
+    run_script("train.py", f"--out_dir={tmp_path / 'full'}", "--max_iters=40", *common)
+    run_script("train.py", f"--out_dir={tmp_path / 'split'}", "--max_iters=20", *common)
+    proc = run_script("train.py", f"--out_dir={tmp_path / 'split'}", "--max_iters=40", "--init_from=resume")
     assert "resuming" in proc.stdout
     full, split = metrics(tmp_path / "full"), metrics(tmp_path / "split")
     assert [r["iter"] for r in split] == [0, 10, 20, 30, 40]
@@ -98,46 +97,44 @@ def test_resume_matches_uninterrupted_run(char_data, tmp_path):
     wa, wb = (load_checkpoint(str(tmp_path / d))["model"] for d in ("full", "split"))
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
     done = (tmp_path / "split" / "ckpt.pt").read_bytes()
-    proc = run_in_process("train.py", f"--out_dir={tmp_path / 'split'}", "--max_iters=30", "--init_from=resume")
+    proc = run_script("train.py", f"--out_dir={tmp_path / 'split'}", "--max_iters=30", "--init_from=resume")
     assert "nothing to train" in proc.stdout and "--max_iters" in proc.stdout  # was a silent no-op
     assert (tmp_path / "split" / "ckpt.pt").read_bytes() == done and len(metrics(tmp_path / "split")) == 5
 
 
 def test_user_errors_are_one_line_and_harmless(char_data, tmp_path):
     out = tmp_path / "out"
-    run_in_process("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=10", "--eval_interval=10",
-                   *SMALL)
+    run_script("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=10", "--eval_interval=10", *SMALL)
     ckpt_bytes = (out / "ckpt.pt").read_bytes()
 
-    assert "prepare" in one_line_error(run_in_process("train.py", f"--data_dir={tmp_path / 'none'}",
-                                                      f"--out_dir={tmp_path / 'o2'}", check=False))
-    # two in a fresh interpreter (import-time warnings would break the one line), the others in this process
-    assert "valid keys" in one_line_error(run_script("train.py", "--n_layers=2", check=False))
-    assert "int" in one_line_error(run_in_process("train.py", "--batch_size=big", check=False))
-    assert "config" in one_line_error(run_in_process("train.py", "config/does_not_exist.py", check=False))
+    assert "prepare" in one_line_error(run_script("train.py", f"--data_dir={tmp_path / 'none'}",
+                                                  f"--out_dir={tmp_path / 'o2'}", check=False))
+    # these two in a fresh interpreter: a warning at import time would break the one line
+    assert "valid keys" in one_line_error(run_script("train.py", "--n_layers=2", check=False, fresh=True))
+    assert "int" in one_line_error(run_script("train.py", "--batch_size=big", check=False))
+    assert "config" in one_line_error(run_script("train.py", "config/does_not_exist.py", check=False))
     # a fresh run must not replace an existing checkpoint
-    assert "resume" in one_line_error(run_in_process("train.py", f"--data_dir={char_data}", f"--out_dir={out}", *SMALL,
+    assert "resume" in one_line_error(run_script("train.py", f"--data_dir={char_data}", f"--out_dir={out}", *SMALL,
+                                                 check=False))
+    assert "vocabulary" in one_line_error(run_script("sample.py", f"--out_dir={out}", "--start=\u00e9\u4e2d",
                                                      check=False))
-    assert "vocabulary" in one_line_error(run_in_process("sample.py", f"--out_dir={out}", "--start=\u00e9\u4e2d",
-                                                         check=False))
-    assert "no checkpoint" in one_line_error(run_script("sample.py", f"--out_dir={tmp_path / 'none'}", check=False))
-    assert "holds a GPT" in one_line_error(run_in_process("sample.py", f"--out_dir={out}", "--decoding=beam",
-                                                          check=False))
+    assert "no checkpoint" in one_line_error(run_script("sample.py", f"--out_dir={tmp_path / 'none'}", check=False,
+                                                        fresh=True))
+    assert "holds a GPT" in one_line_error(run_script("sample.py", f"--out_dir={out}", "--decoding=beam", check=False))
     assert (out / "ckpt.pt").read_bytes() == ckpt_bytes
 
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "ckpt.pt").write_bytes(ckpt_bytes[: len(ckpt_bytes) // 2])
-    assert "corrupt" in one_line_error(run_in_process("sample.py", f"--out_dir={bad}", check=False))
-    assert "corrupt" in one_line_error(run_in_process("train.py", f"--out_dir={bad}", "--init_from=resume",
-                                                      check=False))
+    assert "corrupt" in one_line_error(run_script("sample.py", f"--out_dir={bad}", check=False))
+    assert "corrupt" in one_line_error(run_script("train.py", f"--out_dir={bad}", "--init_from=resume", check=False))
     assert (bad / "ckpt.pt").read_bytes() == ckpt_bytes[: len(ckpt_bytes) // 2]
 
     no_val = tmp_path / "no_val"  # a copy: the session's shared char_data must stay as it is
     shutil.copytree(char_data, no_val)
     (no_val / "val.bin").unlink()
-    assert "val.bin" in one_line_error(run_in_process("train.py", f"--data_dir={no_val}",
-                                                      f"--out_dir={tmp_path / 'o3'}", check=False))
+    assert "val.bin" in one_line_error(run_script("train.py", f"--data_dir={no_val}",
+                                                  f"--out_dir={tmp_path / 'o3'}", check=False))
 
 
 
@@ -147,8 +144,7 @@ def test_resume_refuses_another_model_or_vocabulary_and_out_dir_must_be_writable
     from train import load_config, main
 
     out = tmp_path / "out"
-    run_in_process("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=10", "--eval_interval=10",
-                   *SMALL)
+    run_script("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=10", "--eval_interval=10", *SMALL)
     ckpt_bytes = (out / "ckpt.pt").read_bytes()
     resume = [f"--out_dir={out}", "--init_from=resume", "--max_iters=20"]
     with pytest.raises(ConfigError, match="n_layer=2"):  # was silently ignored
@@ -254,14 +250,12 @@ def test_wandb_offline_logging(char_data, tmp_path):
     ("def init(**kwargs):\n    raise RuntimeError('No API key configured')",
      "error: wandb could not start a run (RuntimeError: No API key configured); log in (wandb login), set "
      "WANDB_MODE=offline, or pass --wandb_log=False.")])
-def test_wandb_missing_or_failing_is_one_line(char_data, tmp_path, monkeypatch, fake, expected):
+def test_wandb_missing_or_failing_is_one_line(char_data, tmp_path, fake, expected):
     (tmp_path / "fake").mkdir()
     (tmp_path / "fake" / "wandb.py").write_text(fake + "\n")
-    monkeypatch.syspath_prepend(str(tmp_path / "fake"))  # what PYTHONPATH would do in a fresh interpreter
-    monkeypatch.setitem(sys.modules, "wandb", None)  # undone after the test: the real wandb, or none, again
-    del sys.modules["wandb"]  # so that `import wandb` finds the fake
-    proc = run_in_process("train.py", f"--data_dir={char_data}", f"--out_dir={tmp_path / 'out'}", "--max_iters=2",
-                          "--wandb_log=True", *SMALL, check=False, env={"WANDB_MODE": "online"})
+    proc = run_script("train.py", f"--data_dir={char_data}", f"--out_dir={tmp_path / 'out'}", "--max_iters=2",
+                      "--wandb_log=True", *SMALL, check=False, env={"PYTHONPATH": str(tmp_path / "fake"),
+                                                                     "WANDB_MODE": "online"})
     assert one_line_error(proc) == expected
 
 
@@ -348,15 +342,14 @@ def test_a_pairs_prepare_that_fails_midway_keeps_its_dataset_and_names_a_bad_out
         pairs.write_pairs_dataset(str(tmp_path / "d"), [("xy", "yx")] * 5, [("zw", "wz")], {})
     assert dataset_files(tmp_path / "d") == before
     (tmp_path / "file").write_text("")
-    proc = run_in_process("data/reverse/prepare.py", "--max_plays=1", "--n_val=20", f"--out_dir={tmp_path / 'file'}",
-                          check=False)
+    proc = run_script("data/reverse/prepare.py", "--max_plays=1", "--n_val=20", f"--out_dir={tmp_path / 'file'}",
+                      check=False)
     assert "writable --out_dir" in one_line_error(proc)
 
 
 def test_checkpoints_lacking_parts_are_one_line_errors(char_data, tmp_path):
     out = tmp_path / "out"
-    run_in_process("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=5", "--eval_interval=5",
-                   *SMALL)
+    run_script("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=5", "--eval_interval=5", *SMALL)
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     nano = tmp_path / "nano"  # what nanoGPT's train.py saves: no tokenizer, model_type, train_config or rng
     nano.mkdir()
@@ -367,9 +360,9 @@ def test_checkpoints_lacking_parts_are_one_line_errors(char_data, tmp_path):
     torch.save({**ckpt, "model_args": {**ckpt["model_args"], "n_layer": 3}}, grown / "ckpt.pt")
     for folder in (nano, grown):
         data = (folder / "ckpt.pt").read_bytes()
-        assert "checkpoint" in one_line_error(run_in_process("sample.py", f"--out_dir={folder}", check=False))
-        assert "checkpoint" in one_line_error(run_in_process("train.py", f"--out_dir={folder}", "--init_from=resume",
-                                                             "--max_iters=10", check=False))
+        assert "checkpoint" in one_line_error(run_script("sample.py", f"--out_dir={folder}", check=False))
+        assert "checkpoint" in one_line_error(run_script("train.py", f"--out_dir={folder}", "--init_from=resume",
+                                                         "--max_iters=10", check=False))
         assert (folder / "ckpt.pt").read_bytes() == data
         assert not (folder / "metrics.jsonl").exists()
 
@@ -377,8 +370,8 @@ def test_checkpoints_lacking_parts_are_one_line_errors(char_data, tmp_path):
 def test_a_checkpoint_that_cannot_be_saved_is_a_one_line_error(char_data, tmp_path):
     out = tmp_path / "out"
     (out / "ckpt.pt").mkdir(parents=True)  # in the way of the checkpoint, as a full disk or a read-only folder would be
-    proc = run_in_process("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=5",
-                          "--eval_interval=5", "--overwrite=True", *SMALL, check=False)
+    proc = run_script("train.py", f"--data_dir={char_data}", f"--out_dir={out}", "--max_iters=5", "--eval_interval=5",
+                      "--overwrite=True", *SMALL, check=False)
     assert "cannot save" in one_line_error(proc)
     assert (out / "ckpt.pt").is_dir() and not [p for p in out.iterdir() if ".tmp" in p.name]
 
