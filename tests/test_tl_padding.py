@@ -16,7 +16,7 @@ from data.tokenizer import CharTokenizer
 from lens import patching, path_patching
 from lens.cache import LensError
 from lens.tl import HookedTransformer, get_attention_mask
-from model import GPT, GPTConfig
+from model import BERT, GPT, BERTConfig, GPTConfig
 
 TOL = dict(atol=1e-4, rtol=0)
 TEXTS = ["Hi", "When Mary and John went", "the store"]
@@ -168,3 +168,7 @@ def test_left_padded_patching_and_generate_equal_each_prompt_alone():
         assert generated[row, -4:].tolist() == alone[0, -4:].tolist()
     with pytest.raises(LensError, match="one mask value per token"):
         patching.get_act_patch_resid_pre(model, corrupted, clean_cache, metric, attention_mask=mask[:, 1:])
+    bert = BERT(BERTConfig(vocab_size=12, n_layer=1, n_head=2, n_embd=8, block_size=8, post_norm=False)).eval()
+    _, bert_cache = bert.run_with_cache(clean)
+    with pytest.raises(LensError, match="decoder-only models"):
+        patching.get_act_patch_resid_pre(bert, corrupted, bert_cache, metric, attention_mask=mask)
