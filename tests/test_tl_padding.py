@@ -172,3 +172,16 @@ def test_left_padded_patching_and_generate_equal_each_prompt_alone():
     _, bert_cache = bert.run_with_cache(clean)
     with pytest.raises(LensError, match="decoder-only models"):
         patching.get_act_patch_resid_pre(bert, corrupted, bert_cache, metric, attention_mask=mask)
+
+
+def test_generate_matches_transformer_lens(gpt2_pair):
+    ours, bridge = gpt2_pair
+    model = HookedTransformer(ours)
+    for prompt in (TEXTS, "When Mary", model.to_tokens("When Mary")):  # a left-padded batch, a string, ids
+        for return_type in ("input", "tokens"):
+            got = model.generate(prompt, max_new_tokens=4, do_sample=False, return_type=return_type)
+            expected = bridge.generate(prompt, max_new_tokens=4, do_sample=False, return_type=return_type,
+                                       verbose=False)
+            assert (torch.equal(got, expected) if isinstance(got, torch.Tensor) else got == expected), prompt
+    with pytest.raises(LensError, match="return_type must be 'input', 'str' or 'tokens'"):
+        model.generate("Hi", return_type="text")
