@@ -225,7 +225,8 @@ class HookedTransformer:
                                      stop_token=eos if stop_at_eos else None)
         if return_type == "tokens" or (return_type == "input" and not is_text):
             return output
-        texts = [self.text_of(row, None if attention_mask is None else attention_mask[i]) for i, row in enumerate(output)]
+        masks = [None] * len(output) if attention_mask is None else list(attention_mask)
+        texts = [self.text_of(row, mask) for row, mask in zip(output, masks)]
         return texts[0] if len(texts) == 1 else texts
 
     def text_of(self, row: torch.Tensor, prompt_mask: torch.Tensor | None) -> str:
