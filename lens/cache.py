@@ -110,10 +110,24 @@ class ActivationCache(dict):
                 name, head_first = None, False
             if name is not None and name + grad in self:
                 value = dict.__getitem__(self, name + grad)
+                if name.split(".")[-1] == "pos_embed" and value.dim() == 2:
+                    return self._batched_positions(name, value, grad)
                 return value.transpose(1, 2) if head_first else value
         hint = "it was left out by names_filter; run run_with_cache without it" if key in self.model.hook_names() \
             else "see model.hook_names() for the names"
         raise HookNameError(f"the cache has no {key!r}: {hint}.")
+
+    def _batched_positions(self, name: str, value: torch.Tensor, grad: str) -> torch.Tensor:
+        """Our (T, C) position embeddings as TransformerLens' (B, T, C): a broadcast view, B from the cached
+        token embeddings. Their gradient per example is the token embeddings' (both are summed into the stream)."""
+        embed = name[:-len("pos_embed")] + "embed" + grad
+        if embed not in self:
+            raise LensError(f"hook_pos_embed{grad} is (batch, pos, d_model) in TransformerLens' layout and this cache "
+                            f"has no {embed} to give it per example: cache it too, or read {name + grad!r} "
+                            "((pos, d_model)).")
+        if grad:
+            return dict.__getitem__(self, embed)
+        return value.expand(dict.__getitem__(self, embed).size(0), *value.shape)
 
     def __repr__(self) -> str:
         return f"ActivationCache({len(self)} hook values: {', '.join(list(self)[:4])}{', ...' if len(self) > 4 else ''})"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from model.config import flatten, nested_configs, unflatten
 from model.rules import Rule, check_fields, number, one_of, size
 from data.documents import ALIGNS, Packing
-from model.sampling import check_sampling
+from model.sampling import Sampling
 from weights.common import ConfigError
 from weights.hf_gpt2 import HUB_MODELS
 
@@ -157,7 +157,7 @@ class SampleConfig:
 
     def __post_init__(self):
         check_fields(self)
-        check_sampling(self.temperature, self.top_k, self.top_p)
+        Sampling(self.temperature, self.top_k, self.top_p)  # a ConfigError names a bad setting
 
 
 def check_init_from(init_from: str, own: tuple[str, ...]) -> None:
