@@ -121,9 +121,12 @@ def test_hook_pos_embed_in_transformer_lens_layout(gpt2_pair):
     torch.testing.assert_close(grads["g"], tl_grads["g"], **TOL)
     _, grad_cache = model.run_with_cache(tokens, return_type="loss", incl_bwd=True)
     torch.testing.assert_close(grad_cache["hook_pos_embed_grad"], tl_grads["g"], **TOL)
-    _, only = model.run_with_cache(tokens, names_filter="pos_embed")
+    for run in (model.run_with_cache, ours.run_with_cache):  # the batch size is noted when embed is left out
+        _, only = run(tokens, names_filter="hook_pos_embed")
+        assert list(only) == ["pos_embed"] and only["hook_pos_embed"].shape == (3, 7, 16)
+    _, only = model.run_with_cache(tokens, names_filter="pos_embed", return_type="loss", incl_bwd=True)
     with pytest.raises(LensError, match="cache it too"):
-        only["hook_pos_embed"]
+        only["hook_pos_embed_grad"]  # each example's gradient is the token embeddings' one
 
 
 def char_model(**options):
