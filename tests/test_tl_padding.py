@@ -13,7 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from data.setup_tiktoken import cache_path
 from data.tokenizer import CharTokenizer
-from lens import patching, path_patching
+from lens import patching, patching_stats, path_patching
 from lens.cache import LensError
 from lens.tl import HookedTransformer, get_attention_mask
 from model import BERT, GPT, BERTConfig, GPTConfig
@@ -188,3 +188,21 @@ def test_generate_matches_transformer_lens(gpt2_pair):
             assert (torch.equal(got, expected) if isinstance(got, torch.Tensor) else got == expected), prompt
     with pytest.raises(LensError, match="return_type must be 'input', 'str' or 'tokens'"):
         model.generate("Hi", return_type="text")
+
+
+def test_patching_pairs_left_padded_equal_right_padded():
+    model = char_model()
+    clean_texts, corrupted_texts = ["abcdab", "cdc", "kajlb"], ["afcdab", "cec", "kgjlb"]
+    clean, mask = model.to_tokens(clean_texts, padding_side="left", return_attention_mask=True)
+    corrupted = model.to_tokens(corrupted_texts, padding_side="left")
+    right, right_corrupted, last = patching_stats.pad_pairs([model.to_tokens(t)[0] for t in clean_texts],
+                                                            [model.to_tokens(t)[0] for t in corrupted_texts])
+    rows = torch.arange(3)
+    at_last = lambda logits: logits[rows, -1, 1] - logits[rows, -1, 2]  # noqa: E731  left padding: last is -1
+    at_right = lambda logits: logits[rows, last, 1] - logits[rows, last, 2]  # noqa: E731
+    for pairs in (patching_stats.patch_pairs, patching_stats.attribution_pairs):
+        left = pairs(model, clean, corrupted, at_last, "attn_head_out_all_pos", attention_mask=mask)
+        expected = pairs(model, right, right_corrupted, at_right, "attn_head_out_all_pos")
+        torch.testing.assert_close(left.values, expected.values, **TOL)
+        torch.testing.assert_close(left.baseline, expected.baseline, **TOL)
+        assert float((left.values - left.baseline[None, None]).abs().max()) > 1e-3  # the patches do something
