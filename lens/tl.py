@@ -17,7 +17,7 @@ hooks, W_Q, to_tokens, ...) is the wrapped model's. docs/transformer_lens.md has
 import torch
 import torch.nn.functional as F
 
-from lens.cache import ActivationCache, LensError
+from lens.cache import ActivationCache, LensError, batch_size_hooks
 from lens.folding import fold_weights
 from lens.tl_methods import bos_token, check_padding_side, pad_token, tokenizer_of
 from model.gpt import GPT
@@ -255,14 +255,15 @@ class HookedTransformer:
             return keep
 
         names = self.model.match_hooks(names_filter)
-        with self.model.hooks([(names, store(""))], [(names, store("_grad"))] if incl_bwd else []):
+        noting, found = batch_size_hooks(self.model)
+        with self.model.hooks([*noting, (names, store(""))], [(names, store("_grad"))] if incl_bwd else []):
             output = self(*args, **kwargs)
             if incl_bwd:
                 if not (isinstance(output, torch.Tensor) and output.numel() == 1):
                     raise LensError("incl_bwd differentiates the output, which must be one number: pass "
                                     "return_type='loss'.")
                 output.backward()
-        return output, ActivationCache(values, self.model)
+        return output, ActivationCache(values, self.model, batch_size=found.get("batch_size"))
 
 
 def test_prompt(model, prompt: str, answer: str | list[str], top_k: int = 10, prepend_bos: bool | None = None,

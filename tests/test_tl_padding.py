@@ -13,7 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from data.setup_tiktoken import cache_path
 from data.tokenizer import CharTokenizer
-from lens import patching, path_patching
+from lens import patching, patching_stats, path_patching
 from lens.cache import LensError
 from lens.tl import HookedTransformer, get_attention_mask
 from model import BERT, GPT, BERTConfig, GPTConfig
@@ -121,9 +121,12 @@ def test_hook_pos_embed_in_transformer_lens_layout(gpt2_pair):
     torch.testing.assert_close(grads["g"], tl_grads["g"], **TOL)
     _, grad_cache = model.run_with_cache(tokens, return_type="loss", incl_bwd=True)
     torch.testing.assert_close(grad_cache["hook_pos_embed_grad"], tl_grads["g"], **TOL)
-    _, only = model.run_with_cache(tokens, names_filter="pos_embed")
+    for run in (model.run_with_cache, ours.run_with_cache):  # the batch size is noted when embed is left out
+        _, only = run(tokens, names_filter="hook_pos_embed")
+        assert list(only) == ["pos_embed"] and only["hook_pos_embed"].shape == (3, 7, 16)
+    _, only = model.run_with_cache(tokens, names_filter="pos_embed", return_type="loss", incl_bwd=True)
     with pytest.raises(LensError, match="cache it too"):
-        only["hook_pos_embed"]
+        only["hook_pos_embed_grad"]  # each example's gradient is the token embeddings' one
 
 
 def char_model(**options):
@@ -185,3 +188,21 @@ def test_generate_matches_transformer_lens(gpt2_pair):
             assert (torch.equal(got, expected) if isinstance(got, torch.Tensor) else got == expected), prompt
     with pytest.raises(LensError, match="return_type must be 'input', 'str' or 'tokens'"):
         model.generate("Hi", return_type="text")
+
+
+def test_patching_pairs_left_padded_equal_right_padded():
+    model = char_model()
+    clean_texts, corrupted_texts = ["abcdab", "cdc", "kajlb"], ["afcdab", "cec", "kgjlb"]
+    clean, mask = model.to_tokens(clean_texts, padding_side="left", return_attention_mask=True)
+    corrupted = model.to_tokens(corrupted_texts, padding_side="left")
+    right, right_corrupted, last = patching_stats.pad_pairs([model.to_tokens(t)[0] for t in clean_texts],
+                                                            [model.to_tokens(t)[0] for t in corrupted_texts])
+    rows = torch.arange(3)
+    at_last = lambda logits: logits[rows, -1, 1] - logits[rows, -1, 2]  # noqa: E731  left padding: last is -1
+    at_right = lambda logits: logits[rows, last, 1] - logits[rows, last, 2]  # noqa: E731
+    for pairs in (patching_stats.patch_pairs, patching_stats.attribution_pairs):
+        left = pairs(model, clean, corrupted, at_last, "attn_head_out_all_pos", attention_mask=mask)
+        expected = pairs(model, right, right_corrupted, at_right, "attn_head_out_all_pos")
+        torch.testing.assert_close(left.values, expected.values, **TOL)
+        torch.testing.assert_close(left.baseline, expected.baseline, **TOL)
+        assert float((left.values - left.baseline[None, None]).abs().max()) > 1e-3  # the patches do something
