@@ -13,7 +13,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from weights.common import ConfigError
+from weights.errors import ConfigError
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
