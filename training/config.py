@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from model.config import flatten, nested_configs, unflatten
 from data.documents import Packing
-from model.sampling import check_sampling
+from model.sampling import Sampling
 from weights.common import ConfigError
 from weights.hf_gpt2 import HUB_MODELS
 
@@ -168,7 +168,7 @@ class SampleConfig:
         check_init_from(self.init_from, ("resume",))
         if self.num_samples < 1 or self.max_new_tokens < 0:
             raise ConfigError("num_samples must be at least 1 and max_new_tokens not negative.")
-        check_sampling(self.temperature, self.top_k, self.top_p)
+        Sampling(self.temperature, self.top_k, self.top_p)  # a ConfigError names a bad setting
 
 
 def check_init_from(init_from: str, own: tuple[str, ...]) -> None:
