@@ -29,7 +29,8 @@ class HardAttentionConfig:
     estimator: str = "gumbel"  # 'gumbel' (straight-through Gumbel-softmax), 'straight_through' or 'reinforce'
     eval: str = "argmax"  # at evaluation: 'argmax' or 'sample'
     # REINFORCE estimator only
-    credit: str = "query"  # 'query': each choice gets the target losses it can change; 'sequence': its sequence's
+    credit: str = "query"  # 'query': each choice gets the target losses it can change; 'own': its own target's
+    # only (biased where a choice also changes later targets); 'sequence': its sequence's
     baseline: str = "batch"  # 'batch', 'moving_average', 'samples', 'learned' or 'none' (model/reinforce.py)
     baseline_momentum: float = 0.9  # decay per training step of the moving average (and of normalize's RMS)
     samples: int = 1  # each training sequence this many times per batch (with baseline='samples', RLOO)
@@ -39,7 +40,7 @@ class HardAttentionConfig:
     estimators = ("gumbel", "straight_through", "reinforce")
     eval_modes = ("argmax", "sample")
     baselines = ("batch", "moving_average", "samples", "learned", "none")
-    credits = ("query", "sequence")
+    credits = ("query", "own", "sequence")
     reinforce_only = ("credit", "baseline", "baseline_momentum", "samples", "normalize", "entropy")
     rules = {  # messages name the flat keys (hard_attention_temperature)
         "temperature": number("must be > 0 and finite", above=0, below=math.inf),  # inf: -inf / inf = nan
