@@ -19,22 +19,19 @@ from torch import nn
 from model.attention import PastKeyValues, make_mask
 from model.config import Seq2SeqConfig
 from model.generation import padded_positions
-from model.family import Family, embed, logits_and_loss, tie_head
-from model.hooks import HookPoint
+from model.family import EmbeddingStem, Family, logits_and_loss, tie_head
 from model.layers import Block, init_weights, make_norm, softcap
 from model.sampling import Sampling
 
 
-class Encoder(nn.Module):
+class Encoder(EmbeddingStem, nn.Module):
     """Source tokens -> encoder states: embeddings and bidirectional blocks."""
 
     def __init__(self, config: Seq2SeqConfig):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.source_vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.source_block_size, config.n_embd) if config.pos_emb == "learned" else None
-        self.drop = nn.Dropout(config.dropout)
-        self.embed, self.pos_embed = HookPoint(), HookPoint()  # token (B, S, C) and position (S, C) embeddings
+        self.add_stem(config.source_vocab_size, config.source_block_size, config, what="source",
+                      limit_name="source_block_size", hint="shorten it or train with a larger source_block_size")
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_encoder_layer))
         self.ln_f = make_norm(config)
 
@@ -43,25 +40,21 @@ class Encoder(nn.Module):
         S = src.size(1)
         # each row's positions count from its first real token: left padding changes nothing
         positions = None if src_mask is None or src_mask.shape != src.shape else padded_positions(src_mask)
-        x = self.drop(embed(src, self.wte, self.wpe, self.config.source_block_size, what="source",
-                            limit_name="source_block_size", hint="shorten it or train with a larger source_block_size",
-                            positions=positions, hooks=(self.embed, self.pos_embed)))
+        x = self.drop(self.stem(src, positions=positions))  # (B, S, C)
         mask = make_mask(S, S, causal=False, key_padding_mask=src_mask)  # (B, 1, 1, S) or None
         for block in self.blocks:
             x = block(x, mask=mask, positions=positions)
         return self.ln_f(x)
 
 
-class Decoder(nn.Module):
+class Decoder(EmbeddingStem, nn.Module):
     """Target tokens and encoder states -> decoder states: causal self-attention, cross-attention, MLP."""
 
     def __init__(self, config: Seq2SeqConfig):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None
-        self.drop = nn.Dropout(config.dropout)
-        self.embed, self.pos_embed = HookPoint(), HookPoint()  # token (B, T, C) and position (T, C) embeddings
+        self.add_stem(config.vocab_size, config.block_size, config, what="target",
+                      hint="decode fewer tokens or train with a larger block_size")
         self.blocks = nn.ModuleList(Block(config, cross=True) for _ in range(config.n_layer))
         self.ln_f = make_norm(config)
 
@@ -78,9 +71,7 @@ class Decoder(nn.Module):
         positions = None  # with a mask, each row counts from its first real token (as GPT's)
         if tgt_mask is not None and tgt_mask.shape == (tgt.size(0), offset + T):
             positions = padded_positions(tgt_mask)[:, offset:]
-        x = self.drop(embed(tgt, self.wte, self.wpe, self.config.block_size, offset, what="target",
-                            hint="decode fewer tokens or train with a larger block_size",
-                            positions=positions, hooks=(self.embed, self.pos_embed)))
+        x = self.drop(self.stem(tgt, offset, positions))  # (B, T, C)
         self_mask = None
         if tgt_mask is not None:
             self_mask = make_mask(T, offset + T, causal=True, key_padding_mask=tgt_mask, offset=offset,
