@@ -18,7 +18,7 @@ from torch import nn
 
 from model.attention import PastKeyValues, make_mask
 from model.config import Seq2SeqConfig
-from model.generation import padded_positions
+from model.generation import decode, padded_positions
 from model.family import EmbeddingStem, Family, logits_and_loss, tie_head
 from model.layers import Block, init_weights, make_norm, softcap
 from model.sampling import Sampling
@@ -139,20 +139,12 @@ class Seq2Seq(Family):
         temperature 0 (the default) is greedy; otherwise tokens are sampled (temperature, top_k, top_p).
         A row stops at EOS or after max_new_tokens (at most block_size) tokens.
         """
-        B, sampling = src.size(0), Sampling(temperature, top_k, top_p)
-        memory = self.encoder(src, src_mask)
-        caches = self.new_caches(src.size(1)) if use_cache else None
-        tokens = src.new_full((B, 1), bos_id)
-        done = torch.zeros(B, dtype=torch.bool, device=src.device)
-        for _ in range(self.decode_limit(max_new_tokens)):
-            logits = self.step_logits(tokens, memory, src_mask, caches)
-            next_token = sampling.sample(logits, generator)
-            next_token = next_token.masked_fill(done[:, None], eos_id)  # finished rows idle on EOS
-            tokens = torch.cat([tokens, next_token], dim=1)
-            done |= next_token[:, 0] == eos_id
-            if done.all():
-                break
-        return [until_eos(row, eos_id) for row in tokens[:, 1:].tolist()]
+        steps = EncodedSteps(self, self.encoder(src, src_mask), src_mask, use_cache)
+        bos = src.new_full((src.size(0), 1), bos_id)
+        # GPT's decoding loop; a finished row idles on EOS, and decoding ends once every row has finished
+        new = decode(steps, bos, self.decode_limit(max_new_tokens), Sampling(temperature, top_k, top_p), generator,
+                     stop_token=eos_id, use_cache=use_cache)
+        return [until_eos(row, eos_id) for row in torch.cat([bos, *new], dim=1)[:, 1:].tolist()]
 
     @torch.no_grad()
     def beam_search(self, src: torch.Tensor, bos_id: int, eos_id: int, src_mask: torch.Tensor | None = None,
@@ -199,6 +191,23 @@ class Seq2Seq(Family):
                 for cache in caches[0]:
                     cache.reorder(rows)
         return best_hypotheses(finished, scores, tokens, length_penalty)
+
+
+class EncodedSteps:
+    """The steps of model/generation.py's decode for an encoder-decoder: the source is encoded once (memory),
+    then each step is the model's step_logits (Seq2Seq's, or RNNEncoderDecoder's with its recurrent state)."""
+
+    def __init__(self, model, memory: torch.Tensor, src_mask: torch.Tensor | None, use_cache: bool):
+        self.model, self.memory, self.src_mask, self.use_cache, self.caches = model, memory, src_mask, use_cache, None
+
+    def prefill(self, tokens: torch.Tensor, mask=None) -> torch.Tensor:
+        """Logits (B, V) after tokens (B, t) through fresh caches (none without use_cache)."""
+        self.caches = self.model.new_caches(self.memory.size(1)) if self.use_cache else None
+        return self.step(tokens)
+
+    def step(self, tokens: torch.Tensor, mask=None) -> torch.Tensor:
+        """Logits (B, V) of the next token after tokens (B, t); with caches only the last one is fed."""
+        return self.model.step_logits(tokens, self.memory, self.src_mask, self.caches)
 
 
 def best_hypotheses(finished: list[list[tuple[float, list[int]]]], scores: torch.Tensor, tokens: torch.Tensor,
