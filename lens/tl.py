@@ -17,7 +17,7 @@ hooks, W_Q, to_tokens, ...) is the wrapped model's. docs/transformer_lens.md has
 import torch
 import torch.nn.functional as F
 
-from lens.cache import ActivationCache, LensError
+from lens.cache import ActivationCache, LensError, batch_size_hooks
 from lens.folding import fold_weights
 from lens.tl_methods import bos_token, check_padding_side, pad_token, tokenizer_of
 from model.gpt import GPT
@@ -197,6 +197,46 @@ class HookedTransformer:
             return stopped.value
         raise LensError(f"the forward pass never reached {name}.")
 
+    def generate(self, input="", max_new_tokens: int = 10, stop_at_eos: bool = True, eos_token_id: int | None = None,
+                 do_sample: bool = True, top_k: int | None = None, top_p: float | None = None,
+                 temperature: float = 1.0, use_past_kv_cache: bool = True, prepend_bos: bool | None = None,
+                 padding_side: str | None = None, return_type: str = "input", verbose: bool = True,
+                 attention_mask: torch.Tensor | None = None):
+        """TransformerLens' generate: a string, a list of strings (left-padded, as TransformerLens forces for a
+        batch) or token ids (B, T) with their attention_mask, continued by max_new_tokens tokens (greedy unless
+        do_sample); return_type "input" gives text for text and ids for ids, "str" text, "tokens" ids (B, T + n).
+        stop_at_eos: a row that emits the end-of-text token (eos_token_id, else the tokenizer's) keeps emitting
+        it and generation ends once every row has."""
+        if return_type not in ("input", "str", "tokens"):
+            raise LensError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}.")
+        is_text = isinstance(input, (str, list))
+        if is_text:
+            check_padding_side(padding_side)  # a batch is left-padded whatever the side asked (TransformerLens)
+            tokens, attention_mask = self.to_tokens(input, prepend_bos=prepend_bos, padding_side="left",
+                                                    return_attention_mask=True)
+        else:
+            tokens = torch.as_tensor(input)
+            tokens = tokens[None] if tokens.dim() == 1 else tokens
+        tokenizer = getattr(self.model, "tokenizer", None)
+        eos = eos_token_id if eos_token_id is not None else (bos_token(tokenizer) if tokenizer is not None else None)
+        output = self.model.generate(tokens, max_new_tokens, temperature=temperature,
+                                     top_k=top_k if do_sample else 1, top_p=top_p if do_sample else None,
+                                     use_cache=use_past_kv_cache, attention_mask=attention_mask,
+                                     stop_token=eos if stop_at_eos else None)
+        if return_type == "tokens" or (return_type == "input" and not is_text):
+            return output
+        masks = [None] * len(output) if attention_mask is None else list(attention_mask)
+        texts = [self.text_of(row, mask) for row, mask in zip(output, masks)]
+        return texts[0] if len(texts) == 1 else texts
+
+    def text_of(self, row: torch.Tensor, prompt_mask: torch.Tensor | None) -> str:
+        """One generated row as text without its padding and BOS / end-of-text tokens (TransformerLens'
+        skip_special_tokens)."""
+        tokenizer = tokenizer_of(self.model)
+        start = 0 if prompt_mask is None else int((prompt_mask == 0).sum())  # left padding
+        special = {bos_token(tokenizer), pad_token(tokenizer)} - {None}
+        return tokenizer.decode([int(t) for t in row[start:] if int(t) not in special])
+
     def run_with_hooks(self, *args, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True, **kwargs):
         """Call with (name, fn) hooks attached (fn(activation, hook) or our fn(tensor, name)); backward hooks
         fire when a loss computed from the output is differentiated, also after the call returns."""
@@ -215,14 +255,15 @@ class HookedTransformer:
             return keep
 
         names = self.model.match_hooks(names_filter)
-        with self.model.hooks([(names, store(""))], [(names, store("_grad"))] if incl_bwd else []):
+        noting, found = batch_size_hooks(self.model)
+        with self.model.hooks([*noting, (names, store(""))], [(names, store("_grad"))] if incl_bwd else []):
             output = self(*args, **kwargs)
             if incl_bwd:
                 if not (isinstance(output, torch.Tensor) and output.numel() == 1):
                     raise LensError("incl_bwd differentiates the output, which must be one number: pass "
                                     "return_type='loss'.")
                 output.backward()
-        return output, ActivationCache(values, self.model)
+        return output, ActivationCache(values, self.model, batch_size=found.get("batch_size"))
 
 
 def test_prompt(model, prompt: str, answer: str | list[str], top_k: int = 10, prepend_bos: bool | None = None,

@@ -13,10 +13,10 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from data.setup_tiktoken import cache_path
 from data.tokenizer import CharTokenizer
-from lens import patching, path_patching
+from lens import patching, patching_stats, path_patching
 from lens.cache import LensError
 from lens.tl import HookedTransformer, get_attention_mask
-from model import GPT, GPTConfig
+from model import BERT, GPT, BERTConfig, GPTConfig
 
 TOL = dict(atol=1e-4, rtol=0)
 TEXTS = ["Hi", "When Mary and John went", "the store"]
@@ -121,9 +121,12 @@ def test_hook_pos_embed_in_transformer_lens_layout(gpt2_pair):
     torch.testing.assert_close(grads["g"], tl_grads["g"], **TOL)
     _, grad_cache = model.run_with_cache(tokens, return_type="loss", incl_bwd=True)
     torch.testing.assert_close(grad_cache["hook_pos_embed_grad"], tl_grads["g"], **TOL)
-    _, only = model.run_with_cache(tokens, names_filter="pos_embed")
+    for run in (model.run_with_cache, ours.run_with_cache):  # the batch size is noted when embed is left out
+        _, only = run(tokens, names_filter="hook_pos_embed")
+        assert list(only) == ["pos_embed"] and only["hook_pos_embed"].shape == (3, 7, 16)
+    _, only = model.run_with_cache(tokens, names_filter="pos_embed", return_type="loss", incl_bwd=True)
     with pytest.raises(LensError, match="cache it too"):
-        only["hook_pos_embed"]
+        only["hook_pos_embed_grad"]  # each example's gradient is the token embeddings' one
 
 
 def char_model(**options):
@@ -168,3 +171,38 @@ def test_left_padded_patching_and_generate_equal_each_prompt_alone():
         assert generated[row, -4:].tolist() == alone[0, -4:].tolist()
     with pytest.raises(LensError, match="one mask value per token"):
         patching.get_act_patch_resid_pre(model, corrupted, clean_cache, metric, attention_mask=mask[:, 1:])
+    bert = BERT(BERTConfig(vocab_size=12, n_layer=1, n_head=2, n_embd=8, block_size=8, post_norm=False)).eval()
+    _, bert_cache = bert.run_with_cache(clean)
+    with pytest.raises(LensError, match="decoder-only models"):
+        patching.get_act_patch_resid_pre(bert, corrupted, bert_cache, metric, attention_mask=mask)
+
+
+def test_generate_matches_transformer_lens(gpt2_pair):
+    ours, bridge = gpt2_pair
+    model = HookedTransformer(ours)
+    for prompt in (TEXTS, "When Mary", model.to_tokens("When Mary")):  # a left-padded batch, a string, ids
+        for return_type in ("input", "tokens"):
+            got = model.generate(prompt, max_new_tokens=4, do_sample=False, return_type=return_type)
+            expected = bridge.generate(prompt, max_new_tokens=4, do_sample=False, return_type=return_type,
+                                       verbose=False)
+            assert (torch.equal(got, expected) if isinstance(got, torch.Tensor) else got == expected), prompt
+    with pytest.raises(LensError, match="return_type must be 'input', 'str' or 'tokens'"):
+        model.generate("Hi", return_type="text")
+
+
+def test_patching_pairs_left_padded_equal_right_padded():
+    model = char_model()
+    clean_texts, corrupted_texts = ["abcdab", "cdc", "kajlb"], ["afcdab", "cec", "kgjlb"]
+    clean, mask = model.to_tokens(clean_texts, padding_side="left", return_attention_mask=True)
+    corrupted = model.to_tokens(corrupted_texts, padding_side="left")
+    right, right_corrupted, last = patching_stats.pad_pairs([model.to_tokens(t)[0] for t in clean_texts],
+                                                            [model.to_tokens(t)[0] for t in corrupted_texts])
+    rows = torch.arange(3)
+    at_last = lambda logits: logits[rows, -1, 1] - logits[rows, -1, 2]  # noqa: E731  left padding: last is -1
+    at_right = lambda logits: logits[rows, last, 1] - logits[rows, last, 2]  # noqa: E731
+    for pairs in (patching_stats.patch_pairs, patching_stats.attribution_pairs):
+        left = pairs(model, clean, corrupted, at_last, "attn_head_out_all_pos", attention_mask=mask)
+        expected = pairs(model, right, right_corrupted, at_right, "attn_head_out_all_pos")
+        torch.testing.assert_close(left.values, expected.values, **TOL)
+        torch.testing.assert_close(left.baseline, expected.baseline, **TOL)
+        assert float((left.values - left.baseline[None, None]).abs().max()) > 1e-3  # the patches do something
