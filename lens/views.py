@@ -56,25 +56,8 @@ def views_from_maps(maps: dict[str, torch.Tensor], tokens: list[str], source_tok
     sequences = {"target": (tokens, attention_mask, "attention_mask"),
                  "source": (source_tokens, source_mask, "source_mask")}
     shown: dict[str, list[str]] = {}  # each sequence's tokens as shown (padding left out)
-
-    def real_row(kind: str, batch: int, length: int) -> torch.Tensor | None:
-        """The row's real positions (length,) in one sequence, or None without a mask; sets shown[kind]."""
-        given, mask, mask_name = sequences[kind]
-        if mask is None:
-            shown.setdefault(kind, list(given))
-            return None
-        real = real_positions(mask, (batch, length), mask_name)[batch_index]
-        if kind not in shown:
-            n = int(real.sum())
-            if len(given) == length:
-                shown[kind] = [t for t, keep in zip(given, real.tolist()) if keep]
-            elif len(given) == n:
-                shown[kind] = list(given)
-            else:
-                raise ValueError(f"{mask_name} marks {n} of row {batch_index}'s {length} tokens as real but "
-                                 f"{len(given)} tokens were given; pass all {length} or the {n} real ones.")
-        return real
-
+    real_row = lambda kind, batch, length: shown_row(sequences[kind], batch_index, batch, length,  # noqa: E731
+                                                     shown.setdefault(kind, []))
     groups: dict[str, AttentionView] = {}
     for name, pattern in maps.items():
         if not name.endswith(".pattern"):
@@ -101,6 +84,27 @@ def views_from_maps(maps: dict[str, torch.Tensor], tokens: list[str], source_tok
         groups[stack].layers[module] = array
     return [mark_documents(view, doc_ids, batch_index, attention_mask, len(shown.get("target", ()))) for view in
             groups.values()]
+
+
+def shown_row(sequence: tuple, batch_index: int, batch: int, length: int, shown: list[str]) -> torch.Tensor | None:
+    """Row `batch_index`'s real positions (length,) in one sequence (given tokens, mask, mask name), or None
+    without a mask; fills `shown` (when empty) with the tokens the views show."""
+    given, mask, mask_name = sequence
+    if mask is None:
+        if not shown:
+            shown.extend(given)
+        return None
+    real = real_positions(mask, (batch, length), mask_name)[batch_index]
+    if not shown:
+        n = int(real.sum())
+        if len(given) == length:
+            shown.extend(t for t, keep in zip(given, real.tolist()) if keep)
+        elif len(given) == n:
+            shown.extend(given)
+        else:
+            raise ValueError(f"{mask_name} marks {n} of row {batch_index}'s {length} tokens as real but "
+                             f"{len(given)} tokens were given; pass all {length} or the {n} real ones.")
+    return real
 
 
 def mark_documents(view: AttentionView, doc_ids: torch.Tensor | None, batch_index: int,

@@ -1,4 +1,5 @@
-"""The model configs: typed sizes and options of every family, validated in one place (__post_init__).
+"""The model configs: typed sizes and options of every family, each validated in __post_init__ from its
+rule table (`rules`, model/rules.py) and, after it, the checks that relate two fields.
 
 Training and sampling options, and the config-file / --key=value parser, are in training/config.py.
 """
@@ -8,42 +9,13 @@ import math
 import typing
 from dataclasses import dataclass
 
-from model.attention import check_variant, is_number
+from model.attention import SCORES, WEIGHTINGS
 from model.layers import ACTIVATIONS, NORMS
+from model.rules import check_fields, flag, instance, number, one_of, size
 from weights.common import ConfigError
 
-
-def is_size(value, minimum: int = 1) -> bool:
-    """Whether value is an int (not a bool, float or string) of at least `minimum`."""
-    return type(value) is int and value >= minimum
-
-
-def check_sizes(config, names: tuple[str, ...]) -> None:
-    """A ConfigError for the first of these fields that is not a positive integer."""
-    for name in names:
-        if not is_size(getattr(config, name)):
-            raise ConfigError(f"{name} must be a positive integer, got {getattr(config, name)!r}.")
-
-
-def check_source_sizes(config, names: tuple[str, ...]) -> None:
-    """A ConfigError for the first of these source-side fields that is neither 0 nor a positive integer."""
-    for name in names:
-        if not is_size(getattr(config, name), minimum=0):
-            raise ConfigError(f"{name} must be a positive integer, or 0 for the target side's value; "
-                              f"got {getattr(config, name)!r}.")
-
-
-def check_dropout(dropout) -> None:
-    """A ConfigError unless dropout is a number in [0, 1)."""
-    if not (is_number(dropout) and 0.0 <= dropout < 1.0):
-        raise ConfigError(f"dropout must be a number in [0, 1), got {dropout!r}.")
-
-
-def check_choice(config, name: str, choices: tuple[str, ...], shown: str = "") -> None:
-    """A ConfigError unless config.<name> is one of the strings in `choices` (`shown`: the name in the message)."""
-    value = getattr(config, name)
-    if not isinstance(value, str) or value not in choices:
-        raise ConfigError(f"{shown or name} must be one of {', '.join(choices)}, got {value!r}.")
+POSITIONS = ("learned", "rope")  # pos_emb: a learned wpe table added to the tokens, or rotary q and k
+SOURCE_SIZE = size(0, "must be a positive integer, or 0 for the target side's value")  # 0: the target side's
 
 
 @dataclass
@@ -56,7 +28,8 @@ class HardAttentionConfig:
     estimator: str = "gumbel"  # 'gumbel' (straight-through Gumbel-softmax), 'straight_through' or 'reinforce'
     eval: str = "argmax"  # at evaluation: 'argmax' or 'sample'
     # REINFORCE estimator only
-    credit: str = "query"  # 'query': each choice gets the target losses it can change; 'sequence': its sequence's
+    credit: str = "query"  # 'query': each choice gets the target losses it can change; 'own': its own target's
+    # only (biased where a choice also changes later targets); 'sequence': its sequence's
     baseline: str = "batch"  # 'batch', 'moving_average', 'samples', 'learned' or 'none' (model/reinforce.py)
     baseline_momentum: float = 0.9  # decay per training step of the moving average (and of normalize's RMS)
     samples: int = 1  # each training sequence this many times per batch (with baseline='samples', RLOO)
@@ -66,30 +39,21 @@ class HardAttentionConfig:
     estimators = ("gumbel", "straight_through", "reinforce")
     eval_modes = ("argmax", "sample")
     baselines = ("batch", "moving_average", "samples", "learned", "none")
-    credits = ("query", "sequence")
+    credits = ("query", "own", "sequence")
     reinforce_only = ("credit", "baseline", "baseline_momentum", "samples", "normalize", "entropy")
+    rules = {  # messages name the flat keys (hard_attention_temperature)
+        "temperature": number("must be > 0 and finite", above=0, below=math.inf),  # inf: -inf / inf = nan
+        "estimator": one_of(estimators), "eval": one_of(eval_modes), "baseline": one_of(baselines),
+        "credit": one_of(credits), "samples": size(), "normalize": flag(),
+        "baseline_momentum": number("must be in [0, 1)", at_least=0, below=1),
+        "entropy": number("must be >= 0 and finite", at_least=0, below=math.inf),
+    }
 
     def __post_init__(self):
-        tau = self.temperature
-        if not (is_number(tau) and 0 < tau < float("inf")):  # inf: -inf / inf = nan in the masked scores
-            raise ConfigError(f"hard_attention_temperature must be > 0 and finite, got {tau!r}.")
-        check_choice(self, "estimator", self.estimators, "hard_attention_estimator")
-        check_choice(self, "eval", self.eval_modes, "hard_attention_eval")
-        check_choice(self, "baseline", self.baselines, "hard_attention_baseline")
-        check_choice(self, "credit", self.credits, "hard_attention_credit")
-        if not (type(self.samples) is int and self.samples >= 1):
-            raise ConfigError(f"hard_attention_samples must be a positive integer, got {self.samples!r}.")
+        check_fields(self, prefix="hard_attention_")
         if self.estimator == "reinforce" and (self.samples > 1) != (self.baseline == "samples"):
             raise ConfigError("hard_attention_baseline=samples and hard_attention_samples >= 2 go together "
                               f"(got {self.baseline!r} and {self.samples}); set both or neither.")
-        if type(self.normalize) is not bool:
-            raise ConfigError(f"hard_attention_normalize must be True or False, got {self.normalize!r}.")
-        momentum = self.baseline_momentum
-        if not (is_number(momentum) and 0.0 <= momentum < 1.0):
-            raise ConfigError(f"hard_attention_baseline_momentum must be in [0, 1), got {momentum!r}.")
-        entropy = self.entropy
-        if not (is_number(entropy) and 0.0 <= entropy < float("inf")):
-            raise ConfigError(f"hard_attention_entropy must be >= 0 and finite, got {entropy!r}.")
 
 
 def nested_configs(cls) -> dict[str, type]:
@@ -178,39 +142,38 @@ class TransformerConfig:
     logit_softcap: float = 0.0  # logits -> cap * tanh(logits / cap); 0 disables
     rotary_dim: int = 0  # features of each head that rope rotates, from the first (GPT-NeoX: a part); 0: all
 
+    rules = {
+        "block_size": size(), "vocab_size": size(), "n_layer": size(), "n_head": size(), "n_embd": size(),
+        "dropout": number("must be a number in [0, 1)", at_least=0, below=1),
+        "attn_score": one_of(SCORES), "attn_weighting": one_of(WEIGHTINGS),
+        "cross_attn_score": one_of(SCORES), "cross_attn_weighting": one_of(WEIGHTINGS),
+        "hard_attention": instance(HardAttentionConfig),
+        "activation": one_of(ACTIVATIONS), "mlp_hidden": size(none=True, text="must be a positive integer or None "
+                                                                          "(4 * n_embd)"),
+        "norm": one_of(NORMS),
+        "norm_eps": number("must be a positive number (the norms add it to the variance)", above=0, below=math.inf),
+        "pos_emb": one_of(POSITIONS, "must be 'learned' or 'rope'"),
+        "rope_base": number("must be greater than 1", above=1),
+        "logit_softcap": number("must be >= 0 (0 disables it)", at_least=0),
+        "rotary_dim": size(0, "must be an even number of features up to head_dim (0: all of them)"),
+    }
+
     def __post_init__(self):
-        check_sizes(self, ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"))
+        check_fields(self)
         if self.n_embd % self.n_head != 0:
             raise ConfigError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                 f"pick n_head among {[h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0][:12]}."
             )
-        check_dropout(self.dropout)
-        check_variants(self)
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}.")
-        if self.mlp_hidden is not None and (type(self.mlp_hidden) is not int or self.mlp_hidden < 1):
-            raise ConfigError(f"mlp_hidden must be a positive integer or None (4 * n_embd), got {self.mlp_hidden!r}.")
-        if self.norm not in NORMS:
-            raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}.")
-        if not (is_number(self.norm_eps) and 0 < self.norm_eps < float("inf")):
-            raise ConfigError(f"norm_eps must be a positive number (the norms add it to the variance), "
-                              f"got {self.norm_eps!r}.")
-        if self.pos_emb not in ("learned", "rope"):
-            raise ConfigError(f"pos_emb must be 'learned' or 'rope', got {self.pos_emb!r}.")
         if self.pos_emb == "rope" and self.head_dim % 2:
             raise ConfigError(f"rope rotates pairs of features, so head_dim (n_embd / n_head = {self.head_dim}) "
                               "must be even; change n_embd or n_head.")
-        if not (is_size(self.rotary_dim, minimum=0) and self.rotary_dim <= self.head_dim and self.rotary_dim % 2 == 0):
+        if self.rotary_dim > self.head_dim or self.rotary_dim % 2:
             raise ConfigError(f"rotary_dim must be an even number of features up to head_dim {self.head_dim} "
                               f"(0: all of them), got {self.rotary_dim!r}.")
         if self.parallel_residual and (self.post_norm or self.attn_only):
             raise ConfigError("parallel_residual adds attention and MLP to one pre-norm stream; drop it, or "
                               "post_norm / attn_only.")
-        if not self.rope_base > 1.0:
-            raise ConfigError(f"rope_base must be greater than 1, got {self.rope_base}.")
-        if not self.logit_softcap >= 0.0:
-            raise ConfigError(f"logit_softcap must be >= 0 (0 disables it), got {self.logit_softcap}.")
 
     @property
     def head_dim(self) -> int:
@@ -252,12 +215,8 @@ class BERTConfig(TransformerConfig):
     position_offset: int = 0  # the first position's row in wpe (RoBERTa: its padding id + 1)
     mlm_head: bool = True  # False: an encoder alone (Hugging Face's BertModel), its forward gives hidden states
 
-    def __post_init__(self):
-        super().__post_init__()
-        if not is_size(self.position_offset, minimum=0):
-            raise ConfigError(f"position_offset must be 0 or more, got {self.position_offset!r}.")
-        if not is_size(self.type_vocab_size, minimum=0):
-            raise ConfigError(f"type_vocab_size must be 0 (no segment embeddings) or more, got {self.type_vocab_size}.")
+    rules = {**TransformerConfig.rules, "type_vocab_size": size(0, "must be 0 (no segment embeddings) or more"),
+             "position_offset": size(0, "must be 0 or more")}
 
 
 @flat_keys_too
@@ -274,9 +233,11 @@ class Seq2SeqConfig(TransformerConfig):
     source_block_size: int = 0  # longest source sequence; 0: block_size
     source_vocab_size: int = 0  # 0: one vocabulary (and embedding) for source and target
 
+    rules = {**TransformerConfig.rules, "n_encoder_layer": SOURCE_SIZE, "source_block_size": SOURCE_SIZE,
+             "source_vocab_size": SOURCE_SIZE}
+
     def __post_init__(self):
         super().__post_init__()
-        check_source_sizes(self, ("n_encoder_layer", "source_block_size", "source_vocab_size"))
         self.n_encoder_layer = self.n_encoder_layer or self.n_layer
         self.source_block_size = self.source_block_size or self.block_size
         self.source_vocab_size = self.source_vocab_size or self.vocab_size
@@ -326,27 +287,28 @@ class RNNConfig:
     norm_eps = 1e-5
     logit_softcap = 0.0
     cells = ("gru", "lstm")
+    rules = {
+        "block_size": size(), "vocab_size": size(), "n_layer": size(), "n_embd": size(), "n_head": size(),
+        "source_block_size": SOURCE_SIZE, "source_vocab_size": SOURCE_SIZE, "cell": one_of(cells),
+        "dropout": TransformerConfig.rules["dropout"], "attn_score": one_of(SCORES), "attn_weighting": one_of(WEIGHTINGS),
+        "hard_attention": instance(HardAttentionConfig),
+    }
 
     def __post_init__(self):
-        check_sizes(self, ("block_size", "vocab_size", "n_layer", "n_embd", "n_head"))
-        check_source_sizes(self, ("source_block_size", "source_vocab_size"))
-        if self.cell not in self.cells:
-            raise ConfigError(f"cell must be one of {', '.join(self.cells)}, got {self.cell!r}.")
+        check_fields(self)
         if self.bidirectional and self.n_embd % 2:
             raise ConfigError(f"a bidirectional encoder gives n_embd / 2 to each direction; make n_embd "
                               f"({self.n_embd}) even or set bidirectional=False.")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}).")
-        check_dropout(self.dropout)
         defaults = RNNConfig.__dataclass_fields__
         if not self.attention and any(getattr(self, k) != defaults[k].default for k in ("attn_score", "attn_weighting")):
             raise ConfigError("attn_score and attn_weighting choose the attention, which attention=False turns off; "
                               "drop them or set attention=True.")
-        check_variants(self)
         self.source_block_size = self.source_block_size or self.block_size
         self.source_vocab_size = self.source_vocab_size or self.vocab_size
 
-    # the decoder's attention is cross-attention: check_variants reads these names
+    # the decoder's attention is cross-attention (the shared Attention module reads these names)
     @property
     def cross_attn_score(self) -> str:
         """The score of the decoder's attention over the encoder states (= attn_score)."""
@@ -371,14 +333,6 @@ class RNNConfig:
         """A copy for another vocabulary; a source vocabulary shared with the target follows it."""
         source = vocab_size if self.shared_vocab else self.source_vocab_size
         return dataclasses.replace(self, vocab_size=vocab_size, source_vocab_size=source)
-
-
-def check_variants(config) -> None:
-    """A ConfigError unless the self- and cross-attention variants are registered (model/attention.py)."""
-    check_variant(config.attn_score, config.attn_weighting, "attn_")
-    check_variant(config.cross_attn_score, config.cross_attn_weighting, "cross_attn_")
-    if not isinstance(config.hard_attention, HardAttentionConfig):
-        raise ConfigError(f"hard_attention must be a HardAttentionConfig, got {config.hard_attention!r}.")
 
 
 __all__ = ["ConfigError", "HardAttentionConfig", "flatten", "unflatten", "from_flat", "TransformerConfig", "GPTConfig", "BERTConfig", "Seq2SeqConfig", "RNNConfig"]

@@ -22,7 +22,7 @@ from model.generation import padded_positions
 from model.family import Family, embed, logits_and_loss, tie_head
 from model.hooks import HookPoint
 from model.layers import Block, init_weights, make_norm, softcap
-from model.sampling import sample_next
+from model.sampling import Sampling
 
 
 class Encoder(nn.Module):
@@ -148,14 +148,14 @@ class Seq2Seq(Family):
         temperature 0 (the default) is greedy; otherwise tokens are sampled (temperature, top_k, top_p).
         A row stops at EOS or after max_new_tokens (at most block_size) tokens.
         """
-        B = src.size(0)
+        B, sampling = src.size(0), Sampling(temperature, top_k, top_p)
         memory = self.encoder(src, src_mask)
         caches = self.new_caches(src.size(1)) if use_cache else None
         tokens = src.new_full((B, 1), bos_id)
         done = torch.zeros(B, dtype=torch.bool, device=src.device)
         for _ in range(self.decode_limit(max_new_tokens)):
             logits = self.step_logits(tokens, memory, src_mask, caches)
-            next_token = sample_next(logits, temperature, top_k, top_p, generator)
+            next_token = sampling.sample(logits, generator)
             next_token = next_token.masked_fill(done[:, None], eos_id)  # finished rows idle on EOS
             tokens = torch.cat([tokens, next_token], dim=1)
             done |= next_token[:, 0] == eos_id

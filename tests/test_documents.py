@@ -181,4 +181,4 @@ def test_train_packs_documents_and_reports_the_waste(doc_data, tmp_path):
     assert "0.0% padding" in proc.stdout
     assert "iter 4" in proc.stdout
     refused = run_script("train.py", "--model_type=seq2seq", f"--out_dir={tmp_path}/s", "--doc_mask=True", check=False)
-    assert refused.returncode == 1 and "doc_mask and batch_align=doc apply to model_type gpt and bert" in refused.stderr
+    assert refused.returncode == 1 and "doc_mask is an option of model_type=gpt or bert, not of model_type=seq2seq" in refused.stderr

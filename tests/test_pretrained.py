@@ -9,6 +9,7 @@ import torch
 
 from conftest import run_script
 from model import GPT, ConfigError
+import train
 from training.config import TrainConfig
 from weights.hf_folder import PretrainedError
 
@@ -171,8 +172,10 @@ def test_finetune_eval_only_and_sample_from_a_gpt2_folder(bpe_data, hf_dir, tmp_
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ") and "n_layer" in lines[0]
     assert not os.path.exists(tmp_path / "o2")
+    assert TrainConfig(init_from="gpt5").init_from == "gpt5"  # a config reads no disk; the run's start does:
     with pytest.raises(ConfigError, match="init_from must be"):
-        TrainConfig(init_from="gpt5")
+        train.main(["--init_from=gpt5", f"--out_dir={tmp_path / 'o4'}"])
+    assert not os.path.exists(tmp_path / "o4")
     # a GPT-2 with another vocabulary (97 ids) on a GPT-2 BPE dataset: the error names both sizes
     proc = run_script("train.py", f"--init_from={hf_dir[0]}", f"--data_dir={bpe_data}", f"--out_dir={tmp_path / 'o3'}",
                       check=False)

@@ -128,6 +128,19 @@ def test_a_choice_that_reaches_later_targets_needs_reach_later():
     assert ((wrong - exact)[0].abs() > 6 * rows.std(0)[0] / N ** 0.5).any()
 
 
+def test_credit_own_ignores_later_targets_exact_in_the_last_layer():
+    """credit='own' gives each choice its own target's loss whatever the layer's reach: the exact gradient
+    where that is all a choice changes, and without query 0's share of target 1 where it changes more."""
+    torch.manual_seed(0)
+    case = enumerable_case()
+    grad, rows, _ = estimate(reinforce("batch", credit="own", reach="own"), *case)
+    assert ((grad - exact_gradient(*case)).abs() < 4 * rows.std(0) / N ** 0.5 + 1e-7).all()
+    biased, rows, _ = estimate(reinforce("batch", credit="own", reach="later"), *case, later=True)
+    stderr = rows.std(0) / N ** 0.5
+    assert ((biased - exact_gradient(*case)).abs() < 4 * stderr + 1e-7).all()  # target 1's share is left out
+    assert ((biased - exact_gradient(*case, later=True))[0].abs() > 6 * stderr[0]).any()
+
+
 def test_normalized_advantages_estimate_the_gradient_divided_by_the_running_rms():
     torch.manual_seed(0)
     case = enumerable_case()
