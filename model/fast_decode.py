@@ -47,10 +47,7 @@ class StaticPastKeyValues:
 
 def forward_static(model, idx: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, caches) -> torch.Tensor:
     """Logits (B, V) after idx (B, T) at positions (B, T), attending with mask (1|B, 1, T, L) over the cache."""
-    x = model.wte(idx)  # (B, T, C)
-    if model.wpe is not None:
-        x = x + model.wpe(positions)
-    x = model.drop(x)
+    x = model.drop(model.stem(idx, positions=positions, hooked=False))  # (B, T, C)
     for block, cache in zip(model.blocks, caches):
         x = block(x, mask=mask, causal=True, cache=cache, positions=positions)
     x = model.ln_f(x[:, -1])  # (B, C): only the last position is sampled from

@@ -14,8 +14,7 @@ from torch import nn
 
 from model.attention import PastKeyValues, document_mask, document_positions
 from model.config import ConfigError, GPTConfig
-from model.hooks import HookPoint
-from model.family import Family, embed, logits_and_loss, tie_head
+from model.family import EmbeddingStem, Family, logits_and_loss, tie_head
 from model.layers import Block, init_weights, make_norm
 from weights.hf_folder import PretrainedError, check_state
 from weights.hf_tokenizer import folder_tokenizer
@@ -32,7 +31,7 @@ def gpt2_config(values: dict, source: str) -> GPTConfig:
         raise PretrainedError(f"the config.json of {source} holds sizes our model cannot take ({e}).") from None
 
 
-class GPT(Family):
+class GPT(EmbeddingStem, Family):
     """A decoder-only language model."""
 
     model_type = "gpt"
@@ -40,10 +39,7 @@ class GPT(Family):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None
-        self.drop = nn.Dropout(config.dropout)
-        self.embed, self.pos_embed = HookPoint(), HookPoint()  # token (B, T, C) and position (T, C) embeddings
+        self.add_stem(config.vocab_size, config.block_size, config)  # wte, wpe, drop; hooks embed, pos_embed
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -96,8 +92,7 @@ class GPT(Family):
                                  f"{(idx.size(0), offset + idx.size(1))}, got {tuple(attention_mask.shape)}.")
             positions = padded_positions(attention_mask)[:, offset:]  # (B, T)
             mask = padded_causal_mask(attention_mask, idx.size(1))  # (B, 1, T, offset + T)
-        x = self.drop(embed(idx, self.wte, self.wpe, self.config.block_size, offset, positions=positions,
-                            hooks=(self.embed, self.pos_embed)))  # (B, T, C)
+        x = self.drop(self.stem(idx, offset, positions))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, mask=mask, causal=True, cache=caches[i] if caches else None, positions=positions)
         x = self.ln_f(x)
