@@ -18,8 +18,8 @@ import os
 import sys
 
 from data.tokenizer import from_meta
-from training.config import SampleConfig, build, parse_args, usage, wants_help
-from training.families import FAMILIES, load_pretrained, model_from_checkpoint, pretrained_tokenizer
+from training.config import SampleConfig, build, check_init_from, parse_args, usage, wants_help
+from training.families import FAMILIES, load_pretrained, model_from_checkpoint, pretrained_tokenizer, refuse_ignored
 from training.system import pick_device, pick_dtype
 from weights.checkpoint import SAMPLE_KEYS, load_checkpoint
 from weights.common import ConfigError, UserError
@@ -38,17 +38,6 @@ def load_model(cfg: SampleConfig, device: str):
     return model, pretrained_tokenizer(model, cfg.init_from, cfg.tokenizer), model.model_type
 
 
-def check_options(given: dict, cfg: SampleConfig, model_type: str) -> None:
-    """Refuse another family's option set to something other than its default (it would be silently ignored)."""
-    source = cfg.out_dir if cfg.init_from == "resume" else cfg.init_from
-    for key in given:
-        owners = [name for name, f in FAMILIES.items() if key in f.sample_options]  # e.g. seq2seq and rnn: --decoding
-        if owners and model_type not in owners and getattr(cfg, key) != getattr(SampleConfig, key):
-            hint = " (in Python: model.hooks(ablate_heads(...)), lens/interventions.py)" if key == "ablate" else ""
-            raise ConfigError(f"--{key} is for {FAMILIES[owners[0]].description} checkpoint and {source} holds "
-                              f"{FAMILIES[model_type].description}; drop --{key}{hint}.")
-
-
 def main(argv: list[str]) -> None:
     """Sample from the model named on the command line."""
     if wants_help(argv):
@@ -56,10 +45,11 @@ def main(argv: list[str]) -> None:
         return
     given = parse_args(argv)
     cfg = build(given, SampleConfig)[0]
+    check_init_from(cfg.init_from, ("resume",))
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     model, tokenizer, model_type = load_model(cfg, device)
-    check_options(given, cfg, model_type)
+    refuse_ignored(given, model_type, SampleConfig, source=cfg.out_dir if cfg.init_from == "resume" else cfg.init_from)
     FAMILIES[model_type].decode(model, tokenizer, cfg, device, dtype)
 
 

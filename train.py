@@ -28,8 +28,9 @@ from model import GPT
 from model.hard_attention import check_options_apply
 from model.layers import copies_per_sequence
 from training import distributed
-from training.config import TrainConfig, build, coerce, field_types, from_dict, parse_args, to_dict, usage, wants_help
-from training.families import FAMILIES, check_family_keys, family
+from training.config import (TrainConfig, build, check_init_from, coerce, field_types, from_dict, parse_args, to_dict,
+                             usage, wants_help)
+from training.families import FAMILIES, family, refuse_ignored
 from training.interrupt import GracefulStop, Interrupted
 from training.logger import RunLogger, log_attention
 from training.mfu import device_peak, flops_per_token, mfu
@@ -138,11 +139,12 @@ def read_config(argv: list[str]):
     """(raw values, TrainConfig, model config) of the command line, before any checkpoint is read."""
     values = parse_args(argv)
     model_type = str(values.get("model_type", "gpt"))
-    check_family_keys(values, model_type)  # e.g. --cell (an RNN's) on a Transformer: an error, not ignored
+    refuse_ignored(values, model_type, TrainConfig)  # e.g. --cell (an RNN's) on a Transformer: an error, not ignored
     if "vocab_size" in values:  # it was replaced by the dataset's without a word
         raise ConfigError("vocab_size comes from the dataset's meta.json (or the checkpoint); headscope does not pad "
                           "the vocabulary as nanoGPT's 50304 does: drop --vocab_size.")
     cfg, model_cfg = build(values, TrainConfig, family(model_type).config)
+    check_init_from(cfg.init_from, ("scratch", "resume"))  # reads the disk: before out_dir is locked or made
     if hasattr(model_cfg, "attn_weighting"):
         check_options_apply(model_cfg)  # e.g. a hard_attention_* option with no hard attention
     return values, cfg, model_cfg
@@ -163,7 +165,7 @@ def lock_run_dir(cfg: TrainConfig) -> tuple:
 def load_config(argv: list[str], parsed: tuple | None = None):
     """Build (TrainConfig, model config, checkpoint or None) from the command line (read_config's result)."""
     values, cfg, model_cfg = parsed or read_config(argv)
-    ckpt = None
+    given, ckpt = cfg.gradient_accumulation_steps, None  # None: not set by this command line or config file
     if cfg.init_from == "resume":
         ckpt = load_checkpoint(cfg.out_dir, needs=RESUME_KEYS)
         # the stored run's settings, then whatever this command line sets explicitly (e.g. a longer max_iters)
@@ -178,6 +180,7 @@ def load_config(argv: list[str], parsed: tuple | None = None):
         if cfg.model_type != ckpt["model_type"]:
             raise ConfigError(f"{cfg.out_dir} holds a {ckpt['model_type']} model; resume it with that model_type, "
                               "or start a new run in another out_dir.")
+        refuse_ignored(values, cfg.model_type, TrainConfig)  # the checkpoint's family, when --model_type was not given
         model_cfg = from_dict(family(ckpt["model_type"]).config, ckpt["model_args"])
         types = field_types(type(model_cfg))
         if "dropout" in values:  # a training setting, not part of the weights (nanoGPT also takes it on resume)
@@ -194,14 +197,17 @@ def load_config(argv: list[str], parsed: tuple | None = None):
                               f"{fixed[0] if fixed else 'model_type'} (only dropout and block_size may be set).")
         model_cfg = GPT.pretrained_config(cfg.init_from, model_cfg.dropout,
                                       model_cfg.block_size if "block_size" in values else None)
-    # unset: one micro-batch per process; the checkpoint records the effective (global) count, so a resume keeps it
-    key = "gradient_accumulation_steps"
-    stored = key in (ckpt["train_config"] if ckpt is not None else {}) and key not in values
-    if stored and cfg.eval_only and cfg.gradient_accumulation_steps % distributed.world_size():
-        stored = False  # an evaluation trains nothing: any number of processes may share it
-    steps = distributed.accumulation_steps(cfg.gradient_accumulation_steps if key in values or stored else None,
-                                           distributed.world_size(), resumed=stored)
-    return replace(cfg, gradient_accumulation_steps=steps), model_cfg, ckpt
+    return replace(cfg, gradient_accumulation_steps=accumulation(cfg, given, ckpt is not None)), model_cfg, ckpt
+
+
+def accumulation(cfg: TrainConfig, given: int | None, resumed: bool) -> int:
+    """The run's global micro-batches per step: `given` by the command line or config file; None (not given)
+    takes a resumed run's stored count (cfg's), else one micro-batch per process (training/distributed.py)."""
+    stored = cfg.gradient_accumulation_steps if resumed and given is None else None  # the effective count it ran with
+    if stored is not None and cfg.eval_only and stored % distributed.world_size():
+        stored = None  # an evaluation trains nothing: any number of processes may share it
+    return distributed.accumulation_steps(given if given is not None else stored, distributed.world_size(),
+                                          resumed=stored is not None)
 
 
 @dataclass

@@ -109,8 +109,7 @@ def parse_options():
 
 def check_options(args) -> list[str]:
     """The variants to run, after checking the options (exits with one error line on a bad one)."""
-    from model.attention import check_variant
-    from model.config import ConfigError
+    from model.config import ConfigError, GPTConfig
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if not variants:
@@ -119,7 +118,8 @@ def check_options(args) -> list[str]:
         if v.count("/") != 1:
             sys.exit(f"error: variant {v!r} must be score/weighting, e.g. additive/hard.")
         try:
-            check_variant(*v.split("/"))
+            score, weighting = v.split("/")
+            GPTConfig(attn_score=score, attn_weighting=weighting)  # its rule table checks both against the registries
         except ConfigError as e:
             sys.exit(f"error: variant {v!r}: {e}")
     if args.threads < 1 or args.seq2seq_iters < 0:

@@ -41,6 +41,12 @@ SETTINGS = {  # name -> model options (hard cross-attention everywhere)
     "reinforce: query, 2 samples (RLOO)": dict(hard_attention_baseline="samples", hard_attention_samples=2),
     "reinforce: query, 4 samples (RLOO)": dict(hard_attention_baseline="samples", hard_attention_samples=4),
     "reinforce: query, learned": dict(hard_attention_baseline="learned"),
+    # credit 'own' estimates another gradient (biased in the first decoder layer): compare its ratio
+    "reinforce: own, batch": dict(hard_attention_credit="own", hard_attention_baseline="batch"),
+    "reinforce: own, 2 samples (RLOO)": dict(hard_attention_credit="own", hard_attention_baseline="samples",
+                                             hard_attention_samples=2),
+    "reinforce: own, 4 samples (RLOO)": dict(hard_attention_credit="own", hard_attention_baseline="samples",
+                                             hard_attention_samples=4),
 }
 REINFORCE = dict(hard_attention_estimator="reinforce", hard_attention_credit="query")
 
@@ -66,6 +72,22 @@ def score_gradients(model, batch: dict, passes: int, warmup: int, samples: int =
     return {"variance": var, "mean_squared": mean2, "ratio": var / mean2 if mean2 else float("nan")}
 
 
+def reversal_setup():
+    """(model config of config/seq2seq_reverse.py, the reverse dataset's folder, its tokenizer)."""
+    values = read_config_file("config/seq2seq_reverse.py")
+    keys = flatten(Seq2SeqConfig())
+    model_cfg = from_flat(Seq2SeqConfig, {k: v for k, v in values.items() if k in keys})
+    folder = dataset_dir("reverse")
+    tokenizer = from_meta(read_meta(folder, prepare_if_missing=True)).with_specials(PairBatches.specials)
+    return model_cfg.with_vocab_size(tokenizer.vocab_size), folder, tokenizer
+
+
+def with_options(model_cfg, name: str, options: dict):
+    """The config with hard cross-attention and a setting's options (REINFORCE's defaults under a 'reinforce' one)."""
+    options = {**REINFORCE, **options} if name.startswith("reinforce") else options
+    return from_flat(Seq2SeqConfig, {**flatten(model_cfg), "cross_attn_weighting": "hard", **options})
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="", help="an out_dir whose ckpt.pt holds the weights to measure at")
@@ -74,12 +96,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--settings", default="", help="|-separated prefixes of the settings to run")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    values = read_config_file("config/seq2seq_reverse.py")
-    keys = flatten(Seq2SeqConfig())
-    model_cfg = from_flat(Seq2SeqConfig, {k: v for k, v in values.items() if k in keys})
-    folder = dataset_dir("reverse")
-    tokenizer = from_meta(read_meta(folder, prepare_if_missing=True)).with_specials(PairBatches.specials)
-    model_cfg = model_cfg.with_vocab_size(tokenizer.vocab_size)
+    model_cfg, folder, tokenizer = reversal_setup()
     state = load_checkpoint(args.checkpoint)["model"] if args.checkpoint else None
     wanted = [s.strip() for s in args.settings.split("|") if s.strip()]
     print(f"weights: {args.checkpoint or 'initialisation (seed 0)'}; {args.passes} passes on 32 held-out pairs\n")
@@ -87,8 +104,7 @@ def main(argv: list[str]) -> None:
     for name, options in SETTINGS.items():
         if wanted and not any(name.startswith(w) for w in wanted):
             continue
-        options = {**REINFORCE, **options} if name.startswith("reinforce") else options
-        cfg = from_flat(Seq2SeqConfig, {**flatten(model_cfg), "cross_attn_weighting": "hard", **options})
+        cfg = with_options(model_cfg, name, options)
         torch.manual_seed(0)
         model = Seq2Seq(cfg)
         if state is not None:

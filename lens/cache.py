@@ -79,6 +79,18 @@ def slice_pos(t: torch.Tensor, pos_slice: PosSlice, dim: int = -2) -> torch.Tens
     return t.index_select(dim, torch.as_tensor(pos_slice, device=t.device).long())
 
 
+def batch_size_hooks(model) -> tuple[list, dict]:
+    """([(names, fn)], found): forward hooks on the token embeddings that put the run's batch size in
+    found["batch_size"] (TransformerLens' (B, T, C) view of our (T, C) pos_embed needs it)."""
+    names = [n for n in model.hook_names() if n == "embed" or n.endswith(".embed")]
+    found = {}
+
+    def note(tensor: torch.Tensor, name: str) -> None:
+        found["batch_size"] = tensor.size(0)
+
+    return ([(names, note)] if names else []), found
+
+
 class ActivationCache(dict):
     """Hook name -> detached tensor, plus decompositions of the residual stream (TransformerLens names).
 
@@ -86,10 +98,11 @@ class ActivationCache(dict):
     `cache.stack("encoder")` gives the same values seen through the other one.
     """
 
-    def __init__(self, values: dict, model, stack: str | None = None):
+    def __init__(self, values: dict, model, stack: str | None = None, batch_size: int | None = None):
         super().__init__(values)
         self.model = model
         self.stack_name = stack
+        self.batch_size = batch_size  # of the run (run_with_cache notes it): hook_pos_embed's B when embed is left out
         self.training = model.training and getattr(getattr(model, "config", None), "dropout", 0) > 0
 
     @property
@@ -99,7 +112,7 @@ class ActivationCache(dict):
 
     def stack(self, name: str) -> "ActivationCache":
         """The same cached values, with the methods describing stack `name`."""
-        return ActivationCache(self, self.model, name)
+        return ActivationCache(self, self.model, name, self.batch_size)
 
     def __missing__(self, key):
         base, grad = (key[:-5], "_grad") if isinstance(key, str) and key.endswith("_grad") else (key, "")
@@ -110,10 +123,26 @@ class ActivationCache(dict):
                 name, head_first = None, False
             if name is not None and name + grad in self:
                 value = dict.__getitem__(self, name + grad)
+                if name.split(".")[-1] == "pos_embed" and value.dim() == 2:
+                    return self._batched_positions(name, value, grad)
                 return value.transpose(1, 2) if head_first else value
         hint = "it was left out by names_filter; run run_with_cache without it" if key in self.model.hook_names() \
             else "see model.hook_names() for the names"
         raise HookNameError(f"the cache has no {key!r}: {hint}.")
+
+    def _batched_positions(self, name: str, value: torch.Tensor, grad: str) -> torch.Tensor:
+        """Our (T, C) position embeddings as TransformerLens' (B, T, C): a broadcast view, B from the cached
+        token embeddings. Their gradient per example is the token embeddings' (both are summed into the stream)."""
+        embed = name[:-len("pos_embed")] + "embed" + grad
+        if not grad and embed not in self and self.batch_size is not None:
+            return value.expand(self.batch_size, *value.shape)
+        if embed not in self:
+            raise LensError(f"hook_pos_embed{grad} is (batch, pos, d_model) in TransformerLens' layout and this cache "
+                            f"has no {embed} to give it per example: cache it too, or read {name + grad!r} "
+                            "((pos, d_model)).")
+        if grad:
+            return dict.__getitem__(self, embed)
+        return value.expand(dict.__getitem__(self, embed).size(0), *value.shape)
 
     def __repr__(self) -> str:
         return f"ActivationCache({len(self)} hook values: {', '.join(list(self)[:4])}{', ...' if len(self) > 4 else ''})"

@@ -8,7 +8,7 @@ This file and lens/cache.py import nothing of model/ (tests/test_layout.py check
 depends on them, and they see a model only through its attributes. docs/architecture.md has the why.
 """
 
-from lens.cache import ActivationCache
+from lens.cache import ActivationCache, batch_size_hooks
 
 
 class AnalysisMethods:
@@ -23,5 +23,7 @@ class AnalysisMethods:
         as it is captured; `fwd_hooks` (interventions) run before the cache's hooks, so the cache holds
         the values after them.
         """
-        output, values = self.capture(*args, names_filter=names_filter, device=device, fwd_hooks=fwd_hooks, **kwargs)
-        return output, ActivationCache(values, self)
+        noting, found = batch_size_hooks(self)
+        output, values = self.capture(*args, names_filter=names_filter, device=device,
+                                      fwd_hooks=[*noting, *fwd_hooks], **kwargs)
+        return output, ActivationCache(values, self, batch_size=found.get("batch_size"))

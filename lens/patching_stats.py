@@ -11,7 +11,8 @@
 The metric returns one value per example (N,); every patch runs the whole batch, so per-example
 values cost nothing extra (TransformerLens 4.3's reduce="none", baseline=True). Prompts of different
 lengths are right-padded: in a causal model no position reads a later one, so padding changes nothing
-before each prompt's last token, which the metric reads (`last`).
+before each prompt's last token, which the metric reads (`last`). Left-padded batches (every last token at
+-1: model.to_tokens(texts, padding_side="left", return_attention_mask=True)) take `attention_mask=`.
 """
 
 import itertools
@@ -135,7 +136,7 @@ def sites_table(model, clean_cache, kind: str, values: list[torch.Tensor]) -> to
     return table
 
 
-def endpoints(model, clean_tokens, corrupted_tokens, metric):
+def endpoints(model, clean_tokens, corrupted_tokens, metric, attention_mask=None):
     """(clean cache, clean metric (N,), corrupted metric (N,)) after checking the two batches match."""
     if not get_stack(model).causal:
         raise LensError("patching over padded pairs needs a causal (decoder-only) model: a bidirectional one "
@@ -144,16 +145,17 @@ def endpoints(model, clean_tokens, corrupted_tokens, metric):
         raise LensError(f"clean tokens {tuple(clean_tokens.shape)} and corrupted tokens "
                         f"{tuple(corrupted_tokens.shape)} differ; pad the pairs together (pad_pairs).")
     with torch.no_grad():
-        (clean_logits, _), clean_cache = model.run_with_cache(clean_tokens)
-        corrupted_logits, _ = model(corrupted_tokens)
+        masked = {} if attention_mask is None else {"attention_mask": attention_mask}
+        (clean_logits, _), clean_cache = model.run_with_cache(clean_tokens, **masked)
+        corrupted_logits, _ = model(corrupted_tokens, **masked)
     return clean_cache, metric(clean_logits).float(), metric(corrupted_logits).float()
 
 
 def patch_pairs(model, clean_tokens, corrupted_tokens, patching_metric, kind: str,
-                batch_size: int | None = None) -> PatchingResult:
+                batch_size: int | None = None, attention_mask: torch.Tensor | None = None) -> PatchingResult:
     """Exact patching of every site of `kind` (lens/patching.py KINDS) on N pairs: values (layer, ..., N)."""
     metric = per_example(patching_metric, clean_tokens.size(0))
-    clean_cache, clean, corrupted = endpoints(model, clean_tokens, corrupted_tokens, metric)
+    clean_cache, clean, corrupted = endpoints(model, clean_tokens, corrupted_tokens, metric, attention_mask)
     _, patches = kind_sites(model, kind, clean_cache)
     collected = []
 
@@ -162,18 +164,20 @@ def patch_pairs(model, clean_tokens, corrupted_tokens, patching_metric, kind: st
         collected.append(values)
         return values.mean()
 
-    activation_patch(model, corrupted_tokens, clean_cache, mean_of_examples, patches, batch_size)
+    activation_patch(model, corrupted_tokens, clean_cache, mean_of_examples, patches, batch_size,
+                     attention_mask=attention_mask)
     return PatchingResult(sites_table(model, clean_cache, kind, collected), corrupted, clean, axis_names(kind))
 
 
-def attribution_pairs(model, clean_tokens, corrupted_tokens, patching_metric, kind: str) -> PatchingResult:
+def attribution_pairs(model, clean_tokens, corrupted_tokens, patching_metric, kind: str,
+                      attention_mask: torch.Tensor | None = None) -> PatchingResult:
     """Attribution patching of `kind` on N pairs, per example: values = corrupted metric + the gradient estimate
     of each patch's effect, so that mean(), effect() and normalized() read as patch_pairs' do."""
     n = clean_tokens.size(0)
     metric = per_example(patching_metric, n)
-    clean_cache, clean, corrupted = endpoints(model, clean_tokens, corrupted_tokens, metric)
+    clean_cache, clean, corrupted = endpoints(model, clean_tokens, corrupted_tokens, metric, attention_mask)
     cache = ActivationCache(clean_cache, model)
     # rows of a batch do not interact: the gradient of example i's metric reaches only row i
-    estimates = [attribution_patch(model, corrupted_tokens, cache, lambda logits, i=i: metric(logits)[i], [kind])[kind]
-                 for i in range(n)]
+    estimates = [attribution_patch(model, corrupted_tokens, cache, lambda logits, i=i: metric(logits)[i], [kind],
+                                   attention_mask=attention_mask)[kind] for i in range(n)]
     return PatchingResult(torch.stack(estimates, -1) + corrupted, corrupted, clean, axis_names(kind))

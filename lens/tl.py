@@ -17,8 +17,9 @@ hooks, W_Q, to_tokens, ...) is the wrapped model's. docs/transformer_lens.md has
 import torch
 import torch.nn.functional as F
 
-from lens.cache import ActivationCache, LensError
+from lens.cache import ActivationCache, LensError, batch_size_hooks
 from lens.folding import fold_weights
+from lens.tl_methods import bos_token, check_padding_side, pad_token, tokenizer_of
 from model.gpt import GPT
 
 RETURN_TYPES = ("logits", "loss", "both", None)
@@ -53,10 +54,42 @@ class StopForward(Exception):
         self.value = value
 
 
-def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, per_token: bool) -> torch.Tensor:
-    """Cross-entropy of each next token: (B, T - 1) per token, else the mean."""
+def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, per_token: bool,
+                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of each next token: (B, T - 1) per token, else the mean; with a mask only the
+    targets whose token and predecessor are real count (0 elsewhere), as TransformerLens' loss."""
     loss = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), tokens[:, 1:], reduction="none")
-    return loss if per_token else loss.mean()
+    if attention_mask is None:
+        return loss if per_token else loss.mean()
+    real = (attention_mask[:, :-1].bool() & attention_mask[:, 1:].bool()).to(loss.dtype)  # (B, T - 1)
+    return loss * real if per_token else (loss * real).sum() / real.sum().clamp(min=1)
+
+
+def get_attention_mask(model, tokens: torch.Tensor, prepend_bos: bool | None = None,
+                       padding_side: str | None = "right") -> torch.Tensor:
+    """TransformerLens' utils.get_attention_mask: (B, T) 1 at real tokens, 0 at the pad tokens before the
+    first real token ("left") or after the last ("right"); the BOS, which is GPT-2's pad id too, stays
+    1 when prepend_bos (None: when the tokenizer has a BOS). to_tokens(..., return_attention_mask=True)
+    gives the same mask from the strings' lengths, also for a tokenizer without a pad token."""
+    side = check_padding_side(padding_side)
+    tokenizer = tokenizer_of(model)
+    pad = pad_token(tokenizer)
+    if pad is None:
+        raise LensError("this tokenizer has no pad token, so padding cannot be told from text by its id; use "
+                        "model.to_tokens(texts, padding_side=..., return_attention_mask=True).")
+    tokens = torch.as_tensor(tokens)
+    if tokens.dim() != 2:
+        raise LensError(f"get_attention_mask takes (batch, length) token ids, got shape {tuple(tokens.shape)}.")
+    real = tokens.ne(pad).long()
+    if side == "right":
+        mask = (real.flip(-1).cumsum(-1) > 0).flip(-1).long()  # 0 only after the last real token
+    else:
+        mask = (real.cumsum(-1) > 0).long()  # 0 only before the first real token
+        if prepend_bos is not False and bos_token(tokenizer) == pad:  # the last leading pad is the BOS itself
+            bos_at = (1 - mask).sum(-1) - 1  # (B,)
+            rows = torch.nonzero(bos_at >= 0).flatten()
+            mask[rows, bos_at[rows]] = 1
+    return mask
 
 
 class HookedTransformer:
@@ -94,23 +127,32 @@ class HookedTransformer:
 
     def __call__(self, input, return_type: str | None = "logits", loss_per_token: bool = False,
                  prepend_bos: bool | None = None, stop_at_layer: int | None = None,
-                 start_at_layer: int | None = None, tokens: torch.Tensor | None = None):
+                 start_at_layer: int | None = None, tokens: torch.Tensor | None = None,
+                 padding_side: str | None = None, attention_mask: torch.Tensor | None = None):
         """TransformerLens' forward: input is a string, a list of strings, token ids (B, T) or, with
-        start_at_layer, the residual stream (B, T, d_model); return_type "logits", "loss", "both" or None."""
+        start_at_layer, the residual stream (B, T, d_model); return_type "logits", "loss", "both" or None.
+
+        A list of strings with padding_side="left" gets its attention mask (B, T) from to_tokens, as
+        TransformerLens derives one (right padding needs none: no real token reads a later one); token ids
+        take `attention_mask` (1 at real tokens) themselves."""
         if return_type not in RETURN_TYPES:
             raise LensError(f"return_type must be one of {', '.join(map(str, RETURN_TYPES))}, got {return_type!r}.")
         if isinstance(input, (str, list)):
-            input = self.to_tokens(input, prepend_bos=prepend_bos)
+            input, mask = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side,
+                                         return_attention_mask=True)
+            if attention_mask is None and padding_side == "left" and not bool(mask.all()):
+                attention_mask = mask
         if start_at_layer is None:
             tokens = input
         if stop_at_layer is not None:
-            return self.residual_at(input, self.layer_index(stop_at_layer, "stop_at_layer"), start_at_layer)
-        logits = self.run_from(input, start_at_layer)
+            return self.residual_at(input, self.layer_index(stop_at_layer, "stop_at_layer"), start_at_layer,
+                                    attention_mask)
+        logits = self.run_from(input, start_at_layer, attention_mask)
         if return_type in ("logits", None):
             return logits if return_type else None
         if tokens is None:
             raise LensError("a loss with start_at_layer needs the token ids: pass tokens=.")
-        loss = next_token_loss(logits, tokens, loss_per_token)
+        loss = next_token_loss(logits, tokens, loss_per_token, attention_mask)
         return loss if return_type == "loss" else (logits, loss)
 
     forward = __call__
@@ -122,10 +164,11 @@ class HookedTransformer:
             raise LensError(f"{what}={layer} is out of range; this model has layers 0..{n} ({n}: after the last block).")
         return n + layer if layer < 0 else layer
 
-    def run_from(self, input: torch.Tensor, start_at_layer: int | None) -> torch.Tensor:
+    def run_from(self, input: torch.Tensor, start_at_layer: int | None,
+                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of token ids, or of the residual stream entering block start_at_layer."""
         if start_at_layer is None:
-            return logits_of(self.model(input))
+            return logits_of(self.model(input, attention_mask=attention_mask))
         start = self.layer_index(start_at_layer, "start_at_layer")
         if input.dim() != 3 or input.size(-1) != self.model.config.n_embd:
             raise LensError(f"with start_at_layer the input is the residual stream (B, T, {self.model.config.n_embd}), "
@@ -136,9 +179,10 @@ class HookedTransformer:
         else:
             name, value = f"blocks.{start}.resid_pre", input
         with self.model.hooks([(name, lambda tensor, hook: value)]):
-            return logits_of(self.model(placeholder))
+            return logits_of(self.model(placeholder, attention_mask=attention_mask))
 
-    def residual_at(self, input: torch.Tensor, stop: int, start_at_layer: int | None) -> torch.Tensor:
+    def residual_at(self, input: torch.Tensor, stop: int, start_at_layer: int | None,
+                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The residual stream entering block `stop` (n_layer: after the last block), (B, T, d_model)."""
         n = len(self.model.blocks)
         name = f"blocks.{stop}.resid_pre" if stop < n else f"blocks.{n - 1}.resid_post"
@@ -148,10 +192,50 @@ class HookedTransformer:
 
         try:
             with self.model.hooks([(name, stop_here)]):
-                self.run_from(input, start_at_layer)
+                self.run_from(input, start_at_layer, attention_mask)
         except StopForward as stopped:
             return stopped.value
         raise LensError(f"the forward pass never reached {name}.")
+
+    def generate(self, input="", max_new_tokens: int = 10, stop_at_eos: bool = True, eos_token_id: int | None = None,
+                 do_sample: bool = True, top_k: int | None = None, top_p: float | None = None,
+                 temperature: float = 1.0, use_past_kv_cache: bool = True, prepend_bos: bool | None = None,
+                 padding_side: str | None = None, return_type: str = "input", verbose: bool = True,
+                 attention_mask: torch.Tensor | None = None):
+        """TransformerLens' generate: a string, a list of strings (left-padded, as TransformerLens forces for a
+        batch) or token ids (B, T) with their attention_mask, continued by max_new_tokens tokens (greedy unless
+        do_sample); return_type "input" gives text for text and ids for ids, "str" text, "tokens" ids (B, T + n).
+        stop_at_eos: a row that emits the end-of-text token (eos_token_id, else the tokenizer's) keeps emitting
+        it and generation ends once every row has."""
+        if return_type not in ("input", "str", "tokens"):
+            raise LensError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}.")
+        is_text = isinstance(input, (str, list))
+        if is_text:
+            check_padding_side(padding_side)  # a batch is left-padded whatever the side asked (TransformerLens)
+            tokens, attention_mask = self.to_tokens(input, prepend_bos=prepend_bos, padding_side="left",
+                                                    return_attention_mask=True)
+        else:
+            tokens = torch.as_tensor(input)
+            tokens = tokens[None] if tokens.dim() == 1 else tokens
+        tokenizer = getattr(self.model, "tokenizer", None)
+        eos = eos_token_id if eos_token_id is not None else (bos_token(tokenizer) if tokenizer is not None else None)
+        output = self.model.generate(tokens, max_new_tokens, temperature=temperature,
+                                     top_k=top_k if do_sample else 1, top_p=top_p if do_sample else None,
+                                     use_cache=use_past_kv_cache, attention_mask=attention_mask,
+                                     stop_token=eos if stop_at_eos else None)
+        if return_type == "tokens" or (return_type == "input" and not is_text):
+            return output
+        masks = [None] * len(output) if attention_mask is None else list(attention_mask)
+        texts = [self.text_of(row, mask) for row, mask in zip(output, masks)]
+        return texts[0] if len(texts) == 1 else texts
+
+    def text_of(self, row: torch.Tensor, prompt_mask: torch.Tensor | None) -> str:
+        """One generated row as text without its padding and BOS / end-of-text tokens (TransformerLens'
+        skip_special_tokens)."""
+        tokenizer = tokenizer_of(self.model)
+        start = 0 if prompt_mask is None else int((prompt_mask == 0).sum())  # left padding
+        special = {bos_token(tokenizer), pad_token(tokenizer)} - {None}
+        return tokenizer.decode([int(t) for t in row[start:] if int(t) not in special])
 
     def run_with_hooks(self, *args, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True, **kwargs):
         """Call with (name, fn) hooks attached (fn(activation, hook) or our fn(tensor, name)); backward hooks
@@ -171,14 +255,15 @@ class HookedTransformer:
             return keep
 
         names = self.model.match_hooks(names_filter)
-        with self.model.hooks([(names, store(""))], [(names, store("_grad"))] if incl_bwd else []):
+        noting, found = batch_size_hooks(self.model)
+        with self.model.hooks([*noting, (names, store(""))], [(names, store("_grad"))] if incl_bwd else []):
             output = self(*args, **kwargs)
             if incl_bwd:
                 if not (isinstance(output, torch.Tensor) and output.numel() == 1):
                     raise LensError("incl_bwd differentiates the output, which must be one number: pass "
                                     "return_type='loss'.")
                 output.backward()
-        return output, ActivationCache(values, self.model)
+        return output, ActivationCache(values, self.model, batch_size=found.get("batch_size"))
 
 
 def test_prompt(model, prompt: str, answer: str | list[str], top_k: int = 10, prepend_bos: bool | None = None,

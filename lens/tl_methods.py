@@ -21,12 +21,14 @@ from lens.weight_space import WeightSpace
 
 
 def bos_token(tokenizer) -> int | None:
-    """The tokenizer's BOS id: `bos_id`, else GPT-2's end-of-text `eot_id`; None when it has neither."""
+    """The tokenizer's BOS id: `bos_id`, else GPT-2's end-of-text `eot_id`, else a Hugging Face tokenizer's
+    BOS, else its EOS (TransformerLens' fallback); None when it has none of them."""
     for name in ("bos_id", "eot_id"):
         value = getattr(tokenizer, name, None)
         if value is not None:
             return int(value)
-    return None
+    special = getattr(tokenizer, "special_ids", {})
+    return next((int(special[t]) for t in ("[BOS]", "[EOS]") if special.get(t) is not None), None)
 
 
 def tokenizer_of(model):
@@ -48,20 +50,58 @@ def encode(model, text: str, prepend_bos: bool | None) -> list[int]:
     return ([bos] if bos is not None and prepend_bos is not False else []) + tokenizer_of(model).encode(text)
 
 
+PADDING_SIDES = ("right", "left")
+
+
+def check_padding_side(padding_side: str | None) -> str:
+    """"right" or "left" (None: "right", TransformerLens' default); a LensError otherwise."""
+    side = "right" if padding_side is None else padding_side
+    if side not in PADDING_SIDES:
+        raise LensError(f"padding_side must be 'right' or 'left', got {padding_side!r}.")
+    return side
+
+
+def pad_token(tokenizer) -> int | None:
+    """The id that pads a batch: the tokenizer's pad token, else its BOS / end-of-text id (TransformerLens
+    pads GPT-2 with it); None when it has neither (to_tokens then pads with 0)."""
+    pad = getattr(tokenizer, "special_ids", {}).get("[PAD]")
+    return int(pad) if pad is not None else bos_token(tokenizer)
+
+
+def pad_row(row: list, padding: list, side: str) -> list:
+    """row with padding after it ("right") or before it ("left")."""
+    return row + padding if side == "right" else padding + row
+
+
 class TransformerLensMethods:
     """Methods every hooked model gets (TransformerLens' names). `self` is the model."""
 
-    def to_tokens(self, input, prepend_bos: bool | None = None, truncate: bool = True) -> torch.Tensor:
-        """A string (or list of strings, right-padded with the BOS/end-of-text id, else 0) -> (B, T) token ids
-        on the model's device; truncate keeps the first block_size tokens."""
+    def to_tokens(self, input, prepend_bos: bool | None = None, padding_side: str | None = "right",
+                  truncate: bool = True, return_attention_mask: bool = False):
+        """A string or list of strings -> (B, T) token ids on the model's device; truncate keeps the first
+        block_size tokens of each. Strings of different lengths are padded with the pad token (the BOS /
+        end-of-text id, as TransformerLens pads GPT-2; 0 when the tokenizer has none) on `padding_side`,
+        "right" (None: TransformerLens' default, also right) or "left" (what generate and the last
+        position want). return_attention_mask=True returns (tokens, mask): mask (B, T) 1 at real tokens
+        (the BOS included), 0 at padding, the `attention_mask` that forward, run_with_cache, the patching
+        functions and generate take."""
+        side = check_padding_side(padding_side)
         texts = [input] if isinstance(input, str) else list(input)
+        if not texts:
+            raise LensError("to_tokens got an empty list; give a string or a non-empty list of strings.")
         rows = [encode(self, text, prepend_bos) for text in texts]
         if truncate:
             rows = [row[:self.config.block_size] for row in rows]
-        pad = bos_token(tokenizer_of(self)) or 0
+        pad = pad_token(tokenizer_of(self)) or 0
         width = max(len(row) for row in rows)
         device = next(self.parameters()).device
-        return torch.tensor([row + [pad] * (width - len(row)) for row in rows], dtype=torch.long, device=device)
+        tokens = torch.tensor([pad_row(row, [pad] * (width - len(row)), side) for row in rows],
+                              dtype=torch.long, device=device)
+        if not return_attention_mask:
+            return tokens
+        mask = torch.tensor([pad_row([1] * len(row), [0] * (width - len(row)), side) for row in rows],
+                            dtype=torch.long, device=device)
+        return tokens, mask
 
     def to_str_tokens(self, input, prepend_bos: bool | None = None) -> list[str]:
         """Each token of a string (BOS as above) or of 1-D token ids, as its text."""

@@ -108,7 +108,8 @@ def view_data(view: AttentionView, top_k: int | None, scores: dict) -> dict:
             f"{lost / max(rows, 1):.3f} of a row's attention is not shown. Exact maps: attention.npz.")
     th, tw = thumbs[0].shape[1:] if thumbs else (0, 0)
     return {"title": view.title, "queries": view.query_tokens, "keys": view.key_tokens, "note": note,
-            "prompt_length": view.prompt_length,
+            "prompt_length": view.prompt_length, "query_documents": view.query_documents,
+            "key_documents": view.key_documents,
             "thumb": {"rows": th, "cols": tw, "data": base64.b64encode(np.concatenate(thumbs).tobytes() if thumbs
                                                                         else b"").decode("ascii")},
             "layers": layers}

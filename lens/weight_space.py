@@ -6,6 +6,7 @@ composition scores, OV copying scores, and the norms folded into the weights.
     ws.QK[1, 0].eigenvalues                # FactoredMatrix per (layer, head): W_Q W_K^T, (d_model, d_model)
     ws.all_composition_scores("K")         # (layer, head, layer, head), zero unless the first layer is earlier
     ws.copying_scores()                    # (layer, head): sum(eig) / sum(|eig|) of W_E W_V W_O W_U
+    ws.copying_top1(embedding=E)           # (layer, head): tokens whose own logit tops their row of E W_V W_O W_U
 
 `head_weights(attn)` gives one layer's W_Q, W_K, W_V (n_head, d_model, d_head), W_O (n_head, d_head,
 d_model) and b_* as views of `c_attn` / `c_proj`: writing into them writes the model. The stacked
@@ -159,10 +160,36 @@ class WeightSpace:
         earlier = (layers[:, None] < layers[None, :])[:, None, :, None]
         return scores * earlier
 
-    def copying_scores(self) -> torch.Tensor:
-        """Each head's OV copying score (Elhage et al. 2021): sum(eig) / sum(|eig|) of W_E W_V W_O W_U, (layer, head).
+    def full_OV(self, embedding: torch.Tensor | None = None, tokens: torch.Tensor | None = None) -> FactoredMatrix:
+        """The full OV circuit E W_V W_O W_U of every head, (layer, head, n_tokens, n_tokens), rank d_head.
+
+        E is W_E unless `embedding` (n_tokens, d_model) gives each token's row instead, e.g. the effective
+        embedding a later layer reads (the token plus what earlier layers write at its position);
+        `tokens` (n_tokens,) picks the unembedding columns of those tokens (all of them when None)."""
+        W_U = self.W_U if tokens is None else self.W_U[:, torch.as_tensor(tokens, device=self.W_U.device)]
+        E = self.W_E if embedding is None else embedding
+        if E.dim() != 2 or E.shape != (W_U.size(1), W_U.size(0)):
+            raise LensError(f"embedding must be (n_tokens, d_model) = {(W_U.size(1), W_U.size(0))}, one row per "
+                            f"token of `tokens` (the whole vocabulary when tokens is None); got {tuple(E.shape)}.")
+        return FactoredMatrix(E.to(self.W_V.dtype) @ self.W_V, self.W_O @ W_U)  # (l, h, n, hs) x (l, h, hs, n)
+
+    def copying_scores(self, embedding: torch.Tensor | None = None, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Each head's OV copying score (Elhage et al. 2021): sum(eig) / sum(|eig|) of the full OV circuit
+        W_E W_V W_O W_U (see full_OV for `embedding` and `tokens`), (layer, head).
 
         1: every eigenvalue positive (attending to a token raises its own logit); -1: all negative."""
-        circuit = FactoredMatrix(self.W_E @ self.W_V, self.W_O @ self.W_U)  # (l, h, vocab, vocab) of rank d_head
-        eig = circuit.eigenvalues  # (l, h, d_head)
+        eig = self.full_OV(embedding, tokens).eigenvalues  # (l, h, d_head)
         return eig.sum(-1).real / eig.abs().sum(-1).clamp(min=1e-30)
+
+    def copying_top1(self, embedding: torch.Tensor | None = None, tokens: torch.Tensor | None = None,
+                     chunk: int = 1024) -> torch.Tensor:
+        """Each head's fraction of tokens whose own logit is the largest in their row of the full OV circuit
+        (attending to the token makes it the top prediction of the head's direct effect), (layer, head)."""
+        circuit = self.full_OV(embedding, tokens)
+        n = circuit.A.size(-2)
+        hits = torch.zeros(circuit.A.shape[:-2])
+        for first in range(0, n, chunk):  # rows in chunks: GPT-2's full circuit is 50257 x 50257 per head
+            rows = circuit.A[..., first:first + chunk, :] @ circuit.B  # (l, h, rows, n)
+            own = torch.arange(first, first + rows.size(-2), device=rows.device)
+            hits += (rows.argmax(-1) == own).sum(-1).cpu()
+        return hits / n

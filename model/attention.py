@@ -22,7 +22,6 @@ from torch.utils.checkpoint import checkpoint
 
 from model.hooks import HookPoint
 from model.rotary import Rotary
-from weights.common import ConfigError
 
 SCORES: dict[str, type] = {}
 # compiled on first use: FlexAttention's fused kernel, and the block mask built without a Python loop
@@ -40,19 +39,6 @@ def register(registry: dict, name: str):
         return cls
 
     return add
-
-
-def check_variant(score: str, weighting: str, prefix: str = "attn_") -> None:
-    """Raise a ConfigError unless `score` and `weighting` name registered, compatible variants."""
-    if not isinstance(score, str) or score not in SCORES:  # not a str: a list would not even hash
-        raise ConfigError(f"{prefix}score must be one of {', '.join(SCORES)}, got {score!r}.")
-    if not isinstance(weighting, str) or weighting not in WEIGHTINGS:
-        raise ConfigError(f"{prefix}weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}.")
-
-
-def is_number(value) -> bool:
-    """Whether value is an int or float (not a bool, a string or None)."""
-    return type(value) in (int, float)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,240 +1,21 @@
-"""The model configs: typed sizes and options of every family, validated in one place (__post_init__).
+"""The model configs of every family: GPTConfig and TransformerConfig (model/transformer_config.py, the one a
+learner reads, re-exported here), and the configs of BERT, the encoder-decoder and the RNN encoder-decoder.
+Each validates itself in __post_init__ from its rule table (`rules`, model/rules.py), then the checks that
+relate two fields.
 
 Training and sampling options, and the config-file / --key=value parser, are in training/config.py.
 """
 
 import dataclasses
-import math
-import typing
 from dataclasses import dataclass
 
-from model.attention import check_variant, is_number
-from model.layers import ACTIVATIONS, NORMS
-from weights.common import ConfigError
+from model.attention import SCORES, WEIGHTINGS
+from model.rules import check_fields, instance, one_of, size
+from model.transformer_config import (POSITIONS, GPTConfig, HardAttentionConfig, TransformerConfig, flat_keys_too,
+                                      flatten, from_flat, nested_configs, unflatten)
+from weights.errors import ConfigError
 
-
-def is_size(value, minimum: int = 1) -> bool:
-    """Whether value is an int (not a bool, float or string) of at least `minimum`."""
-    return type(value) is int and value >= minimum
-
-
-def check_sizes(config, names: tuple[str, ...]) -> None:
-    """A ConfigError for the first of these fields that is not a positive integer."""
-    for name in names:
-        if not is_size(getattr(config, name)):
-            raise ConfigError(f"{name} must be a positive integer, got {getattr(config, name)!r}.")
-
-
-def check_source_sizes(config, names: tuple[str, ...]) -> None:
-    """A ConfigError for the first of these source-side fields that is neither 0 nor a positive integer."""
-    for name in names:
-        if not is_size(getattr(config, name), minimum=0):
-            raise ConfigError(f"{name} must be a positive integer, or 0 for the target side's value; "
-                              f"got {getattr(config, name)!r}.")
-
-
-def check_dropout(dropout) -> None:
-    """A ConfigError unless dropout is a number in [0, 1)."""
-    if not (is_number(dropout) and 0.0 <= dropout < 1.0):
-        raise ConfigError(f"dropout must be a number in [0, 1), got {dropout!r}.")
-
-
-def check_choice(config, name: str, choices: tuple[str, ...], shown: str = "") -> None:
-    """A ConfigError unless config.<name> is one of the strings in `choices` (`shown`: the name in the message)."""
-    value = getattr(config, name)
-    if not isinstance(value, str) or value not in choices:
-        raise ConfigError(f"{shown or name} must be one of {', '.join(choices)}, got {value!r}.")
-
-
-@dataclass
-class HardAttentionConfig:
-    """The options of hard attention (attn_weighting='hard', model/hard_attention.py), nested in the model
-    configs as `hard_attention`. On the command line and in checkpoints each is a flat key with the
-    prefix `hard_attention_` (--hard_attention_estimator=reinforce): see `flatten` / `unflatten`."""
-
-    temperature: float = 1.0  # tau of the training estimator
-    estimator: str = "gumbel"  # 'gumbel' (straight-through Gumbel-softmax), 'straight_through' or 'reinforce'
-    eval: str = "argmax"  # at evaluation: 'argmax' or 'sample'
-    # REINFORCE estimator only
-    credit: str = "query"  # 'query': each choice gets the target losses it can change; 'sequence': its sequence's
-    baseline: str = "batch"  # 'batch', 'moving_average', 'samples', 'learned' or 'none' (model/reinforce.py)
-    baseline_momentum: float = 0.9  # decay per training step of the moving average (and of normalize's RMS)
-    samples: int = 1  # each training sequence this many times per batch (with baseline='samples', RLOO)
-    normalize: bool = False  # divide advantages by a running RMS of past steps' advantages
-    entropy: float = 0.0  # weight of the entropy bonus on the sampling distribution
-
-    estimators = ("gumbel", "straight_through", "reinforce")
-    eval_modes = ("argmax", "sample")
-    baselines = ("batch", "moving_average", "samples", "learned", "none")
-    credits = ("query", "sequence")
-    reinforce_only = ("credit", "baseline", "baseline_momentum", "samples", "normalize", "entropy")
-
-    def __post_init__(self):
-        tau = self.temperature
-        if not (is_number(tau) and 0 < tau < float("inf")):  # inf: -inf / inf = nan in the masked scores
-            raise ConfigError(f"hard_attention_temperature must be > 0 and finite, got {tau!r}.")
-        check_choice(self, "estimator", self.estimators, "hard_attention_estimator")
-        check_choice(self, "eval", self.eval_modes, "hard_attention_eval")
-        check_choice(self, "baseline", self.baselines, "hard_attention_baseline")
-        check_choice(self, "credit", self.credits, "hard_attention_credit")
-        if not (type(self.samples) is int and self.samples >= 1):
-            raise ConfigError(f"hard_attention_samples must be a positive integer, got {self.samples!r}.")
-        if self.estimator == "reinforce" and (self.samples > 1) != (self.baseline == "samples"):
-            raise ConfigError("hard_attention_baseline=samples and hard_attention_samples >= 2 go together "
-                              f"(got {self.baseline!r} and {self.samples}); set both or neither.")
-        if type(self.normalize) is not bool:
-            raise ConfigError(f"hard_attention_normalize must be True or False, got {self.normalize!r}.")
-        momentum = self.baseline_momentum
-        if not (is_number(momentum) and 0.0 <= momentum < 1.0):
-            raise ConfigError(f"hard_attention_baseline_momentum must be in [0, 1), got {momentum!r}.")
-        entropy = self.entropy
-        if not (is_number(entropy) and 0.0 <= entropy < float("inf")):
-            raise ConfigError(f"hard_attention_entropy must be >= 0 and finite, got {entropy!r}.")
-
-
-def nested_configs(cls) -> dict[str, type]:
-    """The fields of a config class that hold a config themselves (e.g. hard_attention), with its class."""
-    return {f.name: f.default_factory for f in dataclasses.fields(cls) if dataclasses.is_dataclass(f.default_factory)}
-
-
-def flatten(config) -> dict:
-    """A config as a flat dict, a nested config's fields as `<field>_<name>` (hard_attention_estimator):
-    the keys of the command line, config files and checkpoints."""
-    values = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            values.update({f"{f.name}_{k}": v for k, v in flatten(value).items()})
-        else:
-            values[f.name] = value
-    return values
-
-
-def unflatten(cls, values: dict) -> dict:
-    """Keyword arguments for config class `cls` from flat values: `<field>_<name>` keys become the nested
-    config `<field>`. Other keys pass through unchanged (the caller decides about unknown ones)."""
-    kwargs = dict(values)
-    for name, sub in nested_configs(cls).items():
-        given = kwargs.pop(name, None)
-        inner = dict(flatten(given)) if dataclasses.is_dataclass(given) else dict(given or {})
-        for f in dataclasses.fields(sub):
-            if f"{name}_{f.name}" in kwargs:
-                inner[f.name] = kwargs.pop(f"{name}_{f.name}")
-        kwargs[name] = sub(**inner)
-    return kwargs
-
-
-def from_flat(cls, values: dict):
-    """Build config class `cls` from flat keyword values (`hard_attention_estimator=...` included)."""
-    return cls(**unflatten(cls, values))
-
-
-def flat_keys_too(cls):
-    """Let the config class also take the flat keys of checkpoints and the command line as keywords, so that
-    nanoGPT's habit `GPTConfig(**checkpoint["model_args"])` builds the nested configs."""
-    init = cls.__init__
-
-    def __init__(self, *args, **kwargs):
-        init(self, *args, **unflatten(type(self), kwargs))
-
-    cls.__init__ = __init__
-    return cls
-
-
-@flat_keys_too
-@dataclass
-class TransformerConfig:
-    """Sizes and options shared by every model family (decoder, encoder, encoder-decoder)."""
-
-    # defaults: the small char-level model that `python train.py` trains on 2 CPU cores in minutes
-    block_size: int = 64  # longest sequence the position embedding covers
-    vocab_size: int = 65  # set from the dataset's meta.json by train.py
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = False  # bias in Linear layers and LayerNorms (GPT-2 has them; faster without)
-    attn_score: str = "scaled_dot"  # how a query is compared with a key (see model/attention.py)
-    attn_weighting: str = "softmax"  # how scores become weights
-    cross_attn_score: str = "scaled_dot"  # the same two choices for cross-attention (encoder-decoder only)
-    cross_attn_weighting: str = "softmax"
-    # options of attn_weighting='hard' (flat keys hard_attention_*; model/hard_attention.py)
-    hard_attention: HardAttentionConfig = dataclasses.field(default_factory=HardAttentionConfig)
-    activation: str = "gelu"  # MLP non-linearity (model/layers.py ACTIVATIONS); GPT-2 uses gelu_tanh
-    # MLP hidden width (BERT's intermediate_size, GPT-2's n_inner); None: 4 * n_embd, or for a gated
-    # activation (SwiGLU) 2/3 of that rounded up to a multiple of 8, which keeps the parameter count
-    mlp_hidden: typing.Optional[int] = None
-    norm: str = "layernorm"  # normalisation layer (model/layers.py NORMS)
-    norm_eps: float = 1e-5
-    post_norm: bool = False  # False: pre-norm blocks (GPT-2); True: norm after each residual add (BERT)
-    attn_only: bool = False  # blocks without an MLP (attention-only models, as in Olsson et al. 2022)
-    parallel_residual: bool = False  # the MLP reads the block's input, not the attention's output (GPT-NeoX/Pythia)
-    # options of the modern recipe (config/shakespeare_char_cpu_modern.py); the defaults are GPT-2's
-    pos_emb: str = "learned"  # 'learned' (a wpe table added to the tokens) or 'rope' (rotary q and k)
-    rope_base: float = 10000.0  # rotary angle base: position m turns feature pair i by m * base^(-2i/head_dim)
-    qk_norm: bool = False  # RMS-normalise each head's queries and keys before the scores
-    zero_init: bool = False  # residual output projections (and an untied head) start at zero
-    tie_embeddings: bool = True  # LM head shares the token embedding's weights
-    logit_softcap: float = 0.0  # logits -> cap * tanh(logits / cap); 0 disables
-    rotary_dim: int = 0  # features of each head that rope rotates, from the first (GPT-NeoX: a part); 0: all
-
-    def __post_init__(self):
-        check_sizes(self, ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"))
-        if self.n_embd % self.n_head != 0:
-            raise ConfigError(
-                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
-                f"pick n_head among {[h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0][:12]}."
-            )
-        check_dropout(self.dropout)
-        check_variants(self)
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}.")
-        if self.mlp_hidden is not None and (type(self.mlp_hidden) is not int or self.mlp_hidden < 1):
-            raise ConfigError(f"mlp_hidden must be a positive integer or None (4 * n_embd), got {self.mlp_hidden!r}.")
-        if self.norm not in NORMS:
-            raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}.")
-        if not (is_number(self.norm_eps) and 0 < self.norm_eps < float("inf")):
-            raise ConfigError(f"norm_eps must be a positive number (the norms add it to the variance), "
-                              f"got {self.norm_eps!r}.")
-        if self.pos_emb not in ("learned", "rope"):
-            raise ConfigError(f"pos_emb must be 'learned' or 'rope', got {self.pos_emb!r}.")
-        if self.pos_emb == "rope" and self.head_dim % 2:
-            raise ConfigError(f"rope rotates pairs of features, so head_dim (n_embd / n_head = {self.head_dim}) "
-                              "must be even; change n_embd or n_head.")
-        if not (is_size(self.rotary_dim, minimum=0) and self.rotary_dim <= self.head_dim and self.rotary_dim % 2 == 0):
-            raise ConfigError(f"rotary_dim must be an even number of features up to head_dim {self.head_dim} "
-                              f"(0: all of them), got {self.rotary_dim!r}.")
-        if self.parallel_residual and (self.post_norm or self.attn_only):
-            raise ConfigError("parallel_residual adds attention and MLP to one pre-norm stream; drop it, or "
-                              "post_norm / attn_only.")
-        if not self.rope_base > 1.0:
-            raise ConfigError(f"rope_base must be greater than 1, got {self.rope_base}.")
-        if not self.logit_softcap >= 0.0:
-            raise ConfigError(f"logit_softcap must be >= 0 (0 disables it), got {self.logit_softcap}.")
-
-    @property
-    def head_dim(self) -> int:
-        """Width of one attention head."""
-        return self.n_embd // self.n_head
-
-    @property
-    def mlp_width(self) -> int:
-        """The MLP's hidden width (each half's, for a gated activation): mlp_hidden, or the default rule."""
-        if self.mlp_hidden is not None:
-            return self.mlp_hidden
-        if getattr(ACTIVATIONS[self.activation], "gated", False):
-            return 8 * math.ceil(8 * self.n_embd / 3 / 8)
-        return 4 * self.n_embd
-
-    def with_vocab_size(self, vocab_size: int) -> "TransformerConfig":
-        """A copy for another vocabulary (train.py sets the dataset's)."""
-        return dataclasses.replace(self, vocab_size=vocab_size)
-
-
-@flat_keys_too
-@dataclass
-class GPTConfig(TransformerConfig):
-    """A GPT-style decoder: causal self-attention, LM head tied to the token embedding."""
+SOURCE_SIZE = size(0, "must be a positive integer, or 0 for the target side's value")  # 0: the target side's
 
 
 @flat_keys_too
@@ -252,12 +33,8 @@ class BERTConfig(TransformerConfig):
     position_offset: int = 0  # the first position's row in wpe (RoBERTa: its padding id + 1)
     mlm_head: bool = True  # False: an encoder alone (Hugging Face's BertModel), its forward gives hidden states
 
-    def __post_init__(self):
-        super().__post_init__()
-        if not is_size(self.position_offset, minimum=0):
-            raise ConfigError(f"position_offset must be 0 or more, got {self.position_offset!r}.")
-        if not is_size(self.type_vocab_size, minimum=0):
-            raise ConfigError(f"type_vocab_size must be 0 (no segment embeddings) or more, got {self.type_vocab_size}.")
+    rules = {**TransformerConfig.rules, "type_vocab_size": size(0, "must be 0 (no segment embeddings) or more"),
+             "position_offset": size(0, "must be 0 or more")}
 
 
 @flat_keys_too
@@ -274,9 +51,11 @@ class Seq2SeqConfig(TransformerConfig):
     source_block_size: int = 0  # longest source sequence; 0: block_size
     source_vocab_size: int = 0  # 0: one vocabulary (and embedding) for source and target
 
+    rules = {**TransformerConfig.rules, "n_encoder_layer": SOURCE_SIZE, "source_block_size": SOURCE_SIZE,
+             "source_vocab_size": SOURCE_SIZE}
+
     def __post_init__(self):
         super().__post_init__()
-        check_source_sizes(self, ("n_encoder_layer", "source_block_size", "source_vocab_size"))
         self.n_encoder_layer = self.n_encoder_layer or self.n_layer
         self.source_block_size = self.source_block_size or self.block_size
         self.source_vocab_size = self.source_vocab_size or self.vocab_size
@@ -326,27 +105,28 @@ class RNNConfig:
     norm_eps = 1e-5
     logit_softcap = 0.0
     cells = ("gru", "lstm")
+    rules = {
+        "block_size": size(), "vocab_size": size(), "n_layer": size(), "n_embd": size(), "n_head": size(),
+        "source_block_size": SOURCE_SIZE, "source_vocab_size": SOURCE_SIZE, "cell": one_of(cells),
+        "dropout": TransformerConfig.rules["dropout"], "attn_score": one_of(SCORES), "attn_weighting": one_of(WEIGHTINGS),
+        "hard_attention": instance(HardAttentionConfig),
+    }
 
     def __post_init__(self):
-        check_sizes(self, ("block_size", "vocab_size", "n_layer", "n_embd", "n_head"))
-        check_source_sizes(self, ("source_block_size", "source_vocab_size"))
-        if self.cell not in self.cells:
-            raise ConfigError(f"cell must be one of {', '.join(self.cells)}, got {self.cell!r}.")
+        check_fields(self)
         if self.bidirectional and self.n_embd % 2:
             raise ConfigError(f"a bidirectional encoder gives n_embd / 2 to each direction; make n_embd "
                               f"({self.n_embd}) even or set bidirectional=False.")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}).")
-        check_dropout(self.dropout)
         defaults = RNNConfig.__dataclass_fields__
         if not self.attention and any(getattr(self, k) != defaults[k].default for k in ("attn_score", "attn_weighting")):
             raise ConfigError("attn_score and attn_weighting choose the attention, which attention=False turns off; "
                               "drop them or set attention=True.")
-        check_variants(self)
         self.source_block_size = self.source_block_size or self.block_size
         self.source_vocab_size = self.source_vocab_size or self.vocab_size
 
-    # the decoder's attention is cross-attention: check_variants reads these names
+    # the decoder's attention is cross-attention (the shared Attention module reads these names)
     @property
     def cross_attn_score(self) -> str:
         """The score of the decoder's attention over the encoder states (= attn_score)."""
@@ -373,12 +153,5 @@ class RNNConfig:
         return dataclasses.replace(self, vocab_size=vocab_size, source_vocab_size=source)
 
 
-def check_variants(config) -> None:
-    """A ConfigError unless the self- and cross-attention variants are registered (model/attention.py)."""
-    check_variant(config.attn_score, config.attn_weighting, "attn_")
-    check_variant(config.cross_attn_score, config.cross_attn_weighting, "cross_attn_")
-    if not isinstance(config.hard_attention, HardAttentionConfig):
-        raise ConfigError(f"hard_attention must be a HardAttentionConfig, got {config.hard_attention!r}.")
-
-
-__all__ = ["ConfigError", "HardAttentionConfig", "flatten", "unflatten", "from_flat", "TransformerConfig", "GPTConfig", "BERTConfig", "Seq2SeqConfig", "RNNConfig"]
+__all__ = ["ConfigError", "HardAttentionConfig", "flatten", "unflatten", "from_flat", "flat_keys_too", "nested_configs",
+           "POSITIONS", "TransformerConfig", "GPTConfig", "BERTConfig", "Seq2SeqConfig", "RNNConfig"]

@@ -24,8 +24,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import torch.nn.functional as F
 
-from model.generation import (Generators, padded_causal_mask, padded_positions, rewindow, sample_rows, unpad,
-                              until_stopped)
+from model.generation import decode, padded_causal_mask, padded_positions
+from model.sampling import Generators, Sampling
 from model.layers import softcap
 
 
@@ -47,10 +47,7 @@ class StaticPastKeyValues:
 
 def forward_static(model, idx: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, caches) -> torch.Tensor:
     """Logits (B, V) after idx (B, T) at positions (B, T), attending with mask (1|B, 1, T, L) over the cache."""
-    x = model.wte(idx)  # (B, T, C)
-    if model.wpe is not None:
-        x = x + model.wpe(positions)
-    x = model.drop(x)
+    x = model.drop(model.stem(idx, positions=positions, hooked=False))  # (B, T, C)
     for block, cache in zip(model.blocks, caches):
         x = block(x, mask=mask, causal=True, cache=cache, positions=positions)
     x = model.ln_f(x[:, -1])  # (B, C): only the last position is sampled from
@@ -69,15 +66,16 @@ class StaticDecoder:
         self.position = torch.zeros(batch_size, 1, dtype=torch.long, device=param.device)
         self.mask = torch.zeros(batch_size, 1, 1, L, dtype=torch.bool, device=param.device)  # real slots so far
         self.caches = [StaticPastKeyValues(self.slot) for _ in model.blocks]
-        self.step = self._step
+        self.length = 0  # cache slots filled
+        self.compiled_step = self._step
         if compile:
             if param.is_cuda:  # CUDA graphs replay the whole step
-                self.step = torch.compile(self._step, mode="reduce-overhead", fullgraph=True, dynamic=False)
+                self.compiled_step = torch.compile(self._step, mode="reduce-overhead", fullgraph=True, dynamic=False)
             else:
                 # SDPA's math form lets inductor fuse one query's attention into its own loops (13% more
                 # tokens/s than the flash kernel), and a C++ wrapper calls the step's kernels without
                 # Python in between (3-8% more); same greedy tokens (docs/benchmarks.md)
-                self.step = torch.compile(self._math_step, fullgraph=True, dynamic=False,
+                self.compiled_step = torch.compile(self._math_step, fullgraph=True, dynamic=False,
                                           options={"cpp_wrapper": True})
 
     def _step(self, token: torch.Tensor) -> torch.Tensor:
@@ -89,10 +87,11 @@ class StaticDecoder:
         with sdpa_kernel(SDPBackend.MATH):
             return self._step(token)
 
-    def prefill(self, window: torch.Tensor, window_mask: torch.Tensor) -> torch.Tensor:
-        """Fill the cache with window (B, T), left-padded where window_mask (B, T) is 0, from slot 0
-        (eagerly); return the last position's logits (B, V)."""
+    def prefill(self, window: torch.Tensor, window_mask: torch.Tensor | None) -> torch.Tensor:
+        """Fill the cache with window (B, T), left-padded where window_mask (B, T) is 0 (None: no padding),
+        from slot 0 (eagerly); return the last position's logits (B, V)."""
         B, T = window.shape
+        window_mask = torch.ones_like(window) if window_mask is None else window_mask
         slots = torch.arange(T, device=window.device)
         for cache in self.caches:
             cache.slot = slots
@@ -104,6 +103,7 @@ class StaticDecoder:
         self.mask.zero_()
         self.mask[:, 0, 0, :T] = window_mask.bool()
         self.position.copy_(positions[:, -1:])
+        self.length = T
         return logits
 
     def allocate(self, dtype: torch.dtype) -> None:
@@ -115,46 +115,28 @@ class StaticDecoder:
                 cache.k = torch.zeros(shape, dtype=dtype, device=param.device)
                 cache.v = torch.zeros(shape, dtype=dtype, device=param.device)
 
+    def step(self, token: torch.Tensor, mask=None) -> torch.Tensor:
+        """Logits (B, V) after each row's new token (B, 1), written at the next cache slot (the loop's
+        `mask` is not needed: self.mask marks the filled slots)."""
+        self.slot.fill_(self.length)
+        self.position.add_(1)
+        self.mask[..., self.length] = True
+        self.length += 1
+        return self.compiled_step(token)
+
     def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                         top_k: int | None = None, top_p: float | None = None, generator: Generators = None,
                         attention_mask: torch.Tensor | None = None,
                         stop_token: int | None = None) -> Iterator[torch.Tensor]:
         """Yield (B, 1) new tokens continuing idx (B, T) (left-padded where attention_mask is 0), as
         GPT.generate_stream does with its KV cache (stop_token too)."""
-        tokens = self.new_tokens(idx, max_new_tokens, temperature, top_k, top_p, generator, attention_mask)
-        return until_stopped(tokens, stop_token)
-
-    @torch.no_grad()
-    def new_tokens(self, idx: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
-                   top_p: float | None, generator: Generators,
-                   attention_mask: torch.Tensor | None) -> Iterator[torch.Tensor]:
-        """generate_stream without stop_token."""
         if idx.size(0) != self.batch_size:
             raise ValueError(f"this decoder was built for batches of {self.batch_size}; got {idx.size(0)} prompts.")
-        block_size = self.model.config.block_size
         device_type = idx.device.type
         autocast = torch.is_autocast_enabled(device_type)
         self.allocate(torch.get_autocast_dtype(device_type) if autocast else next(self.model.parameters()).dtype)
-        rows = unpad(idx, torch.ones_like(idx) if attention_mask is None else attention_mask)
-        starts = [max(0, len(r) - block_size) for r in rows]  # each row's window: rows[i][starts[i]:]
-        length, grown = 0, []  # cache slots filled; tokens made since rows was last extended
-        for _ in range(max_new_tokens):
-            if length == 0 or length + 1 > block_size:  # first step, or the cache is full: feed the windows
-                if grown:
-                    rows = [torch.cat([row, new]) for row, new in zip(rows, torch.cat(grown, dim=1))]
-                    grown = []
-                window, window_mask = rewindow(rows, starts, block_size, max(1, block_size // 2))
-                logits, length = self.prefill(window, window_mask), window.size(1)
-            else:
-                self.slot.fill_(length)
-                self.position.add_(1)
-                self.mask[..., length] = True
-                logits = self.step(pending)
-                length += 1
-            next_token = sample_rows(logits, temperature, top_k, top_p, generator)
-            grown.append(next_token)
-            pending = next_token
-            yield next_token
+        return decode(self, idx, max_new_tokens, Sampling(temperature, top_k, top_p), generator, attention_mask,
+                      stop_token)
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:
         """idx (B, T) extended by max_new_tokens tokens (B, T + max_new_tokens); sampling as generate_stream."""

@@ -1,11 +1,17 @@
-"""Batched decoding of left-padded prompts (Hugging Face's convention: attention_mask 1 = real token).
+"""The one decoding loop of GPT.generate / generate_stream and the static decoder (model/fast_decode.py).
 
-Each row of a padded batch is decoded exactly as it would be alone: its positions count its own
-tokens (padding has none), its queries never see padding keys, and its context window moves on its
-own. The batch shares one KV cache tensor per layer, (B, nh, W, hs) with W the longest row's window;
-shorter rows are padded on the left. When a row's window is full, it keeps its last block_size // 2
-tokens (as a single prompt does) and the batch is packed again: every row's window is fed once more
-through fresh caches (the model's only full pass besides the first).
+    for each new token:
+        first step, no KV cache, or a window grew past block_size: feed every row's window (its last
+        tokens) through fresh caches; otherwise feed only the token sampled last
+        sample the next token from the last position's logits
+
+What a step runs is a `Steps` object: `CachedSteps` runs the model's forward with a KV cache per block
+(or none: nanoGPT's rerun of the last block_size tokens); the static decoder brings its own.
+
+Prompts of different lengths are left-padded (Hugging Face's convention: attention_mask 1 = real token).
+Each row is then decoded exactly as it would be alone: its positions count its own tokens (padding has
+none), its queries never see padding keys, and its context window moves on its own. When a row's window
+is full it keeps its last block_size // 2 tokens (as a single prompt does) and the batch is packed again.
 """
 
 from collections.abc import Iterator
@@ -13,9 +19,7 @@ from collections.abc import Iterator
 import torch
 
 from model.attention import PastKeyValues
-from model.sampling import sample_next
-
-Generators = torch.Generator | list[torch.Generator] | None
+from model.sampling import Generators, Sampling
 
 
 def padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -34,16 +38,6 @@ def padded_causal_mask(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor
     k_pos = torch.arange(S, device=attention_mask.device)[None, :]  # (1, S)
     real = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
     return ((k_pos <= q_pos) & real) | (k_pos == q_pos)  # (B, 1, T, S)
-
-
-def sample_rows(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-                generator: Generators) -> torch.Tensor:
-    """sample_next for (B, V) logits -> (B, 1); a list of generators gives each row its own random stream."""
-    if not isinstance(generator, (list, tuple)):
-        return sample_next(logits, temperature, top_k, top_p, generator)
-    if len(generator) != logits.size(0):
-        raise ValueError(f"{len(generator)} generators for a batch of {logits.size(0)} rows; give one per row.")
-    return torch.cat([sample_next(logits[i:i + 1], temperature, top_k, top_p, g) for i, g in enumerate(generator)])
 
 
 def unpad(idx: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
@@ -86,33 +80,81 @@ def until_stopped(tokens: Iterator[torch.Tensor], stop_token: int | None) -> Ite
             return
 
 
-def rewindow(rows: list[torch.Tensor], starts: list[int], block_size: int, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pack every row's window rows[i][starts[i]:] (ids, mask as pack); a row whose window has grown past
-    block_size first moves its start on to keep only its last `keep` tokens (starts is updated)."""
-    for i, row in enumerate(rows):
-        if len(row) - starts[i] > block_size:
-            starts[i] = len(row) - keep
-    return pack([row[s:] for row, s in zip(rows, starts)])
+class Context:
+    """The tokens so far (B, T), left-padded, and how many of each row's last tokens its window holds."""
+
+    def __init__(self, idx: torch.Tensor, attention_mask: torch.Tensor | None, block_size: int):
+        if idx.size(1) == 0:
+            raise ValueError("the prompt is empty; give every row at least one token (e.g. a start or <|endoftext|> token).")
+        self.idx, self.padded, self.block_size = idx, attention_mask is not None, block_size
+        # each row's window is its last lengths[i] tokens (plain ints: deciding a step never waits for the device)
+        self.lengths = [len(row) for row in unpad(idx, attention_mask)] if self.padded else [idx.size(1)] * idx.size(0)
+        self.mask = None  # padded prompts: (B, W) 1 at the tokens of each row's window in the cache, 0 on padding
+
+    def full(self) -> bool:
+        """Whether some row's window has grown past block_size."""
+        return max(self.lengths) > self.block_size
+
+    def crop(self, keep: int) -> None:
+        """A window longer than block_size keeps only its last `keep` tokens."""
+        self.lengths = [keep if n > self.block_size else n for n in self.lengths]
+
+    def window(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every row's window, left-padded to the longest one: ids (B, W) (0 on padding) and mask (None unpadded)."""
+        W = max(self.lengths)
+        ids = self.idx[:, -W:]
+        if not self.padded:
+            return ids, None
+        lengths = torch.tensor(self.lengths, device=ids.device)[:, None]  # (B, 1)
+        self.mask = (torch.arange(W, device=ids.device) >= W - lengths).long()  # (B, W)
+        return ids * self.mask, self.mask
+
+    def append(self, token: torch.Tensor) -> None:
+        """Add each row's new token (B, 1); only the last block_size + 1 tokens are ever read again."""
+        self.idx = torch.cat([self.idx[:, -self.block_size:], token], dim=1)
+        self.lengths = [n + 1 for n in self.lengths]
+        if self.mask is not None:
+            self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.size(0), 1)], dim=1)
+
+
+class CachedSteps:
+    """The steps of a model whose forward takes (ids, caches, last_only, attention_mask): GPT's."""
+
+    def __init__(self, model, use_cache: bool):
+        self.model, self.use_cache, self.caches = model, use_cache, None
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Last-position logits (B, V) after ids (B, W), through fresh caches (none without use_cache)."""
+        self.caches = [PastKeyValues(self.model.config.block_size) for _ in self.model.blocks] if self.use_cache else None
+        return self.step(ids, mask)
+
+    def step(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Last-position logits (B, V) after ids (B, T) continue the cached ones (mask covers both)."""
+        logits, _ = self.model(ids, caches=self.caches, last_only=True, attention_mask=mask)
+        return logits[:, -1]
+
+
+def decode(steps, idx: torch.Tensor, max_new_tokens: int, sampling: Sampling, generator: Generators = None,
+           attention_mask: torch.Tensor | None = None, stop_token: int | None = None,
+           use_cache: bool = True) -> Iterator[torch.Tensor]:
+    """Yield (B, 1) new tokens continuing idx (B, T) (left-padded where attention_mask is 0), each step
+    run by `steps` (prefill(ids, mask) and step(token, mask), both -> logits (B, V)); stop_token as until_stopped."""
+    block_size = steps.model.config.block_size
+    context = Context(idx, attention_mask, block_size)
+    return until_stopped(new_tokens(steps, context, max_new_tokens, sampling, generator, use_cache), stop_token)
 
 
 @torch.no_grad()
-def generate_padded(model, idx: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-                    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                    use_cache: bool = True, generator: Generators = None) -> Iterator[torch.Tensor]:
-    """Yield (B, 1) new tokens for left-padded prompts idx (B, T) with attention_mask (B, T)."""
-    block_size = model.config.block_size
-    rows = unpad(idx, attention_mask)
-    starts = [max(0, len(r) - block_size) for r in rows]  # each row's window: rows[i][starts[i]:]
-    caches, mask = None, None
-    for _ in range(max_new_tokens):
-        full = caches is not None and caches[0].len + 1 > block_size
-        if caches is None or full or not use_cache:  # (re)build: feed every row's window
-            pending, mask = rewindow(rows, starts, block_size, max(1, block_size // 2) if use_cache else block_size)
-            caches = [PastKeyValues(block_size) for _ in model.blocks] if use_cache else None
-        else:
-            mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
-        logits, _ = model(pending, caches=caches, last_only=True, attention_mask=mask)
-        next_token = sample_rows(logits[:, -1], temperature, top_k, top_p, generator)
-        rows = [torch.cat([row, t]) for row, t in zip(rows, next_token)]
-        pending = next_token
-        yield next_token
+def new_tokens(steps, context: Context, max_new_tokens: int, sampling: Sampling, generator: Generators,
+               use_cache: bool) -> Iterator[torch.Tensor]:
+    """decode's loop, without stop_token."""
+    block_size = context.block_size
+    for n in range(max_new_tokens):
+        if n == 0 or not use_cache or context.full():  # feed every row's window through fresh caches
+            context.crop(block_size if n == 0 or not use_cache else max(1, block_size // 2))
+            logits = steps.prefill(*context.window())
+        else:  # the token sampled last continues the cached window
+            logits = steps.step(token, context.mask)
+        token = sampling.sample(logits, generator)
+        context.append(token)
+        yield token

@@ -13,15 +13,12 @@ import torch
 from torch import nn
 
 from model.attention import PastKeyValues, document_mask, document_positions
-from model.config import ConfigError, GPTConfig
-from model.hooks import HookPoint
-from model.family import Family, embed, logits_and_loss, tie_head
+from model.transformer_config import ConfigError, GPTConfig
+from model.family import EmbeddingStem, Family, logits_and_loss, tie_head
 from model.layers import Block, init_weights, make_norm
-from weights.hf_folder import PretrainedError, check_state
-from weights.hf_tokenizer import folder_tokenizer
-from weights.hf_families import read_pretrained, read_pretrained_config
-from model.generation import (Generators, generate_padded, padded_causal_mask, padded_positions, sample_rows,
-                              until_stopped)
+from weights.pretrained import PretrainedError, check_state, folder_tokenizer, read_pretrained, read_pretrained_config
+from model.generation import CachedSteps, decode, padded_causal_mask, padded_positions
+from model.sampling import Generators, Sampling
 
 
 def gpt2_config(values: dict, source: str) -> GPTConfig:
@@ -32,7 +29,7 @@ def gpt2_config(values: dict, source: str) -> GPTConfig:
         raise PretrainedError(f"the config.json of {source} holds sizes our model cannot take ({e}).") from None
 
 
-class GPT(Family):
+class GPT(EmbeddingStem, Family):
     """A decoder-only language model."""
 
     model_type = "gpt"
@@ -40,10 +37,7 @@ class GPT(Family):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None
-        self.drop = nn.Dropout(config.dropout)
-        self.embed, self.pos_embed = HookPoint(), HookPoint()  # token (B, T, C) and position (T, C) embeddings
+        self.add_stem(config.vocab_size, config.block_size, config)  # wte, wpe, drop; hooks embed, pos_embed
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -96,8 +90,7 @@ class GPT(Family):
                                  f"{(idx.size(0), offset + idx.size(1))}, got {tuple(attention_mask.shape)}.")
             positions = padded_positions(attention_mask)[:, offset:]  # (B, T)
             mask = padded_causal_mask(attention_mask, idx.size(1))  # (B, 1, T, offset + T)
-        x = self.drop(embed(idx, self.wte, self.wpe, self.config.block_size, offset, positions=positions,
-                            hooks=(self.embed, self.pos_embed)))  # (B, T, C)
+        x = self.drop(self.stem(idx, offset, positions))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, mask=mask, causal=True, cache=caches[i] if caches else None, positions=positions)
         x = self.ln_f(x)
@@ -133,36 +126,9 @@ class GPT(Family):
         `stop_token`: a row that has emitted it emits it again (Hugging Face's eos_token_id with
         pad_token_id the same), and the stream ends once every row has.
         """
-        if idx.size(1) == 0:
-            raise ValueError("the prompt is empty; give every row at least one token (e.g. a start or <|endoftext|> token).")
-        tokens = self.new_tokens(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, attention_mask)
-        yield from until_stopped(tokens, stop_token)
-
-    @torch.no_grad()
-    def new_tokens(self, idx: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
-                   top_p: float | None, use_cache: bool, generator: Generators,
-                   attention_mask: torch.Tensor | None) -> Iterator[torch.Tensor]:
-        """generate_stream without stop_token."""
-        if attention_mask is not None:
-            yield from generate_padded(self, idx, attention_mask, max_new_tokens, temperature, top_k, top_p,
-                                       use_cache, generator)
-            return
-        block_size = self.config.block_size
-        caches = None
-        pending = idx[:, -block_size:]  # tokens not yet seen by the model
-        for _ in range(max_new_tokens):
-            if use_cache:
-                if caches is None or caches[0].len + pending.size(1) > block_size:
-                    keep = block_size if caches is None else max(1, block_size // 2)
-                    pending = idx[:, -keep:]
-                    caches = [PastKeyValues(block_size) for _ in self.blocks]
-                logits, _ = self(pending, caches=caches, last_only=True)
-            else:
-                logits, _ = self(idx[:, -block_size:], last_only=True)
-            next_token = sample_rows(logits[:, -1], temperature, top_k, top_p, generator)
-            idx = torch.cat([idx, next_token], dim=1)
-            pending = next_token
-            yield next_token
+        steps = CachedSteps(self, use_cache)
+        yield from decode(steps, idx, max_new_tokens, Sampling(temperature, top_k, top_p), generator, attention_mask,
+                          stop_token, use_cache)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

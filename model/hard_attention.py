@@ -116,7 +116,8 @@ class Hard(Weighting, AuxiliaryLoss):
     def advantages(self, token_loss: torch.Tensor, real: torch.Tensor, reach: str, n_queries: int,
                    value: torch.Tensor | None):
         """(advantage, count, reward per token) per query (B, Q); count: its target tokens in reach."""
-        reward, count = rewards(token_loss, real, reach if self.credit == "query" else "all", n_queries)
+        reach = {"query": reach, "own": "own", "sequence": "all"}[self.credit]
+        reward, count = rewards(token_loss, real, reach, n_queries)
         per_token = reward / count.clamp(min=1)
         first = self.baseline.isnan()  # no step seen yet (tensor ops, no Python branch: compiles)
         if self.baseline_kind == "moving_average":

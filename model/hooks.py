@@ -14,8 +14,9 @@ TransformerLens' hooks run too: the name a hook gets is a `HookName`, a str with
 ``.name``, ``.layer()`` and ``.ctx`` (a dict kept per hook point), and TransformerLens' names
 (``blocks.0.attn.hook_z``, ``blocks.0.hook_resid_pre``, ...) are aliases of ours wherever a name is
 accepted. A hook attached by such a name sees q, k, v, z and result in TransformerLens' layout,
-(B, T, n_head, d_head); by our name, in ours, (B, n_head, T, d_head). `bwd_hooks` get the gradient
-flowing back into the hook point (and may return a replacement).
+(B, T, n_head, d_head); by our name, in ours, (B, n_head, T, d_head). So for the position embeddings:
+``hook_pos_embed`` sees (B, T, C), a broadcast view of ours (``pos_embed``: (T, C), one row per position).
+`bwd_hooks` get the gradient flowing back into the hook point (and may return a replacement).
 """
 
 import fnmatch
@@ -26,7 +27,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from weights.common import HookNameError
+from weights.errors import HookNameError
 
 HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
 NameFilter = str | Iterable[str] | Callable[[str], bool] | None
@@ -41,6 +42,7 @@ TL_NAMES = (("embed", "hook_embed"), ("pos_embed", "hook_pos_embed"), ("resid_pr
             ("mlp.post", "mlp.hook_post"))
 OPT_IN = ".attn.result"  # left out of names_filter=None
 HEAD_FIRST = ("attn.q", "attn.k", "attn.v", "attn.z", "attn.result")  # (B, nh, T, .) here, (B, T, nh, .) in TL
+POS_EMBED = "pos_embed"  # (T, C) here (one row per position), (B, T, C) in TL
 
 
 def swap_ending(name: str, old: str, new: str) -> str | None:
@@ -175,9 +177,14 @@ class HookedModel:
         for name, tl_form in self.select_hooks(names_filter):
             head_first = tl_form and any(name.endswith("." + ending) for ending in HEAD_FIRST)
             hook = HookName(tl_from_ours(name) if tl_form else name, points[name].ctx, head_first)
-            call = _call_with_name(fn, hook)
+            batch = None
+            if tl_form and swap_ending(name, POS_EMBED, "embed") in points:  # TL's (B, T, C): learn B from embed
+                batch = {}
+                handles.append(points[swap_ending(name, POS_EMBED, "embed")].register_forward_hook(
+                    lambda module, inputs, output, batch=batch: batch.update(size=output.size(0))))
+            call = _call_with_name(fn, hook, batch)
             if direction == "bwd":
-                call = _on_gradient(call)
+                call = _on_gradient(call, batch)
             handles.append(points[name].register_forward_hook(call))
         return handles
 
@@ -209,10 +216,12 @@ class HookedModel:
                 setattr(cls, name, value)
 
 
-def _call_with_name(fn: HookFn, name: HookName):
-    """Adapt fn(tensor, name) to torch's forward-hook signature hook(module, inputs, output)."""
+def _call_with_name(fn: HookFn, name: HookName, batch: dict | None = None):
+    """Adapt fn(tensor, name) to torch's forward-hook signature hook(module, inputs, output); with `batch`
+    ({"size": B}, filled by the embed point) a (T, C) value is shown as a (B, T, C) broadcast view."""
 
     def hook(module, inputs, output):
+        output = _batched(output, batch)
         value = output.transpose(1, 2) if name.head_first else output
         result = fn(value, name)
         if result is not None and not (isinstance(result, torch.Tensor) and result.shape == value.shape):
@@ -224,11 +233,20 @@ def _call_with_name(fn: HookFn, name: HookName):
     return hook
 
 
-def _on_gradient(hook):
-    """A forward hook that runs `hook` on the gradient of the hook point's value when it is differentiated."""
+def _batched(output: torch.Tensor, batch: dict | None) -> torch.Tensor:
+    """A (T, C) value as the (B, T, C) broadcast view (no copy) when `batch` holds B; else unchanged."""
+    return output.expand(batch["size"], *output.shape) if batch and output.dim() == 2 else output
+
+
+def _on_gradient(hook, batch: dict | None = None):
+    """A forward hook that runs `hook` on the gradient of the hook point's value when it is differentiated.
+    With `batch`, a (T, C) value flows on as its (B, T, C) broadcast view, so that the gradient is each
+    example's (as TransformerLens' batched position embeddings get it)."""
 
     def attach(module, inputs, output):
+        output = _batched(output, batch)
         if output.requires_grad:
             output.register_hook(lambda grad: hook(module, inputs, grad))
+        return output if batch else None
 
     return attach

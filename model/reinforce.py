@@ -10,6 +10,9 @@ Both are what this module decides:
   loss at t (`own`); in a bidirectional stack, every loss of its sequence (`all`). The family tells each
   weighting its reach; `credit=sequence` ignores it and gives every choice its whole sequence's loss
   (Williams' plain estimator), `credit=query` uses it. Losses a choice cannot change only add noise.
+  `credit=own` gives every choice its own target's loss only, in every layer: a discount of 0 in RL's
+  terms, biased where a choice also moves later targets (a causal stack's layers below the last), but
+  free of the noise of the later targets' own choices.
 - **baseline** b_c, in loss per target token times the number of target tokens in reach:
   `moving_average` of past steps, `batch` (the other sequences of the batch at the same query
   position, leave-one-out), `samples` (the other samples of the same sequence: the batch holds each
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 REACHES = ("all", "later", "own")
-CREDITS = ("query", "sequence")
+CREDITS = ("query", "own", "sequence")
 BASELINES = ("batch", "moving_average", "samples", "learned", "none")
 
 

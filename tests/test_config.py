@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+import train
 from data.loader import dataset_dir
 from model.config import ConfigError, GPTConfig
 from training.config import TrainConfig, build, field_types, parse_args, read_config_file
@@ -51,8 +52,9 @@ def test_overrides_are_typed_and_checked(tmp_path):
         build(parse_args(["--n_layer=2.5"]), TrainConfig, GPTConfig)
     with pytest.raises(ConfigError, match="bool"):
         build(parse_args(["--compile=maybe"]), TrainConfig, GPTConfig)
-    with pytest.raises(ConfigError, match="init_from"):
-        build(parse_args(["--init_from=gpt7"]), TrainConfig, GPTConfig)
+    assert build(parse_args(["--init_from=gpt7"]), TrainConfig, GPTConfig)[0].init_from == "gpt7"  # reads no disk
+    with pytest.raises(ConfigError, match="init_from"):  # where the run starts does
+        train.read_config(["--init_from=gpt7"])
 
 
 @pytest.mark.parametrize("arg, message", [
@@ -75,7 +77,6 @@ def test_every_shipped_config_builds(path):
 
 def test_help_of_train_and_sample_lists_every_key_with_its_default(capsys):
     import sample
-    import train
     from training.families import FAMILIES
     train.main(["config/bert_shakespeare_char.py", "--help"])  # nothing is read or trained
     text = capsys.readouterr().out
@@ -94,7 +95,6 @@ def test_help_of_train_and_sample_lists_every_key_with_its_default(capsys):
 
 
 def test_vocab_size_is_refused_in_one_line():
-    import train
     for argv in (["--vocab_size=50304"], ["--model_type=bert", "--vocab_size=100"]):
         with pytest.raises(ConfigError, match="vocab_size comes from the dataset.*drop --vocab_size"):
             train.load_config(argv)
@@ -124,3 +124,76 @@ def test_the_built_in_dataset_is_named_for_the_plays_and_its_old_name_still_work
     for path in glob.glob(os.path.join(REPO, "config", "*.py")):  # no config names the plays as tiny shakespeare
         assert read_config_file(path).get("dataset") not in ("shakespeare_char", "shakespeare"), path
     assert "NOT nanoGPT's tiny shakespeare" in open(os.path.join(REPO, "config", "shakespeare_char_cpu.py")).read()
+
+
+def test_a_rule_table_checks_every_field_with_choices_read_from_the_registries():
+    from model.attention import WEIGHTINGS, Softmax
+    from model.rules import check_fields, number, one_of, size
+
+    class Options:  # a config with a table of its own: the checker reads nothing else
+        rules = {"heads": size(), "rate": number("must be in [0, 1)", at_least=0, below=1), "kind": one_of(("a", "b"))}
+
+        def __init__(self, **values):
+            self.__dict__.update({"heads": 2, "rate": 0.5, "kind": "a", **values})
+
+    check_fields(Options())
+    for change, message in (({"heads": 2.0}, "heads must be a positive integer, got 2.0."),
+                            ({"rate": float("nan")}, "rate must be in [0, 1), got nan."),
+                            ({"rate": True}, "rate must be in [0, 1), got True."),
+                            ({"kind": ["a"]}, "kind must be one of a, b, got ['a'].")):
+        with pytest.raises(ConfigError) as e:
+            check_fields(Options(**change))
+        assert str(e.value) == message
+    with pytest.raises(ConfigError, match="opt_heads must be"):  # a nested config's flat key names it
+        check_fields(Options(heads=0), prefix="opt_")
+    WEIGHTINGS["plain_test"] = Softmax  # a weighting registered after the config module loaded
+    try:
+        assert GPTConfig(attn_weighting="plain_test").attn_weighting == "plain_test"
+    finally:
+        del WEIGHTINGS["plain_test"]
+    with pytest.raises(ConfigError, match="attn_weighting must be one of softmax, hard, got 'plain_test'"):
+        GPTConfig(attn_weighting="plain_test")
+
+
+def test_no_config_constructor_reads_the_disk(monkeypatch):
+    from training.config import SampleConfig
+
+    def no_disk(*args):
+        raise AssertionError("a config constructor read the disk")
+
+    for name in ("exists", "isdir", "isfile"):
+        monkeypatch.setattr(os.path, name, no_disk)
+    assert TrainConfig(init_from="some/folder").init_from == "some/folder"
+    assert SampleConfig(init_from="gpt5").init_from == "gpt5"  # refused where sample.py starts, not here
+
+
+def test_gradient_accumulation_not_given_is_none_and_the_run_derives_it(monkeypatch):
+    assert TrainConfig().gradient_accumulation_steps is None
+    assert build(parse_args(["--gradient_accumulation_steps=None"]), TrainConfig)[0].gradient_accumulation_steps is None
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert train.accumulation(TrainConfig(), None, resumed=False) == 2  # one micro-batch per process
+    assert train.accumulation(TrainConfig(gradient_accumulation_steps=4), 4, resumed=False) == 4  # given: global
+    assert train.accumulation(TrainConfig(gradient_accumulation_steps=6), None, resumed=True) == 6  # a resume keeps it
+    with pytest.raises(ConfigError, match="this run was trained with gradient_accumulation_steps=3"):
+        train.accumulation(TrainConfig(gradient_accumulation_steps=3), None, resumed=True)
+    assert train.accumulation(TrainConfig(gradient_accumulation_steps=3, eval_only=True), None, resumed=True) == 2
+    with pytest.raises(ConfigError, match=r"gradient_accumulation_steps \(3\) counts micro-batches over all 2"):
+        train.accumulation(TrainConfig(gradient_accumulation_steps=3), 3, resumed=True)  # given on a resume
+
+
+def test_one_place_refuses_what_the_family_would_ignore():
+    from training.config import SampleConfig
+    from training.families import refuse_ignored
+
+    for given, model_type, message in (({"cell": "gru"}, "seq2seq", "cell is an option of model_type=rnn, not of "
+                                                                       "model_type=seq2seq; drop --cell"),
+                                       ({"doc_mask": "True"}, "rnn", "doc_mask is an option of model_type=gpt or bert"),
+                                       ({"batch_align": "doc"}, "seq2seq", "batch_align is an option of model_type=gpt")):
+        with pytest.raises(ConfigError, match=message):
+            refuse_ignored(given, model_type, TrainConfig)
+    refuse_ignored({"batch_align": "window", "doc_mask": False, "dropout": "0.1"}, "seq2seq", TrainConfig)  # defaults
+    with pytest.raises(ConfigError, match="--decoding is for an encoder-decoder checkpoint and out holds a GPT"):
+        refuse_ignored({"decoding": "beam"}, "gpt", SampleConfig, source="out")
+    refuse_ignored({"decoding": "greedy", "ablate": "0.1"}, "gpt", SampleConfig, source="out")  # default; its own
+    with pytest.raises(ConfigError, match=r"--ablate is for a GPT checkpoint and out holds an RNN.*ablate_heads"):
+        refuse_ignored({"ablate": "0.1"}, "rnn", SampleConfig, source="out")

@@ -67,3 +67,9 @@ def test_stop_token_as_gpt_generate():
     reference = model.generate(idx, 20, temperature=0, attention_mask=mask, stop_token=stop)
     assert torch.equal(ours, reference)
     assert (ours[1, idx.size(1) + 3:] == stop).all()
+
+
+def test_an_empty_prompt_is_a_clear_error():
+    decoder = StaticDecoder(tiny_gpt("learned"), batch_size=2)
+    with pytest.raises(ValueError, match="at least one token"):  # the loop's own check, as GPT.generate's
+        decoder.generate(torch.zeros(2, 0, dtype=torch.long), 3)

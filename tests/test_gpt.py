@@ -1,8 +1,10 @@
+import dataclasses
+
 import pytest
 import torch
 
 from model import GPT, GPTConfig
-from model.sampling import sample_next
+from model.sampling import Sampling
 
 
 def tiny(**kw):
@@ -59,12 +61,12 @@ def test_generation_past_the_context_window_and_long_prompts():
 
 def test_sampling_controls():
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
-    assert sample_next(logits, temperature=0).item() == 1
-    assert sample_next(logits, top_k=1).item() == 1
+    assert Sampling(temperature=0).sample(logits).item() == 1
+    assert Sampling(top_k=1).sample(logits).item() == 1
     gen = torch.Generator().manual_seed(0)
-    draws = {sample_next(logits, top_k=2, generator=gen).item() for _ in range(200)}
+    draws = {Sampling(top_k=2).sample(logits, gen).item() for _ in range(200)}
     assert draws == {1, 3}
-    draws = {sample_next(logits, top_p=0.5, generator=gen).item() for _ in range(200)}
+    draws = {Sampling(top_p=0.5).sample(logits, gen).item() for _ in range(200)}
     assert draws == {1}  # the top token alone has more than half of the mass
 
 
@@ -72,12 +74,12 @@ def test_top_p_samples_the_whole_nucleus_in_proportion():
     probs = torch.tensor([0.05, 0.40, 0.10, 0.30, 0.15])
     gen = torch.Generator().manual_seed(0)
     # top_p=0.8: 0.40 + 0.30 reach 0.70 < 0.8, so the nucleus is {1, 3, 4} (mass 0.85); 0 and 2 are out
-    draws = sample_next(probs.log().repeat(4000, 1), top_p=0.8, generator=gen).flatten()
+    draws = Sampling(top_p=0.8).sample(probs.log().repeat(4000, 1), gen).flatten()
     assert set(draws.tolist()) == {1, 3, 4}
     share = torch.bincount(draws, minlength=5).float() / 4000
     assert torch.allclose(share[[1, 3, 4]], torch.tensor([0.40, 0.30, 0.15]) / 0.85, atol=0.03)  # renormalised
-    assert set(sample_next(probs.log().repeat(500, 1), top_p=0.69, generator=gen).flatten().tolist()) == {1, 3}
-    assert set(sample_next(probs.log().repeat(500, 1), top_p=0.71, generator=gen).flatten().tolist()) == {1, 3, 4}
+    assert set(Sampling(top_p=0.69).sample(probs.log().repeat(500, 1), gen).flatten().tolist()) == {1, 3}
+    assert set(Sampling(top_p=0.71).sample(probs.log().repeat(500, 1), gen).flatten().tolist()) == {1, 3, 4}
 
 
 
@@ -85,8 +87,8 @@ def test_extreme_temperatures_sample_valid_tokens():
     logits = torch.tensor([[0.0, 30.0, 1.0, 2.0], [5.0, 0.0, 0.0, 0.0]])
     gen = torch.Generator().manual_seed(0)
     for temperature in (1e-40, 1e-8):  # logits / temperature would overflow float32 to inf - inf = nan
-        assert sample_next(logits, temperature, generator=gen).flatten().tolist() == [1, 0]
-    assert set(sample_next(logits.repeat(100, 1), 1e30, generator=gen).flatten().tolist()) == {0, 1, 2, 3}
+        assert Sampling(temperature).sample(logits, gen).flatten().tolist() == [1, 0]
+    assert set(Sampling(1e30).sample(logits.repeat(100, 1), gen).flatten().tolist()) == {0, 1, 2, 3}
     from training.config import ConfigError, SampleConfig
 
     with pytest.raises(ConfigError, match="temperature"):
@@ -192,8 +194,6 @@ def hf_filtered_probs(logits, temperature, top_k, top_p):
 
 @pytest.mark.parametrize("V", [2, 3, 50, 50257])
 def test_the_filtered_distribution_is_hugging_faces(V):
-    from model.sampling import filtered_probs
-
     gen = torch.Generator().manual_seed(1)
     for scale in (1.0, 3.0, 10.0):
         logits = torch.randn(16, V, generator=gen) * scale  # no ties: HF and we break them differently
@@ -202,7 +202,7 @@ def test_the_filtered_distribution_is_hugging_faces(V):
         for temperature in (1e-6, 0.7, 1.0, 2.0):
             for top_k in (None, 2, 50, V + 5):
                 for top_p in (None, 0.5, 0.9, 0.95):
-                    ours = filtered_probs(logits, temperature, top_k, top_p)
+                    ours = Sampling(temperature, top_k, top_p).probs(logits)
                     theirs = hf_filtered_probs(logits, temperature, top_k, top_p)
                     setting = (scale, temperature, top_k, top_p)
                     assert torch.equal(ours > 0, theirs > 0), setting  # the same tokens kept
@@ -210,11 +210,23 @@ def test_the_filtered_distribution_is_hugging_faces(V):
 
 
 def test_ties_at_the_top_p_edge_keep_the_lowest_ids():
-    from model.sampling import filtered_probs
-
     for V in (4, 64, 1000):  # torch.sort breaks ties one way for a short row, another for a long one
-        probs = filtered_probs(torch.zeros(1, V), top_p=0.5)
+        probs = Sampling(top_p=0.5).probs(torch.zeros(1, V))
         assert (probs[0] > 0).nonzero().flatten().tolist() == list(range(V // 2)), V
-    probs = filtered_probs(torch.tensor([[2.0, 1.0, 1.0, 1.0, 0.0]]), top_k=2)  # top-k keeps a whole tie
+    probs = Sampling(top_k=2).probs(torch.tensor([[2.0, 1.0, 1.0, 1.0, 0.0]]))  # top-k keeps a whole tie
     assert (probs[0] > 0).tolist() == [True, True, True, True, False]
-    assert filtered_probs(torch.tensor([[1.0, 3.0, 3.0]]), temperature=0).tolist() == [[0.0, 1.0, 0.0]]
+    assert Sampling(temperature=0).probs(torch.tensor([[1.0, 3.0, 3.0]])).tolist() == [[0.0, 1.0, 0.0]]
+
+
+def test_sampling_settings_are_one_value_validated_once(monkeypatch):
+    from model import ConfigError
+
+    with pytest.raises(ConfigError, match="top_k must be a positive integer"):
+        Sampling(top_k=0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Sampling().top_k = 3  # a value: settings cannot change between validation and use
+    built = []
+    original = Sampling.__post_init__
+    monkeypatch.setattr(Sampling, "__post_init__", lambda self: built.append(self) or original(self))
+    tiny().eval().generate(torch.randint(0, 23, (2, 4)), 12, top_k=5, generator=torch.Generator().manual_seed(0))
+    assert [(s.temperature, s.top_k, s.top_p) for s in built] == [(1.0, 5, None)]  # once per call, not per token

@@ -16,10 +16,15 @@ import typing
 from dataclasses import dataclass
 
 from model.config import flatten, nested_configs, unflatten
-from data.documents import Packing
-from model.sampling import check_sampling
+from model.rules import Rule, check_fields, number, one_of, size
+from data.documents import ALIGNS, Packing
+from model.sampling import Sampling
 from weights.common import ConfigError
 from weights.hf_gpt2 import HUB_MODELS
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ACCUMULATION = "must be a positive integer, or None for one micro-batch per process"
 
 
 @dataclass
@@ -48,8 +53,8 @@ class TrainConfig:
     doc_boundary_loss: bool = False  # with doc_mask: still train a document's last token to predict the next separator
     # micro-batches per optimizer step, summed over all ranks (global): a step sees batch_size *
     # gradient_accumulation_steps sequences however many processes share it; divisible by their number.
-    # Not given (config file or command line): one per process (train.py sets it; training/distributed.py)
-    gradient_accumulation_steps: int = 1
+    # None: one per process (train.py derives it, or a resumed run takes its checkpoint's; training/distributed.py)
+    gradient_accumulation_steps: typing.Optional[int] = None
     # optimizer and schedule
     learning_rate: float = 1e-3
     max_iters: int = 2500
@@ -81,39 +86,28 @@ class TrainConfig:
     attn_stats_interval: int = 0  # every N iterations: per-head attention statistics (+ heatmaps to wandb); 0 = off
     head_probe: bool = False  # at every evaluation: each head's induction/previous-token score and the in-context score
 
+    rules = {
+        "batch_size": size(), "gradient_accumulation_steps": size(none=True, text=ACCUMULATION),
+        "eval_interval": size(), "log_interval": size(), "max_nonfinite_steps": size(),
+        "eval_iters": Rule(lambda v: v == "all" or (type(v) is int and v >= 1),
+                           lambda: "must be a positive integer or 'all'"),
+        "max_iters": size(0, "must not be negative"), "warmup_iters": size(0, "must not be negative"),
+        "learning_rate": number("must be > 0", above=0), "min_lr": number("must be >= 0", at_least=0),
+        "beta1": number("must be in [0, 1)", at_least=0, below=1), "beta2": number("must be in [0, 1)", at_least=0, below=1),
+        "weight_decay": number("must be >= 0", at_least=0), "grad_clip": number("must be >= 0 (0 = no clipping)", at_least=0),
+        "attn_stats_interval": size(0, "must be 0 (off) or positive"),
+        "lr_schedule": one_of(("cosine", "wsd")), "cooldown_frac": number("must be in [0, 1]", at_least=0, at_most=1),
+        "optimizer": one_of(("adamw", "muon")), "batch_align": one_of(ALIGNS), "dtype": one_of(DTYPES),
+        "device": Rule(lambda v: v == "auto" or (isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda", "mps")),
+                       lambda: "must be auto, cpu, cuda, cuda:N or mps"),
+    }
+
     def __post_init__(self):
-        check_init_from(self.init_from, ("scratch", "resume"))
-        for name in ("batch_size", "gradient_accumulation_steps", "eval_interval", "log_interval", "eval_iters",
-                     "max_nonfinite_steps"):
-            if getattr(self, name) != "all" and getattr(self, name) < 1:
-                also = " or 'all'" if name == "eval_iters" else ""
-                raise ConfigError(f"{name} must be a positive integer{also}, got {getattr(self, name)}.")
-        if self.max_iters < 0 or self.warmup_iters < 0:
-            raise ConfigError("max_iters and warmup_iters must not be negative.")
-        for name, ok, rule in (("learning_rate", self.learning_rate > 0, "> 0"), ("min_lr", self.min_lr >= 0, ">= 0"),
-                               ("beta1", 0 <= self.beta1 < 1, "in [0, 1)"), ("beta2", 0 <= self.beta2 < 1, "in [0, 1)"),
-                               ("weight_decay", self.weight_decay >= 0, ">= 0"),
-                               ("grad_clip", self.grad_clip >= 0, ">= 0 (0 = no clipping)")):
-            if not ok:
-                raise ConfigError(f"{name} must be {rule}, got {getattr(self, name)}.")
-        if self.attn_stats_interval < 0:
-            raise ConfigError(f"attn_stats_interval must be 0 (off) or positive, got {self.attn_stats_interval}.")
-        if self.lr_schedule not in ("cosine", "wsd"):
-            raise ConfigError(f"lr_schedule must be 'cosine' or 'wsd', got {self.lr_schedule!r}.")
-        if not 0.0 <= self.cooldown_frac <= 1.0:
-            raise ConfigError(f"cooldown_frac must be in [0, 1], got {self.cooldown_frac}.")
-        if self.optimizer not in ("adamw", "muon"):
-            raise ConfigError(f"optimizer must be 'adamw' or 'muon', got {self.optimizer!r}.")
+        check_fields(self)
         if self.optimizer == "muon" and not (self.muon_lr > 0 and 0 <= self.muon_momentum < 1
                                              and self.muon_weight_decay >= 0):
             raise ConfigError("muon needs muon_lr > 0, muon_momentum in [0, 1) and muon_weight_decay >= 0.")
-        if self.packing.needs_separator and self.model_type not in ("gpt", "bert"):
-            raise ConfigError(f"doc_mask and batch_align=doc apply to model_type gpt and bert, not {self.model_type!r}; "
-                              "drop them.")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ConfigError(f"dtype must be one of auto, float32, bfloat16, float16, got {self.dtype!r}.")
-        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
-            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}.")
+        self.packing  # Packing refuses doc_boundary_loss without doc_mask
         if self.eval_file and not self.eval_only:
             raise ConfigError("--eval_file is evaluated by --eval_only=True (with --init_from=resume or a GPT-2); "
                               "add --eval_only=True.")
@@ -154,25 +148,23 @@ class SampleConfig:
     beam_size: int = 4
     length_penalty: float = 1.0  # beam scores are log-probability / length ** length_penalty
 
+    rules = {
+        "num_samples": Rule(lambda v: type(v) is int and v >= 1, lambda: "must be at least 1"),
+        "max_new_tokens": size(0, "must not be negative"), "attention_top_k": size(), "candidates": size(),
+        "ablate_mode": one_of(("zero", "mean")), "decoding": one_of(("greedy", "sample", "beam")), "beam_size": size(),
+        "device": TrainConfig.rules["device"], "dtype": one_of(DTYPES),
+    }
+
     def __post_init__(self):
-        if self.ablate_mode not in ("zero", "mean"):
-            raise ConfigError(f"ablate_mode must be 'zero' or 'mean', got {self.ablate_mode!r}.")
-        if self.attention_top_k < 1:
-            raise ConfigError(f"attention_top_k must be a positive integer, got {self.attention_top_k}.")
-        if self.candidates < 1:
-            raise ConfigError(f"candidates must be a positive integer, got {self.candidates}.")
-        if self.decoding not in ("greedy", "sample", "beam"):
-            raise ConfigError(f"decoding must be greedy, sample or beam, got {self.decoding!r}.")
-        if self.beam_size < 1:
-            raise ConfigError(f"beam_size must be a positive integer, got {self.beam_size}.")
-        check_init_from(self.init_from, ("resume",))
-        if self.num_samples < 1 or self.max_new_tokens < 0:
-            raise ConfigError("num_samples must be at least 1 and max_new_tokens not negative.")
-        check_sampling(self.temperature, self.top_k, self.top_p)
+        check_fields(self)
+        Sampling(self.temperature, self.top_k, self.top_p)  # a ConfigError names a bad setting
 
 
 def check_init_from(init_from: str, own: tuple[str, ...]) -> None:
-    """init_from must be one of `own`, a GPT-2 name, an existing folder (of Hugging Face weights) or a Hub id."""
+    """init_from must be one of `own`, a GPT-2 name, an existing folder (of Hugging Face weights) or a Hub id.
+
+    It reads the filesystem, so the scripts call it where a run starts (before out_dir is touched), not the
+    config's constructor: building a config never depends on what exists on disk."""
     hub_id = re.fullmatch(r"[\w-][\w.-]*/[\w-][\w.-]*", init_from) and not os.path.exists(init_from)
     if init_from not in own + HUB_MODELS and not os.path.isdir(init_from) and not hub_id:
         raise ConfigError(f"init_from must be {', '.join(own)}, one of {', '.join(HUB_MODELS)}, a folder with "
@@ -388,5 +380,5 @@ def from_dict(cls, values: dict):
     return cls(**unflatten(cls, {k: v for k, v in values.items() if k in names}))
 
 
-__all__ = ["ConfigError", "TrainConfig", "SampleConfig", "read_config_file", "parse_args", "build", "to_dict",
+__all__ = ["ConfigError", "TrainConfig", "SampleConfig", "check_init_from", "read_config_file", "parse_args", "build", "to_dict",
            "from_dict", "coerce", "field_types", "usage", "wants_help"]

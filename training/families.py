@@ -12,7 +12,7 @@ from data.loader import LMBatches
 from data.mlm import MLMBatches
 from data.pairs import PairBatches
 from model import BERT, GPT, BERTConfig, GPTConfig, RNNConfig, RNNEncoderDecoder, Seq2Seq, Seq2SeqConfig
-from training.config import TrainConfig, field_types, from_dict
+from training.config import coerce, field_defaults, field_types, from_dict
 from training.decoding import fill_mask, sample_gpt, sample_seq2seq
 from data.tokenizer import GPT2Tokenizer, Tokenizer, from_meta
 from weights.checkpoint import CheckpointError, upgrade_state
@@ -30,16 +30,19 @@ class ModelFamily:
     batches: type  # its batch maker (data/): see data/loader.py LMBatches for the interface
     decode: Callable  # what sample.py does with it: decode(model, tokenizer, sample_config, device, dtype)
     description: str  # for messages: "a GPT"
-    sample_options: tuple[str, ...] = ()  # sample.py options that this family alone uses
+    train_options: tuple[str, ...] = ()  # train.py options that only some families read (documents: gpt, bert)
+    sample_options: tuple[str, ...] = ()  # sample.py options that only some families read
 
 
+DOCUMENTS = ("doc_mask", "batch_align")  # data/documents.py: the batch makers of gpt and bert
 FAMILIES: dict[str, ModelFamily] = {
-    "gpt": ModelFamily(GPT, GPTConfig, LMBatches, sample_gpt, "a GPT", ("ablate", "ablate_mode", "prompts", "fast_decode")),
-    "bert": ModelFamily(BERT, BERTConfig, MLMBatches, fill_mask, "a BERT (fill-mask)", ("candidates",)),
-    "seq2seq": ModelFamily(Seq2Seq, Seq2SeqConfig, PairBatches, sample_seq2seq, "an encoder-decoder",
+    "gpt": ModelFamily(GPT, GPTConfig, LMBatches, sample_gpt, "a GPT", DOCUMENTS,
+                       ("ablate", "ablate_mode", "prompts", "fast_decode")),
+    "bert": ModelFamily(BERT, BERTConfig, MLMBatches, fill_mask, "a BERT (fill-mask)", DOCUMENTS, ("candidates",)),
+    "seq2seq": ModelFamily(Seq2Seq, Seq2SeqConfig, PairBatches, sample_seq2seq, "an encoder-decoder", (),
                            ("decoding", "beam_size", "length_penalty")),
     # model/rnn.py: GRU/LSTM encoder-decoder, with or without attention; the same pairs and decoding as seq2seq
-    "rnn": ModelFamily(RNNEncoderDecoder, RNNConfig, PairBatches, sample_seq2seq, "an RNN encoder-decoder",
+    "rnn": ModelFamily(RNNEncoderDecoder, RNNConfig, PairBatches, sample_seq2seq, "an RNN encoder-decoder", (),
                        ("decoding", "beam_size", "length_penalty")),
 }
 
@@ -51,15 +54,30 @@ def family(model_type: str) -> ModelFamily:
     return FAMILIES[model_type]
 
 
-def check_family_keys(values: dict, model_type: str) -> None:
-    """Raise a ConfigError for a model option that belongs to another family than model_type (e.g. --cell,
-    an RNN's, on a Transformer), naming its families; build() would only call it unknown."""
-    own = set(field_types(TrainConfig)) | set(field_types(family(model_type).config))
-    for key in values:
+def refuse_ignored(given: dict, model_type: str, script: type, source: str = "") -> None:
+    """The one place that refuses an option which model_type would ignore, in one sentence naming who reads it.
+
+    `given`: the raw values of the command line and config file; `script`: TrainConfig (train.py) or
+    SampleConfig (sample.py, `source` the checkpoint's folder or the pretrained name). A model option of
+    another family's config is refused when given at all (--cell, an RNN's, on a Transformer; build() would
+    only call it unknown); a script option that only some families read (--doc_mask, --ablate) when set to
+    something other than its default.
+    """
+    types, defaults = field_types(script), field_defaults(script)
+    own = set(types) | set(field_types(family(model_type).config))
+    for key, value in given.items():
         owners = [name for name, entry in FAMILIES.items() if key not in own and key in field_types(entry.config)]
-        if owners:
-            raise ConfigError(f"{key} is an option of model_type={' or '.join(owners)}, not of "
-                              f"model_type={model_type}; drop --{key} or pick another --model_type.")
+        if not owners and key in types and coerce(key, value, types[key]) != defaults[key]:
+            owners = [name for name, entry in FAMILIES.items()
+                      if key in (entry.sample_options if source else entry.train_options)]
+        if not owners or model_type in owners:
+            continue
+        if source:  # sample.py: the checkpoint's family is what matters (e.g. seq2seq and rnn read --decoding)
+            hint = " (in Python: model.hooks(ablate_heads(...)), lens/interventions.py)" if key == "ablate" else ""
+            raise ConfigError(f"--{key} is for {FAMILIES[owners[0]].description} checkpoint and {source} holds "
+                              f"{FAMILIES[model_type].description}; drop --{key}{hint}.")
+        raise ConfigError(f"{key} is an option of model_type={' or '.join(owners)}, not of model_type={model_type}; "
+                          f"drop --{key} or pick another --model_type.")
 
 
 def model_from_checkpoint(ckpt: dict):

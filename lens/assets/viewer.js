@@ -149,9 +149,22 @@ function setup() {
   draw();
 }
 function promptClass(view, i, side) {  // generated tokens (a GPT's page) are set apart from the prompt
+  return generatedClass(view, i, side) + documentClass(view, i, side);
+}
+function generatedClass(view, i, side) {
   const n = view.prompt_length;
   if (n === null || n === undefined || (side === "k" && view.cross)) return "";
   return i < n ? "" : i === n ? " gen first-gen" : " gen";
+}
+function documentsOf(view, side) { return (side === "q" ? view.query_documents : view.key_documents) || null; }
+function documentClass(view, i, side) {  // packed documents: alternate shades, a rule where each one starts
+  const docs = documentsOf(view, side);
+  if (!docs) return "";
+  return (docs[i] % 2 ? " doc-odd" : " doc-even") + (i > 0 && docs[i] !== docs[i - 1] ? " doc-start" : "");
+}
+function documentLabel(view, i, side) {
+  const docs = documentsOf(view, side);
+  return docs ? " (document " + docs[i] + ")" : "";
 }
 function buildMatrixLabels(view) {  // query tokens down the left, key tokens (turned) along the top
   const cell = matrixCell(view), every = Math.ceil(9 / cell);  // a label every `every` cells stays legible
@@ -230,7 +243,8 @@ function describeQuery(q) {
     return "head " + h + " -> " + (best < 0 ? "nothing kept" : "key " + best + " " + JSON.stringify(view.keys[best]) +
       " " + bestWeight.toFixed(3)) + ", not shown " + (rows.lost[h * rows.T + q] / LEVELS).toFixed(3);
   });
-  return "query " + q + " " + JSON.stringify(view.queries[q]) + ": " + (parts.join("; ") || "no head selected") +
+  return "query " + q + " " + JSON.stringify(view.queries[q]) + documentLabel(view, q, "q") + ": " +
+    (parts.join("; ") || "no head selected") +
     (heads.length > 4 ? "; ..." : "");
 }
 function describeKey(k) {
@@ -240,7 +254,7 @@ function describeKey(k) {
     const w = weight(rows, h, q, k);
     if (w > bestWeight) { best = q; bestHead = h; bestWeight = w; }
   }
-  const text = "key " + k + " " + JSON.stringify(view.keys[k]);
+  const text = "key " + k + " " + JSON.stringify(view.keys[k]) + documentLabel(view, k, "k");
   return best < 0 ? text + ": no kept weight" : text + " is attended most by query " + best + " " +
     JSON.stringify(view.queries[best]) + " (head " + bestHead + ", " + bestWeight.toFixed(3) + ")";
 }
@@ -258,8 +272,9 @@ function hoverMatrix(event) {
   const q = Math.floor(event.offsetY / cell), k = Math.floor(event.offsetX / cell), heads = selected();
   if (q < 0 || q >= view.queries.length || k < 0 || k >= view.keys.length || !heads.length) return;
   const mean = heads.reduce((sum, h) => sum + weight(rows, h, q, k), 0) / heads.length;
-  $("info").textContent = "query " + q + " " + JSON.stringify(view.queries[q]) + " -> key " + k + " " +
-    JSON.stringify(view.keys[k]) + ": " + mean.toFixed(3) + " (mean of " + heads.length + " heads)";
+  $("info").textContent = "query " + q + " " + JSON.stringify(view.queries[q]) + documentLabel(view, q, "q") +
+    " -> key " + k + " " + JSON.stringify(view.keys[k]) + documentLabel(view, k, "k") + ": " + mean.toFixed(3) +
+    " (mean of " + heads.length + " heads)";
 }
 
 // ---- controls
@@ -269,8 +284,11 @@ function setMode(mode) {
   document.querySelector("input[name=mode][value=" + mode + "]").checked = true;
   document.body.className = mode === "model" ? "model" : "detail";
   const view = VIEWS[state.view], n = view.prompt_length;
-  const generated = n === null || n === undefined ? "" : " The prompt is tokens 0.." + (n - 1) +
+  let generated = n === null || n === undefined ? "" : " The prompt is tokens 0.." + (n - 1) +
     "; the tokens after the line (in italics) were generated.";
+  if (view.query_documents && view.query_documents.length)
+    generated += " " + (view.query_documents[view.query_documents.length - 1] + 1) + " packed documents " +
+      "(shaded in turn, a rule where each starts): a token attends only within its own.";
   $("note").textContent = mode === "model" ? "click a head to open it. Thumbnails: each row scaled to its strongest " +
     "cell." + generated : view.note + generated;
   if (mode === "model") buildModel(); else setup();
