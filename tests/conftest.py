@@ -86,6 +86,9 @@ def run_forked(argv, cwd=REPO, env=None, timeout=300):
     variable read at import time by a preloaded package has no effect; PYTHONPATH is put on sys.path as
     Python does). A run past `timeout` seconds is ended by SIGALRM (exit status -14)."""
     global _server
+    if not hasattr(os, "fork"):  # Windows: a fresh interpreter
+        return subprocess.run([sys.executable, *map(str, argv)], cwd=cwd, capture_output=True, text=True,
+                              env={**script_env(), **(env or {})}, timeout=timeout)
     if _server is None or _server.poll() is not None:
         _server = subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "script_server.py")], cwd=REPO,
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=script_env())
