@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import flatten
+from model.transformer_config import flatten
 from model.hooks import HookedModel, HookPoint
 from model.layers import auxiliary_losses, softcap
-from weights.common import IGNORE_INDEX
-from weights.hf_export import save_hf
+from weights.errors import IGNORE_INDEX
+from weights.pretrained import save_hf
 
 
 def embed(ids: torch.Tensor, wte: nn.Embedding, wpe: nn.Embedding | None, limit: int, offset: int = 0,

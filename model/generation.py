@@ -1,12 +1,14 @@
-"""The one decoding loop of GPT.generate / generate_stream and the static decoder (model/fast_decode.py).
+"""The one decoding loop: GPT.generate / generate_stream, the static decoder (model/fast_decode.py) and the
+encoder-decoders' generate (model/seq2seq.py, Transformer and RNN) all run `decode`.
 
     for each new token:
         first step, no KV cache, or a window grew past block_size: feed every row's window (its last
         tokens) through fresh caches; otherwise feed only the token sampled last
         sample the next token from the last position's logits
 
-What a step runs is a `Steps` object: `CachedSteps` runs the model's forward with a KV cache per block
-(or none: nanoGPT's rerun of the last block_size tokens); the static decoder brings its own.
+What a step runs is a small object with prefill(ids, mask) and step(token, mask): `CachedSteps` runs the
+model's forward with a KV cache per block (or none: nanoGPT's rerun of the last block_size tokens); the
+static decoder and the encoder-decoders (seq2seq.EncodedSteps) bring their own.
 
 Prompts of different lengths are left-padded (Hugging Face's convention: attention_mask 1 = real token).
 Each row is then decoded exactly as it would be alone: its positions count its own tokens (padding has

@@ -13,12 +13,10 @@ import torch
 from torch import nn
 
 from model.attention import PastKeyValues, document_mask, document_positions
-from model.config import ConfigError, GPTConfig
+from model.transformer_config import ConfigError, GPTConfig
 from model.family import EmbeddingStem, Family, logits_and_loss, tie_head
 from model.layers import Block, init_weights, make_norm
-from weights.hf_folder import PretrainedError, check_state
-from weights.hf_tokenizer import folder_tokenizer
-from weights.hf_families import read_pretrained, read_pretrained_config
+from weights.pretrained import PretrainedError, check_state, folder_tokenizer, read_pretrained, read_pretrained_config
 from model.generation import CachedSteps, decode, padded_causal_mask, padded_positions
 from model.sampling import Generators, Sampling
 
