@@ -17,7 +17,7 @@ from model.transformer_config import GPTConfig
 from model.family import EmbeddingStem, Family, logits_and_loss, tie_head
 from model.layers import Block, init_weights, make_norm
 from weights.pretrained import decoder_config, load_decoder
-from model.generation import CachedSteps, decode, padded_causal_mask, padded_positions
+from model.generation import CachedSteps, decode, last_documents, padded_causal_mask, padded_positions
 from model.sampling import Generators, Sampling
 
 
@@ -94,7 +94,7 @@ class GPT(EmbeddingStem, Family):
     def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                         top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
                         generator: Generators = None, attention_mask: torch.Tensor | None = None,
-                        stop_token: int | None = None) -> Iterator[torch.Tensor]:
+                        stop_token: int | None = None, doc_ids: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
         """Yield (B, 1) new tokens one at a time, continuing idx (B, T).
 
         With the KV cache the prompt is processed once, then one token per step. When the context
@@ -105,7 +105,11 @@ class GPT(EmbeddingStem, Family):
         generators, one per row, makes each row's sampling reproducible on its own.
         `stop_token`: a row that has emitted it emits it again (Hugging Face's eos_token_id with
         pad_token_id the same), and the stream ends once every row has.
+        `doc_ids` (B, T): packed prompts of a model trained with document masking; each row continues its
+        last document, which is all its next tokens can see (model/generation.py last_documents).
         """
+        if doc_ids is not None:
+            idx, attention_mask = last_documents(idx, doc_ids, attention_mask)
         steps = CachedSteps(self, use_cache)
         yield from decode(steps, idx, max_new_tokens, Sampling(temperature, top_k, top_p), generator, attention_mask,
                           stop_token, use_cache)
@@ -114,10 +118,10 @@ class GPT(EmbeddingStem, Family):
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
                  generator: Generators = None, attention_mask: torch.Tensor | None = None,
-                 stop_token: int | None = None) -> torch.Tensor:
+                 stop_token: int | None = None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Return idx (B, T) extended by max_new_tokens sampled tokens (B, T + max_new_tokens);
-        left-padded prompts with `attention_mask`, and `stop_token` (fewer tokens once every row has
-        emitted it), as in generate_stream."""
+        left-padded prompts with `attention_mask`, `stop_token` (fewer tokens once every row has
+        emitted it) and packed prompts' `doc_ids`, as in generate_stream."""
         new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator,
-                                        attention_mask, stop_token))
+                                        attention_mask, stop_token, doc_ids))
         return torch.cat([idx, *new], dim=1)
