@@ -131,17 +131,19 @@ def batch_metrics(graph: EdgeGraph, batch, metric: EdgeMetric, masks: list[torch
     circuit's when there is one, the empty one's the corrupted run."""
     device = batch.lengths.device
     alt, alt_memory, corrupted_logits = alt_run_logits(graph, batch, ablation, means)
-    full = [i for i, mask in enumerate(masks) if bool((mask[graph.valid] > 0).all())]
+    clean = metric_values(metric, record(graph, batch.clean, batch)[1], batch)
     runs = [*masks, None if corrupted_logits is not None else torch.zeros(graph.valid.shape)]
-    values = [None] * len(runs)
+    values, alt_sums = [None] * len(runs), alt.cumsum(0)  # the sums are shared by every circuit
     with torch.no_grad():
         for i, mask in enumerate(runs):
             if mask is None:
                 values[i] = metric_values(metric, corrupted_logits, batch)
-                continue
-            mixer = Circuit(graph, mask.to(device), alt, alt_memory)
-            values[i] = metric_values(metric, edge_forward(graph, batch.clean, mixer, keys=key_mask(graph, batch)), batch)
-    clean = values[full[0]] if full else metric_values(metric, record(graph, batch.clean, batch)[1], batch)
+            elif bool((mask[graph.valid] > 0).all()):  # the full circuit is the clean run
+                values[i] = clean
+            else:
+                mixer = Circuit(graph, mask.to(device), alt, alt_memory, alt_sums)
+                logits = edge_forward(graph, batch.clean, mixer, keys=key_mask(graph, batch))
+                values[i] = metric_values(metric, logits, batch)
     return torch.stack([v.double().sum() for v in [clean, *values]])
 
 

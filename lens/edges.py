@@ -46,6 +46,7 @@ class Stack:
     head: Callable  # (B, T, C) stream after the last block -> logits (B, T, V)
     causal: bool
     encode: Callable | None = None  # inputs tuple -> encoder output (B, S, C): the `encoder` sender
+    grad_head: Callable | None = None  # head, its backward computed only at positions with a nonzero gradient
 
 
 def family_stack(model) -> Stack:
@@ -61,14 +62,16 @@ def family_stack(model) -> Stack:
     cap = config.logit_softcap
     if kind == "gpt":
         return Stack(model.blocks, lambda inputs: embed(inputs[0], model.wte, model.wpe, config.block_size),
-                     lambda x: softcap(model.lm_head(model.ln_f(x)), cap), causal=True)
+                     lambda x: softcap(model.lm_head(model.ln_f(x)), cap), causal=True,
+                     grad_head=lambda x: softcap(RowsLinear.apply(model.ln_f(x), model.lm_head.weight), cap))
     if kind == "bert":
         return Stack(model.blocks, lambda inputs: bert_embed(model, inputs[0]),
                      lambda x: softcap(model.head(model.ln_f(x)), cap), causal=False)
     decoder = model.decoder
     return Stack(decoder.blocks, lambda inputs: embed(inputs[1], decoder.wte, decoder.wpe, config.block_size),
                  lambda x: softcap(model.lm_head(decoder.ln_f(x)), cap), causal=True,
-                 encode=lambda inputs: model.encoder(inputs[0]))
+                 encode=lambda inputs: model.encoder(inputs[0]),
+                 grad_head=lambda x: softcap(RowsLinear.apply(decoder.ln_f(x), model.lm_head.weight), cap))
 
 
 def bert_embed(model, ids: torch.Tensor) -> torch.Tensor:
@@ -249,6 +252,82 @@ def key_mask(graph: EdgeGraph, batch: Batch, copies: int = 1) -> torch.Tensor | 
 
 
 # ----------------------------------------------------------------------------------------------
+# Input gradients of many receivers that read one stream (the gradient pass of EAP and EAP-IG)
+
+
+def shared_norm(norm: nn.Module) -> bool:
+    """Whether NormLinear knows this norm (LayerNorm, RMSNorm)."""
+    return isinstance(norm, (nn.LayerNorm, nn.RMSNorm))
+
+
+class NormLinear(torch.autograd.Function):
+    """linear(norm(x)) for R receivers that read the same stream: `x_rep` (R, B, T, C) is one (B, T, C) tensor
+    expanded, the output (B, T, R hs) is each receiver's slice of the projection (R hs rows of `weight`).
+
+    The forward runs one norm and one matrix product, as the model does. The backward gives each receiver's
+    own input gradient (R, B, T, C) with the norm's backward applied to all R at once: with W_r receiver r's
+    rows times the gain, o_r its output gradient, xhat the normalised x and s = 1 / std (1 / rms),
+        LayerNorm  s (o_r W_r - mean(o_r W_r) - xhat mean(o_r W_r xhat)),   RMSNorm  the same without mean(o_r W_r),
+    where mean(o_r W_r) = o_r . W_r 1 / C and mean(o_r W_r xhat) = o_r . (W_r xhat) / C, and W_r xhat is the
+    forward's output less its constant (bias and W b); so one batched matrix product and one pass over
+    (R, B, T, C). Only x_rep gets a gradient (EAP needs no weight gradients)."""
+
+    @staticmethod
+    def forward(ctx, x_rep: torch.Tensor, norm: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None):
+        x = x_rep[0]
+        out = F.linear(norm(x), weight, bias)
+        ctx.save_for_backward(x, weight, out)
+        ctx.norm, ctx.bias, ctx.receivers = norm, bias, x_rep.size(0)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, weight, out = ctx.saved_tensors
+        norm, R = ctx.norm, ctx.receivers
+        B, T, C = x.shape
+        x = x.reshape(B * T, C)
+        centre = isinstance(norm, nn.LayerNorm)
+        if centre:
+            x = x - x.mean(-1, keepdim=True)
+        eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
+        scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # (B T, 1)
+        gained = weight if norm.weight is None else weight * norm.weight  # (R hs, C)
+        constant = 0.0 if ctx.bias is None else ctx.bias
+        if getattr(norm, "bias", None) is not None:
+            constant = constant + weight @ norm.bias
+        own = grad_out.reshape(B * T, R, -1).transpose(0, 1)  # (R, B T, hs)
+        projected = (out.reshape(B * T, -1) - constant).view(B * T, R, -1).transpose(0, 1)  # W_r xhat: (R, B T, hs)
+        m2 = (own * projected).sum(-1, keepdim=True) / C  # (R, B T, 1)
+        start = torch.zeros((), dtype=x.dtype, device=x.device)
+        if centre:
+            m1 = (own * gained.sum(-1).view(R, 1, -1)).sum(-1, keepdim=True) / C
+            start = -scale * m1
+        grad = torch.baddbmm(start, own * scale, gained.view(R, -1, C))  # (R, B T, C)
+        grad.addcmul_(x * scale.square(), m2, value=-1.0)  # x s^2 = xhat s
+        return grad.view(R, B, T, C), None, None, None
+
+
+class RowsLinear(torch.autograd.Function):
+    """x @ weight.T whose backward multiplies only the positions whose output gradient is not all zero (a metric
+    usually reads one position of the logits); only x gets a gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        ctx.shape = x.shape
+        return F.linear(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        grad = grad_out.reshape(-1, grad_out.size(-1))  # (B T, V)
+        rows = grad.any(1).nonzero().squeeze(1)
+        grad_x = grad.new_zeros(grad.size(0), weight.size(1))
+        grad_x[rows] = grad[rows] @ weight
+        return grad_x.view(ctx.shape), None
+
+
+# ----------------------------------------------------------------------------------------------
 # Mixers: what each receiver reads
 
 
@@ -260,8 +339,8 @@ class Plain:
         self.total = 0.0
 
     def send(self, first: int, outputs: torch.Tensor) -> None:
-        """Senders first.. wrote outputs (B, T, n, C)."""
-        self.total = self.total + outputs.sum(2)
+        """Senders first.. wrote outputs (n, B, T, C)."""
+        self.total = self.total + outputs.sum(0)
 
     def add_bias(self, bias: torch.Tensor | None) -> None:
         """A constant every later receiver reads (output projections' biases)."""
@@ -282,9 +361,10 @@ class Plain:
 
     def read(self, group: Group) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
         """What a group reads, compactly: (base (B, T, C), the receivers (k,) whose input is not base, their
-        inputs (k, B, T, C)); receivers None when every receiver's input is in the last tensor (R, B, T, C)."""
+        inputs (k, B, T, C)); receivers None when every receiver's input is in the last tensor (R, B, T, C)
+        (with a base: each of them is base, kept for its own gradient)."""
         if self.keep:
-            return None, None, self.inputs(group)
+            return self.total, None, self.inputs(group)
         return self.total, torch.zeros(0, dtype=torch.long), None
 
     def memory(self, group: Group, memory: torch.Tensor) -> torch.Tensor:
@@ -309,7 +389,7 @@ class Recorder(Plain):
 
     def senders(self, graph: "EdgeGraph") -> torch.Tensor:
         """(S, B, T, C); the encoder's row (not a stream sender) is zero."""
-        parts = [o.permute(2, 0, 1, 3) for o in self.outputs]  # each (n, B, T, C)
+        parts = list(self.outputs)  # each (n, B, T, C)
         if graph.stack.encode is not None:
             parts.insert(1, torch.zeros_like(parts[0]))
         return torch.cat(parts)
@@ -323,33 +403,34 @@ class Circuit(Plain):
     minus the cut edges' differences; so nearly empty and nearly full circuits cost little more than a forward.
     """
 
-    def __init__(self, graph: "EdgeGraph", mask: torch.Tensor, alt: torch.Tensor, alt_memory: torch.Tensor | None = None):
+    def __init__(self, graph: "EdgeGraph", mask: torch.Tensor, alt: torch.Tensor, alt_memory: torch.Tensor | None = None,
+                 alt_sums: torch.Tensor | None = None):
         super().__init__()
         self.valid, self.mask, self.alt, self.alt_memory = graph.valid, mask, alt, alt_memory
-        self.diff, self.alt_total = None, 0.0  # diff: this run's senders minus alt's, (S, B, T, C)
+        self.alt_sums = alt.cumsum(0) if alt_sums is None else alt_sums  # alt's senders 0 .. s summed, (S, B|1, T, C)
+        self.diff, self.biases = None, 0.0  # diff: this run's senders minus alt's, (S, B, T, C)
 
     def send(self, first: int, outputs: torch.Tensor) -> None:
         super().send(first, outputs)
-        n = outputs.size(2)
+        n = outputs.size(0)
         if self.diff is None:
-            B, T, _, C = outputs.shape
-            self.diff = outputs.new_zeros(len(self.valid), B, T, C)
-        alt = self.alt[first:first + n]
-        self.diff[first:first + n] = outputs.permute(2, 0, 1, 3) - alt
-        self.alt_total = self.alt_total + alt.sum(0)
+            _, B, T, C = outputs.shape
+            self.diff = outputs.new_empty(len(self.valid), B, T, C)
+            self.diff[1] = 0  # the encoder of an encoder-decoder (not a stream sender), or the first head
+        torch.sub(outputs, self.alt[first:first + n], out=self.diff[first:first + n])
 
     def add_bias(self, bias: torch.Tensor | None) -> None:
         super().add_bias(bias)
         if bias is not None:
-            self.alt_total = self.alt_total + bias
+            self.biases = self.biases + bias
 
     def needed(self, first: int, n: int) -> bool:
         return bool((self.mask[first:first + n] > 0).any())
 
     def skip(self, first: int, n: int) -> None:
         """Senders no kept edge reads: they count as their alt values (a difference of 0)."""
-        alt = self.alt[first:first + n].sum(0)
-        self.total, self.alt_total = self.total + alt, self.alt_total + alt
+        self.total = self.total + self.alt_sums[first + n - 1] - self.alt_sums[first - 1]
+        self.diff[first:first + n] = 0
 
     def read(self, group: Group) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         mask = self.mask[:group.n_prev, group.receivers].to(self.diff.dtype)  # (s, R)
@@ -357,7 +438,7 @@ class Circuit(Plain):
         kept = (mask > 0).any(1).nonzero().squeeze(1)
         cut = ((mask < 1) & valid).any(1).nonzero().squeeze(1)
         if kept.numel() <= cut.numel():
-            base, rows, weights, sign = self.alt_total, kept, mask[kept], 1.0
+            base, rows, weights, sign = self.alt_sums[group.n_prev - 1] + self.biases, kept, mask[kept], 1.0
         else:
             base, rows, weights, sign = self.total, cut, (1 - mask[cut]) * valid[cut], -1.0
         B, T, C = self.diff.shape[1:]
@@ -435,17 +516,27 @@ def project_read(norm: nn.Module, linear: nn.Linear, read: tuple, n_head: int) -
     """project_heads of norm(each receiver's input), computing the receivers that read the shared base as
     one matrix product: (j, B, nh, T, hs)."""
     base, special, values = read
-    if special is None:
-        return project_heads(linear.weight, linear.bias, norm(values), n_head)
-    B, T, C = base.shape
+    B, T, C = values.shape[1:] if base is None else base.shape
     j, hs = linear.weight.size(0) // C, C // n_head
-    out = F.linear(norm(base), linear.weight, linear.bias).view(B, T, j * n_head, hs)
-    if special.numel():
-        w = linear.weight.view(j * n_head, hs, C)[special]  # (k, hs, C)
-        own = torch.einsum("kbtc,khc->btkh", norm(values), w)
-        if linear.bias is not None:
-            own = own + linear.bias.view(j * n_head, hs)[special]
-        out[:, :, special] = own
+    if special is None and (base is None or not shared_norm(norm)):
+        return project_heads(linear.weight, linear.bias, norm(values), n_head)
+    if special is None:  # every receiver reads base, each needs its own gradient
+        out = NormLinear.apply(values, norm, linear.weight, linear.bias)
+        return out.view(B, T, j, n_head, hs).permute(2, 0, 3, 1, 4)
+    if special.numel() == 0:
+        out = F.linear(norm(base), linear.weight, linear.bias).view(B, T, j * n_head, hs)
+        return out.view(B, T, j, n_head, hs).permute(2, 0, 3, 1, 4)
+    weight = linear.weight.view(j * n_head, hs, C)
+    bias = None if linear.bias is None else linear.bias.view(j * n_head, hs)
+    out = base.new_empty(B, T, j * n_head, hs)
+    common = torch.ones(j * n_head, dtype=torch.bool, device=base.device)
+    common[special] = False
+    if bool(common.any()):  # the receivers that read base, in one product
+        rows = common.nonzero().squeeze(1)
+        out[:, :, rows] = F.linear(norm(base), weight[rows].flatten(0, 1),
+                                   None if bias is None else bias[rows].flatten()).view(B, T, -1, hs)
+    own = torch.einsum("kbtc,khc->btkh", norm(values), weight[special])
+    out[:, :, special] = own if bias is None else own + bias[special]
     return out.view(B, T, j, n_head, hs).permute(2, 0, 3, 1, 4)
 
 
@@ -457,7 +548,7 @@ def one_input(read: tuple) -> torch.Tensor:
 
 def attend(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
            keys: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Each head's output written to the stream, (B, T, nh, C), and the output projection's bias."""
+    """Each head's output written to the stream, (nh, B, T, C), and the output projection's bias."""
     q, k = attn.q_norm(q), attn.k_norm(k)
     if attn.rotary is not None:
         q, k = attn.rotary(q), attn.rotary(k)
@@ -471,7 +562,7 @@ def attend(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
         weights = weights.masked_fill(~mask, 0.0)
     z = weights @ v  # (B, nh, T, hs)
     w_out = attn.c_proj.weight.view(-1, attn.n_head, attn.head_dim)  # (C, nh, hs)
-    return torch.einsum("bnth,cnh->btnc", z, w_out), attn.c_proj.bias
+    return torch.einsum("bnth,cnh->nbtc", z, w_out), attn.c_proj.bias
 
 
 def edge_forward(graph: EdgeGraph, inputs: tuple, mixer: Plain, input_value: torch.Tensor | None = None,
@@ -485,7 +576,7 @@ def edge_forward(graph: EdgeGraph, inputs: tuple, mixer: Plain, input_value: tor
     if stack.blocks.training:
         raise LensError("the model is in training mode (dropout would change every pass); call model.eval() first.")
     x_in = stack.embed(inputs) if input_value is None else input_value
-    mixer.send(0, x_in.unsqueeze(2))
+    mixer.send(0, x_in.unsqueeze(0))
     memory = memory_value if memory_value is not None or stack.encode is None else stack.encode(inputs)
     sender, groups = 2 if stack.encode is not None else 1, iter(graph.groups)
     for block in stack.blocks:
@@ -502,8 +593,7 @@ def edge_forward(graph: EdgeGraph, inputs: tuple, mixer: Plain, input_value: tor
         sender += attn.n_head
         if stack.encode is not None:
             cross = block.cross_attn
-            q = project_heads(cross.q_attn.weight, cross.q_attn.bias, block.ln_cross(mixer.inputs(next(groups))),
-                              cross.n_head)[0]
+            q = project_read(block.ln_cross, cross.q_attn, mixer.read(next(groups)), cross.n_head)[0]
             k, v = project_heads(cross.kv_attn.weight, cross.kv_attn.bias, mixer.memory(next(groups), memory),
                                  cross.n_head)
             heads, bias = attend(cross, q, k, v, False, None)
@@ -513,8 +603,9 @@ def edge_forward(graph: EdgeGraph, inputs: tuple, mixer: Plain, input_value: tor
         if not block.attn_only:
             group = next(groups)
             if mixer.needed(sender, 1):
-                mixer.send(sender, block.mlp(block.ln_2(one_input(mixer.read(group)))).unsqueeze(2))
+                mixer.send(sender, block.mlp(block.ln_2(one_input(mixer.read(group)))).unsqueeze(0))
             else:
                 mixer.skip(sender, 1)
             sender += 1
-    return stack.head(one_input(mixer.read(next(groups))))
+    head = stack.grad_head if mixer.keep and stack.grad_head is not None else stack.head
+    return head(one_input(mixer.read(next(groups))))

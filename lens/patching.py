@@ -23,7 +23,7 @@ import torch
 
 from lens.modes import refuse_training
 from lens.cache import LensError, get_stack
-from model.attention import PastKeyValues
+from model.attention import PastKeyValues, document_mask, document_positions
 from model.generation import padded_causal_mask, padded_positions
 from model.layers import softcap
 
@@ -113,8 +113,15 @@ def check_lengths(inputs: tuple, clean_cache, structure) -> None:
                         f"{tuple(corrupted.shape[:2])}; patching needs the same shape (pad or crop the prompts).")
 
 
-def check_mask(attention_mask, inputs: tuple, structure) -> None:
-    """A LensError unless attention_mask is None or a (batch, length) mask of a decoder-only model's tokens."""
+def check_mask(attention_mask, inputs: tuple, structure, doc_ids=None) -> None:
+    """A LensError unless attention_mask is None or a (batch, length) mask of a decoder-only model's tokens,
+    and doc_ids None or a (batch, length) tensor of a GPT's or a BERT's tokens."""
+    if doc_ids is not None:
+        if structure.prefix or len(inputs) != 1:
+            raise LensError("doc_ids (packed documents) apply to GPT and BERT; an encoder-decoder takes none.")
+        if tuple(doc_ids.shape) != tuple(inputs[0].shape[:2]):
+            raise LensError(f"doc_ids is {tuple(doc_ids.shape)} but the tokens are {tuple(inputs[0].shape[:2])}; "
+                            "give one document id per token, as the model was run with.")
     if attention_mask is None:
         return
     if structure.prefix or not structure.causal or len(inputs) != 1:
@@ -123,6 +130,12 @@ def check_mask(attention_mask, inputs: tuple, structure) -> None:
     if tuple(attention_mask.shape) != tuple(inputs[0].shape[:2]):
         raise LensError(f"attention_mask is {tuple(attention_mask.shape)} but the tokens are "
                         f"{tuple(inputs[0].shape[:2])}; give one mask value per token (1 real, 0 padding).")
+
+
+def layout_kwargs(attention_mask: torch.Tensor | None, doc_ids: torch.Tensor | None) -> dict:
+    """forward's keyword arguments for a padded (attention_mask) or packed (doc_ids) batch; {} for neither."""
+    given = {"attention_mask": attention_mask, "doc_ids": doc_ids}
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def check_sites(patches: Sequence[list[Site]], clean_cache) -> None:
@@ -148,7 +161,7 @@ def scalar(value, what: str = "the patching metric") -> torch.Tensor:
 
 def activation_patch(model, corrupted_tokens, clean_cache, patching_metric: Metric, patches: Sequence[list[Site]],
                      batch_size: int | None = None, progress: str | None = None,
-                     attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                     attention_mask: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """The metric after each patch (a list of sites set to their clean values), (len(patches),).
 
     Patches run `batch_size` at a time in one forward pass each (default: about 2^25 logits per pass);
@@ -156,19 +169,20 @@ def activation_patch(model, corrupted_tokens, clean_cache, patching_metric: Metr
     A decoder-only model's pass starts where its patches do (see Corrupted): at their first block, and
     at their first position when every site names one. `attention_mask` (B, T), 1 at real tokens, runs a
     left-padded batch (model.to_tokens(texts, padding_side="left", return_attention_mask=True)); the clean
-    cache must come from the clean tokens run with their own mask.
+    cache must come from the clean tokens run with their own mask. `doc_ids` (B, T), packed documents
+    (`--doc_mask`): each token attends within its own document, as the clean run did.
     """
     refuse_training(model, "activation patching")
     inputs = as_inputs(corrupted_tokens)
     structure = get_stack(model)
     check_lengths(inputs, clean_cache, structure)
-    check_mask(attention_mask, inputs, structure)
+    check_mask(attention_mask, inputs, structure, doc_ids)
     check_sites(patches, clean_cache)
     results, size, todo = [], batch_size, list(patches)
     with torch.no_grad():
         corrupted = None
         if structure.prefix == "" and structure.causal and len(inputs) == 1:
-            corrupted = Corrupted(model, inputs[0], attention_mask)
+            corrupted = Corrupted(model, inputs[0], attention_mask, doc_ids)
         while todo:
             size = size or 1  # without a size, one patch first to learn it
             chunk = todo[:size]
@@ -176,7 +190,8 @@ def activation_patch(model, corrupted_tokens, clean_cache, patching_metric: Metr
                 layer = corrupted.start(chunk[:1])[0]
                 chunk = list(itertools.takewhile(lambda patch: corrupted.start([patch])[0] == layer, chunk))
             todo = todo[len(chunk):]
-            values = run_patches(model, inputs, clean_cache, patching_metric, chunk, corrupted, attention_mask)
+            values = run_patches(model, inputs, clean_cache, patching_metric, chunk, corrupted,
+                                 layout_kwargs(attention_mask, doc_ids))
             results += [value for value, _ in values]
             size = batch_size or default_batch_size(values[0][1])
             if progress:
@@ -193,11 +208,13 @@ class Corrupted:
     starts from the corrupted residual stream and reads the skipped positions' keys and values from here.
     """
 
-    def __init__(self, model, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None):
+    def __init__(self, model, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 doc_ids: torch.Tensor | None = None):
         names = [f"blocks.{l}.{hook}" for l in range(len(model.blocks)) for hook in ("resid_pre", "attn.k", "attn.v")]
-        (self.logits, _), self.cache = model.run_with_cache(tokens, names_filter=names, attention_mask=attention_mask)
+        (self.logits, _), self.cache = model.run_with_cache(tokens, names_filter=names,
+                                                            **layout_kwargs(attention_mask, doc_ids))
         self.n_layer, self.length = len(model.blocks), tokens.size(1)
-        self.attention_mask = attention_mask
+        self.attention_mask, self.doc_ids = attention_mask, doc_ids
 
     def start(self, patches: Sequence[list[Site]]) -> tuple[int, int]:
         """(first block, first position) a pass over these patches must compute; (0, 0): the whole model."""
@@ -222,6 +239,10 @@ class Corrupted:
         if self.attention_mask is not None:  # left padding: each row's own positions, no padding keys
             full = self.attention_mask.repeat(copies, 1)  # (copies*B, T)
             mask, positions = padded_causal_mask(full, self.length - position), padded_positions(full)[:, position:]
+        elif self.doc_ids is not None:  # packed documents: positions restart at each, no key of another one
+            full = self.doc_ids.repeat(copies, 1)
+            mask = document_mask(full, self.length - position, causal=True)
+            positions = document_positions(full)[:, position:]
         for l in range(layer, self.n_layer):
             cache = PastKeyValues.holding(repeat(self.cache[f"blocks.{l}.attn.k"]),
                                           repeat(self.cache[f"blocks.{l}.attn.v"]), position)
@@ -234,11 +255,11 @@ class Corrupted:
 
 
 def run_patches(model, inputs: tuple, clean_cache, metric: Metric, patches: Sequence[list[Site]],
-                corrupted: Corrupted | None = None, attention_mask: torch.Tensor | None = None):
+                corrupted: Corrupted | None = None, layout: dict | None = None):
     """One forward pass over len(patches) copies of the corrupted input; [(metric value, logits per copy)].
 
     With `corrupted` (a decoder-only model's corrupted run) the pass starts at the patches' first block
-    and position."""
+    and position. `layout`: forward's attention_mask or doc_ids (layout_kwargs), for one copy."""
     K = len(patches)
     batch = inputs[0].size(0)
     layer, position = corrupted.start(patches) if corrupted is not None else (0, 0)
@@ -270,19 +291,19 @@ def run_patches(model, inputs: tuple, clean_cache, metric: Metric, patches: Sequ
         if corrupted is not None and (layer or position):
             logits = corrupted.forward(model, layer, position, K)
         else:
-            masked = {} if attention_mask is None else {"attention_mask": attention_mask.repeat(K, 1)}
-            logits, _ = model(*(x.repeat(K, *([1] * (x.dim() - 1))) for x in inputs), **masked)  # copy k: rows kB..
+            repeated = {key: value.repeat(K, 1) for key, value in (layout or {}).items()}
+            logits, _ = model(*(x.repeat(K, *([1] * (x.dim() - 1))) for x in inputs), **repeated)  # copy k: rows kB..
     logits = logits.view(K, batch, *logits.shape[1:])
     return [(float(scalar(metric(logits[k]))), logits[k].numel()) for k in range(K)]
 
 
 def patch_table(model, corrupted_tokens, clean_cache, patching_metric: Metric, kind: str,
                 batch_size: int | None = None, progress: bool = False, stack: str | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Exact patching of every site of one kind (see KINDS), as a table (layer, ...)."""
     indices, patches = kind_sites(model, kind, clean_cache, stack)
     values = activation_patch(model, corrupted_tokens, clean_cache, patching_metric, patches, batch_size,
-                              progress=kind if progress else None, attention_mask=attention_mask)
+                              progress=kind if progress else None, attention_mask=attention_mask, doc_ids=doc_ids)
     shape = [max(ix[d] for ix in indices) + 1 for d in range(len(indices[0]))]
     table = torch.zeros(shape)
     table[tuple(torch.tensor(indices).T)] = values
@@ -290,218 +311,235 @@ def patch_table(model, corrupted_tokens, clean_cache, patching_metric: Metric, k
 
 
 def attribution_table(model, corrupted_tokens, clean_cache, patching_metric: Metric, kind: str,
-                      stack: str | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                      stack: str | None = None, attention_mask: torch.Tensor | None = None,
+                      doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Attribution patching of every site of one kind (see KINDS): patch_table's table, approximated."""
     return attribution_patch(model, corrupted_tokens, clean_cache, patching_metric, [kind], stack,
-                             attention_mask)[kind]
+                             attention_mask, doc_ids)[kind]
 
 
 # TransformerLens' names, one pair per kind of KINDS: get_act_patch_KIND (exact), get_attr_patch_KIND (attribution)
 def get_act_patch_resid_pre(model, corrupted_tokens, clean_cache, patching_metric,
-                            batch_size=None, progress=False, stack=None, attention_mask=None) -> torch.Tensor:
+                            batch_size=None, progress=False, stack=None,
+                            attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Exact patching of the residual stream entering each block: the metric, (layer, pos)."""
     return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "resid_pre",
-                       batch_size, progress, stack, attention_mask)
+                       batch_size, progress, stack, attention_mask, doc_ids)
 
 
 def get_act_patch_resid_mid(model, corrupted_tokens, clean_cache, patching_metric,
-                            batch_size=None, progress=False, stack=None, attention_mask=None) -> torch.Tensor:
+                            batch_size=None, progress=False, stack=None,
+                            attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Exact patching of the residual stream between each block's attention and MLP: the metric, (layer, pos)."""
     return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "resid_mid",
-                       batch_size, progress, stack, attention_mask)
+                       batch_size, progress, stack, attention_mask, doc_ids)
 
 
 def get_act_patch_attn_out(model, corrupted_tokens, clean_cache, patching_metric,
-                           batch_size=None, progress=False, stack=None, attention_mask=None) -> torch.Tensor:
+                           batch_size=None, progress=False, stack=None,
+                           attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Exact patching of each attention layer's output: the metric, (layer, pos)."""
     return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_out",
-                       batch_size, progress, stack, attention_mask)
+                       batch_size, progress, stack, attention_mask, doc_ids)
 
 
 def get_act_patch_mlp_out(model, corrupted_tokens, clean_cache, patching_metric,
-                          batch_size=None, progress=False, stack=None, attention_mask=None) -> torch.Tensor:
+                          batch_size=None, progress=False, stack=None,
+                          attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Exact patching of each MLP's output: the metric, (layer, pos)."""
     return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "mlp_out",
-                       batch_size, progress, stack, attention_mask)
+                       batch_size, progress, stack, attention_mask, doc_ids)
 
 
 def get_act_patch_attn_head_out_by_pos(model, corrupted_tokens, clean_cache, patching_metric,
                                        batch_size=None, progress=False, stack=None,
-                                       attention_mask=None) -> torch.Tensor:
+                                       attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Exact patching of each head's output (z): the metric, (layer, pos, head)."""
     return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_out_by_pos",
-                       batch_size, progress, stack, attention_mask)
+                       batch_size, progress, stack, attention_mask, doc_ids)
 
 
 def get_act_patch_attn_head_q_by_pos(model, corrupted_tokens, clean_cache, patching_metric,
-                                     batch_size=None, progress=False, stack=None, attention_mask=None) -> torch.Tensor:
+                                     batch_size=None, progress=False, stack=None,
+                                     attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Exact patching of each head's queries: the metric, (layer, pos, head)."""
     return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_q_by_pos",
-                       batch_size, progress, stack, attention_mask)
+                       batch_size, progress, stack, attention_mask, doc_ids)
 
 
 def get_act_patch_attn_head_k_by_pos(model, corrupted_tokens, clean_cache, patching_metric,
-                                     batch_size=None, progress=False, stack=None, attention_mask=None) -> torch.Tensor:
+                                     batch_size=None, progress=False, stack=None,
+                                     attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Exact patching of each head's keys: the metric, (layer, pos, head)."""
     return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_k_by_pos",
-                       batch_size, progress, stack, attention_mask)
+                       batch_size, progress, stack, attention_mask, doc_ids)
 
 
 def get_act_patch_attn_head_v_by_pos(model, corrupted_tokens, clean_cache, patching_metric,
-                                     batch_size=None, progress=False, stack=None, attention_mask=None) -> torch.Tensor:
+                                     batch_size=None, progress=False, stack=None,
+                                     attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Exact patching of each head's values: the metric, (layer, pos, head)."""
     return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_v_by_pos",
-                       batch_size, progress, stack, attention_mask)
+                       batch_size, progress, stack, attention_mask, doc_ids)
 
 
 def get_act_patch_attn_head_out_all_pos(model, corrupted_tokens, clean_cache, patching_metric,
                                         batch_size=None, progress=False, stack=None,
-                                        attention_mask=None) -> torch.Tensor:
+                                        attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Exact patching of each head's output (z) at every position at once: the metric, (layer, head)."""
     return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_out_all_pos",
-                       batch_size, progress, stack, attention_mask)
+                       batch_size, progress, stack, attention_mask, doc_ids)
 
 
 def get_act_patch_attn_head_q_all_pos(model, corrupted_tokens, clean_cache, patching_metric,
-                                      batch_size=None, progress=False, stack=None, attention_mask=None) -> torch.Tensor:
+                                      batch_size=None, progress=False, stack=None,
+                                      attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Exact patching of each head's queries at every position at once: the metric, (layer, head)."""
     return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_q_all_pos",
-                       batch_size, progress, stack, attention_mask)
+                       batch_size, progress, stack, attention_mask, doc_ids)
 
 
 def get_act_patch_attn_head_k_all_pos(model, corrupted_tokens, clean_cache, patching_metric,
-                                      batch_size=None, progress=False, stack=None, attention_mask=None) -> torch.Tensor:
+                                      batch_size=None, progress=False, stack=None,
+                                      attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Exact patching of each head's keys at every position at once: the metric, (layer, head)."""
     return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_k_all_pos",
-                       batch_size, progress, stack, attention_mask)
+                       batch_size, progress, stack, attention_mask, doc_ids)
 
 
 def get_act_patch_attn_head_v_all_pos(model, corrupted_tokens, clean_cache, patching_metric,
-                                      batch_size=None, progress=False, stack=None, attention_mask=None) -> torch.Tensor:
+                                      batch_size=None, progress=False, stack=None,
+                                      attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Exact patching of each head's values at every position at once: the metric, (layer, head)."""
     return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_v_all_pos",
-                       batch_size, progress, stack, attention_mask)
+                       batch_size, progress, stack, attention_mask, doc_ids)
 
 
 def get_act_patch_attn_head_pattern_all_pos(model, corrupted_tokens, clean_cache, patching_metric,
                                             batch_size=None, progress=False, stack=None,
-                                            attention_mask=None) -> torch.Tensor:
+                                            attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Exact patching of each head's whole attention pattern: the metric, (layer, head)."""
     return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_pattern_all_pos",
-                       batch_size, progress, stack, attention_mask)
+                       batch_size, progress, stack, attention_mask, doc_ids)
 
 
 def get_act_patch_attn_head_pattern_by_pos(model, corrupted_tokens, clean_cache, patching_metric,
                                            batch_size=None, progress=False, stack=None,
-                                           attention_mask=None) -> torch.Tensor:
+                                           attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Exact patching of each head's attention pattern, row by row: the metric, (layer, head, dest_pos)."""
     return patch_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_pattern_by_pos",
-                       batch_size, progress, stack, attention_mask)
+                       batch_size, progress, stack, attention_mask, doc_ids)
 
 
 def get_attr_patch_resid_pre(model, corrupted_tokens, clean_cache, patching_metric, stack=None,
-                             attention_mask=None) -> torch.Tensor:
+                             attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Attribution patching of the residual stream entering each block: (layer, pos)."""
-    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "resid_pre", stack, attention_mask)
+    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "resid_pre", stack, attention_mask,
+                             doc_ids)
 
 
 def get_attr_patch_resid_mid(model, corrupted_tokens, clean_cache, patching_metric, stack=None,
-                             attention_mask=None) -> torch.Tensor:
+                             attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Attribution patching of the residual stream between each block's attention and MLP: (layer, pos)."""
-    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "resid_mid", stack, attention_mask)
+    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "resid_mid", stack, attention_mask,
+                             doc_ids)
 
 
 def get_attr_patch_attn_out(model, corrupted_tokens, clean_cache, patching_metric, stack=None,
-                            attention_mask=None) -> torch.Tensor:
+                            attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Attribution patching of each attention layer's output: (layer, pos)."""
-    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_out", stack, attention_mask)
+    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_out", stack, attention_mask,
+                             doc_ids)
 
 
 def get_attr_patch_mlp_out(model, corrupted_tokens, clean_cache, patching_metric, stack=None,
-                           attention_mask=None) -> torch.Tensor:
+                           attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Attribution patching of each MLP's output: (layer, pos)."""
-    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "mlp_out", stack, attention_mask)
+    return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "mlp_out", stack, attention_mask,
+                             doc_ids)
 
 
 def get_attr_patch_attn_head_out_by_pos(model, corrupted_tokens, clean_cache, patching_metric, stack=None,
-                                        attention_mask=None) -> torch.Tensor:
+                                        attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Attribution patching of each head's output (z): (layer, pos, head)."""
     return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_out_by_pos",
-                             stack, attention_mask)
+                             stack, attention_mask, doc_ids)
 
 
 def get_attr_patch_attn_head_q_by_pos(model, corrupted_tokens, clean_cache, patching_metric, stack=None,
-                                      attention_mask=None) -> torch.Tensor:
+                                      attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Attribution patching of each head's queries: (layer, pos, head)."""
     return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_q_by_pos",
-                             stack, attention_mask)
+                             stack, attention_mask, doc_ids)
 
 
 def get_attr_patch_attn_head_k_by_pos(model, corrupted_tokens, clean_cache, patching_metric, stack=None,
-                                      attention_mask=None) -> torch.Tensor:
+                                      attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Attribution patching of each head's keys: (layer, pos, head)."""
     return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_k_by_pos",
-                             stack, attention_mask)
+                             stack, attention_mask, doc_ids)
 
 
 def get_attr_patch_attn_head_v_by_pos(model, corrupted_tokens, clean_cache, patching_metric, stack=None,
-                                      attention_mask=None) -> torch.Tensor:
+                                      attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Attribution patching of each head's values: (layer, pos, head)."""
     return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_v_by_pos",
-                             stack, attention_mask)
+                             stack, attention_mask, doc_ids)
 
 
 def get_attr_patch_attn_head_out_all_pos(model, corrupted_tokens, clean_cache, patching_metric, stack=None,
-                                         attention_mask=None) -> torch.Tensor:
+                                         attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Attribution patching of each head's output (z) at every position at once: (layer, head)."""
     return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_out_all_pos",
-                             stack, attention_mask)
+                             stack, attention_mask, doc_ids)
 
 
 def get_attr_patch_attn_head_q_all_pos(model, corrupted_tokens, clean_cache, patching_metric, stack=None,
-                                       attention_mask=None) -> torch.Tensor:
+                                       attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Attribution patching of each head's queries at every position at once: (layer, head)."""
     return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_q_all_pos",
-                             stack, attention_mask)
+                             stack, attention_mask, doc_ids)
 
 
 def get_attr_patch_attn_head_k_all_pos(model, corrupted_tokens, clean_cache, patching_metric, stack=None,
-                                       attention_mask=None) -> torch.Tensor:
+                                       attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Attribution patching of each head's keys at every position at once: (layer, head)."""
     return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_k_all_pos",
-                             stack, attention_mask)
+                             stack, attention_mask, doc_ids)
 
 
 def get_attr_patch_attn_head_v_all_pos(model, corrupted_tokens, clean_cache, patching_metric, stack=None,
-                                       attention_mask=None) -> torch.Tensor:
+                                       attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Attribution patching of each head's values at every position at once: (layer, head)."""
     return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_v_all_pos",
-                             stack, attention_mask)
+                             stack, attention_mask, doc_ids)
 
 
 def get_attr_patch_attn_head_pattern_all_pos(model, corrupted_tokens, clean_cache, patching_metric, stack=None,
-                                             attention_mask=None) -> torch.Tensor:
+                                             attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Attribution patching of each head's whole attention pattern: (layer, head)."""
     return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_pattern_all_pos",
-                             stack, attention_mask)
+                             stack, attention_mask, doc_ids)
 
 
 def get_attr_patch_attn_head_pattern_by_pos(model, corrupted_tokens, clean_cache, patching_metric, stack=None,
-                                            attention_mask=None) -> torch.Tensor:
+                                            attention_mask=None, doc_ids=None) -> torch.Tensor:
     """Attribution patching of each head's attention pattern, row by row: (layer, head, dest_pos)."""
     return attribution_table(model, corrupted_tokens, clean_cache, patching_metric, "attn_head_pattern_by_pos",
-                             stack, attention_mask)
+                             stack, attention_mask, doc_ids)
 
 
 def get_act_patch_block_every(model, corrupted_tokens, clean_cache, patching_metric, batch_size=None,
-                              progress=False, stack=None, attention_mask=None) -> torch.Tensor:
+                              progress=False, stack=None, attention_mask=None, doc_ids=None) -> torch.Tensor:
     """resid_pre, attn_out and mlp_out patched at every (layer, pos): (3, layer, pos)."""
     return torch.stack([patch_table(model, corrupted_tokens, clean_cache, patching_metric, kind, batch_size,
-                                    progress, stack, attention_mask) for kind in ("resid_pre", "attn_out", "mlp_out")])
+                                    progress, stack, attention_mask, doc_ids)
+                        for kind in ("resid_pre", "attn_out", "mlp_out")])
 
 
 def attribution_patch(model, corrupted_tokens, clean_cache, patching_metric: Metric, kinds: Sequence[str],
-                      stack: str | None = None, attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                      stack: str | None = None, attention_mask: torch.Tensor | None = None,
+                      doc_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Attribution patching of several kinds from one forward and one backward pass: kind -> table.
 
     Each entry is sum over batch and the non-indexed dims of (clean - corrupted) * d metric / d act.
@@ -510,7 +548,7 @@ def attribution_patch(model, corrupted_tokens, clean_cache, patching_metric: Met
     structure = get_stack(model, stack)
     inputs = as_inputs(corrupted_tokens)
     check_lengths(inputs, clean_cache, structure)
-    check_mask(attention_mask, inputs, structure)
+    check_mask(attention_mask, inputs, structure, doc_ids)
     for kind in kinds:
         if kind not in KINDS:
             raise LensError(f"unknown patching kind {kind!r}; pick one of {', '.join(KINDS)}.")
@@ -526,8 +564,7 @@ def attribution_patch(model, corrupted_tokens, clean_cache, patching_metric: Met
         return None
 
     with torch.enable_grad(), model.hooks([(names, capture)]):
-        masked = {} if attention_mask is None else {"attention_mask": attention_mask}
-        metric = scalar(patching_metric(model(*inputs, **masked)[0]))
+        metric = scalar(patching_metric(model(*inputs, **layout_kwargs(attention_mask, doc_ids))[0]))
     if not metric.requires_grad:
         raise LensError("the patching metric does not depend on the logits' gradient graph; compute it from the "
                         "logits with torch operations (no .item() or float()).")

@@ -12,7 +12,7 @@ from torch import nn
 
 from model.attention import document_mask, document_positions, make_mask
 from model.config import BERTConfig, ConfigError
-from model.family import Family, embed, logits_and_loss, tie_head
+from model.family import EmbeddingStem, Family, logits_and_loss, tie_head
 from model.generation import padded_positions
 from model.layers import ACTIVATIONS, Block, init_weights, make_norm
 from weights.common import IGNORE_INDEX
@@ -50,7 +50,7 @@ class MLMHead(nn.Module):
         return self.decoder(self.ln(self.act(self.dense(x))))  # (B, T, C) -> (B, T, V)
 
 
-class BERT(Family):
+class BERT(EmbeddingStem, Family):
     """A bidirectional encoder trained with the masked-language-model objective."""
 
     model_type = "bert"
@@ -59,13 +59,11 @@ class BERT(Family):
     def __init__(self, config: BERTConfig):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        # RoBERTa keeps position_offset rows before the first position's
-        self.wpe = nn.Embedding(config.block_size + config.position_offset, config.n_embd) \
-            if config.pos_emb == "learned" else None
+        # wte, wpe (RoBERTa keeps position_offset rows before the first position's), drop; no hook points
+        self.add_stem(config.vocab_size, config.block_size, config, hooks=False,
+                      extra_positions=config.position_offset, hint="shorten it or train with a larger block_size")
         self.wtt = nn.Embedding(config.type_vocab_size, config.n_embd) if config.type_vocab_size else None
         self.ln_emb = make_norm(config)
-        self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         # post-norm blocks end in a norm already; pre-norm ones need a final one
         self.ln_f = nn.Identity() if config.post_norm else make_norm(config)
@@ -95,8 +93,7 @@ class BERT(Family):
         if self.config.position_offset:  # RoBERTa's table starts after its padding id
             learned = (positions if positions is not None else torch.arange(T, device=input_ids.device)[None]) \
                 + self.config.position_offset
-        x = embed(input_ids, self.wte, self.wpe, self.config.block_size, positions=learned,
-                  hint="shorten it or train with a larger block_size")  # (B, T, C)
+        x = self.stem(input_ids, positions=learned)  # (B, T, C)
         if self.wtt is not None:
             x = x + (self.wtt(token_type_ids) if token_type_ids is not None else self.wtt.weight[0])
         elif token_type_ids is not None:

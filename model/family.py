@@ -1,5 +1,6 @@
-"""What every model family shares: token (+ position) embeddings with the length check, the output
-head (tied to the embedding or not, soft-capped logits, the loss with one ignore index), num_params.
+"""What every model family shares: the embedding stem (token + position embeddings with the length check,
+dropout, hook points), the output head (tied to the embedding or not, soft-capped logits, the loss with one
+ignore index), num_params.
 
 The parameters stay on the family's own modules (`wte`, `wpe`, `lm_head`), named as in GPT-2.
 """
@@ -8,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import flatten
-from model.hooks import HookedModel
+from model.transformer_config import flatten
+from model.hooks import HookedModel, HookPoint
 from model.layers import auxiliary_losses, softcap
-from weights.common import IGNORE_INDEX
-from weights.hf_export import save_hf
+from weights.errors import IGNORE_INDEX
+from weights.pretrained import save_hf
 
 
 def embed(ids: torch.Tensor, wte: nn.Embedding, wpe: nn.Embedding | None, limit: int, offset: int = 0,
@@ -28,11 +29,40 @@ def embed(ids: torch.Tensor, wte: nn.Embedding, wpe: nn.Embedding | None, limit:
     T = ids.size(1)
     if offset + T > limit:
         raise ValueError(f"{what} of {offset + T} tokens exceeds {limit_name} {limit}; {hint}.")
-    embed_hook, pos_hook = hooks if hooks is not None else (nn.Identity(), nn.Identity())
-    x = embed_hook(wte(ids))  # (B, T, C)
+    x = wte(ids)  # (B, T, C)
+    if hooks is not None:
+        x = hooks[0](x)
     if wpe is not None:
-        x = x + pos_hook(wpe(torch.arange(offset, offset + T, device=ids.device) if positions is None else positions))
+        pos = wpe(torch.arange(offset, offset + T, device=ids.device) if positions is None else positions)
+        x = x + (pos if hooks is None else hooks[1](pos))
     return x
+
+
+class EmbeddingStem:
+    """The embedding stem every stack starts with (a mixin of nn.Module, GPT-2's names): token embeddings
+    `wte`, learned position embeddings `wpe` (None with rotary positions, or in a stack without positions),
+    dropout `drop`, and the hook points `embed` and `pos_embed` (see embed) in the stacks that have them."""
+
+    def add_stem(self, vocab_size: int, block_size: int, config, hooks: bool = True, extra_positions: int = 0,
+                 what: str = "sequence", limit_name: str = "block_size",
+                 hint: str = "crop it or train with a larger block_size") -> None:
+        """Make the stem's modules: block_size (+ extra_positions) learned positions when config.pos_emb is
+        'learned'; `what`, `limit_name` and `hint` word the error for an input longer than block_size."""
+        self.wte = nn.Embedding(vocab_size, config.n_embd)
+        learned = config.pos_emb == "learned"
+        self.wpe = nn.Embedding(block_size + extra_positions, config.n_embd) if learned else None
+        self.drop = nn.Dropout(config.dropout)
+        if hooks:
+            self.embed, self.pos_embed = HookPoint(), HookPoint()  # token (B, T, C) and position (T, C) embeddings
+        self.stem_hooked, self.stem_limit = hooks, (block_size, what, limit_name, hint)
+
+    def stem(self, ids: torch.Tensor, offset: int = 0, positions: torch.Tensor | None = None,
+             hooked: bool = True) -> torch.Tensor:
+        """Token ids (B, T) at positions offset.. (or `positions` (B, T)) -> embeddings (B, T, C), before
+        dropout; `hooked` False passes no hook point (the static decoder's compiled step)."""
+        limit, what, limit_name, hint = self.stem_limit
+        hooks = (self.embed, self.pos_embed) if hooked and self.stem_hooked else None
+        return embed(ids, self.wte, self.wpe, limit, offset, what, limit_name, hint, positions, hooks)
 
 
 def tie_head(head: nn.Linear, embedding: nn.Embedding, config) -> None:

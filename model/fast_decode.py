@@ -47,10 +47,7 @@ class StaticPastKeyValues:
 
 def forward_static(model, idx: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, caches) -> torch.Tensor:
     """Logits (B, V) after idx (B, T) at positions (B, T), attending with mask (1|B, 1, T, L) over the cache."""
-    x = model.wte(idx)  # (B, T, C)
-    if model.wpe is not None:
-        x = x + model.wpe(positions)
-    x = model.drop(x)
+    x = model.drop(model.stem(idx, positions=positions, hooked=False))  # (B, T, C)
     for block, cache in zip(model.blocks, caches):
         x = block(x, mask=mask, causal=True, cache=cache, positions=positions)
     x = model.ln_f(x[:, -1])  # (B, C): only the last position is sampled from
@@ -132,14 +129,15 @@ class StaticDecoder:
                         attention_mask: torch.Tensor | None = None,
                         stop_token: int | None = None) -> Iterator[torch.Tensor]:
         """Yield (B, 1) new tokens continuing idx (B, T) (left-padded where attention_mask is 0), as
-        GPT.generate_stream does with its KV cache (stop_token too)."""
+        GPT.generate_stream does with its KV cache (stop_token too); the buffers are made on the first token,
+        in the dtype of the autocast then in force."""
         if idx.size(0) != self.batch_size:
             raise ValueError(f"this decoder was built for batches of {self.batch_size}; got {idx.size(0)} prompts.")
         device_type = idx.device.type
         autocast = torch.is_autocast_enabled(device_type)
         self.allocate(torch.get_autocast_dtype(device_type) if autocast else next(self.model.parameters()).dtype)
-        return decode(self, idx, max_new_tokens, Sampling(temperature, top_k, top_p), generator, attention_mask,
-                      stop_token)
+        yield from decode(self, idx, max_new_tokens, Sampling(temperature, top_k, top_p), generator, attention_mask,
+                          stop_token)
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:
         """idx (B, T) extended by max_new_tokens tokens (B, T + max_new_tokens); sampling as generate_stream."""

@@ -13,14 +13,11 @@ import torch
 from torch import nn
 
 from model.attention import PastKeyValues, document_mask, document_positions
-from model.config import ConfigError, GPTConfig
-from model.hooks import HookPoint
-from model.family import Family, embed, logits_and_loss, tie_head
+from model.transformer_config import ConfigError, GPTConfig
+from model.family import EmbeddingStem, Family, logits_and_loss, tie_head
 from model.layers import Block, init_weights, make_norm
-from weights.hf_folder import PretrainedError, check_state
-from weights.hf_tokenizer import folder_tokenizer
-from weights.hf_families import read_pretrained, read_pretrained_config
-from model.generation import CachedSteps, decode, padded_causal_mask, padded_positions
+from weights.pretrained import PretrainedError, check_state, folder_tokenizer, read_pretrained, read_pretrained_config
+from model.generation import CachedSteps, decode, last_documents, padded_causal_mask, padded_positions
 from model.sampling import Generators, Sampling
 
 
@@ -32,7 +29,7 @@ def gpt2_config(values: dict, source: str) -> GPTConfig:
         raise PretrainedError(f"the config.json of {source} holds sizes our model cannot take ({e}).") from None
 
 
-class GPT(Family):
+class GPT(EmbeddingStem, Family):
     """A decoder-only language model."""
 
     model_type = "gpt"
@@ -40,10 +37,7 @@ class GPT(Family):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None
-        self.drop = nn.Dropout(config.dropout)
-        self.embed, self.pos_embed = HookPoint(), HookPoint()  # token (B, T, C) and position (T, C) embeddings
+        self.add_stem(config.vocab_size, config.block_size, config)  # wte, wpe, drop; hooks embed, pos_embed
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -96,8 +90,7 @@ class GPT(Family):
                                  f"{(idx.size(0), offset + idx.size(1))}, got {tuple(attention_mask.shape)}.")
             positions = padded_positions(attention_mask)[:, offset:]  # (B, T)
             mask = padded_causal_mask(attention_mask, idx.size(1))  # (B, 1, T, offset + T)
-        x = self.drop(embed(idx, self.wte, self.wpe, self.config.block_size, offset, positions=positions,
-                            hooks=(self.embed, self.pos_embed)))  # (B, T, C)
+        x = self.drop(self.stem(idx, offset, positions))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, mask=mask, causal=True, cache=caches[i] if caches else None, positions=positions)
         x = self.ln_f(x)
@@ -121,7 +114,7 @@ class GPT(Family):
     def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                         top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
                         generator: Generators = None, attention_mask: torch.Tensor | None = None,
-                        stop_token: int | None = None) -> Iterator[torch.Tensor]:
+                        stop_token: int | None = None, doc_ids: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
         """Yield (B, 1) new tokens one at a time, continuing idx (B, T).
 
         With the KV cache the prompt is processed once, then one token per step. When the context
@@ -132,7 +125,11 @@ class GPT(Family):
         generators, one per row, makes each row's sampling reproducible on its own.
         `stop_token`: a row that has emitted it emits it again (Hugging Face's eos_token_id with
         pad_token_id the same), and the stream ends once every row has.
+        `doc_ids` (B, T): packed prompts of a model trained with document masking; each row continues its
+        last document, which is all its next tokens can see (model/generation.py last_documents).
         """
+        if doc_ids is not None:
+            idx, attention_mask = last_documents(idx, doc_ids, attention_mask)
         steps = CachedSteps(self, use_cache)
         yield from decode(steps, idx, max_new_tokens, Sampling(temperature, top_k, top_p), generator, attention_mask,
                           stop_token, use_cache)
@@ -141,10 +138,10 @@ class GPT(Family):
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
                  generator: Generators = None, attention_mask: torch.Tensor | None = None,
-                 stop_token: int | None = None) -> torch.Tensor:
+                 stop_token: int | None = None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Return idx (B, T) extended by max_new_tokens sampled tokens (B, T + max_new_tokens);
-        left-padded prompts with `attention_mask`, and `stop_token` (fewer tokens once every row has
-        emitted it), as in generate_stream."""
+        left-padded prompts with `attention_mask`, `stop_token` (fewer tokens once every row has
+        emitted it) and packed prompts' `doc_ids`, as in generate_stream."""
         new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator,
-                                        attention_mask, stop_token))
+                                        attention_mask, stop_token, doc_ids))
         return torch.cat([idx, *new], dim=1)

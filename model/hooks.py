@@ -27,7 +27,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from weights.common import HookNameError
+from weights.errors import HookNameError
 
 HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
 NameFilter = str | Iterable[str] | Callable[[str], bool] | None

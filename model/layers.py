@@ -6,7 +6,7 @@ from torch import nn
 
 from model.attention import Attention, PastKeyValues, Score
 from model.hooks import HookPoint
-from weights.common import IGNORE_INDEX
+from weights.errors import IGNORE_INDEX
 
 
 class ReLUSquared(nn.Module):

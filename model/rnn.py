@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from model.attention import Attention, PastKeyValues
 from model.config import RNNConfig
-from model.family import Family, embed, logits_and_loss
+from model.family import EmbeddingStem, Family, logits_and_loss
 from model.hooks import HookPoint
 from model.seq2seq import Seq2Seq
 
@@ -52,14 +52,14 @@ def map_state(state, fn):
     return tuple(fn(t) for t in state) if isinstance(state, tuple) else fn(state)
 
 
-class RNNEncoder(nn.Module):
+class RNNEncoder(EmbeddingStem, nn.Module):
     """Source tokens -> encoder states (B, S, C); padded positions are skipped (packed sequences)."""
 
     def __init__(self, config: RNNConfig):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.source_vocab_size, config.n_embd)
-        self.drop = nn.Dropout(config.dropout)
+        self.add_stem(config.source_vocab_size, config.source_block_size, config, hooks=False, what="source",
+                      limit_name="source_block_size", hint="shorten it or train with a larger source_block_size")
         hidden = config.n_embd // 2 if config.bidirectional else config.n_embd
         self.rnn = CELLS[config.cell](config.n_embd, hidden, config.n_layer, bias=config.bias, batch_first=True,
                                       dropout=config.dropout if config.n_layer > 1 else 0.0,
@@ -69,8 +69,7 @@ class RNNEncoder(nn.Module):
     def forward(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         """src (B, S) -> (B, S, C): the top layer's states, both directions concatenated (zeros at padding)."""
         S = src.size(1)
-        x = self.drop(embed(src, self.wte, None, self.config.source_block_size, what="source",
-                            limit_name="source_block_size", hint="shorten it or train with a larger source_block_size"))
+        x = self.drop(self.stem(src))  # (B, S, C): no positions, the recurrence orders the tokens
         if src_mask is None:
             states, _ = self.rnn(x)
         else:
@@ -92,15 +91,14 @@ def summary(states: torch.Tensor, src_mask: torch.Tensor | None, bidirectional: 
     return torch.cat([forward_last[:, :C // 2], states[:, 0, C // 2:]], dim=-1)
 
 
-class RNNDecoder(nn.Module):
+class RNNDecoder(EmbeddingStem, nn.Module):
     """Previous target tokens, recurrent state and encoder states -> output features (B, T, C)."""
 
     def __init__(self, config: RNNConfig):
         super().__init__()
         self.config = config
         C, L = config.n_embd, config.n_layer
-        self.wte = nn.Embedding(config.vocab_size, C)
-        self.drop = nn.Dropout(config.dropout)
+        self.add_stem(config.vocab_size, config.block_size, config, hooks=False, what="target")
         self.init_state = nn.Linear(C, L * C, bias=config.bias)  # summary -> h_0 of every layer
         inputs = C if config.attention else 2 * C  # without attention the summary is read at every step
         self.rnn = CELLS[config.cell](inputs, C, L, bias=config.bias, batch_first=True,
@@ -124,7 +122,7 @@ class RNNDecoder(nn.Module):
         """tgt (B, T) -> (features (B, T, C), final state); `state` continues from earlier tokens."""
         if state is None:
             state = self.first_state(memory, src_mask)
-        x = self.drop(self.wte(tgt))  # (B, T, C)
+        x = self.drop(self.stem(tgt))  # (B, T, C)
         if not self.config.attention:
             context = self.context(summary(memory, src_mask, self.config.bidirectional))  # (B, C)
             context = context[:, None].expand(x.shape)  # (B, T, C): the same vector at every step

@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from weights.common import ConfigError
+from weights.errors import ConfigError
 
 
 def is_number(value) -> bool:

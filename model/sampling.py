@@ -14,7 +14,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from weights.common import ConfigError
+from weights.errors import ConfigError
 
 Generators = torch.Generator | list[torch.Generator] | None  # one stream for the batch, or one per row
 

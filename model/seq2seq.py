@@ -18,23 +18,20 @@ from torch import nn
 
 from model.attention import PastKeyValues, make_mask
 from model.config import Seq2SeqConfig
-from model.generation import padded_positions
-from model.family import Family, embed, logits_and_loss, tie_head
-from model.hooks import HookPoint
+from model.generation import decode, padded_positions
+from model.family import EmbeddingStem, Family, logits_and_loss, tie_head
 from model.layers import Block, init_weights, make_norm, softcap
 from model.sampling import Sampling
 
 
-class Encoder(nn.Module):
+class Encoder(EmbeddingStem, nn.Module):
     """Source tokens -> encoder states: embeddings and bidirectional blocks."""
 
     def __init__(self, config: Seq2SeqConfig):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.source_vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.source_block_size, config.n_embd) if config.pos_emb == "learned" else None
-        self.drop = nn.Dropout(config.dropout)
-        self.embed, self.pos_embed = HookPoint(), HookPoint()  # token (B, S, C) and position (S, C) embeddings
+        self.add_stem(config.source_vocab_size, config.source_block_size, config, what="source",
+                      limit_name="source_block_size", hint="shorten it or train with a larger source_block_size")
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_encoder_layer))
         self.ln_f = make_norm(config)
 
@@ -43,25 +40,21 @@ class Encoder(nn.Module):
         S = src.size(1)
         # each row's positions count from its first real token: left padding changes nothing
         positions = None if src_mask is None or src_mask.shape != src.shape else padded_positions(src_mask)
-        x = self.drop(embed(src, self.wte, self.wpe, self.config.source_block_size, what="source",
-                            limit_name="source_block_size", hint="shorten it or train with a larger source_block_size",
-                            positions=positions, hooks=(self.embed, self.pos_embed)))
+        x = self.drop(self.stem(src, positions=positions))  # (B, S, C)
         mask = make_mask(S, S, causal=False, key_padding_mask=src_mask)  # (B, 1, 1, S) or None
         for block in self.blocks:
             x = block(x, mask=mask, positions=positions)
         return self.ln_f(x)
 
 
-class Decoder(nn.Module):
+class Decoder(EmbeddingStem, nn.Module):
     """Target tokens and encoder states -> decoder states: causal self-attention, cross-attention, MLP."""
 
     def __init__(self, config: Seq2SeqConfig):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None
-        self.drop = nn.Dropout(config.dropout)
-        self.embed, self.pos_embed = HookPoint(), HookPoint()  # token (B, T, C) and position (T, C) embeddings
+        self.add_stem(config.vocab_size, config.block_size, config, what="target",
+                      hint="decode fewer tokens or train with a larger block_size")
         self.blocks = nn.ModuleList(Block(config, cross=True) for _ in range(config.n_layer))
         self.ln_f = make_norm(config)
 
@@ -78,9 +71,7 @@ class Decoder(nn.Module):
         positions = None  # with a mask, each row counts from its first real token (as GPT's)
         if tgt_mask is not None and tgt_mask.shape == (tgt.size(0), offset + T):
             positions = padded_positions(tgt_mask)[:, offset:]
-        x = self.drop(embed(tgt, self.wte, self.wpe, self.config.block_size, offset, what="target",
-                            hint="decode fewer tokens or train with a larger block_size",
-                            positions=positions, hooks=(self.embed, self.pos_embed)))
+        x = self.drop(self.stem(tgt, offset, positions))  # (B, T, C)
         self_mask = None
         if tgt_mask is not None:
             self_mask = make_mask(T, offset + T, causal=True, key_padding_mask=tgt_mask, offset=offset,
@@ -148,20 +139,12 @@ class Seq2Seq(Family):
         temperature 0 (the default) is greedy; otherwise tokens are sampled (temperature, top_k, top_p).
         A row stops at EOS or after max_new_tokens (at most block_size) tokens.
         """
-        B, sampling = src.size(0), Sampling(temperature, top_k, top_p)
-        memory = self.encoder(src, src_mask)
-        caches = self.new_caches(src.size(1)) if use_cache else None
-        tokens = src.new_full((B, 1), bos_id)
-        done = torch.zeros(B, dtype=torch.bool, device=src.device)
-        for _ in range(self.decode_limit(max_new_tokens)):
-            logits = self.step_logits(tokens, memory, src_mask, caches)
-            next_token = sampling.sample(logits, generator)
-            next_token = next_token.masked_fill(done[:, None], eos_id)  # finished rows idle on EOS
-            tokens = torch.cat([tokens, next_token], dim=1)
-            done |= next_token[:, 0] == eos_id
-            if done.all():
-                break
-        return [until_eos(row, eos_id) for row in tokens[:, 1:].tolist()]
+        steps = EncodedSteps(self, self.encoder(src, src_mask), src_mask, use_cache)
+        bos = src.new_full((src.size(0), 1), bos_id)
+        # GPT's decoding loop; a finished row idles on EOS, and decoding ends once every row has finished
+        new = decode(steps, bos, self.decode_limit(max_new_tokens), Sampling(temperature, top_k, top_p), generator,
+                     stop_token=eos_id, use_cache=use_cache)
+        return [until_eos(row, eos_id) for row in torch.cat([bos, *new], dim=1)[:, 1:].tolist()]
 
     @torch.no_grad()
     def beam_search(self, src: torch.Tensor, bos_id: int, eos_id: int, src_mask: torch.Tensor | None = None,
@@ -208,6 +191,23 @@ class Seq2Seq(Family):
                 for cache in caches[0]:
                     cache.reorder(rows)
         return best_hypotheses(finished, scores, tokens, length_penalty)
+
+
+class EncodedSteps:
+    """The steps of model/generation.py's decode for an encoder-decoder: the source is encoded once (memory),
+    then each step is the model's step_logits (Seq2Seq's, or RNNEncoderDecoder's with its recurrent state)."""
+
+    def __init__(self, model, memory: torch.Tensor, src_mask: torch.Tensor | None, use_cache: bool):
+        self.model, self.memory, self.src_mask, self.use_cache, self.caches = model, memory, src_mask, use_cache, None
+
+    def prefill(self, tokens: torch.Tensor, mask=None) -> torch.Tensor:
+        """Logits (B, V) after tokens (B, t) through fresh caches (none without use_cache)."""
+        self.caches = self.model.new_caches(self.memory.size(1)) if self.use_cache else None
+        return self.step(tokens)
+
+    def step(self, tokens: torch.Tensor, mask=None) -> torch.Tensor:
+        """Logits (B, V) of the next token after tokens (B, t); with caches only the last one is fed."""
+        return self.model.step_logits(tokens, self.memory, self.src_mask, self.caches)
 
 
 def best_hypotheses(finished: list[list[tuple[float, list[int]]]], scores: torch.Tensor, tokens: torch.Tensor,

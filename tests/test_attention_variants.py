@@ -193,7 +193,7 @@ def test_cross_attention_has_its_own_variant():
     ("hard_attention_temperature", True, "hard_attention_temperature must be > 0"),
     ("hard_attention_baseline_momentum", "0.9", "hard_attention_baseline_momentum must be in"),
     ("hard_attention_entropy", None, "hard_attention_entropy must be >= 0"),
-    ("hard_attention_credit", "token", "hard_attention_credit must be one of query, sequence"),
+    ("hard_attention_credit", "token", "hard_attention_credit must be one of query, own, sequence"),
     ("hard_attention_samples", 0, "hard_attention_samples must be a positive integer"),
     ("hard_attention_samples", 2.0, "hard_attention_samples must be a positive integer"),
     ("hard_attention_normalize", "yes", "hard_attention_normalize must be True or False"),

@@ -6,6 +6,7 @@ from torch import nn
 
 from lens.circuit import faithfulness, faithfulness_curve, greedy_circuit, top_circuit
 from lens.eap import eap, eap_ig, edge_patching
+from lens import edges
 from lens.edges import Circuit, EdgeGraph, Pairs, Plain, edge_forward
 from lens.ground_truth import induction_task, recovery, successor_task
 from model import BERT, GPT, BERTConfig, GPTConfig, Seq2Seq, Seq2SeqConfig
@@ -96,6 +97,22 @@ def test_eap_ig_converges_to_patching_every_input_edge():
                                .values[from_input].sum()) - exact) for steps in (0, 4, 16, 64)}
     assert abs(exact) > 0.1 and errors[64] < 0.01 * abs(exact)
     assert errors[64] < errors[16] < errors[4] < errors[0]
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_shared_norm_gradients_equal_each_receivers_own(norm, monkeypatch):
+    """The gradient pass runs a layer's q/k/v receivers through one norm and one projection (NormLinear) and
+    the logits' backward at the read positions only (RowsLinear); the scores equal those of a pass keeping
+    every receiver's norm apart with autograd's own backward (the metric reads two positions)."""
+    model, pairs = tiny_gpt(norm=norm, qk_norm=True), ragged_pairs()
+    metric = lambda logits, batch: last_logit_diff(logits, batch) + logits[:, 0, 2]  # noqa: E731
+    shared = eap_ig(model, pairs, metric=metric, steps=2).values
+    monkeypatch.setattr(edges, "shared_norm", lambda norm: False)
+    graph = EdgeGraph(model)
+    graph.stack.grad_head = None
+    apart = eap_ig(model, pairs, metric=metric, steps=2, graph=graph).values
+    assert shared.abs().max() > 0.01
+    torch.testing.assert_close(shared, apart, atol=1e-6, rtol=1e-5)
 
 
 def test_padded_batches_give_each_pairs_own_scores():

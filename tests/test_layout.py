@@ -2,8 +2,11 @@
 cycles, no project import hidden inside a function, and functions that fit on a screen."""
 
 import ast
+import io
 import os
+import re
 import sys
+import tokenize
 
 import pytest
 
@@ -194,7 +197,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_import_cycle_between_files():
     graph = import_graph()
-    assert "model.gpt" in graph and "weights.hf_families" in graph["model.gpt"]  # the graph sees real imports
+    assert "model.gpt" in graph and "weights.pretrained" in graph["model.gpt"]  # the graph sees real imports
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
@@ -214,3 +217,114 @@ def test_the_checks_catch_what_they_forbid():
     long = ast.parse("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES)
     func = long.body[0]
     assert func.end_lineno - func.lineno + 1 > MAX_FUNCTION_LINES
+
+
+# ---- the learner's path (README "A learner's path"; docs/architecture.md) ----
+# the files a learner reads first, in README's order; with the leaves they import (model/rules.py, the shared
+# errors) and the code their GPT runs (the family base, generation, sampling). train.py is read next but is a
+# script: its imports are the packages', not the core's.
+LEARNER_FILES = ("model/layers.py", "model/attention.py", "model/rotary.py", "model/gpt.py", "model/hooks.py",
+                 "model/transformer_config.py", "model/rules.py", "model/family.py", "model/generation.py",
+                 "model/sampling.py", "weights/errors.py")
+WEIGHTS_ENTRY = "weights.pretrained"  # the one entry GPT.from_pretrained / save_pretrained call (a learner skips it)
+VARIANT_NAMES = ("hard", "reinforce", "gumbel")  # research variants: plug-ins the core loss never names
+
+
+def learner_bound(readme: str) -> int:
+    """The code-line bound README states for the learner's files: 'at most N code lines'."""
+    found = re.search(r"at most\s+([\d,]+)\s+code lines", readme)  # a line may break inside it
+    assert found, "README's learner's path states no 'at most N code lines' bound"
+    return int(found.group(1).replace(",", ""))
+
+
+def code_lines(source: str) -> int:
+    """Lines holding code: not blank, not only a comment, not part of a docstring."""
+    tree = ast.parse(source)
+    docs = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                docs.update(range(first.lineno, first.end_lineno + 1))
+    lines = set()
+    skip = (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER)
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type not in skip:
+            lines.update(n for n in range(token.start[0], token.end[0] + 1) if n not in docs)
+    return len(lines)
+
+
+def outside_imports(paths: tuple[str, ...], trees: dict[str, ast.Module]) -> list[str]:
+    """'path:line imports name' for each import of a learner's file that is not torch, the standard library,
+    another learner's file or the weights entry."""
+    own = {module_name(p) for p in paths}
+    bad = []
+    for path in paths:
+        for line, name in top_level_imports(trees[path]) + function_imports(trees[path]):
+            top = root(name)
+            if top == "torch" or top in sys.stdlib_module_names or name in own or name.rsplit(".", 1)[0] in own \
+                    or name == WEIGHTS_ENTRY or name.rsplit(".", 1)[0] == WEIGHTS_ENTRY:
+                continue
+            bad.append(f"{path}:{line} imports {name}")
+    return bad
+
+
+def variant_names_in_loss_code(tree: ast.Module) -> list[str]:
+    """Names, attributes and strings (docstrings aside) that name a research variant inside a function whose
+    name says loss (logits_and_loss, auxiliary_losses, ...)."""
+    found = []
+    for func in ast.walk(tree):
+        if not (isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)) and "loss" in func.name):
+            continue
+        body = func.body[1:] if ast.get_docstring(func) is not None else func.body
+        for node in (n for stmt in body for n in ast.walk(stmt)):
+            text = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else \
+                node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else ""
+            if any(v in text.lower() for v in VARIANT_NAMES):
+                found.append(f"{func.name}:{node.lineno} {text}")
+    return found
+
+
+def test_the_learners_files_import_only_each_other_torch_the_standard_library_and_the_weights_entry():
+    trees = {path: parse(path) for path in LEARNER_FILES}
+    bad = outside_imports(LEARNER_FILES, trees)
+    assert not bad, bad
+
+
+def test_the_learners_files_stay_within_the_bound_readme_states():
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        bound = learner_bound(f.read())
+    counts = {}
+    for path in LEARNER_FILES:
+        with open(os.path.join(REPO, path), encoding="utf-8") as f:
+            counts[path] = code_lines(f.read())
+    assert sum(counts.values()) <= bound, counts
+
+
+def test_the_core_loss_names_no_research_variant():
+    variants = ("model/hard_attention.py", "model/reinforce.py")  # the plug-ins themselves
+    bad = [f"{path} {found}" for path in python_files("model") if path not in variants
+           for found in variant_names_in_loss_code(parse(path))]
+    assert not bad, bad
+
+
+def test_the_learners_path_checks_catch_what_they_forbid():
+    """Each rule of the learner's path fails on a small example of what it forbids."""
+    files = ("model/a.py", "model/b.py")
+    trees = {"model/a.py": ast.parse("import torch\nimport os\nfrom model.b import f\nfrom weights.pretrained import g\n"),
+             "model/b.py": ast.parse("from weights.common import atomic_write\nfrom lens.cache import ActivationCache\n"
+                                     "def h():\n    import model.seq2seq\n")}
+    assert outside_imports(files, trees) == ["model/b.py:1 imports weights.common",
+                                             "model/b.py:1 imports weights.common.atomic_write",
+                                             "model/b.py:2 imports lens.cache", "model/b.py:2 imports lens.cache.ActivationCache",
+                                             "model/b.py:4 imports model.seq2seq"]
+    assert code_lines('"""doc\n\nmore"""\n\nx = 1  # one\n# a comment\n\ndef f():\n    """doc"""\n    return (1,\n'
+                      '            2)\n') == 4
+    assert learner_bound("...together at most\n1,234 code lines...") == 1234
+    with pytest.raises(AssertionError):
+        learner_bound("no bound here")
+    loss = ast.parse('def logits_and_loss(model):\n    """hard attention\'s REINFORCE term is added here"""\n'
+                     '    for m in model.modules():\n        if isinstance(m, HardAttention) or m.name == "gumbel":\n'
+                     '            loss = m.reinforce_term()\n    return loss\n\ndef forward(self):\n    return self.hard\n')
+    assert variant_names_in_loss_code(loss) == ["logits_and_loss:4 HardAttention", "logits_and_loss:4 gumbel",
+                                                "logits_and_loss:5 reinforce_term"]

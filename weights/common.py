@@ -1,12 +1,7 @@
-"""The leaf of headscope's import graph: it imports nothing of the project, and every package may import it.
+"""Shared by every package: the errors and IGNORE_INDEX (defined in weights/errors.py, the leaf the core
+imports, and re-exported here), and atomic writing. It imports nothing of the project but weights/errors.py.
 
-- `UserError`: the base of every error a user can cause (a bad option, path, checkpoint or dataset).
-  Its message is one sentence saying what to do; train.py, sample.py and the tools catch this class
-  alone and print `error: <message>`.
-- `ConfigError`: a configuration mistake (a bad option or value), raised by model/, data/ and training/.
-- `HookNameError`: a hook name that matches no hook point (model/hooks.py) or no cached value (lens/cache.py).
-- `IGNORE_INDEX`: the label that every loss skips (padding, unmasked MLM positions), shared by the
-  batch makers in data/ and the heads in model/.
+- `UserError`, `ConfigError`, `HookNameError`, `IGNORE_INDEX`: see weights/errors.py.
 - `atomic_write`: the one way files are written: to a temporary file, then renamed over the target,
   so a crash never leaves half a file (or a lost old one) under the real name. `atomic_folder` does the
   same for a whole folder (a Hugging Face export): built beside the target, then swapped in.
@@ -18,22 +13,7 @@ import re
 import shutil
 from contextlib import contextmanager
 
-IGNORE_INDEX = -100  # PyTorch's and Hugging Face's default label to skip
-
-
-class UserError(Exception):
-    """An error the user caused and can fix; its message says how, in one sentence."""
-
-
-class ConfigError(UserError, ValueError):
-    """A user-caused configuration mistake; its message is one sentence saying what to do."""
-
-
-class HookNameError(UserError, KeyError):
-    """A hook name or pattern that matches no hook point of the model (or no cached value)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
+from weights.errors import IGNORE_INDEX, ConfigError, HookNameError, UserError  # noqa: F401 (re-exported)
 
 
 def process_alive(pid: int) -> bool:
