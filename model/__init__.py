@@ -3,10 +3,11 @@
 The analysis methods every family has (`run_with_cache`, ...; TransformerLens' `to_tokens`, `W_Q`, `add_hook`,
 ...) are defined in lens/methods.py and lens/tl_methods.py, outside the learner's files, and added here
 (docs/architecture.md); so are TransformerLens' hook names (lens/tl_names.py: `HookedModel.aliases`).
-Hard attention registers its weighting here.
+Hard attention registers its weighting here, the general and additive scores theirs (model/scores.py).
 """
 
 import model.hard_attention  # noqa: F401 (registers the "hard" weighting)
+import model.scores  # noqa: F401 (registers the "general" and "additive" scores)
 from lens.methods import AnalysisMethods
 from lens.tl_methods import TransformerLensMethods
 from lens.tl_names import HookNameMethods, TransformerLensNames
