@@ -339,8 +339,8 @@ class Plain:
         self.total = 0.0
 
     def send(self, first: int, outputs: torch.Tensor) -> None:
-        """Senders first.. wrote outputs (B, T, n, C)."""
-        self.total = self.total + outputs.sum(2)
+        """Senders first.. wrote outputs (n, B, T, C)."""
+        self.total = self.total + outputs.sum(0)
 
     def add_bias(self, bias: torch.Tensor | None) -> None:
         """A constant every later receiver reads (output projections' biases)."""
@@ -389,7 +389,7 @@ class Recorder(Plain):
 
     def senders(self, graph: "EdgeGraph") -> torch.Tensor:
         """(S, B, T, C); the encoder's row (not a stream sender) is zero."""
-        parts = [o.permute(2, 0, 1, 3) for o in self.outputs]  # each (n, B, T, C)
+        parts = list(self.outputs)  # each (n, B, T, C)
         if graph.stack.encode is not None:
             parts.insert(1, torch.zeros_like(parts[0]))
         return torch.cat(parts)
@@ -412,12 +412,12 @@ class Circuit(Plain):
 
     def send(self, first: int, outputs: torch.Tensor) -> None:
         super().send(first, outputs)
-        n = outputs.size(2)
+        n = outputs.size(0)
         if self.diff is None:
-            B, T, _, C = outputs.shape
+            _, B, T, C = outputs.shape
             self.diff = outputs.new_empty(len(self.valid), B, T, C)
             self.diff[1] = 0  # the encoder of an encoder-decoder (not a stream sender), or the first head
-        torch.sub(outputs.permute(2, 0, 1, 3), self.alt[first:first + n], out=self.diff[first:first + n])
+        torch.sub(outputs, self.alt[first:first + n], out=self.diff[first:first + n])
 
     def add_bias(self, bias: torch.Tensor | None) -> None:
         super().add_bias(bias)
@@ -548,7 +548,7 @@ def one_input(read: tuple) -> torch.Tensor:
 
 def attend(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
            keys: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Each head's output written to the stream, (B, T, nh, C), and the output projection's bias."""
+    """Each head's output written to the stream, (nh, B, T, C), and the output projection's bias."""
     q, k = attn.q_norm(q), attn.k_norm(k)
     if attn.rotary is not None:
         q, k = attn.rotary(q), attn.rotary(k)
@@ -562,7 +562,7 @@ def attend(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
         weights = weights.masked_fill(~mask, 0.0)
     z = weights @ v  # (B, nh, T, hs)
     w_out = attn.c_proj.weight.view(-1, attn.n_head, attn.head_dim)  # (C, nh, hs)
-    return torch.einsum("bnth,cnh->btnc", z, w_out), attn.c_proj.bias
+    return torch.einsum("bnth,cnh->nbtc", z, w_out), attn.c_proj.bias
 
 
 def edge_forward(graph: EdgeGraph, inputs: tuple, mixer: Plain, input_value: torch.Tensor | None = None,
@@ -576,7 +576,7 @@ def edge_forward(graph: EdgeGraph, inputs: tuple, mixer: Plain, input_value: tor
     if stack.blocks.training:
         raise LensError("the model is in training mode (dropout would change every pass); call model.eval() first.")
     x_in = stack.embed(inputs) if input_value is None else input_value
-    mixer.send(0, x_in.unsqueeze(2))
+    mixer.send(0, x_in.unsqueeze(0))
     memory = memory_value if memory_value is not None or stack.encode is None else stack.encode(inputs)
     sender, groups = 2 if stack.encode is not None else 1, iter(graph.groups)
     for block in stack.blocks:
@@ -603,7 +603,7 @@ def edge_forward(graph: EdgeGraph, inputs: tuple, mixer: Plain, input_value: tor
         if not block.attn_only:
             group = next(groups)
             if mixer.needed(sender, 1):
-                mixer.send(sender, block.mlp(block.ln_2(one_input(mixer.read(group)))).unsqueeze(2))
+                mixer.send(sender, block.mlp(block.ln_2(one_input(mixer.read(group)))).unsqueeze(0))
             else:
                 mixer.skip(sender, 1)
             sender += 1

@@ -129,14 +129,15 @@ class StaticDecoder:
                         attention_mask: torch.Tensor | None = None,
                         stop_token: int | None = None) -> Iterator[torch.Tensor]:
         """Yield (B, 1) new tokens continuing idx (B, T) (left-padded where attention_mask is 0), as
-        GPT.generate_stream does with its KV cache (stop_token too)."""
+        GPT.generate_stream does with its KV cache (stop_token too); the buffers are made on the first token,
+        in the dtype of the autocast then in force."""
         if idx.size(0) != self.batch_size:
             raise ValueError(f"this decoder was built for batches of {self.batch_size}; got {idx.size(0)} prompts.")
         device_type = idx.device.type
         autocast = torch.is_autocast_enabled(device_type)
         self.allocate(torch.get_autocast_dtype(device_type) if autocast else next(self.model.parameters()).dtype)
-        return decode(self, idx, max_new_tokens, Sampling(temperature, top_k, top_p), generator, attention_mask,
-                      stop_token)
+        yield from decode(self, idx, max_new_tokens, Sampling(temperature, top_k, top_p), generator, attention_mask,
+                          stop_token)
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:
         """idx (B, T) extended by max_new_tokens tokens (B, T + max_new_tokens); sampling as generate_stream."""

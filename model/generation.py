@@ -1,12 +1,14 @@
-"""The one decoding loop of GPT.generate / generate_stream and the static decoder (model/fast_decode.py).
+"""The one decoding loop: GPT.generate / generate_stream, the static decoder (model/fast_decode.py) and the
+encoder-decoders' generate (model/seq2seq.py, Transformer and RNN) all run `decode`.
 
     for each new token:
         first step, no KV cache, or a window grew past block_size: feed every row's window (its last
         tokens) through fresh caches; otherwise feed only the token sampled last
         sample the next token from the last position's logits
 
-What a step runs is a `Steps` object: `CachedSteps` runs the model's forward with a KV cache per block
-(or none: nanoGPT's rerun of the last block_size tokens); the static decoder brings its own.
+What a step runs is a small object with prefill(ids, mask) and step(token, mask): `CachedSteps` runs the
+model's forward with a KV cache per block (or none: nanoGPT's rerun of the last block_size tokens); the
+static decoder and the encoder-decoders (seq2seq.EncodedSteps) bring their own.
 
 Prompts of different lengths are left-padded (Hugging Face's convention: attention_mask 1 = real token).
 Each row is then decoded exactly as it would be alone: its positions count its own tokens (padding has
@@ -62,6 +64,24 @@ def pack(windows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         ids[i, width - len(w):] = w
         mask[i, width - len(w):] = 1
     return ids, mask
+
+
+def last_documents(idx: torch.Tensor, doc_ids: torch.Tensor,
+                   attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's last document of packed prompts idx (B, T), left-padded: (ids, mask), as `pack` gives.
+
+    Under document masking the next token sees only its own document, with positions from its start, so
+    continuing a packed row is continuing its last document alone. doc_ids (B, T) must give that document
+    as one run of tokens at the row's end (data.documents.document_ids numbers documents so)."""
+    if doc_ids.shape != idx.shape:
+        raise ValueError(f"doc_ids has shape {tuple(doc_ids.shape)}; it must match the prompts {tuple(idx.shape)}.")
+    keep = doc_ids == doc_ids[:, -1:]
+    if attention_mask is not None:
+        keep = keep & attention_mask.to(keep.device).bool()
+    if (keep[:, :-1] & ~keep[:, 1:]).any():
+        raise ValueError("doc_ids must give each row's last document as one run of tokens at its end; number "
+                         "the documents in order (data.documents.document_ids).")
+    return pack([row[k] for row, k in zip(idx, keep)])
 
 
 def until_stopped(tokens: Iterator[torch.Tensor], stop_token: int | None) -> Iterator[torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Patching a packed row (--doc_mask): each document's table is the one of that document run alone."""
+"""Patching and generation on packed documents (--doc_mask): a document behaves as if it were run alone."""
 
 import pytest
 import torch
@@ -52,3 +52,26 @@ def test_doc_ids_that_do_not_fit_are_one_sentence_errors():
     _, cache = seq2seq.run_with_cache(src, tgt)
     with pytest.raises(LensError, match="an encoder-decoder takes none"):
         get_act_patch_resid_pre(seq2seq, (src, tgt), cache, metric, doc_ids=torch.zeros(1, 6, dtype=torch.long))
+
+
+def test_generating_from_packed_prompts_continues_each_rows_last_document():
+    from model.generation import last_documents
+
+    model, first, second, other, doc_ids = runs("rope")
+    packed = torch.cat([first, second], 1)
+    logits, _ = model(packed, doc_ids=doc_ids)  # the model's own document mask decides the first new token
+    out = model.generate(packed, 6, temperature=0.0, doc_ids=doc_ids)
+    assert torch.equal(out[:, :9], packed) and out[0, 9] == logits[0, -1].argmax()
+    assert torch.equal(out[:, 9:], model.generate(second, 6, temperature=0.0)[:, 5:])
+    sampled = model.generate(packed, 6, doc_ids=doc_ids, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(sampled[:, 9:], model.generate(second, 6, generator=torch.Generator().manual_seed(1))[:, 5:])
+    # two rows, the second left-padded: each continues its own last document
+    rows = torch.cat([packed, torch.cat([torch.zeros(1, 2, dtype=torch.long), other[:, :2], first, other[:, 3:4]], 1)])
+    mask = torch.tensor([[1] * 9, [0, 0] + [1] * 7])
+    ids = torch.tensor([[3] * 4 + [8] * 5, [0, 0, 1, 1, 2, 2, 2, 2, 5]])
+    both = model.generate(rows, 4, temperature=0.0, attention_mask=mask, doc_ids=ids)
+    assert torch.equal(both[1, 9:], model.generate(other[:, 3:4], 4, temperature=0.0)[0, 1:])
+    with pytest.raises(ValueError, match="one run of tokens at its end"):
+        last_documents(packed, torch.tensor([[8] * 2 + [3] * 2 + [8] * 5]))
+    with pytest.raises(ValueError, match="must match the prompts"):
+        model.generate(packed, 2, doc_ids=doc_ids[:, 1:])
