@@ -13,20 +13,12 @@ import torch
 from torch import nn
 
 from model.attention import PastKeyValues, document_mask, document_positions
-from model.transformer_config import ConfigError, GPTConfig
+from model.transformer_config import GPTConfig
 from model.family import EmbeddingStem, Family, logits_and_loss, tie_head
 from model.layers import Block, init_weights, make_norm
-from weights.pretrained import PretrainedError, check_state, folder_tokenizer, read_pretrained, read_pretrained_config
+from weights.pretrained import decoder_config, load_decoder
 from model.generation import CachedSteps, decode, last_documents, padded_causal_mask, padded_positions
 from model.sampling import Generators, Sampling
-
-
-def gpt2_config(values: dict, source: str) -> GPTConfig:
-    """A GPTConfig from the keyword arguments weights/hf_gpt2.py read; a PretrainedError if it is invalid."""
-    try:
-        return GPTConfig(**values)
-    except (ConfigError, TypeError) as e:
-        raise PretrainedError(f"the config.json of {source} holds sizes our model cannot take ({e}).") from None
 
 
 class GPT(EmbeddingStem, Family):
@@ -49,24 +41,12 @@ class GPT(EmbeddingStem, Family):
         """OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a Hub id or a local Hugging Face folder of a
         decoder in weights/hf_families.py's table (GPT-2, Llama, Qwen3, GPT-NeoX), in eval mode; a block_size
         below the model's keeps the first position embeddings. `model.tokenizer` is the folder's (or None)."""
-        _, values, state, folder = read_pretrained(name_or_dir, "gpt", dropout, block_size)
-        model = cls(gpt2_config(values, name_or_dir))
-        own = {k: v for k, v in model.state_dict().items() if not (model.config.tie_embeddings and k == "lm_head.weight")}
-        check_state(own, state, name_or_dir)
-        with torch.no_grad():
-            for key, param in own.items():
-                param.copy_(state[key])
-        model.tokenizer = folder_tokenizer(folder)
-        return model.eval()  # as transformers and TransformerLens return it: dropout off
+        return load_decoder(cls, GPTConfig, name_or_dir, dropout, block_size)  # weight I/O: weights/pretrained.py
 
     @staticmethod
     def pretrained_config(name_or_dir: str, dropout: float = 0.0, block_size: int | None = None) -> GPTConfig:
         """The GPTConfig of a GPT-2 name or folder, without loading its weights."""
-        values = read_pretrained_config(name_or_dir, "gpt")[1]
-        if block_size is not None and not (type(block_size) is int and 1 <= block_size <= values["block_size"]):
-            raise PretrainedError(f"block_size must be between 1 and this model's {values['block_size']} positions, "
-                                  f"got {block_size}.")
-        return gpt2_config({**values, "dropout": dropout, "block_size": block_size or values["block_size"]}, name_or_dir)
+        return decoder_config(GPTConfig, name_or_dir, dropout, block_size)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 caches: list[PastKeyValues] | None = None, last_only: bool = False,

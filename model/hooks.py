@@ -10,17 +10,13 @@ A hook function gets the tensor and the hook point's name; returning a tensor re
 that flows on, returning None leaves it alone. Hooks on ``scores`` or ``pattern`` make that one
 attention layer compute its weights explicitly; every other layer keeps the fused SDPA path.
 
-TransformerLens' hooks run too: the name a hook gets is a `HookName`, a str with TransformerLens'
-``.name``, ``.layer()`` and ``.ctx`` (a dict kept per hook point), and TransformerLens' names
-(``blocks.0.attn.hook_z``, ``blocks.0.hook_resid_pre``, ...) are aliases of ours wherever a name is
-accepted. A hook attached by such a name sees q, k, v, z and result in TransformerLens' layout,
-(B, T, n_head, d_head); by our name, in ours, (B, n_head, T, d_head). So for the position embeddings:
-``hook_pos_embed`` sees (B, T, C), a broadcast view of ours (``pos_embed``: (T, C), one row per position).
+Other libraries' names are aliases wherever a name is accepted: `HookedModel.aliases` says which (and the
+layout a hook attached by one sees); model/__init__.py installs TransformerLens' (lens/tl_names.py), so
+``blocks.0.attn.hook_z`` works too, its hooks seeing TransformerLens' layouts.
 `bwd_hooks` get the gradient flowing back into the hook point (and may return a replacement).
 """
 
 import fnmatch
-import re
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 
@@ -33,61 +29,36 @@ HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
 NameFilter = str | Iterable[str] | Callable[[str], bool] | None
 
 
-# (our hook name's ending, TransformerLens' ending): "blocks.0.attn.z" is also "blocks.0.attn.hook_z"
-TL_NAMES = (("embed", "hook_embed"), ("pos_embed", "hook_pos_embed"), ("resid_pre", "hook_resid_pre"),
-            ("resid_mid", "hook_resid_mid"), ("resid_post", "hook_resid_post"), ("attn.out", "hook_attn_out"),
-            ("mlp.out", "hook_mlp_out"), ("attn.q", "attn.hook_q"), ("attn.k", "attn.hook_k"),
-            ("attn.v", "attn.hook_v"), ("attn.z", "attn.hook_z"), ("attn.result", "attn.hook_result"),
-            ("attn.scores", "attn.hook_attn_scores"), ("attn.pattern", "attn.hook_pattern"),
-            ("mlp.post", "mlp.hook_post"))
 OPT_IN = ".attn.result"  # left out of names_filter=None
-HEAD_FIRST = ("attn.q", "attn.k", "attn.v", "attn.z", "attn.result")  # (B, nh, T, .) here, (B, T, nh, .) in TL
-POS_EMBED = "pos_embed"  # (T, C) here (one row per position), (B, T, C) in TL
 
 
-def swap_ending(name: str, old: str, new: str) -> str | None:
-    """name with its ending `old` (a whole dotted part) replaced by `new`; None if it does not end so."""
-    if name == old:
-        return new
-    return name[:-len(old)] + new if name.endswith("." + old) else None
+def _same(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
 
 
-def ours_from_tl(name: str) -> str | None:
-    """Our hook name (or glob) for a TransformerLens one; None when it is not TransformerLens'."""
-    for ours, tl in TL_NAMES:
-        found = swap_ending(name, tl, ours)
-        if found is not None:
-            return found
-    return None
+class NoAliases:
+    """What `HookedModel.aliases` provides: other names for the hook points and the layout a hook attached by
+    one sees. This default knows none; model/__init__.py installs TransformerLens' (lens/tl_names.py)."""
 
+    hint = ""  # added to the error for a name that matches nothing
 
-def tl_from_ours(name: str) -> str | None:
-    """TransformerLens' name for one of ours; None when it has none."""
-    for ours, tl in TL_NAMES:
-        found = swap_ending(name, ours, tl)
-        if found is not None:
-            return found
-    return None
+    def ours(self, name: str) -> str | None:
+        """Our hook name (or glob) for an alias (or a glob of them); None when `name` is not one."""
+        return None
 
+    def alias(self, name: str) -> str | None:
+        """The alias of our hook name; None when it has none."""
+        return None
 
-class HookName(str):
-    """A hook point's name as a hook function gets it: a str, plus TransformerLens' hook attributes."""
+    def label(self, name: str, ctx: dict) -> str:
+        """The name a hook function gets (`ctx`: the hook point's dict, kept until reset)."""
+        return name
 
-    def __new__(cls, name: str, ctx: dict, head_first: bool = False):
-        hook = super().__new__(cls, name)
-        hook.ctx, hook.head_first = ctx, head_first  # ctx: kept by the hook point until reset_hooks()
-        return hook
-
-    @property
-    def name(self) -> str:
-        return str(self)
-
-    def layer(self) -> int:
-        """The block number in the name; a HookNameError for a hook outside the blocks."""
-        found = re.search(r"blocks\.(\d+)\.", self)
-        if not found:
-            raise HookNameError(f"{self} is not inside a block: it has no layer.")
-        return int(found.group(1))
+    def layout(self, name: str, points: dict) -> tuple:
+        """(widen, turn, handles) for a hook attached to point `name` by its alias: `widen` makes the value that
+        flows on, `turn` (its own inverse) shows it to the hook and turns a replacement back; handles of any
+        helper hooks on `points`."""
+        return _same, _same, []
 
 
 class HookPoint(nn.Module):
@@ -110,6 +81,8 @@ class HookedModel:
     """Mixin for an nn.Module holding HookPoints: named hooks, capture, hook_names (run_with_cache and the
     other analysis methods are added from lens/methods.py: docs/architecture.md)."""
 
+    aliases = NoAliases()  # other names for the hook points (model/__init__.py: TransformerLens')
+
     def hook_points(self) -> dict[str, HookPoint]:
         """Every hook point of the model by its module-tree name, e.g. ``blocks.0.attn.pattern``."""
         return {name: m for name, m in self.named_modules() if isinstance(m, HookPoint)}
@@ -120,37 +93,30 @@ class HookedModel:
 
     def match_hooks(self, names_filter: NameFilter) -> list[str]:
         """Names selected by a filter: None (all but the per-head results), a name or glob (``*.attn.pattern``), a list of
-        those, or a predicate on the name; TransformerLens' names are aliases (``*.attn.hook_pattern``).
+        those, or a predicate on the name; aliases (``*.attn.hook_pattern``: `aliases`) select too.
         An exact name or a glob that selects nothing is an error."""
         return [name for name, _ in self.select_hooks(names_filter)]
 
-    def resolve_hook(self, name: str) -> tuple[str, bool]:
-        """(our name, whether its value is seen in TransformerLens' (B, T, n_head, .) layout) of one exact hook name."""
-        ours = ours_from_tl(name) if "hook_" in name else None
-        if (ours or name) not in self.hook_points():
-            raise HookNameError(f"{name!r} is not a hook point of this model (see model.hook_names()).")
-        return ours or name, ours is not None and any(ours.endswith("." + ending) for ending in HEAD_FIRST)
-
     def select_hooks(self, names_filter: NameFilter) -> list[tuple[str, bool]]:
-        """match_hooks' names, each with whether it was named in TransformerLens' form (its layout then applies)."""
+        """match_hooks' names, each with whether it was named by its alias (the alias's layout then applies)."""
         names = self.hook_names()
         if names_filter is None:  # per-head results cost a (B, nh, T, C) tensor per layer: only when named
             return [(n, False) for n in names if not n.endswith(OPT_IN)]
-        if callable(names_filter):  # a TransformerLens predicate reads TransformerLens' names
-            tl = {n: tl_from_ours(n) for n in names}
-            return [(n, not names_filter(n)) for n in names if names_filter(n) or (tl[n] and names_filter(tl[n]))]
+        if callable(names_filter):  # a predicate may read the aliases (TransformerLens' names)
+            alias = {n: self.aliases.alias(n) for n in names}
+            return [(n, not names_filter(n)) for n in names if names_filter(n) or (alias[n] and names_filter(alias[n]))]
         if not isinstance(names_filter, (str, Iterable)):
             raise TypeError(f"names_filter must be a hook name or glob, a list of them, a predicate on the name or "
                             f"None (every hook point); got {type(names_filter).__name__}.")
         patterns = [names_filter] if isinstance(names_filter, str) else list(names_filter)
         selected = {}
         for pattern in patterns:
-            ours = ours_from_tl(pattern) if "hook_" in pattern else None
+            ours = self.aliases.ours(pattern)
             found = [n for n in names if fnmatch.fnmatchcase(n, ours or pattern)]
             if not found:
                 examples = ", ".join(names[:3] + names[-2:]) if names else "none"
                 raise HookNameError(f"no hook point matches {pattern!r}; names look like {examples} "
-                                    "(see model.hook_names(); TransformerLens' names such as blocks.0.attn.hook_z work too).")
+                                    f"(see model.hook_names(){self.aliases.hint}).")
             selected.update({n: ours is not None for n in found if n not in selected})
         return list(selected.items())
 
@@ -174,17 +140,13 @@ class HookedModel:
             raise ValueError(f"a hook's direction is 'fwd' or 'bwd', got {direction!r}.")
         points = self.hook_points()
         handles = []
-        for name, tl_form in self.select_hooks(names_filter):
-            head_first = tl_form and any(name.endswith("." + ending) for ending in HEAD_FIRST)
-            hook = HookName(tl_from_ours(name) if tl_form else name, points[name].ctx, head_first)
-            batch = None
-            if tl_form and swap_ending(name, POS_EMBED, "embed") in points:  # TL's (B, T, C): learn B from embed
-                batch = {}
-                handles.append(points[swap_ending(name, POS_EMBED, "embed")].register_forward_hook(
-                    lambda module, inputs, output, batch=batch: batch.update(size=output.size(0))))
-            call = _call_with_name(fn, hook, batch)
+        for name, aliased in self.select_hooks(names_filter):
+            widen, turn, helpers = self.aliases.layout(name, points) if aliased else (_same, _same, [])
+            handles += helpers
+            call = _call_with_name(fn, self.aliases.label(self.aliases.alias(name) if aliased else name,
+                                                          points[name].ctx), widen, turn)
             if direction == "bwd":
-                call = _on_gradient(call, batch)
+                call = _on_gradient(call, widen)
             handles.append(points[name].register_forward_hook(call))
         return handles
 
@@ -216,37 +178,31 @@ class HookedModel:
                 setattr(cls, name, value)
 
 
-def _call_with_name(fn: HookFn, name: HookName, batch: dict | None = None):
-    """Adapt fn(tensor, name) to torch's forward-hook signature hook(module, inputs, output); with `batch`
-    ({"size": B}, filled by the embed point) a (T, C) value is shown as a (B, T, C) broadcast view."""
+def _call_with_name(fn: HookFn, name: str, widen=_same, turn=_same):
+    """Adapt fn(tensor, name) to torch's forward-hook signature hook(module, inputs, output); fn sees
+    turn(widen(value)) and a replacement it returns is turned back (an alias's layout: NoAliases.layout)."""
 
     def hook(module, inputs, output):
-        output = _batched(output, batch)
-        value = output.transpose(1, 2) if name.head_first else output
+        value = turn(widen(output))
         result = fn(value, name)
         if result is not None and not (isinstance(result, torch.Tensor) and result.shape == value.shape):
             got = tuple(result.shape) if isinstance(result, torch.Tensor) else f"a {type(result).__name__}"
             raise ValueError(f"the hook on {name} returned {got} for a {tuple(value.shape)} value; return a tensor "
                              "of the same shape to replace it, or None to leave it unchanged.")
-        return result.transpose(1, 2) if result is not None and name.head_first else result
+        return turn(result) if result is not None else None
 
     return hook
 
 
-def _batched(output: torch.Tensor, batch: dict | None) -> torch.Tensor:
-    """A (T, C) value as the (B, T, C) broadcast view (no copy) when `batch` holds B; else unchanged."""
-    return output.expand(batch["size"], *output.shape) if batch and output.dim() == 2 else output
-
-
-def _on_gradient(hook, batch: dict | None = None):
+def _on_gradient(hook, widen=_same):
     """A forward hook that runs `hook` on the gradient of the hook point's value when it is differentiated.
-    With `batch`, a (T, C) value flows on as its (B, T, C) broadcast view, so that the gradient is each
-    example's (as TransformerLens' batched position embeddings get it)."""
+    A value that `widen` changes flows on widened, so that the gradient is the widened one's (TransformerLens'
+    per-example position embeddings)."""
 
     def attach(module, inputs, output):
-        output = _batched(output, batch)
-        if output.requires_grad:
-            output.register_hook(lambda grad: hook(module, inputs, grad))
-        return output if batch else None
+        wide = widen(output)
+        if wide.requires_grad:
+            wide.register_hook(lambda grad: hook(module, inputs, grad))
+        return wide if wide is not output else None
 
     return attach

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from model.attention import SCORES, Additive, Attention, PastKeyValues, make_mask
+from model.attention import SCORES, Attention, PastKeyValues, make_mask
+from model.scores import Additive
 from model.config import ConfigError, GPTConfig, RNNConfig, Seq2SeqConfig, from_flat
 from model.hard_attention import check_options_apply
 from model.gpt import GPT

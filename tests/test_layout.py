@@ -77,7 +77,7 @@ def root(name: str) -> str:
 
 # the analysis methods every family has, added to HookedModel by model/__init__.py (docs/architecture.md)
 # (with the lens modules they import)
-ANALYSIS_METHODS = ("lens.methods", "lens.tl_methods", "lens.weight_space", "lens.factored", "lens.cache")
+ANALYSIS_METHODS = ("lens.methods", "lens.tl_methods", "lens.tl_names", "lens.weight_space", "lens.factored", "lens.cache")
 
 
 def allowed_in_model(path: str, name: str) -> bool:
