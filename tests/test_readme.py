@@ -2,8 +2,9 @@
 appended) or is listed below as skipped with its reason; a command that is neither fails.
 
 Commands are read from the README itself (continuation lines joined, `# comments` dropped, `a && b`
-split into a and b), so a new command is picked up without touching this file. Each runs as written,
-in a fresh interpreter, in a temporary folder that links to the repository's files and holds the
+split into a and b), so a new command is picked up without touching this file. Each runs as written, in
+a process of its own (`python ...`: forked from one that has imported torch, tests/conftest.py's
+run_forked; torchrun: a fresh launcher), in a temporary folder that links to the repository's files and holds the
 README's inputs (input.txt, pairs.tsv, lines.txt, DIR_OR_FILES/), with arguments appended that make
 it small and keep its outputs there (the scripts take the last value of a repeated option). `[...]`
 marks optional arguments in the README: they are left out. Sampling, evaluation and plotting commands
@@ -18,7 +19,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_forked, run_script, script_env
 from model import load_checkpoint
 from training.config import parse_args
 
@@ -166,13 +167,14 @@ def small_args(argv: list[str], work: str, chars: str, pairs: str) -> list[str]:
 
 def run(argv: list[str], work: str, chars: str, pairs: str) -> subprocess.CompletedProcess:
     """Run one README command (optional [...] arguments left out) in the work folder, small arguments appended."""
-    words = without_optional(argv)
-    if words[0] == "torchrun":  # the launcher of this environment, as `python -m torch.distributed.run`
-        words = [sys.executable, "-m", "torch.distributed.run", *words[1:]]
-    elif words[0] == "python":
-        words = [sys.executable, *words[1:]]
-    proc = subprocess.run([*words, *small_args(argv, work, chars, pairs)], cwd=work, capture_output=True, text=True,
-                          env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}, timeout=300)
+    words = [*without_optional(argv), *small_args(argv, work, chars, pairs)]
+    if words[0] == "python" and not words[1].startswith("-"):  # forked from a process that imported torch
+        proc = run_forked(words[1:], cwd=work)
+    else:
+        if words[0] == "torchrun":  # the launcher of this environment, as `python -m torch.distributed.run`
+            words = ["python", "-m", "torch.distributed.run", *words[1:]]
+        proc = subprocess.run([sys.executable if words[0] == "python" else words[0], *words[1:]], cwd=work,
+                              capture_output=True, text=True, env=script_env(), timeout=300)
     assert proc.returncode == 0, f"{text(argv)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return proc
 
@@ -194,12 +196,10 @@ def work(char_data, tmp_path_factory):
     for i in range(4):
         (work / "DIR_OR_FILES" / f"doc{i}.txt").write_text(plays[i * 4000:(i + 1) * 4000], encoding="utf-8")
     (work / "lines.txt").write_text("to be or not\nwhat light\n", encoding="utf-8")
-    subprocess.run([sys.executable, "data/fineweb/prepare.py", f"--input={work / 'DIR_OR_FILES'}",
-                    f"--out_dir={work / 'docdata'}", "--num_proc=1", "--shard_tokens=2000", "--val_tokens=500"],
-                   cwd=REPO, check=True, capture_output=True)
+    run_script("data/fineweb/prepare.py", f"--input={work / 'DIR_OR_FILES'}", f"--out_dir={work / 'docdata'}",
+               "--num_proc=1", "--shard_tokens=2000", "--val_tokens=500")
     pairs = work / "new" / "pairs"
-    subprocess.run([sys.executable, "data/reverse/prepare.py", "--max_plays=1", "--n_val=20", f"--out_dir={pairs}"],
-                   cwd=REPO, check=True, capture_output=True)
+    run_script("data/reverse/prepare.py", "--max_plays=1", "--n_val=20", f"--out_dir={pairs}")
     for name, command in CHECKPOINTS.items():
         argv = next((c for c in COMMANDS if text(c) == command), None)
         assert argv is not None, f"the README no longer has {command!r}; tests/test_readme.py trains {name} with it"
