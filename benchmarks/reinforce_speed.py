@@ -6,8 +6,9 @@ The encoder-decoder of config/seq2seq_reverse.py with hard cross-attention, trai
 optimizer (Muon + AdamW) on training batches of the reverse task. Each round draws one batch and times
 `--steps` training steps (forward, backward, optimizer step) of every setting on it in turn, so a change of
 load on a shared machine hits every setting alike; the table gives the median ms per step over the rounds
-and its ratio to Gumbel's. A setting with hard_attention_samples=K takes batch_size / K distinct pairs,
-each K times in a row (the same rows per step as the others), as its training run does.
+and its ratio to Gumbel's. A setting with hard_attention_samples=K takes its distinct pairs
+each K times in a row, as its training run does: with batch_size / K pairs a step holds as many rows as
+the others, with batch_size pairs K times as many.
 """
 
 import argparse
@@ -26,12 +27,13 @@ from reinforce_variance import reversal_setup, with_options  # noqa: E402
 from training.config import read_config_file  # noqa: E402
 from training.muon import make_muon_adamw  # noqa: E402
 
-SETTINGS = {  # name -> model options
-    "gumbel": dict(hard_attention_estimator="gumbel"),
-    "straight_through": dict(hard_attention_estimator="straight_through"),
-    "reinforce: query, batch (default)": {},
-    "reinforce: own, 2 samples (RLOO), 32 pairs": dict(hard_attention_credit="own", hard_attention_baseline="samples",
-                                                       hard_attention_samples=2),
+RLOO = dict(hard_attention_credit="own", hard_attention_baseline="samples", hard_attention_samples=2)
+SETTINGS = {  # name -> (model options, distinct pairs per step as a share of batch_size)
+    "gumbel": (dict(hard_attention_estimator="gumbel"), 1),
+    "straight_through": (dict(hard_attention_estimator="straight_through"), 1),
+    "reinforce: query, batch (default)": ({}, 1),
+    "reinforce: own, 2 samples (RLOO), 32 pairs": (RLOO, 0.5),
+    "reinforce: own, 2 samples (RLOO), 64 pairs": (RLOO, 1),
 }
 
 
@@ -45,18 +47,18 @@ def main(argv: list[str]) -> None:
     values = read_config_file("config/seq2seq_reverse.py")
     model_cfg, folder, tokenizer = reversal_setup()
     runs = {}
-    for name, options in SETTINGS.items():
+    for name, (options, share) in SETTINGS.items():
         cfg = with_options(model_cfg, name, options)
         torch.manual_seed(0)
         model = Seq2Seq(cfg).train()
         optimizer = make_muon_adamw(model, values["muon_lr"], values["learning_rate"], (0.9, 0.99), 0.1)
-        runs[name] = (model, optimizer, cfg.hard_attention.samples, [])
+        runs[name] = (model, optimizer, (int(values["batch_size"] * share), cfg.hard_attention.samples), [])
     batches = PairBatches(folder, model_cfg, values["batch_size"], "cpu", tokenizer)
     load_before = os.getloadavg()
     for r in range(args.rounds + 1):  # round 0 warms up and is not counted
         batch = batches.get("train", torch.Generator().manual_seed(r))
-        for model, optimizer, samples, times in runs.values():
-            rows = {k: v[:len(v) // samples].repeat_interleave(samples, 0) for k, v in batch.items()}
+        for model, optimizer, (pairs, samples), times in runs.values():
+            rows = {k: v[:pairs].repeat_interleave(samples, 0) for k, v in batch.items()}
             start = time.perf_counter()
             for _ in range(args.steps):
                 _, loss = model(**rows)
