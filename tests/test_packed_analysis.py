@@ -33,7 +33,7 @@ def test_a_packed_rows_tables_are_its_documents_own(pos_emb):
         if table_of is get_attr_patch_resid_pre:  # the first document is the same in both runs: no difference
             assert packed[:, :4].abs().max() == 0
         else:  # patching a position of the first document leaves the second document's metric as corrupted
-            corrupted_metric = float(metric(model(corrupted, doc_ids=doc_ids)[0]))
+            corrupted_metric = float(metric(model(corrupted, doc_ids=doc_ids)[0]).detach())
             torch.testing.assert_close(packed[:, :4], torch.full_like(packed[:, :4], corrupted_metric))
     unmasked = get_act_patch_resid_pre(model, corrupted, model.run_with_cache(clean)[1], metric)
     alone = get_act_patch_resid_pre(model, other, alone_cache, metric)
