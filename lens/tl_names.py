@@ -35,22 +35,24 @@ def swap_ending(name: str, old: str, new: str) -> str | None:
     return name[:-len(old)] + new if name.endswith("." + old) else None
 
 
-def ours_from_tl(name: str) -> str | None:
-    """Our hook name (or glob) for a TransformerLens one; None when it is not TransformerLens'."""
+def renamed(name: str, to_tl: bool) -> str | None:
+    """name in the other naming: TransformerLens' for ours (to_tl) or ours for TransformerLens' (a glob too);
+    None when it has none."""
     for ours, tl in TL_NAMES:
-        found = swap_ending(name, tl, ours)
+        found = swap_ending(name, ours, tl) if to_tl else swap_ending(name, tl, ours)
         if found is not None:
             return found
     return None
+
+
+def ours_from_tl(name: str) -> str | None:
+    """Our hook name (or glob) for a TransformerLens one; None when it is not TransformerLens'."""
+    return renamed(name, to_tl=False)
 
 
 def tl_from_ours(name: str) -> str | None:
     """TransformerLens' name for one of ours; None when it has none."""
-    for ours, tl in TL_NAMES:
-        found = swap_ending(name, ours, tl)
-        if found is not None:
-            return found
-    return None
+    return renamed(name, to_tl=True)
 
 
 def head_first(name: str) -> bool:
