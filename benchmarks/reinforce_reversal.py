@@ -23,6 +23,7 @@ from model import Seq2Seq, Seq2SeqConfig  # noqa: E402
 from model.config import from_flat  # noqa: E402
 from reinforce_variance import reversal_setup  # noqa: E402
 from weights.checkpoint import load_checkpoint  # noqa: E402
+from weights.errors import UserError  # noqa: E402
 
 BUCKETS = [(1, 10), (11, 20), (21, 30), (31, 40)]
 
@@ -66,11 +67,18 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--plot", default="", help="write exact match and characters against length here (.png)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    checkpoints = {}
+    for run in args.runs:  # every argument checked before the dataset is read
+        name, _, out_dir = run.partition("=")
+        if not name or not out_dir:
+            sys.exit(f"error: {run!r} is not NAME=OUT_DIR; name each run, e.g. reinforce=out-seq2seq-reinforce.")
+        try:
+            checkpoints[name] = load_checkpoint(out_dir)
+        except UserError as e:
+            sys.exit(f"error: {e}")
     _, folder, tokenizer = reversal_setup()
     results = []
-    for run in args.runs:
-        name, _, out_dir = run.partition("=")
-        ckpt = load_checkpoint(out_dir)
+    for name, ckpt in checkpoints.items():
         model = Seq2Seq(from_flat(Seq2SeqConfig, ckpt["model_args"]))
         model.load_state_dict(ckpt["model"])
         model.eval()
