@@ -3,10 +3,12 @@
 The analysis methods every family has (`run_with_cache`, ...; TransformerLens' `to_tokens`, `W_Q`, `add_hook`,
 ...) are defined in lens/methods.py and lens/tl_methods.py, outside the learner's files, and added here
 (docs/architecture.md); so are TransformerLens' hook names (lens/tl_names.py: `HookedModel.aliases`).
-Hard attention registers its weighting here, the general and additive scores theirs (model/scores.py); document
-masking for packed rows (model/documents.py) is the GPT's `documents`.
+Hard attention registers its weighting here, the general and additive scores theirs (model/scores.py), relu2 and
+swiglu their activations (model/activations.py); document masking for packed rows (model/documents.py) is the
+GPT's `documents`.
 """
 
+import model.activations  # noqa: F401 (registers the "relu2" and "swiglu" activations)
 import model.hard_attention  # noqa: F401 (registers the "hard" weighting)
 import model.scores  # noqa: F401 (registers the "general" and "additive" scores)
 from lens.methods import AnalysisMethods
