@@ -55,8 +55,8 @@ class CountingTokenizer:
     def __init__(self, tokenizer):
         self.tokenizer, self.decoded = tokenizer, 0
 
-    def encode(self, text):
-        return self.tokenizer.encode(text)
+    def encode(self, text, allow_specials=False):
+        return self.tokenizer.encode(text, allow_specials)
 
     def decode(self, ids):
         ids = list(ids)
