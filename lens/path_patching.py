@@ -27,7 +27,7 @@ import torch
 from lens.patching import Corrupted, Metric, as_inputs, check_lengths, check_mask, default_batch_size, scalar
 from lens.weight_space import head_weights
 from lens.cache import LensError, get_stack
-from model.attention import document_positions
+from model.documents import document_positions
 from model.generation import padded_positions
 
 FINAL = "resid_final"  # the receiver that is the residual stream after the last block (the unembedding's input)

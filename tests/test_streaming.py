@@ -55,8 +55,8 @@ class CountingTokenizer:
     def __init__(self, tokenizer):
         self.tokenizer, self.decoded = tokenizer, 0
 
-    def encode(self, text, allow_specials=False):
-        return self.tokenizer.encode(text, allow_specials)
+    def __getattr__(self, name):  # the rest of the interface (encode, prefix_ids, ...) is the wrapped tokenizer's
+        return getattr(self.tokenizer, name)
 
     def decode(self, ids):
         ids = list(ids)

@@ -16,8 +16,9 @@ from lens.heatmaps import views_from_maps, write_attention
 from lens.interventions import ablate_heads, head_means, parse_heads
 from lens.recorder import AttentionRecorder, head_stats_all, stats_table
 from lens.viewer import TOP_K
+from model.documents import last_documents
 from model.fast_decode import StaticDecoder
-from model.generation import last_documents, pack
+from model.generation import pack
 from training.config import SampleConfig
 from training.system import autocast
 from weights.common import ConfigError
@@ -52,19 +53,27 @@ def last_documents_of(idx: torch.Tensor, mask: torch.Tensor | None, tokenizer) -
     return last_documents(idx, document_ids(idx, sep), mask)
 
 
+def last_document(prompt_ids: list[int], tokenizer) -> list[int]:
+    """--doc_mask: the prompt's last document (last_documents_of), saying so on stderr when it is not the whole."""
+    last = last_documents_of(torch.tensor([prompt_ids]), None, tokenizer)[0][0].tolist()
+    if len(last) < len(prompt_ids):
+        print(f"(--doc_mask: the model continues the prompt's last document, its last {len(last)} tokens)",
+              file=sys.stderr)
+    return last
+
+
 def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> None:
     """Continue the prompt num_samples times, streaming each token as it comes (--prompts: a batch of them).
     With --doc_mask the model reads the prompt's last document alone (the whole prompt is printed)."""
     if cfg.prompts:
         return sample_gpt_batch(model, tokenizer, cfg, device, dtype)
-    prompt_ids = shown_ids = tokenizer.encode(read_prompt(cfg.start), allow_specials=True)  # e.g. [EOS] by name
+    prefix = tokenizer.prefix_ids() if cfg.prompt_prefix else []
+    shown_ids = tokenizer.encode(read_prompt(cfg.start), allow_specials=True)  # the text as written ([EOS] by name)
+    prompt_ids = prefix + shown_ids
     if not prompt_ids:
         raise ConfigError("the prompt is empty; pass some text with --start.")
     if cfg.doc_mask:
-        prompt_ids = last_documents_of(torch.tensor([prompt_ids]), None, tokenizer)[0][0].tolist()
-        if len(prompt_ids) < len(shown_ids):
-            print(f"(--doc_mask: the model continues the prompt's last document, its last {len(prompt_ids)} tokens)",
-                  file=sys.stderr)
+        prompt_ids = last_document(prompt_ids, tokenizer)
     block_size = model.config.block_size
     if len(prompt_ids) > block_size:
         print(f"(prompt of {len(prompt_ids)} tokens cropped to its last {block_size}, the context window)",
@@ -113,9 +122,9 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
                    top_k=cfg.attention_top_k, prompt_length=len(prompt_ids) - first)
 
 
-def read_prompt_lines(path: str, tokenizer, block_size: int) -> list[list[int]]:
-    """Token ids of each line of a prompts file (special tokens by name, e.g. [EOS]); an empty line is an error,
-    a long one keeps its end."""
+def read_prompt_lines(path: str, tokenizer, block_size: int, prefix: list[int]) -> list[list[int]]:
+    """Token ids of each line of a prompts file (special tokens by name, e.g. [EOS]), after `prefix`; an empty
+    line is an error, a long one keeps its end."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -128,6 +137,7 @@ def read_prompt_lines(path: str, tokenizer, block_size: int) -> list[list[int]]:
         ids = tokenizer.encode(line, allow_specials=True)
         if not ids:
             raise ConfigError(f"line {n} of {path} is empty; remove it or put a prompt on it.")
+        ids = prefix + ids
         if len(ids) > block_size:
             print(f"(prompt {n}: {len(ids)} tokens cropped to its last {block_size}, the context window)",
                   file=sys.stderr)
@@ -145,7 +155,8 @@ def sample_gpt_batch(model, tokenizer, cfg: SampleConfig, device: str, dtype: st
         raise ConfigError("--attention_dir and --ablate work on one prompt; pass it with --start instead of --prompts.")
     if cfg.fast_decode and not cfg.use_cache:
         raise ConfigError("--fast_decode decodes with its static KV cache; drop --use_cache=False.")
-    prompts = read_prompt_lines(cfg.prompts, tokenizer, model.config.block_size)
+    prefix = tokenizer.prefix_ids() if cfg.prompt_prefix else []
+    prompts = read_prompt_lines(cfg.prompts, tokenizer, model.config.block_size, prefix)
     idx, mask = pack([torch.tensor(ids, dtype=torch.long, device=device) for ids in prompts])
     if cfg.doc_mask:  # each line's last document: all that the next tokens see (then printed after the whole line)
         idx, mask = last_documents_of(idx, mask, tokenizer)
@@ -159,7 +170,8 @@ def sample_gpt_batch(model, tokenizer, cfg: SampleConfig, device: str, dtype: st
                 model.generate(idx, cfg.max_new_tokens, use_cache=cfg.use_cache, **sampling)
         for i, ids in enumerate(prompts):
             label = f"[prompt {i + 1}" + (f", sample {n + 1}]" if cfg.num_samples > 1 else "]")
-            print(f"{label} {tokenizer.decode(ids + out[i, idx.size(1):].tolist())}")
+            shown = ids[len(prefix):] if len(ids) > len(prefix) and ids[:len(prefix)] == prefix else ids
+            print(f"{label} {tokenizer.decode(shown + out[i, idx.size(1):].tolist())}")
 
 
 def write_maps(maps: dict, tokens: list[str], out_dir: str, title: str, source_tokens: list[str] | None = None,
