@@ -127,6 +127,7 @@ class SampleConfig:
     init_from: str = "resume"  # 'resume' (the checkpoint in out_dir), a GPT-2 name, a Hugging Face folder or Hub id
     tokenizer: str = ""  # for --init_from=<folder> without tokenizer files: 'gpt2' or a folder holding them
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
+    prompt_prefix: bool = True  # GPT: start prompts as the tokenizer's template does (Llama's <s>; ours add none)
     prompts: str = ""  # a file of prompts, one per line, continued together in one padded batch (GPT)
     num_samples: int = 2
     max_new_tokens: int = 500
@@ -138,6 +139,9 @@ class SampleConfig:
     dtype: str = "auto"
     use_cache: bool = True
     fast_decode: bool = False  # GPT: static KV cache + compiled one-token step (compiles first: seconds to minutes)
+    # GPT: continue each prompt's last document (from its last <|endoftext|> or [EOS]), all that a model trained
+    # with --doc_mask sees; None: as the checkpoint was trained
+    doc_mask: typing.Optional[bool] = None
     attention_dir: str = ""  # write attention maps (PNG, HTML, npz) of the first sample here
     attention_top_k: int = 8  # a long prompt's viewer keeps each query row's k largest weights (npz: all)
     ablate: str = ""  # heads to knock out while sampling: LAYER.HEAD,... e.g. 0.1,2.3
