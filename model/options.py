@@ -10,6 +10,7 @@ import dataclasses
 
 from model.transformer_config import OPTIONS
 from weights.common import flatten
+from weights.errors import ConfigError
 
 
 def nested_configs(cls) -> dict[str, type]:
@@ -23,10 +24,17 @@ def unflatten(cls, values: dict) -> dict:
     kwargs = dict(values)
     for name, sub in nested_configs(cls).items():
         given = kwargs.pop(name, None)
+        if not (given is None or isinstance(given, dict) or isinstance(given, sub)):
+            raise ConfigError(f"{name} must be a {sub.__name__} or a dict of its options, got {given!r}; or pass "
+                              f"its options as flat keys ({name}_<option>=...).")
         inner = dict(flatten(given)) if dataclasses.is_dataclass(given) else dict(given or {})
         for f in dataclasses.fields(sub):
             if f"{name}_{f.name}" in kwargs:
                 inner[f.name] = kwargs.pop(f"{name}_{f.name}")
+        unknown = sorted(set(inner) - {f.name for f in dataclasses.fields(sub)})
+        if unknown:
+            raise ConfigError(f"{name} has no option {unknown[0]!r}; its options are "
+                              f"{', '.join(f.name for f in dataclasses.fields(sub))}.")
         kwargs[name] = sub(**inner)
     return kwargs
 
