@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repository, not this folder
-from benchmarks.eap_ground_truth import rank_correlation  # noqa: E402
 from lens.eap import eap, eap_ig  # noqa: E402
 from lens.edges import EdgeGraph, Pairs  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
@@ -100,6 +99,12 @@ def auto_circuit_scores(hooked, clean, corrupted, graph: EdgeGraph, **options) -
     return out
 
 
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's correlation of two score vectors."""
+    ranks = [torch.argsort(torch.argsort(v)).double() for v in (a, b)]
+    return float(torch.corrcoef(torch.stack(ranks))[0, 1])
+
+
 def main() -> None:
     model = random_gpt2()
     hooked = to_hooked(model)
@@ -121,7 +126,7 @@ def main() -> None:
     for name in ours:
         a, b = ours[name].values, -theirs[name]
         diff = f"{float((a - b).abs().max()):.1e}" if name == "EAP" else "(different path and scale)"
-        print(f"| {name} | {rank_correlation(a, b):.4f} | {rank_correlation(a.abs(), b.abs()):.4f} | {diff} |")
+        print(f"| {name} | {spearman(a, b):.4f} | {spearman(a.abs(), b.abs()):.4f} | {diff} |")
     for name in ours:
         top_theirs = [graph.names[i] for i in theirs[name].abs().argsort(descending=True)[:5].tolist()]
         print(f"\n{name}: headscope top 5 {', '.join(ours[name].top(5))}; auto-circuit top 5 {', '.join(top_theirs)}")
