@@ -106,9 +106,10 @@ class Faithfulness:
 
 
 def faithfulness(model, clean, corrupted=None, metric: EdgeMetric = None, circuits=(), batch_size: int = 32,
-                 graph: EdgeGraph | None = None, ablation: str = "corrupted") -> Faithfulness:
+                 graph: EdgeGraph | None = None, ablation: str = "corrupted", all_logits: bool = False) -> Faithfulness:
     """m(circuit) for each (E,) bool mask in `circuits`, with m(full) (the clean model) and m(empty) (every edge
-    patched: the corrupted model, or every sender at its mean)."""
+    patched: the corrupted model, or every sender at its mean). all_logits=True: circuits compute the logits at
+    every position, not only where the metric reads them (read_positions)."""
     graph, pairs = prepare(model, clean, corrupted, graph)
     check_ablation(ablation)
     if metric is None:
@@ -120,7 +121,7 @@ def faithfulness(model, clean, corrupted=None, metric: EdgeMetric = None, circui
     means = mean_activations(graph, pairs, batch_size) if ablation == "mean" else None
     totals = torch.zeros(len(masks) + 2, dtype=torch.float64)
     for batch in pairs.batches(batch_size, device):
-        totals += batch_metrics(graph, batch, metric, masks, ablation, means).cpu()
+        totals += batch_metrics(graph, batch, metric, masks, ablation, means, all_logits).cpu()
     means_per_pair = (totals / len(pairs)).numpy()
     return Faithfulness(means_per_pair[1:-1], float(means_per_pair[0]), float(means_per_pair[-1]))
 
@@ -148,7 +149,7 @@ def read_positions(metric: EdgeMetric, logits: torch.Tensor, batch) -> torch.Ten
 
 
 def batch_metrics(graph: EdgeGraph, batch, metric: EdgeMetric, masks: list[torch.Tensor], ablation: str,
-                  means) -> torch.Tensor:
+                  means, all_logits: bool = False) -> torch.Tensor:
     """Sums over a batch of m(full), m(circuit) for each mask, m(empty). The full model's run is the full
     circuit's when there is one, the empty one's the corrupted run. Circuits compute the logits only at the
     positions the metric reads (read_positions), and again at every position if a value comes out NaN."""
@@ -156,7 +157,7 @@ def batch_metrics(graph: EdgeGraph, batch, metric: EdgeMetric, masks: list[torch
     alt, alt_memory, corrupted_logits = alt_run_logits(graph, batch, ablation, means)
     clean_logits = record(graph, batch.clean, batch)[1]
     clean = metric_values(metric, clean_logits, batch)
-    rows = read_positions(metric, clean_logits, batch)
+    rows = None if all_logits else read_positions(metric, clean_logits, batch)
     runs = [*masks, None if corrupted_logits is not None else torch.zeros(graph.valid.shape)]
     values, alt_sums = [None] * len(runs), alt.cumsum(0)  # the sums are shared by every circuit, and so is
     shared = {}  # the memory for each circuit's differences from alt and its logits
@@ -178,7 +179,7 @@ def batch_metrics(graph: EdgeGraph, batch, metric: EdgeMetric, masks: list[torch
 
 def faithfulness_curve(model, clean, corrupted=None, metric: EdgeMetric = None, scores: EdgeScores = None,
                        sizes=SIZES, method: str = "top", absolute: bool = True, batch_size: int = 32,
-                       ablation: str = "corrupted") -> Faithfulness:
+                       ablation: str = "corrupted", all_logits: bool = False) -> Faithfulness:
     """Faithfulness of the circuits of `scores` at each size (fractions of the edges): method "top" (the best
     edges) or "greedy" (grown from the logits, connected)."""
     if scores is None:
@@ -188,6 +189,6 @@ def faithfulness_curve(model, clean, corrupted=None, metric: EdgeMetric = None, 
         raise LensError(f"method must be one of {', '.join(builders)}, got {method!r}.")
     counts = [edge_count(scores.graph, s) for s in sizes]
     circuits = [builders[method](scores, n, absolute) for n in counts]
-    result = faithfulness(model, clean, corrupted, metric, circuits, batch_size, scores.graph, ablation)
+    result = faithfulness(model, clean, corrupted, metric, circuits, batch_size, scores.graph, ablation, all_logits)
     result.sizes, result.edges = np.asarray(sizes, dtype=float), np.asarray(counts)
     return result
