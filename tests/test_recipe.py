@@ -30,6 +30,8 @@ def test_polar_express_applies_its_own_quintic_at_each_step(shape):
     assert (X.double() - polar).norm() < 0.7 * (orthogonalize(G, 5).double() - polar).norm()
     s = torch.linalg.svdvals(X.double())
     assert s.min() > 0.8 and s.max() < 1.2
+    with pytest.raises(ValueError, match="5 steps"):
+        orthogonalize(G, 6, method="polar_express")
 
 
 def test_bf16_products_on_the_cpu():
@@ -80,13 +82,11 @@ def test_momentum_warmup_rises_from_085_to_the_momentum():
 
 def test_train_config_passes_the_muon_options_and_refuses_bad_ones():
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=11))
-    cfg = TrainConfig(optimizer="muon", muon_method="polar_express", muon_ns_steps=4, normuon=0.9,
-                      muon_momentum_warmup=7, muon_bf16=True)
+    cfg = TrainConfig(optimizer="muon", muon_method="polar_express", normuon=0.9, muon_momentum_warmup=7,
+                      muon_bf16=True)
     group = make_optimizer(model, cfg, "cpu").optimizers["muon"].param_groups[0]
-    assert (group["method"], group["ns_steps"], group["bf16"], group["normuon"], group["momentum_warmup"]) == \
-        ("polar_express", 4, True, 0.9, 7)
-    with pytest.raises(ConfigError, match="muon_ns_steps to 5 or fewer"):
-        TrainConfig(optimizer="muon", muon_method="polar_express", muon_ns_steps=6)
+    assert (group["method"], group["bf16"], group["normuon"], group["momentum_warmup"]) == \
+        ("polar_express", True, 0.9, 7)
     with pytest.raises(ConfigError, match="muon_method"):
         TrainConfig(muon_method="svd")
     with pytest.raises(ConfigError, match="normuon"):

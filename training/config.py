@@ -19,7 +19,7 @@ from model.config import flatten, nested_configs, unflatten
 from model.rules import Rule, check_fields, number, one_of, size
 from data.documents import ALIGNS, Packing
 from model.sampling import Sampling
-from training.muon import ORTHOGONALIZERS, POLAR_EXPRESS
+from training.muon import ORTHOGONALIZERS
 from weights.common import ConfigError
 from weights.hf_gpt2 import HUB_MODELS
 
@@ -74,7 +74,6 @@ class TrainConfig:
     muon_momentum: float = 0.95
     muon_weight_decay: float = 0.0
     muon_method: str = "newton_schulz"  # orthogonaliser: 'newton_schulz' (Jordan's quintic) or 'polar_express'
-    muon_ns_steps: int = 5  # its iterations (polar_express: at most 5)
     muon_bf16: bool = False  # its products in bfloat16 on the CPU too (as always on CUDA): faster with AMX/avx512_bf16
     muon_momentum_warmup: int = 0  # iterations over which Muon's momentum rises from 0.85 to muon_momentum
     normuon: float = 0.0  # NorMuon: decay of each neuron's running mean of squared updates (0.95); 0: plain Muon
@@ -104,7 +103,7 @@ class TrainConfig:
         "attn_stats_interval": size(0, "must be 0 (off) or positive"),
         "lr_schedule": one_of(("cosine", "wsd")), "cooldown_frac": number("must be in [0, 1]", at_least=0, at_most=1),
         "optimizer": one_of(("adamw", "muon")), "muon_method": one_of(ORTHOGONALIZERS),
-        "muon_ns_steps": size(), "muon_momentum_warmup": size(0, "must not be negative"),
+        "muon_momentum_warmup": size(0, "must not be negative"),
         "normuon": number("must be in [0, 1) (0: plain Muon)", at_least=0, below=1), "batch_align": one_of(ALIGNS), "dtype": one_of(DTYPES),
         "device": Rule(lambda v: v == "auto" or (isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda", "mps")),
                        lambda: "must be auto, cpu, cuda, cuda:N or mps"),
@@ -115,9 +114,6 @@ class TrainConfig:
         if self.optimizer == "muon" and not (self.muon_lr > 0 and 0 <= self.muon_momentum < 1
                                              and self.muon_weight_decay >= 0):
             raise ConfigError("muon needs muon_lr > 0, muon_momentum in [0, 1) and muon_weight_decay >= 0.")
-        if self.muon_method == "polar_express" and self.muon_ns_steps > len(POLAR_EXPRESS):
-            raise ConfigError(f"muon_method=polar_express has {len(POLAR_EXPRESS)} steps; set muon_ns_steps to "
-                              f"{len(POLAR_EXPRESS)} or fewer (got {self.muon_ns_steps}).")
         self.packing  # Packing refuses doc_boundary_loss without doc_mask
         if self.eval_file and not self.eval_only:
             raise ConfigError("--eval_file is evaluated by --eval_only=True (with --init_from=resume or a GPT-2); "

@@ -35,6 +35,8 @@ def orthogonalize(G: torch.Tensor, steps: int = 5, eps: float = 1e-7, method: st
     The products run in bfloat16 on CUDA, and on the CPU with `bf16` (faster where it has AMX or avx512_bf16).
     """
     if method == "polar_express":
+        if steps > len(POLAR_EXPRESS):
+            raise ValueError(f"Polar Express has coefficients for {len(POLAR_EXPRESS)} steps, not {steps}.")
         coefficients, scale = POLAR_EXPRESS[:steps], 1.02
     else:
         coefficients, scale = [NS_COEFFS] * steps, 1.0
@@ -196,7 +198,7 @@ def make_muon_adamw(model: torch.nn.Module, muon_lr: float, adamw_lr: float, bet
                     weight_decay: float, muon_momentum: float = 0.95, muon_weight_decay: float = 0.0,
                     fused: bool = False, **muon_options) -> Optimizers:
     """Muon for block matrices; AdamW for the rest (embeddings and head with weight decay, 1-D without).
-    `muon_options` go to Muon (method, ns_steps, bf16, normuon, momentum_warmup).
+    `muon_options` go to Muon (method, bf16, normuon, momentum_warmup).
 
     Each group carries `lr_scale`, its peak learning rate over adamw_lr, for train.py's schedule.
     """
