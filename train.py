@@ -419,21 +419,27 @@ def save(run: Run, model, optimizer, scaler, elapsed: float, best: bool = False)
             run.log.print(f"saved {run.ckpt_path} at iter {run.iter_num} ({what}{also})")
 
 
-def train_step(run: Run, model, train_model, optimizer, scaler) -> tuple[float, float, bool]:
-    """One optimizer step over the global batch; return (mean loss, gradient norm, finite).
+def train_batch(run: Run, model, micro: int) -> dict:
+    """This rank's micro-batch `micro` of the iteration: micro-batch j of the global batch is drawn from its own
+    generator, and rank r takes j = r, r + N, ... Each sequence comes as many times in a row as an AuxiliaryLoss
+    asks (model/layers.py copies_per_sequence: REINFORCE's leave-one-out samples)."""
+    j = micro * run.ranks.world_size + run.ranks.rank
+    batch = run.batches.get("train", batch_generator(run.cfg.seed, "train", run.iter_num, j))
+    copies = copies_per_sequence(model)
+    if copies > 1:
+        batch = {name: rows.repeat_interleave(copies, 0) for name, rows in batch.items()}
+    return batch
 
-    Micro-batch j of the global batch is drawn from its own generator: rank r takes j = r, r + N, ...
-    A step with a non-finite loss or gradient is skipped.
+
+def train_step(run: Run, model, train_model, optimizer, scaler) -> tuple[float, float, bool]:
+    """One optimizer step over the global batch (train_batch draws its micro-batches); return (mean loss, gradient
+    norm, finite). A step with a non-finite loss or gradient is skipped.
     """
     ranks = run.ranks
     micro_steps = run.cfg.gradient_accumulation_steps // ranks.world_size  # on this rank
     loss_sum = torch.zeros((), device=ranks.device)
     for micro in range(micro_steps):
-        j = micro * ranks.world_size + ranks.rank
-        batch = run.batches.get("train", batch_generator(run.cfg.seed, "train", run.iter_num, j))
-        copies = copies_per_sequence(model)  # e.g. REINFORCE's leave-one-out samples: each sequence k times in a row
-        if copies > 1:
-            batch = {name: rows.repeat_interleave(copies, 0) for name, rows in batch.items()}
+        batch = train_batch(run, model, micro)
         run.tokens_pending = run.tokens_pending + run.batches.count_tokens(batch)  # real tokens, for tokens/s
         with distributed.grad_sync(train_model, sync=micro == micro_steps - 1):  # all-reduce on the last only
             with run.autocast:
@@ -476,22 +482,62 @@ def duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def log_progress(run: Run, loss_value: float, lr: float, seconds: float, iters: int, tokens: int,
-                 token_flops: float, peak: float | None) -> float:
-    """Rank 0's line every log_interval iterations (progress, loss, lr, time, tokens/s, MFU, ETA); return tokens/s.
+@dataclass
+class Window:
+    """The training since the last progress line (tokens/s, ms/iter, MFU): when it began, its iterations, the run's
+    tokens then; the tokens/s of the last line (the next evaluation logs it); FLOPs per token and the peak FLOP/s."""
 
-    `seconds`, `iters` and `tokens`: the training time, iterations and real tokens since the last line. The ETA extrapolates
-    this run's wall time so far (evaluations and saves included) over the iterations left."""
+    token_flops: float
+    peak: float | None
+    tokens: int
+    started: float = field(default_factory=time.perf_counter)
+    iters: int = 0
+    tokens_per_s: float = 0.0
+
+    def restart(self, tokens: int) -> None:
+        """Begin a new window now (after a progress line, or an evaluation: evaluation time is not training time)."""
+        self.started, self.iters, self.tokens = time.perf_counter(), 0, tokens
+
+
+def progress_window(run: Run, model) -> Window:
+    """The first Window of the loop; says when MFU is unknown (a GPU not in training/mfu.py's table)."""
+    token_flops, (peak, gpu_name) = flops_per_token(model, run.model_cfg.block_size), device_peak(run.ranks.device)
+    if run.ranks.device.startswith("cuda") and peak is None:
+        run.log.print(f"MFU unknown for {gpu_name} (not in training/mfu.py's table of peak FLOP/s)")
+    return Window(token_flops, peak, run.tokens)
+
+
+def attention_stats(run: Run, model) -> float:
+    """Every attn_stats_interval iterations, log attention statistics (rank 0 alone: a sharded model would need
+    every rank's forward); return the seconds it took, which are not training time."""
+    cfg = run.cfg
+    if not (cfg.attn_stats_interval and run.iter_num % cfg.attn_stats_interval == 0 and not cfg.eval_only
+            and run.ranks.master and not cfg.fsdp):
+        return 0.0
+    started = time.perf_counter()
+    log_attention(model, run.batches.get("val", torch.Generator().manual_seed(cfg.seed + 2)), run.tokenizer,
+                  run.iter_num, cfg.wandb_log)
+    return time.perf_counter() - started
+
+
+def log_progress(run: Run, loss_value: float, lr: float, window: Window) -> None:
+    """Rank 0's line every log_interval iterations (progress, loss, lr, time, tokens/s, MFU, ETA) over the window
+    since the last line, which then restarts. The ETA extrapolates this run's wall time so far (evaluations and
+    saves included) over the iterations left."""
     cfg = run.cfg
     done = run.iter_num - run.start_iter
-    tokens_per_s = tokens / seconds
-    utilisation = f", MFU {100 * mfu(tokens_per_s, token_flops, peak, run.ranks.world_size):.1f}%" if peak else ""
+    tokens = run.count_tokens()
+    seconds, iters = time.perf_counter() - window.started, window.iters
+    tokens_per_s = (tokens - window.tokens) / seconds
+    peak = window.peak
+    utilisation = f", MFU {100 * mfu(tokens_per_s, window.token_flops, peak, run.ranks.world_size):.1f}%" if peak else ""
     eta = (time.perf_counter() - run.started) / done * (cfg.max_iters - run.iter_num)
     run.log.print(f"iter {run.iter_num}/{cfg.max_iters} ({100 * run.iter_num / max(1, cfg.max_iters):.0f}%): loss "
                   f"{loss_value:.4f}, lr {lr:.2e}, {seconds / iters * 1000:.1f} ms/iter, "
                   f"{tokens_per_s / 1000:.1f}k tokens/s{utilisation}, ETA {duration(eta)}")
     run.log.log({"train/loss": loss_value, "lr": lr, "tokens_per_s": tokens_per_s}, run.iter_num)
-    return tokens_per_s
+    window.tokens_per_s = tokens_per_s
+    window.restart(tokens)
 
 
 def summary(run: Run) -> str:
@@ -573,11 +619,8 @@ def checkpoint_note(run: Run | None, cfg: TrainConfig | None = None) -> str:
 def train_loop(run: Run, model, train_model, optimizer, scaler, stop: GracefulStop) -> None:
     """Evaluate, save and step until max_iters (or once, with eval_only); on a signal, save and stop."""
     cfg, ranks = run.cfg, run.ranks
-    token_flops, (peak, gpu_name) = flops_per_token(model, run.model_cfg.block_size), device_peak(ranks.device)
-    if ranks.device.startswith("cuda") and peak is None:
-        run.log.print(f"MFU unknown for {gpu_name} (not in training/mfu.py's table of peak FLOP/s)")
+    window = progress_window(run, model)  # tokens/s, ms/iter and MFU since the last progress line
     run.started = time.perf_counter()
-    window_start, window_iters, window_tokens, tokens_per_s = time.perf_counter(), 0, run.tokens, 0.0
     while True:
         lr = lr_at(run.iter_num, cfg)
         for group in optimizer.param_groups:
@@ -586,17 +629,11 @@ def train_loop(run: Run, model, train_model, optimizer, scaler, stop: GracefulSt
         if (run.iter_num % cfg.eval_interval == 0 or run.iter_num >= cfg.max_iters or cfg.eval_only) \
                 and not resumed_here:
             evaluate_and_save(run, model, optimizer, scaler, lr, run.elapsed_before + time.perf_counter() - run.started,
-                              tokens_per_s)
+                              window.tokens_per_s)
             if cfg.eval_only:
                 break
-            window_start, window_iters = time.perf_counter(), 0  # evaluation time is not training time
-            window_tokens = run.tokens
-        if cfg.attn_stats_interval and run.iter_num % cfg.attn_stats_interval == 0 and not cfg.eval_only \
-                and ranks.master and not cfg.fsdp:  # rank 0 alone; a sharded model would need every rank's forward
-            t_attn = time.perf_counter()
-            log_attention(model, run.batches.get("val", torch.Generator().manual_seed(cfg.seed + 2)), run.tokenizer,
-                          run.iter_num, cfg.wandb_log)
-            window_start += time.perf_counter() - t_attn  # not training time
+            window.restart(run.tokens)  # evaluation time is not training time
+        window.started += attention_stats(run, model)  # analysis, not training time
         if run.iter_num >= cfg.max_iters:
             break
         step_start = time.perf_counter()
@@ -604,13 +641,10 @@ def train_loop(run: Run, model, train_model, optimizer, scaler, stop: GracefulSt
         run.train_seconds += time.perf_counter() - step_start
         run.iter_num += 1
         run.evaluated = False
-        window_iters += 1
+        window.iters += 1
         check_finite(run, loss_value, grad_norm, finite)
         if run.iter_num % cfg.log_interval == 0:
-            tokens = run.count_tokens()
-            tokens_per_s = log_progress(run, loss_value, lr, time.perf_counter() - window_start, window_iters,
-                                        tokens - window_tokens, token_flops, peak)
-            window_start, window_iters, window_tokens = time.perf_counter(), 0, tokens
+            log_progress(run, loss_value, lr, window)
         if stop.requested(ranks):
             stop_and_save(run, model, optimizer, scaler, stop.signum)
 

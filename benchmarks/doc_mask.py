@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from model.attention import compiled_flex_attention, document_mask  # noqa: E402
+from model.documents import compiled_flex_attention, document_mask  # noqa: E402
 
 SIZES = [(12, 4, 64, 32), (8, 6, 256, 64), (2, 12, 1024, 64)]  # (B, n_head, T, head_dim): CPU config .. GPT-2
 
@@ -73,7 +73,7 @@ def measure(B: int, H: int, T: int, D: int, device: str, backward: bool, rounds:
                 q, k, v, attn_mask=document_mask(doc_ids, T, causal=True)))}
     if device.startswith("cuda") or not backward:  # FlexAttention has no backward pass on the CPU (torch 2.13)
         ways["FlexAttention (compiled) + BlockMask"] = run(lambda: compiled_flex_attention(
-            q, k, v, block_mask=document_mask(doc_ids, T, causal=True, flex=True)))
+            q, k, v, block_mask=document_mask(doc_ids, T, causal=True, flex=True).block_mask))
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     return timed(ways, rounds, sync)
 

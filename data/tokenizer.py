@@ -53,6 +53,10 @@ class Tokenizer:
                 ids.extend(self._encode(piece))
         return ids
 
+    def prefix_ids(self) -> list[int]:
+        """The ids this tokenizer's own template puts before a text (none for ours; see HFTokenizer)."""
+        return []
+
     def decode(self, ids) -> str:
         """Ids -> text; special tokens print as their names."""
         names = {i: s for s, i in self.special_ids.items()}
@@ -204,6 +208,15 @@ class HFTokenizer(Tokenizer):
             for role, token in self.roles.items():
                 text = text.replace(ROLES[role], token)
         return self.backend.encode(text, add_special_tokens=False).ids
+
+    def prefix_ids(self) -> list[int]:
+        """The ids the folder's template (tokenizer.json's post-processor) puts before a text: Llama's <s>,
+        BERT's [CLS]; none for GPT-2, Pythia or Qwen. Hugging Face's tokenizer(text) starts with them, and a
+        causal model was trained to see them, so sample.py starts a prompt with them."""
+        bare = self.backend.encode("a", add_special_tokens=False).ids
+        full = self.backend.encode("a", add_special_tokens=True).ids
+        start = next((k for k in range(len(full) - len(bare) + 1) if full[k:k + len(bare)] == bare), 0)
+        return full[:start]
 
     def decode(self, ids) -> str:
         ids = [int(i) for i in ids]

@@ -23,7 +23,8 @@ import torch
 
 from lens.modes import refuse_training
 from lens.cache import LensError, get_stack
-from model.attention import PastKeyValues, document_mask, document_positions
+from model.attention import PastKeyValues
+from model.documents import document_mask, document_positions
 from model.generation import padded_causal_mask, padded_positions
 from model.layers import softcap
 

@@ -17,15 +17,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask, create_mask, flex_attention
 
 from model.hooks import HookPoint
 from model.rotary import Rotary
 
 SCORES: dict[str, type] = {}
-# compiled on first use: FlexAttention's fused kernel, and the block mask built without a Python loop
-compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
-compiled_create_block_mask = torch.compile(create_block_mask)
 WEIGHTINGS: dict[str, type] = {}
 
 
@@ -128,50 +124,6 @@ def make_mask(q_len: int, k_len: int, causal: bool, key_padding_mask: torch.Tens
         pad = key_padding_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
         mask = pad if mask is None else mask & pad
     return mask
-
-
-def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
-    """(B, S) document ids -> (B, S) positions that restart at 0 wherever the id changes."""
-    index = torch.arange(doc_ids.size(1), device=doc_ids.device).expand_as(doc_ids)
-    starts = torch.ones_like(doc_ids, dtype=torch.bool)
-    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-    return index - torch.where(starts, index, 0).cummax(dim=1).values
-
-
-def document_mask(doc_ids: torch.Tensor, q_len: int, causal: bool, key_padding_mask: torch.Tensor | None = None,
-                  flex: bool = False):
-    """Where the last q_len of S positions may attend when each token sees only its own document.
-
-    doc_ids (B, S): each position's document; key_padding_mask (B, S): True at real tokens. A bool
-    (B, 1, T, S) mask (True = may attend), or with `flex` the same mask as a FlexAttention BlockMask
-    (blocks wholly masked are skipped: compiled FlexAttention's fast path, on CUDA).
-    """
-    B, S = doc_ids.shape
-    offset = S - q_len
-
-    def may_attend(b, h, q, kv):  # FlexAttention's mask_mod: index tensors in, bool tensor out
-        allowed = doc_ids[b, q + offset] == doc_ids[b, kv]
-        if causal:
-            allowed = allowed & (kv <= q + offset)
-        if key_padding_mask is not None:
-            allowed = allowed & key_padding_mask[b, kv].bool()
-        return allowed
-
-    if flex:  # compiled on CUDA (a Python loop over blocks otherwise); on the CPU, for tests, as it is
-        build = compiled_create_block_mask if doc_ids.is_cuda else create_block_mask
-        return build(may_attend, B, None, q_len, S, device=doc_ids.device)
-    allowed = doc_ids[:, offset:, None] == doc_ids[:, None, :]  # (B, T, S): the same mask, by broadcasting
-    if causal:
-        allowed = allowed & make_mask(q_len, S, causal=True, offset=offset, device=doc_ids.device)[0]
-    if key_padding_mask is not None:
-        allowed = allowed & key_padding_mask.bool()[:, None, :]
-    return allowed[:, None]  # (B, 1, T, S)
-
-
-def dense_mask(block_mask: BlockMask) -> torch.Tensor:
-    """A BlockMask's mask as a bool (B, 1, T, S) tensor, for the explicit path."""
-    q_len, kv_len = block_mask.seq_lengths
-    return create_mask(block_mask.mask_mod, block_mask.shape[0], 1, q_len, kv_len, device=block_mask.kv_num_blocks.device)
 
 
 class PastKeyValues:
@@ -287,8 +239,8 @@ class Attention(nn.Module):
                 positions: torch.Tensor | None = None):
         """Attend from x (B, T, C) to itself or to `source` (B, S, C); return y (B, T, C) [, weights].
 
-        `mask` (bool, broadcastable to (B, nh, T, S), True = may attend; or a FlexAttention BlockMask from
-        document_mask, which the explicit path and dropout turn into the bool mask) is complete when given;
+        `mask` (bool, broadcastable to (B, nh, T, S), True = may attend; or a mask with its own kernel, `attend` and
+        `dense`: FlexAttention's, model/documents.py FlexMask) is complete when given;
         otherwise `causal` asks for a causal mask, offset by the positions already in `cache`.
         `positions` (B, T) are the rows' own rotary positions (a left-padded batch).
         """
@@ -305,11 +257,11 @@ class Attention(nn.Module):
         explicit = need_weights or self.scores.active or self.pattern.active or not self.weighting.fast \
             or self.scorer.sdpa_scale is None
         dropout_p = self.dropout_p if self.training else 0.0
-        if isinstance(mask, BlockMask) and (explicit or dropout_p > 0):  # FlexAttention has no dropout
-            mask = dense_mask(mask)
-        if isinstance(mask, BlockMask):  # documents in a packed row (document_mask), on CUDA
+        if hasattr(mask, "attend") and (explicit or dropout_p > 0):  # its kernel gives no weights, has no dropout
+            mask = mask.dense()
+        if hasattr(mask, "attend"):  # a mask with its own kernel (packed documents on CUDA: FlexAttention)
             weights = None
-            z = compiled_flex_attention(self.scorer.prepare_q(q), k, v, block_mask=mask, scale=self.scorer.sdpa_scale)
+            z = mask.attend(self.scorer.prepare_q(q), k, v, self.scorer.sdpa_scale)
         elif explicit:
             scores = self.scorer(q, k)  # (B, nh, T, S)
             if sdpa_causal:

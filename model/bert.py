@@ -10,7 +10,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from model.attention import document_mask, document_positions, make_mask
+from model.attention import make_mask
+from model.documents import document_mask, document_positions
 from model.config import BERTConfig, ConfigError
 from model.family import EmbeddingStem, Family, logits_and_loss, tie_head
 from model.generation import padded_positions

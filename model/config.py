@@ -10,12 +10,16 @@ import dataclasses
 from dataclasses import dataclass
 
 from model.attention import SCORES, WEIGHTINGS
-from model.rules import check_fields, instance, one_of, size
-from model.transformer_config import (POSITIONS, GPTConfig, HardAttentionConfig, TransformerConfig, flat_keys_too,
-                                      flatten, from_flat, nested_configs, unflatten)
+from model.hard_attention_config import HardAttentionConfig
+from model.options import flat_keys_too, flatten, from_flat, nested_configs, unflatten
+from model.rules import check_fields, one_of, registered, size
+from model.transformer_config import OPTIONS, POSITIONS, GPTConfig, TransformerConfig, plug_in_options
 from weights.errors import ConfigError
 
 SOURCE_SIZE = size(0, "must be a positive integer, or 0 for the target side's value")  # 0: the target side's
+# the learner's configs take the flat keys of checkpoints and the command line too, as every config here does
+flat_keys_too(TransformerConfig)
+flat_keys_too(GPTConfig)
 
 
 @flat_keys_too
@@ -95,7 +99,7 @@ class RNNConfig:
     n_head: int = 1  # heads of the decoder's attention over the encoder states
     attn_score: str = "additive"  # how a decoder state is compared with an encoder state
     attn_weighting: str = "softmax"
-    hard_attention: HardAttentionConfig = dataclasses.field(default_factory=HardAttentionConfig)  # as in TransformerConfig
+    hard_attention: HardAttentionConfig = plug_in_options("hard_attention")  # as in TransformerConfig
     dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True  # the output layer shares the target embedding's weights
@@ -109,7 +113,7 @@ class RNNConfig:
         "block_size": size(), "vocab_size": size(), "n_layer": size(), "n_embd": size(), "n_head": size(),
         "source_block_size": SOURCE_SIZE, "source_vocab_size": SOURCE_SIZE, "cell": one_of(cells),
         "dropout": TransformerConfig.rules["dropout"], "attn_score": one_of(SCORES), "attn_weighting": one_of(WEIGHTINGS),
-        "hard_attention": instance(HardAttentionConfig),
+        "hard_attention": registered(OPTIONS, "hard_attention"),
     }
 
     def __post_init__(self):

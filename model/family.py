@@ -9,11 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.transformer_config import flatten
 from model.hooks import HookedModel, HookPoint
 from model.layers import auxiliary_losses, softcap
 from weights.errors import IGNORE_INDEX
-from weights.pretrained import save_hf
+from weights.pretrained import save_model
 
 
 def embed(ids: torch.Tensor, wte: nn.Embedding, wpe: nn.Embedding | None, limit: int, offset: int = 0,
@@ -110,5 +109,4 @@ class Family(HookedModel, nn.Module):
         meta dict, its files) that transformers' Auto classes load; an ExportError for options they lack.
         The folder is written whole, then swapped in; one that holds anything but an earlier export is
         refused unless `overwrite`."""
-        meta = tokenizer.meta() if hasattr(tokenizer, "meta") else tokenizer
-        save_hf(folder, self.model_type, flatten(self.config), self.state_dict(), meta, overwrite)
+        save_model(self, folder, tokenizer, overwrite)  # weight I/O: weights/pretrained.py

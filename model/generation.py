@@ -66,24 +66,6 @@ def pack(windows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def last_documents(idx: torch.Tensor, doc_ids: torch.Tensor,
-                   attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's last document of packed prompts idx (B, T), left-padded: (ids, mask), as `pack` gives.
-
-    Under document masking the next token sees only its own document, with positions from its start, so
-    continuing a packed row is continuing its last document alone. doc_ids (B, T) must give that document
-    as one run of tokens at the row's end (data.documents.document_ids numbers documents so)."""
-    if doc_ids.shape != idx.shape:
-        raise ValueError(f"doc_ids has shape {tuple(doc_ids.shape)}; it must match the prompts {tuple(idx.shape)}.")
-    keep = doc_ids == doc_ids[:, -1:]
-    if attention_mask is not None:
-        keep = keep & attention_mask.to(keep.device).bool()
-    if (keep[:, :-1] & ~keep[:, 1:]).any():
-        raise ValueError("doc_ids must give each row's last document as one run of tokens at its end; number "
-                         "the documents in order (data.documents.document_ids).")
-    return pack([row[k] for row, k in zip(idx, keep)])
-
-
 def until_stopped(tokens: Iterator[torch.Tensor], stop_token: int | None) -> Iterator[torch.Tensor]:
     """The (B, 1) tokens as they come; with stop_token, a row that has emitted it emits it again (Hugging
     Face's eos_token_id with pad_token_id the same), and the stream ends once every row has."""

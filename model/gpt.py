@@ -12,12 +12,12 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from model.attention import PastKeyValues, document_mask, document_positions
+from model.attention import PastKeyValues
 from model.transformer_config import GPTConfig
 from model.family import EmbeddingStem, Family, logits_and_loss, tie_head
 from model.layers import Block, init_weights, make_norm
 from weights.pretrained import decoder_config, load_decoder
-from model.generation import CachedSteps, decode, last_documents, padded_causal_mask, padded_positions
+from model.generation import CachedSteps, decode, padded_causal_mask, padded_positions
 from model.sampling import Generators, Sampling
 
 
@@ -25,6 +25,7 @@ class GPT(EmbeddingStem, Family):
     """A decoder-only language model."""
 
     model_type = "gpt"
+    documents = None  # what doc_ids (packed documents) mean: model/documents.py PackedDocuments, set by model/__init__.py
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -63,7 +64,7 @@ class GPT(EmbeddingStem, Family):
         offset = caches[0].len if caches else 0
         positions = mask = None
         if doc_ids is not None:
-            positions, mask = self.document_layout(doc_ids, idx, offset, attention_mask)
+            positions, mask = self.documents.layout(doc_ids, idx, offset, attention_mask)
         elif attention_mask is not None:
             if attention_mask.shape != (idx.size(0), offset + idx.size(1)):
                 raise ValueError(f"attention_mask must be (batch, cached + new tokens) = "
@@ -77,18 +78,6 @@ class GPT(EmbeddingStem, Family):
         if last_only:
             x = x[:, -1:]
         return logits_and_loss(self.lm_head(x), targets, self.config.logit_softcap, self)  # (B, T, V), loss or None
-
-    @staticmethod
-    def document_layout(doc_ids: torch.Tensor, idx: torch.Tensor, offset: int, attention_mask) -> tuple:
-        """(positions (B, T), mask) of packed documents: FlexAttention's block mask on CUDA for a whole
-        window, a bool mask otherwise (model/attention.py document_mask)."""
-        if attention_mask is not None:
-            raise ValueError("give attention_mask (left-padded prompts) or doc_ids (packed documents), not both.")
-        if doc_ids.shape != (idx.size(0), offset + idx.size(1)):
-            raise ValueError(f"doc_ids must be (batch, cached + new tokens) = {(idx.size(0), offset + idx.size(1))}, "
-                             f"got {tuple(doc_ids.shape)}.")
-        flex = idx.is_cuda and offset == 0 and idx.size(1) > 1
-        return document_positions(doc_ids)[:, offset:], document_mask(doc_ids, idx.size(1), True, flex=flex)
 
     @torch.no_grad()
     def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
@@ -106,10 +95,10 @@ class GPT(EmbeddingStem, Family):
         `stop_token`: a row that has emitted it emits it again (Hugging Face's eos_token_id with
         pad_token_id the same), and the stream ends once every row has.
         `doc_ids` (B, T): packed prompts of a model trained with document masking; each row continues its
-        last document, which is all its next tokens can see (model/generation.py last_documents).
+        last document, which is all its next tokens can see (model/documents.py last_documents).
         """
         if doc_ids is not None:
-            idx, attention_mask = last_documents(idx, doc_ids, attention_mask)
+            idx, attention_mask = self.documents.prompts(idx, doc_ids, attention_mask)
         steps = CachedSteps(self, use_cache)
         yield from decode(steps, idx, max_new_tokens, Sampling(temperature, top_k, top_p), generator, attention_mask,
                           stop_token, use_cache)

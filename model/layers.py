@@ -8,30 +8,10 @@ from model.attention import Attention, PastKeyValues, Score
 from model.hooks import HookPoint
 from weights.errors import IGNORE_INDEX
 
-
-class ReLUSquared(nn.Module):
-    """relu(x)^2 (So et al., 2021, "Primer"): as cheap as ReLU, trains faster than GELU in small models."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(x).square()
-
-
-class SwiGLU(nn.Module):
-    """Gated unit silu(a) * b (Shazeer, 2020) over the two halves [a, b] of a doubled hidden layer."""
-
-    gated = True  # the MLP's c_fc produces both halves
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = x.chunk(2, dim=-1)
-        return F.silu(a) * b
-
-
 ACTIVATIONS = {
     "gelu": lambda: nn.GELU(),  # exact (erf) GELU, as nanoGPT and BERT
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # GPT-2's approximation
-    "relu2": ReLUSquared,
-    "swiglu": SwiGLU,
-}
+}  # the modern recipe's relu2 and swiglu register here (model/activations.py)
 NORMS = {
     "layernorm": lambda config: nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias),
     "rmsnorm": lambda config: nn.RMSNorm(config.n_embd, eps=config.norm_eps),  # x / rms(x) * g: no mean, no bias

@@ -53,9 +53,9 @@ def flag() -> Rule:
     return Rule(lambda v: type(v) is bool, lambda: "must be True or False")
 
 
-def instance(cls: type) -> Rule:
-    """An instance of `cls` (a nested config)."""
-    return Rule(lambda v: isinstance(v, cls), lambda: f"must be a {cls.__name__}")
+def registered(registry: dict, name: str) -> Rule:
+    """An instance of the class registered under `name` (a plug-in's nested config), read at check time."""
+    return Rule(lambda v: isinstance(v, registry[name]), lambda: f"must be a {registry[name].__name__}")
 
 
 def check_fields(config, prefix: str = "") -> None:
@@ -65,4 +65,4 @@ def check_fields(config, prefix: str = "") -> None:
         rule.check(prefix + name, getattr(config, name))
 
 
-__all__ = ["Rule", "size", "number", "one_of", "flag", "instance", "check_fields", "is_number"]
+__all__ = ["Rule", "size", "number", "one_of", "flag", "registered", "check_fields", "is_number"]

@@ -1,7 +1,8 @@
 """The model config a learner reads: TransformerConfig (the sizes and options every Transformer family shares)
 and GPTConfig, each validated in __post_init__ from its rule table (`rules`, model/rules.py), then the checks
-that relate two fields. The options of hard attention are a nested config (flat `hard_attention_*` keys on the
-command line, in config files and checkpoints: `flatten` / `unflatten`).
+that relate two fields. A plug-in's options (hard attention's) are a nested config that it registers in `OPTIONS`;
+model/options.py lets these classes take them as flat keys too (`hard_attention_*`, as checkpoints, config files
+and the command line write them).
 
 The other families' configs (BERT, encoder-decoder, RNN) are in model/config.py, which re-exports these.
 """
@@ -13,100 +14,18 @@ from dataclasses import dataclass
 
 from model.attention import SCORES, WEIGHTINGS
 from model.layers import ACTIVATIONS, NORMS
-from model.rules import check_fields, flag, instance, number, one_of, size
+from model.rules import check_fields, number, one_of, registered, size
 from weights.errors import ConfigError
 
 POSITIONS = ("learned", "rope")  # pos_emb: a learned wpe table added to the tokens, or rotary q and k
+OPTIONS: dict[str, type] = {}  # a plug-in's own options, one nested config each, by field name: hard_attention
 
 
-@dataclass
-class HardAttentionConfig:
-    """The options of hard attention (attn_weighting='hard', model/hard_attention.py), nested in the model
-    configs as `hard_attention`. On the command line and in checkpoints each is a flat key with the
-    prefix `hard_attention_` (--hard_attention_estimator=reinforce): see `flatten` / `unflatten`."""
-
-    temperature: float = 1.0  # tau of the training estimator
-    estimator: str = "gumbel"  # 'gumbel' (straight-through Gumbel-softmax), 'straight_through' or 'reinforce'
-    eval: str = "argmax"  # at evaluation: 'argmax' or 'sample'
-    # REINFORCE estimator only
-    credit: str = "query"  # 'query': each choice gets the target losses it can change; 'own': its own target's
-    # only (biased where a choice also changes later targets); 'sequence': its sequence's
-    baseline: str = "batch"  # 'batch', 'moving_average', 'samples', 'learned' or 'none' (model/reinforce.py)
-    baseline_momentum: float = 0.9  # decay per training step of the moving average (and of normalize's RMS)
-    samples: int = 1  # each training sequence this many times per batch (with baseline='samples', RLOO)
-    normalize: bool = False  # divide advantages by a running RMS of past steps' advantages
-    entropy: float = 0.0  # weight of the entropy bonus on the sampling distribution
-
-    estimators = ("gumbel", "straight_through", "reinforce")
-    eval_modes = ("argmax", "sample")
-    baselines = ("batch", "moving_average", "samples", "learned", "none")
-    credits = ("query", "own", "sequence")
-    reinforce_only = ("credit", "baseline", "baseline_momentum", "samples", "normalize", "entropy")
-    rules = {  # messages name the flat keys (hard_attention_temperature)
-        "temperature": number("must be > 0 and finite", above=0, below=math.inf),  # inf: -inf / inf = nan
-        "estimator": one_of(estimators), "eval": one_of(eval_modes), "baseline": one_of(baselines),
-        "credit": one_of(credits), "samples": size(), "normalize": flag(),
-        "baseline_momentum": number("must be in [0, 1)", at_least=0, below=1),
-        "entropy": number("must be >= 0 and finite", at_least=0, below=math.inf),
-    }
-
-    def __post_init__(self):
-        check_fields(self, prefix="hard_attention_")
-        if self.estimator == "reinforce" and (self.samples > 1) != (self.baseline == "samples"):
-            raise ConfigError("hard_attention_baseline=samples and hard_attention_samples >= 2 go together "
-                              f"(got {self.baseline!r} and {self.samples}); set both or neither.")
+def plug_in_options(name: str):
+    """A config field holding the options of plug-in `name`: the nested config it registered in OPTIONS."""
+    return dataclasses.field(default_factory=lambda: OPTIONS[name]())
 
 
-def nested_configs(cls) -> dict[str, type]:
-    """The fields of a config class that hold a config themselves (e.g. hard_attention), with its class."""
-    return {f.name: f.default_factory for f in dataclasses.fields(cls) if dataclasses.is_dataclass(f.default_factory)}
-
-
-def flatten(config) -> dict:
-    """A config as a flat dict, a nested config's fields as `<field>_<name>` (hard_attention_estimator):
-    the keys of the command line, config files and checkpoints."""
-    values = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            values.update({f"{f.name}_{k}": v for k, v in flatten(value).items()})
-        else:
-            values[f.name] = value
-    return values
-
-
-def unflatten(cls, values: dict) -> dict:
-    """Keyword arguments for config class `cls` from flat values: `<field>_<name>` keys become the nested
-    config `<field>`. Other keys pass through unchanged (the caller decides about unknown ones)."""
-    kwargs = dict(values)
-    for name, sub in nested_configs(cls).items():
-        given = kwargs.pop(name, None)
-        inner = dict(flatten(given)) if dataclasses.is_dataclass(given) else dict(given or {})
-        for f in dataclasses.fields(sub):
-            if f"{name}_{f.name}" in kwargs:
-                inner[f.name] = kwargs.pop(f"{name}_{f.name}")
-        kwargs[name] = sub(**inner)
-    return kwargs
-
-
-def from_flat(cls, values: dict):
-    """Build config class `cls` from flat keyword values (`hard_attention_estimator=...` included)."""
-    return cls(**unflatten(cls, values))
-
-
-def flat_keys_too(cls):
-    """Let the config class also take the flat keys of checkpoints and the command line as keywords, so that
-    nanoGPT's habit `GPTConfig(**checkpoint["model_args"])` builds the nested configs."""
-    init = cls.__init__
-
-    def __init__(self, *args, **kwargs):
-        init(self, *args, **unflatten(type(self), kwargs))
-
-    cls.__init__ = __init__
-    return cls
-
-
-@flat_keys_too
 @dataclass
 class TransformerConfig:
     """Sizes and options shared by every model family (decoder, encoder, encoder-decoder)."""
@@ -123,8 +42,8 @@ class TransformerConfig:
     attn_weighting: str = "softmax"  # how scores become weights
     cross_attn_score: str = "scaled_dot"  # the same two choices for cross-attention (encoder-decoder only)
     cross_attn_weighting: str = "softmax"
-    # options of attn_weighting='hard' (flat keys hard_attention_*; model/hard_attention.py)
-    hard_attention: HardAttentionConfig = dataclasses.field(default_factory=HardAttentionConfig)
+    # options of attn_weighting='hard' (model/hard_attention_config.py; flat keys hard_attention_*)
+    hard_attention: object = plug_in_options("hard_attention")
     activation: str = "gelu"  # MLP non-linearity (model/layers.py ACTIVATIONS); GPT-2 uses gelu_tanh
     # MLP hidden width (BERT's intermediate_size, GPT-2's n_inner); None: 4 * n_embd, or for a gated
     # activation (SwiGLU) 2/3 of that rounded up to a multiple of 8, which keeps the parameter count
@@ -148,7 +67,7 @@ class TransformerConfig:
         "dropout": number("must be a number in [0, 1)", at_least=0, below=1),
         "attn_score": one_of(SCORES), "attn_weighting": one_of(WEIGHTINGS),
         "cross_attn_score": one_of(SCORES), "cross_attn_weighting": one_of(WEIGHTINGS),
-        "hard_attention": instance(HardAttentionConfig),
+        "hard_attention": registered(OPTIONS, "hard_attention"),
         "activation": one_of(ACTIVATIONS), "mlp_hidden": size(none=True, text="must be a positive integer or None "
                                                                           "(4 * n_embd)"),
         "norm": one_of(NORMS),
@@ -195,11 +114,9 @@ class TransformerConfig:
         return dataclasses.replace(self, vocab_size=vocab_size)
 
 
-@flat_keys_too
 @dataclass
 class GPTConfig(TransformerConfig):
     """A GPT-style decoder: causal self-attention, LM head tied to the token embedding."""
 
 
-__all__ = ["ConfigError", "HardAttentionConfig", "flatten", "unflatten", "from_flat", "flat_keys_too",
-           "nested_configs", "TransformerConfig", "GPTConfig", "POSITIONS"]
+__all__ = ["ConfigError", "OPTIONS", "plug_in_options", "TransformerConfig", "GPTConfig", "POSITIONS"]

@@ -99,3 +99,32 @@ def test_cross_cache_computes_source_once():
 def test_cross_attention_without_source_is_an_error():
     with pytest.raises(ValueError, match="source"):
         Attention(CFG, cross=True)(torch.randn(1, 2, 32))
+
+
+class OwnKernel:
+    """A mask that brings its own kernel (as model/documents.py's FlexMask does): here SDPA, counting its calls."""
+
+    def __init__(self, mask: torch.Tensor):
+        self.mask, self.calls = mask, 0
+
+    def attend(self, q, k, v, scale):
+        self.calls += 1
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, scale=scale)
+
+    def dense(self):
+        return self.mask
+
+
+def test_a_mask_with_its_own_kernel_runs_it_on_the_fast_path_and_its_dense_mask_where_weights_are_asked():
+    torch.manual_seed(0)
+    att, x = Attention(CFG).eval(), torch.randn(2, 6, 32)
+    mask = (torch.rand(2, 1, 6, 6) > 0.4) | torch.eye(6, dtype=torch.bool)  # every row keeps its own key
+    kernel = OwnKernel(mask)
+    torch.testing.assert_close(att(x, mask=kernel), att(x, mask=mask))
+    assert kernel.calls == 1
+    y, weights = att(x, mask=kernel, need_weights=True)  # the explicit path: the dense mask, not the kernel
+    assert kernel.calls == 1 and not weights.masked_select(~mask.expand_as(weights)).any()
+    torch.testing.assert_close(y, att(x, mask=mask))
+    dropping = Attention(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=11, dropout=0.1)).train()
+    dropping(x, mask=kernel)  # the kernel has no dropout: training with dropout takes the dense mask to SDPA
+    assert kernel.calls == 1

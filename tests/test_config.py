@@ -197,3 +197,13 @@ def test_one_place_refuses_what_the_family_would_ignore():
     refuse_ignored({"decoding": "greedy", "ablate": "0.1"}, "gpt", SampleConfig, source="out")  # default; its own
     with pytest.raises(ConfigError, match=r"--ablate is for a GPT checkpoint and out holds an RNN.*ablate_heads"):
         refuse_ignored({"ablate": "0.1"}, "rnn", SampleConfig, source="out")
+
+
+@pytest.mark.parametrize("value", [3, "gumbel", [1], {"bogus": 1}])
+def test_a_bad_nested_option_value_is_one_sentence(value):
+    """hard_attention= takes its config or a dict of its options; anything else is a ConfigError saying what to
+    pass (it was a bare TypeError from deep inside the flat-key handling)."""
+    from model import GPTConfig
+    with pytest.raises(ConfigError, match="hard_attention (must be|has no option)"):
+        GPTConfig(hard_attention=value)
+    assert GPTConfig(hard_attention={"estimator": "reinforce"}).hard_attention.estimator == "reinforce"

@@ -76,7 +76,7 @@ def test_document_mask_through_flex_attention_matches_the_cpu_path():
     import copy
 
     from model import GPT
-    from model.attention import document_mask
+    from model.documents import document_mask
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=48, n_layer=2, n_head=4, n_embd=64, block_size=256, pos_emb="rope"))
@@ -86,7 +86,7 @@ def test_document_mask_through_flex_attention_matches_the_cpu_path():
     cpu_loss.backward()
     cuda_model = copy.deepcopy(model).cuda()
     cuda_model.zero_grad()
-    assert not isinstance(document_mask(doc_ids.cuda(), 256, True, flex=True), torch.Tensor)  # a BlockMask
+    assert not isinstance(document_mask(doc_ids.cuda(), 256, True, flex=True), torch.Tensor)  # a FlexMask (a BlockMask)
     for run in (cuda_model, torch.compile(cuda_model)):
         cuda_model.zero_grad()
         _, loss = run(idx.cuda(), targets.cuda(), doc_ids=doc_ids.cuda())

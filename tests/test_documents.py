@@ -14,7 +14,8 @@ from data.mlm import MLMBatches
 from data.tokenizer import CharTokenizer
 from data.tokens import write_tokens
 from model import BERT, GPT, BERTConfig, GPTConfig
-from model.attention import PastKeyValues, dense_mask, document_mask, document_positions
+from model.attention import PastKeyValues
+from model.documents import dense_mask, document_mask, document_positions
 from weights.common import IGNORE_INDEX, ConfigError
 
 TOKENIZER = CharTokenizer("abcdefgh", ("[EOS]",))
@@ -169,7 +170,7 @@ def test_flex_block_mask_is_the_bool_mask():
     for causal in (True, False):
         block = document_mask(doc_ids, 256, causal, padding, flex=True)
         assert torch.equal(dense_mask(block), document_mask(doc_ids, 256, causal, padding))
-    assert block.sparsity() > 0  # blocks across documents are skipped
+    assert block.block_mask.sparsity() > 0  # blocks across documents are skipped
 
 
 def test_train_packs_documents_and_reports_the_waste(doc_data, tmp_path):

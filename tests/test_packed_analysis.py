@@ -55,7 +55,7 @@ def test_doc_ids_that_do_not_fit_are_one_sentence_errors():
 
 
 def test_generating_from_packed_prompts_continues_each_rows_last_document():
-    from model.generation import last_documents
+    from model.documents import last_documents
 
     model, first, second, other, doc_ids = runs("rope")
     packed = torch.cat([first, second], 1)

@@ -128,3 +128,50 @@ def test_circuits_explains_an_encoder(bert_folders, tmp_path, capsys):
     with pytest.raises(UserError, match="--target names a predicted token"):
         circuits.main([f"--init_from={bert_folders['mlm']}", "--prompt=the cat", "--target=cat",
                        f"--report={tmp_path}"])
+
+
+@pytest.fixture(scope="module")
+def bos_llama_folder(llama_folder, tmp_path_factory):
+    """The Llama folder with a tokenizer.json whose template starts every text with <s>, as Llama's does."""
+    from tokenizers import processors
+    folder, tokenizer = llama_folder
+    bos_folder = tmp_path_factory.mktemp("llama_bos")
+    shutil.copytree(folder, bos_folder, dirs_exist_ok=True)
+    from transformers import LlamaConfig, LlamaForCausalLM
+    config = LlamaConfig.from_pretrained(folder)
+    config.initializer_range = 0.5  # sharp attention: a prompt without <s> continues differently
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(bos_folder)
+    tokenizer = tokenizer.from_str(tokenizer.to_str())  # a copy: the module's fixture stays template-free
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer.save(str(bos_folder / "tokenizer.json"))
+    return bos_folder
+
+
+def test_sample_starts_the_prompt_as_the_folders_template_does(bos_llama_folder, tmp_path, capsys):
+    """Llama's tokenizer puts <s> before a text, so Hugging Face's generate sees it: sample.py must too (its
+    greedy text equals transformers' own), and prints the prompt without it; --prompt_prefix=False drops it."""
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+    hf_tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(bos_llama_folder / "tokenizer.json"))
+    prompt = "the dog sat in the park"
+    ids = hf_tokenizer(prompt)["input_ids"]
+    assert ids[0] == 1 and ids[1:] == hf_tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    hf = LlamaForCausalLM.from_pretrained(bos_llama_folder)
+    hf.generation_config.eos_token_id = None  # sample.py, like nanoGPT's, runs past </s>
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, attention_mask=torch.ones(1, len(ids)),
+                          pad_token_id=0)[0, len(ids):].tolist()
+    args = [f"--init_from={bos_llama_folder}", f"--start={prompt}", "--num_samples=1", "--max_new_tokens=6",
+            "--temperature=0", "--device=cpu"]
+    sample.main(args)
+    assert capsys.readouterr().out.strip() == hf_tokenizer.decode(ids[1:] + out).strip()
+    model = GPT.from_pretrained(str(bos_llama_folder))
+    with torch.no_grad():
+        bare = model.generate(torch.tensor([ids[1:]]), 6, temperature=0.0)[0].tolist()
+    assert bare[len(ids) - 1:] != out  # without <s> this model continues differently: the test can tell
+    sample.main(args + ["--prompt_prefix=False"])
+    assert capsys.readouterr().out.strip() == hf_tokenizer.decode(bare).strip()
+    (tmp_path / "prompts.txt").write_text(f"{prompt}\nthe cat\n")  # a batch starts each prompt with <s> too
+    sample.main(args[:1] + args[2:] + [f"--prompts={tmp_path / 'prompts.txt'}"])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.strip() == "[prompt 1] " + hf_tokenizer.decode(ids[1:] + out).strip()

@@ -134,6 +134,7 @@ class SampleConfig:
     init_from: str = "resume"  # 'resume' (the checkpoint in out_dir), a GPT-2 name, a Hugging Face folder or Hub id
     tokenizer: str = ""  # for --init_from=<folder> without tokenizer files: 'gpt2' or a folder holding them
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
+    prompt_prefix: bool = True  # GPT: start prompts as the tokenizer's template does (Llama's <s>; ours add none)
     prompts: str = ""  # a file of prompts, one per line, continued together in one padded batch (GPT)
     num_samples: int = 2
     max_new_tokens: int = 500

@@ -45,7 +45,8 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
     """Continue the prompt num_samples times, streaming each token as it comes (--prompts: a batch of them)."""
     if cfg.prompts:
         return sample_gpt_batch(model, tokenizer, cfg, device, dtype)
-    prompt_ids = tokenizer.encode(read_prompt(cfg.start))
+    prefix = tokenizer.prefix_ids() if cfg.prompt_prefix else []
+    prompt_ids = prefix + tokenizer.encode(read_prompt(cfg.start))
     if not prompt_ids:
         raise ConfigError("the prompt is empty; pass some text with --start.")
     block_size = model.config.block_size
@@ -71,7 +72,7 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
         lambda *a, generator: model.generate_stream(*a, use_cache=cfg.use_cache, generator=generator)
     samples = []
     for n in range(cfg.num_samples):
-        sys.stdout.write(tokenizer.decode(prompt_ids))
+        sys.stdout.write(tokenizer.decode(prompt_ids[len(prefix):]))  # the text, as the user wrote it
         new_ids, streamer = [], StreamDecoder(tokenizer)  # each new character once, when complete
         record = recorder if n == 0 and recorder else nullcontext()  # maps of the first sample
         with autocast(device, dtype), model.hooks(interventions), record:
@@ -96,8 +97,9 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
                    top_k=cfg.attention_top_k, prompt_length=len(prompt_ids) - first)
 
 
-def read_prompt_lines(path: str, tokenizer, block_size: int) -> list[list[int]]:
-    """Token ids of each line of a prompts file; an empty line is an error, a long one keeps its end."""
+def read_prompt_lines(path: str, tokenizer, block_size: int, prefix: list[int]) -> list[list[int]]:
+    """Token ids of each line of a prompts file, after `prefix`; an empty line is an error, a long one keeps
+    its end."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -110,6 +112,7 @@ def read_prompt_lines(path: str, tokenizer, block_size: int) -> list[list[int]]:
         ids = tokenizer.encode(line)
         if not ids:
             raise ConfigError(f"line {n} of {path} is empty; remove it or put a prompt on it.")
+        ids = prefix + ids
         if len(ids) > block_size:
             print(f"(prompt {n}: {len(ids)} tokens cropped to its last {block_size}, the context window)",
                   file=sys.stderr)
@@ -126,7 +129,8 @@ def sample_gpt_batch(model, tokenizer, cfg: SampleConfig, device: str, dtype: st
         raise ConfigError("--attention_dir and --ablate work on one prompt; pass it with --start instead of --prompts.")
     if cfg.fast_decode and not cfg.use_cache:
         raise ConfigError("--fast_decode decodes with its static KV cache; drop --use_cache=False.")
-    prompts = read_prompt_lines(cfg.prompts, tokenizer, model.config.block_size)
+    prefix = tokenizer.prefix_ids() if cfg.prompt_prefix else []
+    prompts = read_prompt_lines(cfg.prompts, tokenizer, model.config.block_size, prefix)
     idx, mask = pack([torch.tensor(ids, dtype=torch.long, device=device) for ids in prompts])
     generators = [torch.Generator(device=device).manual_seed(cfg.seed + i) for i in range(len(prompts))]
     sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generators,
@@ -138,7 +142,8 @@ def sample_gpt_batch(model, tokenizer, cfg: SampleConfig, device: str, dtype: st
                 model.generate(idx, cfg.max_new_tokens, use_cache=cfg.use_cache, **sampling)
         for i, ids in enumerate(prompts):
             label = f"[prompt {i + 1}" + (f", sample {n + 1}]" if cfg.num_samples > 1 else "]")
-            print(f"{label} {tokenizer.decode(ids + out[i, idx.size(1):].tolist())}")
+            shown = ids[len(prefix):] if len(ids) > len(prefix) and ids[:len(prefix)] == prefix else ids
+            print(f"{label} {tokenizer.decode(shown + out[i, idx.size(1):].tolist())}")
 
 
 def write_maps(maps: dict, tokens: list[str], out_dir: str, title: str, source_tokens: list[str] | None = None,

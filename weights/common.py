@@ -2,11 +2,13 @@
 imports, and re-exported here), and atomic writing. It imports nothing of the project but weights/errors.py.
 
 - `UserError`, `ConfigError`, `HookNameError`, `IGNORE_INDEX`: see weights/errors.py.
+- `flatten`: a config dataclass as the flat dict that checkpoints, exports and the command line use.
 - `atomic_write`: the one way files are written: to a temporary file, then renamed over the target,
   so a crash never leaves half a file (or a lost old one) under the real name. `atomic_folder` does the
   same for a whole folder (a Hugging Face export): built beside the target, then swapped in.
 """
 
+import dataclasses
 import glob
 import os
 import re
@@ -14,6 +16,19 @@ import shutil
 from contextlib import contextmanager
 
 from weights.errors import IGNORE_INDEX, ConfigError, HookNameError, UserError  # noqa: F401 (re-exported)
+
+
+def flatten(config) -> dict:
+    """A config as a flat dict, a nested config's fields as `<field>_<name>` (hard_attention_estimator):
+    the keys of the command line, config files, checkpoints and Hugging Face exports."""
+    values = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            values.update({f"{f.name}_{k}": v for k, v in flatten(value).items()})
+        else:
+            values[f.name] = value
+    return values
 
 
 def process_alive(pid: int) -> bool:

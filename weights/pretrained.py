@@ -5,6 +5,7 @@ network. It imports nothing of model/: the model and config classes are argument
 
 import torch
 
+from weights.common import flatten
 from weights.errors import ConfigError
 from weights.hf_export import save_hf
 from weights.hf_families import read_pretrained, read_pretrained_config
@@ -46,5 +47,12 @@ def decoder_config(config_class: type, name_or_dir: str, dropout: float = 0.0, b
                         name_or_dir)
 
 
+def save_model(model, folder: str, tokenizer=None, overwrite: bool = False) -> None:
+    """Family.save_pretrained's work: `model` (its model_type, config and state dict) as a Hugging Face folder,
+    with the tokenizer's files given the tokenizer or its meta dict (weights/hf_export.py save_hf)."""
+    meta = tokenizer.meta() if hasattr(tokenizer, "meta") else tokenizer
+    save_hf(folder, model.model_type, flatten(model.config), model.state_dict(), meta, overwrite)
+
+
 __all__ = ["PretrainedError", "build_config", "check_state", "decoder_config", "folder_tokenizer", "load_decoder",
-           "read_pretrained", "read_pretrained_config", "save_hf"]
+           "read_pretrained", "read_pretrained_config", "save_hf", "save_model"]
