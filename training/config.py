@@ -75,7 +75,6 @@ class TrainConfig:
     muon_weight_decay: float = 0.0
     muon_method: str = "newton_schulz"  # orthogonaliser: 'newton_schulz' (Jordan's quintic) or 'polar_express'
     muon_bf16: bool = False  # its products in bfloat16 on the CPU too (as always on CUDA): faster with AMX/avx512_bf16
-    muon_momentum_warmup: int = 0  # iterations over which Muon's momentum rises from 0.85 to muon_momentum
     normuon: float = 0.0  # NorMuon: decay of each neuron's running mean of squared updates (0.95); 0: plain Muon
     # system
     device: str = "auto"  # 'auto' picks cuda, then mps, then cpu
@@ -103,7 +102,6 @@ class TrainConfig:
         "attn_stats_interval": size(0, "must be 0 (off) or positive"),
         "lr_schedule": one_of(("cosine", "wsd")), "cooldown_frac": number("must be in [0, 1]", at_least=0, at_most=1),
         "optimizer": one_of(("adamw", "muon")), "muon_method": one_of(ORTHOGONALIZERS),
-        "muon_momentum_warmup": size(0, "must not be negative"),
         "normuon": number("must be in [0, 1) (0: plain Muon)", at_least=0, below=1), "batch_align": one_of(ALIGNS), "dtype": one_of(DTYPES),
         "device": Rule(lambda v: v == "auto" or (isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda", "mps")),
                        lambda: "must be auto, cpu, cuda, cuda:N or mps"),

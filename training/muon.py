@@ -72,33 +72,23 @@ class Muon(torch.optim.Optimizer):
     The sqrt(rows/cols) factor gives tall and wide matrices the same per-entry update size. Weight
     decay is decoupled (W <- W (1 - lr wd)), as in AdamW. Options of the speedrun line: `method`
     'polar_express' and `bf16` products on the CPU (orthogonalize), `normuon` (normalize_neurons with that
-    beta2; 0: off), and `momentum_warmup` steps over which the momentum rises linearly from 0.85 to `momentum`.
+    beta2; 0: off).
     """
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
                  ns_steps: int = 5, weight_decay: float = 0.0, method: str = "newton_schulz", normuon: float = 0.0,
-                 momentum_warmup: int = 0, bf16: bool = False):
+                 bf16: bool = False):
         if lr <= 0 or not 0.0 <= momentum < 1.0 or ns_steps < 1 or weight_decay < 0 or not 0 <= normuon < 1 \
-                or momentum_warmup < 0 or method not in ORTHOGONALIZERS:
+                or method not in ORTHOGONALIZERS:
             raise ValueError("Muon needs lr > 0, momentum in [0, 1), ns_steps >= 1, weight_decay >= 0, normuon in "
-                             f"[0, 1), momentum_warmup >= 0 and a method in {ORTHOGONALIZERS}.")
+                             f"[0, 1) and a method in {ORTHOGONALIZERS}.")
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
-                                      weight_decay=weight_decay, method=method, normuon=normuon,
-                                      momentum_warmup=momentum_warmup, bf16=bf16))
+                                      weight_decay=weight_decay, method=method, normuon=normuon, bf16=bf16))
         for group in self.param_groups:
             for p in group["params"]:
                 if p.dim() != 2:
                     raise ValueError(f"Muon updates matrices only; got a parameter of shape {tuple(p.shape)} "
                                      "(give embeddings, norms and biases to AdamW).")
-
-    @staticmethod
-    def momentum_at(group: dict, step: int) -> float:
-        """The group's momentum at its step-th update (0-based): from 0.85 up to `momentum` over momentum_warmup."""
-        peak, warmup = group["momentum"], group["momentum_warmup"]
-        if step >= warmup:
-            return peak
-        start = min(0.85, peak)
-        return start + (peak - start) * step / warmup
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -108,6 +98,7 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            momentum = group["momentum"]
             buckets: dict[tuple, list] = {}  # matrices of one shape are orthogonalised together, as a batch
             for p in group["params"]:
                 if p.grad is None:
@@ -115,9 +106,6 @@ class Muon(torch.optim.Optimizer):
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
-                    state["step"] = 0
-                momentum = self.momentum_at(group, state.get("step", 0))
-                state["step"] = state.get("step", 0) + 1
                 buf = state["momentum_buffer"]
                 buf.mul_(momentum).add_(p.grad)
                 direction = p.grad.add(buf, alpha=momentum) if group["nesterov"] else buf
@@ -198,7 +186,7 @@ def make_muon_adamw(model: torch.nn.Module, muon_lr: float, adamw_lr: float, bet
                     weight_decay: float, muon_momentum: float = 0.95, muon_weight_decay: float = 0.0,
                     fused: bool = False, **muon_options) -> Optimizers:
     """Muon for block matrices; AdamW for the rest (embeddings and head with weight decay, 1-D without).
-    `muon_options` go to Muon (method, bf16, normuon, momentum_warmup).
+    `muon_options` go to Muon (method, bf16, normuon).
 
     Each group carries `lr_scale`, its peak learning rate over adamw_lr, for train.py's schedule.
     """
