@@ -16,6 +16,7 @@
 
 import os
 import sys
+from dataclasses import replace
 
 from data.tokenizer import from_meta
 from training.config import SampleConfig, build, check_init_from, parse_args, usage, wants_help
@@ -26,16 +27,17 @@ from weights.common import ConfigError, UserError
 
 
 def load_model(cfg: SampleConfig, device: str):
-    """(model in eval mode, tokenizer, model_type) from out_dir's checkpoint, or a Hugging Face folder (GPT-2,
-    Llama, Pythia, BERT, RoBERTa, ...) with its own tokenizer (or --tokenizer's)."""
+    """(model in eval mode, tokenizer, model_type, whether it was trained with --doc_mask) from out_dir's
+    checkpoint, or a Hugging Face folder (GPT-2, Llama, Pythia, BERT, RoBERTa, ...) with its own tokenizer
+    (or --tokenizer's)."""
     if cfg.init_from == "resume":
         if cfg.tokenizer:
             raise ConfigError("--tokenizer is for --init_from=<folder>; a checkpoint of ours holds its tokenizer.")
         ckpt = load_checkpoint(os.path.join(cfg.out_dir, cfg.checkpoint), needs=SAMPLE_KEYS)
         return (model_from_checkpoint(ckpt).to(device).eval(), from_meta(ckpt["tokenizer"]),
-                ckpt.get("model_type", "gpt"))
+                ckpt.get("model_type", "gpt"), bool(ckpt.get("train_config", {}).get("doc_mask", False)))
     model = load_pretrained(cfg.init_from).to(device).eval()
-    return model, pretrained_tokenizer(model, cfg.init_from, cfg.tokenizer), model.model_type
+    return model, pretrained_tokenizer(model, cfg.init_from, cfg.tokenizer), model.model_type, False
 
 
 def main(argv: list[str]) -> None:
@@ -48,8 +50,10 @@ def main(argv: list[str]) -> None:
     check_init_from(cfg.init_from, ("resume",))
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    model, tokenizer, model_type = load_model(cfg, device)
+    model, tokenizer, model_type, doc_masked = load_model(cfg, device)
     refuse_ignored(given, model_type, SampleConfig, source=cfg.out_dir if cfg.init_from == "resume" else cfg.init_from)
+    if cfg.doc_mask is None:  # as the model was trained: a doc-masked GPT continues the prompt's last document
+        cfg = replace(cfg, doc_mask=doc_masked and model_type == "gpt")
     FAMILIES[model_type].decode(model, tokenizer, cfg, device, dtype)
 
 

@@ -133,7 +133,8 @@ def batch_metrics(graph: EdgeGraph, batch, metric: EdgeMetric, masks: list[torch
     alt, alt_memory, corrupted_logits = alt_run_logits(graph, batch, ablation, means)
     clean = metric_values(metric, record(graph, batch.clean, batch)[1], batch)
     runs = [*masks, None if corrupted_logits is not None else torch.zeros(graph.valid.shape)]
-    values, alt_sums = [None] * len(runs), alt.cumsum(0)  # the sums are shared by every circuit
+    values, alt_sums = [None] * len(runs), alt.cumsum(0)  # the sums are shared by every circuit, and so is
+    workspace = None  # the memory for each circuit's differences from alt
     with torch.no_grad():
         for i, mask in enumerate(runs):
             if mask is None:
@@ -141,8 +142,9 @@ def batch_metrics(graph: EdgeGraph, batch, metric: EdgeMetric, masks: list[torch
             elif bool((mask[graph.valid] > 0).all()):  # the full circuit is the clean run
                 values[i] = clean
             else:
-                mixer = Circuit(graph, mask.to(device), alt, alt_memory, alt_sums)
+                mixer = Circuit(graph, mask.to(device), alt, alt_memory, alt_sums, workspace)
                 logits = edge_forward(graph, batch.clean, mixer, keys=key_mask(graph, batch))
+                workspace = mixer.diff
                 values[i] = metric_values(metric, logits, batch)
     return torch.stack([v.double().sum() for v in [clean, *values]])
 

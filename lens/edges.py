@@ -404,18 +404,21 @@ class Circuit(Plain):
     """
 
     def __init__(self, graph: "EdgeGraph", mask: torch.Tensor, alt: torch.Tensor, alt_memory: torch.Tensor | None = None,
-                 alt_sums: torch.Tensor | None = None):
+                 alt_sums: torch.Tensor | None = None, workspace: torch.Tensor | None = None):
         super().__init__()
         self.valid, self.mask, self.alt, self.alt_memory = graph.valid, mask, alt, alt_memory
         self.alt_sums = alt.cumsum(0) if alt_sums is None else alt_sums  # alt's senders 0 .. s summed, (S, B|1, T, C)
-        self.diff, self.biases = None, 0.0  # diff: this run's senders minus alt's, (S, B, T, C)
+        # diff: this run's senders minus alt's, (S, B, T, C); `workspace` is memory for it that circuits of one
+        # batch share (a fresh tensor of that size costs a page fault per 4 KiB on first write)
+        self.diff, self.biases = workspace, 0.0
 
     def send(self, first: int, outputs: torch.Tensor) -> None:
         super().send(first, outputs)
         n = outputs.size(0)
-        if self.diff is None:
+        if first == 0:
             _, B, T, C = outputs.shape
-            self.diff = outputs.new_empty(len(self.valid), B, T, C)
+            if self.diff is None or self.diff.shape != (len(self.valid), B, T, C):
+                self.diff = outputs.new_empty(len(self.valid), B, T, C)
             self.diff[1] = 0  # the encoder of an encoder-decoder (not a stream sender), or the first head
         torch.sub(outputs, self.alt[first:first + n], out=self.diff[first:first + n])
 
@@ -512,6 +515,39 @@ def project_heads(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tens
     return out
 
 
+def normed_projection(norm: nn.Module, values: torch.Tensor, weight: torch.Tensor,
+                      bias: torch.Tensor | None) -> torch.Tensor:
+    """Receiver r's own projection of its own input: weight[r] (hs, C) times norm(values[r]) (B, T, C), plus
+    bias[r] -> (k, B, T, hs).
+
+    For LayerNorm and RMSNorm the normalised input is never written: with G_r = weight[r] times the gain,
+    W_r norm(x) = s (G_r x - mean(x) G_r 1) + W_r b (s = 1 / std, 1 / rms; b the norm's bias), so one batched
+    product gives G_r x and (from a row of 1 / C appended to G_r) mean(x), one pass gives mean(x^2), and the
+    correction acts on the (k, B, T, hs) output, a sixth of the input or less."""
+    k, B, T, C = values.shape
+    if not shared_norm(norm):
+        return torch.einsum("kbtc,khc->kbth", norm(values), weight) + (0 if bias is None else bias[:, None, None])
+    x = values.view(k, B * T, C)
+    gained = weight if norm.weight is None else weight * norm.weight  # (k, hs, C)
+    constant = 0 if bias is None else bias
+    if getattr(norm, "bias", None) is not None:
+        constant = constant + weight @ norm.bias  # (k, hs)
+    eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
+    square = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(C)  # mean(x^2), (k, B T, 1)
+    if isinstance(norm, nn.LayerNorm):
+        rows = torch.cat([gained, gained.new_full((k, 1, C), 1.0 / C)], 1)  # (k, hs + 1, C)
+        out = torch.bmm(x, rows.transpose(1, 2))  # (k, B T, hs + 1): G_r x, then mean(x)
+        mean = out[..., -1:]
+        out = out[..., :-1].addcmul_(mean, gained.sum(-1)[:, None, :], value=-1.0)
+        square = square - mean.square()
+    else:
+        out = torch.bmm(x, gained.transpose(1, 2))
+    out.mul_(torch.rsqrt(square + eps))
+    if not isinstance(constant, int):
+        out.add_(constant[:, None, :])
+    return out.reshape(k, B, T, -1)
+
+
 def project_read(norm: nn.Module, linear: nn.Linear, read: tuple, n_head: int) -> torch.Tensor:
     """project_heads of norm(each receiver's input), computing the receivers that read the shared base as
     one matrix product: (j, B, nh, T, hs)."""
@@ -528,16 +564,19 @@ def project_read(norm: nn.Module, linear: nn.Linear, read: tuple, n_head: int) -
         return out.view(B, T, j, n_head, hs).permute(2, 0, 3, 1, 4)
     weight = linear.weight.view(j * n_head, hs, C)
     bias = None if linear.bias is None else linear.bias.view(j * n_head, hs)
-    out = base.new_empty(B, T, j * n_head, hs)
-    common = torch.ones(j * n_head, dtype=torch.bool, device=base.device)
-    common[special] = False
-    if bool(common.any()):  # the receivers that read base, in one product
-        rows = common.nonzero().squeeze(1)
-        out[:, :, rows] = F.linear(norm(base), weight[rows].flatten(0, 1),
-                                   None if bias is None else bias[rows].flatten()).view(B, T, -1, hs)
-    own = torch.einsum("kbtc,khc->btkh", norm(values), weight[special])
-    out[:, :, special] = own if bias is None else own + bias[special]
-    return out.view(B, T, j, n_head, hs).permute(2, 0, 3, 1, 4)
+    own = normed_projection(norm, values, weight[special], None if bias is None else bias[special])  # (k, B, T, hs)
+    if special.numel() == j * n_head and bool((special == torch.arange(j * n_head, device=special.device)).all()):
+        out = own
+    else:
+        out = base.new_empty(j * n_head, B, T, hs)
+        common = torch.ones(j * n_head, dtype=torch.bool, device=base.device)
+        common[special] = False
+        if bool(common.any()):  # the receivers that read base, in one product
+            rows = common.nonzero().squeeze(1)
+            shared = F.linear(norm(base), weight[rows].flatten(0, 1), None if bias is None else bias[rows].flatten())
+            out[rows] = shared.view(B, T, -1, hs).permute(2, 0, 1, 3)
+        out[special] = own
+    return out.view(j, n_head, B, T, hs).transpose(1, 2)
 
 
 def one_input(read: tuple) -> torch.Tensor:
@@ -553,6 +592,10 @@ def attend(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
     if attn.rotary is not None:
         q, k = attn.rotary(q), attn.rotary(k)
     T, S = q.size(2), k.size(2)
+    if attn.weighting.fast and attn.scorer.sdpa_scale is not None:  # softmax of a scaled dot product: SDPA's
+        z = F.scaled_dot_product_attention(attn.scorer.prepare_q(q), k, v, attn_mask=None if causal else keys,
+                                           is_causal=causal, scale=attn.scorer.sdpa_scale)
+        return heads_out(attn, z)
     mask = make_mask(T, S, causal=True, device=q.device) if causal else keys
     scores = attn.scorer(q, k)  # (B, nh, T, S)
     if mask is not None:
@@ -560,7 +603,12 @@ def attend(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
     weights = attn.weighting(scores)
     if mask is not None:
         weights = weights.masked_fill(~mask, 0.0)
-    z = weights @ v  # (B, nh, T, hs)
+    return heads_out(attn, weights @ v)
+
+
+def heads_out(attn, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each head's output z (B, nh, T, hs) through its slice of the output projection: (nh, B, T, C), and the
+    projection's bias."""
     w_out = attn.c_proj.weight.view(-1, attn.n_head, attn.head_dim)  # (C, nh, hs)
     return torch.einsum("bnth,cnh->nbtc", z, w_out), attn.c_proj.bias
 

@@ -27,6 +27,7 @@ import torch
 from lens.patching import Corrupted, Metric, as_inputs, check_lengths, check_mask, default_batch_size, scalar
 from lens.weight_space import head_weights
 from lens.cache import LensError, get_stack
+from model.documents import document_positions
 from model.generation import padded_positions
 
 FINAL = "resid_final"  # the receiver that is the residual stream after the last block (the unembedding's input)
@@ -122,12 +123,13 @@ def check_model(model, inputs: tuple, clean_cache, corrupted_cache) -> None:
 
 def path_patch(model, corrupted_tokens, clean_cache, corrupted_cache, patching_metric: Metric,
                patches: list[PathPatch], batch_size: int | None = None,
-               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+               attention_mask: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """The metric after each path patch, (len(patches),); patches run batch_size at a time. `attention_mask`
-    (B, T), 1 at real tokens: a left-padded batch (both caches run with the same mask)."""
+    (B, T), 1 at real tokens: a left-padded batch; `doc_ids` (B, T): packed documents (--doc_mask), each
+    token reading only its own document. Both caches must come from runs with the same mask or doc_ids."""
     inputs = as_inputs(corrupted_tokens)
     check_model(model, inputs, clean_cache, corrupted_cache)
-    check_mask(attention_mask, inputs, get_stack(model))
+    check_mask(attention_mask, inputs, get_stack(model), doc_ids)
     n_layer, n_head = len(model.blocks), model.blocks[0].attn.n_head
     for patch in patches:
         check_patch(patch, n_layer, n_head, has_mlp(model))
@@ -135,7 +137,7 @@ def path_patch(model, corrupted_tokens, clean_cache, corrupted_cache, patching_m
     order = sorted(range(len(patches)), key=lambda i: start(patches[i]))
     results = torch.zeros(len(patches))
     with torch.no_grad():
-        corrupted = Corrupted(model, inputs[0], attention_mask)
+        corrupted = Corrupted(model, inputs[0], attention_mask, doc_ids)
         size = batch_size or default_batch_size(corrupted.logits.numel())
         for layer, group in itertools.groupby(order, key=lambda i: start(patches[i])):
             group = list(group)
@@ -143,19 +145,21 @@ def path_patch(model, corrupted_tokens, clean_cache, corrupted_cache, patching_m
                 chunk = group[first:first + size]
                 deltas = torch.stack([sender_delta(model, clean_cache, corrupted_cache, patches[i].senders)
                                       for i in chunk])  # (K, B, T, C)
-                logits = run_path_patches(model, corrupted, layer, deltas, [patches[i].receivers for i in chunk],
-                                          attention_mask)
+                logits = run_path_patches(model, corrupted, layer, deltas, [patches[i].receivers for i in chunk])
                 for k, i in enumerate(chunk):
                     results[i] = float(scalar(patching_metric(logits[k])))
     return results
 
 
-def run_path_patches(model, corrupted: Corrupted, layer: int, deltas: torch.Tensor, receivers: list[list],
-                     attention_mask: torch.Tensor | None = None):
+def run_path_patches(model, corrupted: Corrupted, layer: int, deltas: torch.Tensor, receivers: list[list]):
     """Logits (K, B, T, V) of K copies of the corrupted run from block `layer` on, copy k's receivers
-    reading the stream plus deltas[k]."""
+    reading the stream plus deltas[k] (masked as the corrupted run was: padding or documents)."""
     K, B = deltas.shape[:2]
-    positions = None if attention_mask is None else padded_positions(attention_mask)  # (B, T): rotary's positions
+    positions = None  # (B, T): rotary's positions, when they do not count from each row's start
+    if corrupted.attention_mask is not None:
+        positions = padded_positions(corrupted.attention_mask)
+    elif corrupted.doc_ids is not None:
+        positions = document_positions(corrupted.doc_ids)
     heads = {}  # (layer, input) -> [(copy, head)]
     for k, copy_receivers in enumerate(receivers):
         for receiver in copy_receivers:
@@ -198,18 +202,19 @@ def run_path_patches(model, corrupted: Corrupted, layer: int, deltas: torch.Tens
 
 def get_act_patch_direct_path(model, corrupted_tokens, clean_cache, corrupted_cache, patching_metric: Metric,
                               src_layer: int, src_head: int, component: str = "q",
-                              batch_size: int | None = None,
-                              attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                              batch_size: int | None = None, attention_mask: torch.Tensor | None = None,
+                              doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """The metric with head (src_layer, src_head)'s change added only to each later head's `component`
     input: (n_layer, n_head), 0 where the layer is not after src_layer (TransformerLens' table)."""
     return direct_path_table(model, corrupted_tokens, clean_cache, corrupted_cache, patching_metric,
-                             [(src_layer, src_head)], component, batch_size, attention_mask)[0]
+                             [(src_layer, src_head)], component, batch_size, attention_mask, doc_ids)[0]
 
 
 def get_act_patch_direct_path_all_sources(model, corrupted_tokens, clean_cache, corrupted_cache,
                                           patching_metric: Metric, component: str = "q",
                                           batch_size: int | None = None, sources=None,
-                                          attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                                          attention_mask: torch.Tensor | None = None,
+                                          doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """get_act_patch_direct_path for every source head (or those in `sources`): (layer, head, layer, head)."""
     n_layer, n_head = len(model.blocks), model.blocks[0].attn.n_head
     sources = sources or [(l, h) for l in range(n_layer) for h in range(n_head)]
@@ -218,7 +223,7 @@ def get_act_patch_direct_path_all_sources(model, corrupted_tokens, clean_cache, 
             raise LensError(f"source {source!r}: this table's sources are heads (layer, head); for MLPs and "
                             "the embeddings use direct_path_table(..., senders=[(0, 'mlp'), 'embed']).")
     rows = direct_path_table(model, corrupted_tokens, clean_cache, corrupted_cache, patching_metric, sources,
-                             component, batch_size, attention_mask)
+                             component, batch_size, attention_mask, doc_ids)
     table = torch.zeros(n_layer, n_head, n_layer, n_head)
     for (sl, sh), row in zip(sources, rows):
         table[sl, sh] = row
@@ -227,7 +232,7 @@ def get_act_patch_direct_path_all_sources(model, corrupted_tokens, clean_cache, 
 
 def direct_path_table(model, corrupted_tokens, clean_cache, corrupted_cache, patching_metric: Metric,
                       senders: list, component: str = "q", batch_size: int | None = None,
-                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                      attention_mask: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """The metric with each sender's change ((layer, head), (layer, "mlp") or "embed") added only to each
     later head's `component` input: (len(senders), n_layer, n_head), 0 where the head is not after it."""
     if component not in ("q", "k", "v"):
@@ -241,7 +246,7 @@ def direct_path_table(model, corrupted_tokens, clean_cache, corrupted_cache, pat
              for dh in range(n_head)]
     patches = [PathPatch([senders[i]], [(dl, dh, component)]) for i, dl, dh in cells]
     values = path_patch(model, corrupted_tokens, clean_cache, corrupted_cache, patching_metric, patches, batch_size,
-                        attention_mask)
+                        attention_mask, doc_ids)
     table = torch.zeros(len(senders), n_layer, n_head)
     for (i, dl, dh), value in zip(cells, values):
         table[i, dl, dh] = value

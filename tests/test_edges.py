@@ -115,6 +115,24 @@ def test_shared_norm_gradients_equal_each_receivers_own(norm, monkeypatch):
     torch.testing.assert_close(shared, apart, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_circuit_projections_equal_norm_then_project(norm, monkeypatch):
+    """A circuit pass projects each receiver's raw input and corrects for the norm on the output
+    (normed_projection), and circuits of one batch share memory for their differences; the metrics equal
+    those of norming every receiver's input first, each circuit run alone."""
+    model, pairs = tiny_gpt(norm=norm, n_layer=3), ragged_pairs()
+    graph = EdgeGraph(model)
+    g = torch.Generator().manual_seed(3)
+    circuits = [torch.rand(len(graph), generator=g) < p for p in (0.3, 0.7, 0.5)]
+    together = faithfulness(model, pairs, metric=last_logit_diff, circuits=circuits, batch_size=3, graph=graph)
+    monkeypatch.setattr(edges, "shared_norm", lambda norm: False)
+    alone = [faithfulness(model, pairs, metric=last_logit_diff, circuits=[c], batch_size=3, graph=graph).metric[0]
+             for c in circuits]
+    assert len(set(together.metric.round(3))) == 3  # three different circuits
+    torch.testing.assert_close(torch.as_tensor(together.metric), torch.as_tensor(alone, dtype=torch.float64),
+                               atol=1e-5, rtol=0)
+
+
 def test_padded_batches_give_each_pairs_own_scores():
     model, pairs = tiny_gpt(), ragged_pairs(4)
     together = eap_ig(model, pairs, metric=last_logit_diff, steps=2, batch_size=3).values

@@ -3,9 +3,17 @@
 import pytest
 import torch
 
+import sample
+from conftest import run_script
+from data.documents import document_ids
+from data.tokenizer import CharTokenizer
 from lens.cache import LensError
+from lens.path_patching import PathPatch, direct_path_table, path_patch
 from lens.patching import get_act_patch_attn_head_out_by_pos, get_act_patch_resid_pre, get_attr_patch_resid_pre
-from model import GPT, GPTConfig, Seq2Seq, Seq2SeqConfig
+from model import GPT, GPTConfig, Seq2Seq, Seq2SeqConfig, save_checkpoint
+from training.config import SampleConfig, to_dict
+from training.decoding import last_documents_of
+from weights.common import ConfigError
 
 
 def runs(pos_emb: str):
@@ -38,6 +46,29 @@ def test_a_packed_rows_tables_are_its_documents_own(pos_emb):
     unmasked = get_act_patch_resid_pre(model, corrupted, model.run_with_cache(clean)[1], metric)
     alone = get_act_patch_resid_pre(model, other, alone_cache, metric)
     assert not torch.allclose(unmasked[:, 4:], alone, atol=1e-3)  # without doc_ids the documents mix
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+def test_path_patching_a_packed_row_gives_its_documents_own_result(pos_emb):
+    model, first, second, other, doc_ids = runs(pos_emb)
+    metric = lambda logits: logits[0, -1, 5]  # noqa: E731
+    clean, corrupted = torch.cat([first, second], 1), torch.cat([first, other], 1)
+    senders = [(0, 0), (0, 1), (0, "mlp"), "embed"]
+    final = [PathPatch([(0, 1), "embed"]), PathPatch([(0, 0)], [(1, 1, "k"), "resid_final"])]
+
+    def results(clean, corrupted, doc_ids=None):
+        layout = {} if doc_ids is None else {"doc_ids": doc_ids}
+        clean_cache, corrupted_cache = model.run_with_cache(clean, **layout)[1], model.run_with_cache(corrupted, **layout)[1]
+        return [direct_path_table(model, corrupted, clean_cache, corrupted_cache, metric, senders, which, **layout)
+                for which in "qkv"] + [path_patch(model, corrupted, clean_cache, corrupted_cache, metric, final, **layout)]
+
+    alone = results(second, other)
+    assert alone[0].abs().max() > 0.01  # the tables hold effects, not zeros
+    for packed, own in zip(results(clean, corrupted, doc_ids), alone):
+        torch.testing.assert_close(packed, own, atol=1e-5, rtol=1e-5)
+    ignored = direct_path_table(model, corrupted, model.run_with_cache(clean)[1], model.run_with_cache(corrupted)[1],
+                                metric, senders, "q")
+    assert not torch.allclose(ignored, alone[0], atol=1e-3)  # without doc_ids the documents mix
 
 
 def test_doc_ids_that_do_not_fit_are_one_sentence_errors():
@@ -75,3 +106,39 @@ def test_generating_from_packed_prompts_continues_each_rows_last_document():
         last_documents(packed, torch.tensor([[8] * 2 + [3] * 2 + [8] * 5]))
     with pytest.raises(ValueError, match="must match the prompts"):
         model.generate(packed, 2, doc_ids=doc_ids[:, 1:])
+
+
+def test_sample_script_continues_the_last_document_of_a_doc_masked_checkpoint(tmp_path):
+
+    tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz ,.:", ("[EOS]",))  # [EOS] (id 30) starts a document
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=31, block_size=16, n_layer=2, n_head=2, n_embd=32, pos_emb="rope")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.2)  # spread-out logits: greedy choices far from ties
+    ckpt = {"model": model.state_dict(), "model_type": "gpt", "model_args": to_dict(model.config),
+            "tokenizer": tokenizer.meta()}
+    save_checkpoint({**ckpt, "train_config": {"doc_mask": True}}, str(tmp_path / "ckpt.pt"))
+    lines = ["the king[EOS]a queen", "no separator"]
+    (tmp_path / "prompts.txt").write_text("\n".join(lines) + "\n")
+
+    def greedy(text: str, doc_mask: bool) -> str:
+        idx = torch.tensor([tokenizer.encode(text, allow_specials=True)])
+        doc_ids = document_ids(idx, 30) if doc_mask else None
+        return tokenizer.decode(model.generate(idx, 8, temperature=0.0, doc_ids=doc_ids)[0].tolist())
+
+    common = [f"--out_dir={tmp_path}", "--num_samples=1", "--max_new_tokens=8", "--temperature=0"]
+    masked = run_script("sample.py", f"--start={lines[0]}", *common)
+    assert masked.stdout.rstrip("\n") == greedy(lines[0], True) != greedy(lines[0], False)  # the mask decides
+    assert "its last 8 tokens" in masked.stderr
+    batch = run_script("sample.py", f"--prompts={tmp_path / 'prompts.txt'}", *common).stdout.splitlines()
+    assert batch == [f"[prompt {i + 1}] {greedy(line, True)}" for i, line in enumerate(lines)]
+    off = run_script("sample.py", f"--start={lines[0]}", *common, "--doc_mask=False")  # the whole prompt, unmasked
+    assert off.stdout.rstrip("\n") == greedy(lines[0], False)
+    # the checkpoint decides when --doc_mask is not given
+    save_checkpoint(ckpt, str(tmp_path / "plain.pt"))
+    assert sample.load_model(SampleConfig(out_dir=str(tmp_path)), "cpu")[3] is True
+    assert sample.load_model(SampleConfig(out_dir=str(tmp_path), checkpoint="plain.pt"), "cpu")[3] is False
+    with pytest.raises(ConfigError, match="has neither; drop --doc_mask"):
+        last_documents_of(torch.tensor([[1, 2]]), None, CharTokenizer("ab"))

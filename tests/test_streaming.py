@@ -55,8 +55,8 @@ class CountingTokenizer:
     def __init__(self, tokenizer):
         self.tokenizer, self.decoded = tokenizer, 0
 
-    def encode(self, text):
-        return self.tokenizer.encode(text)
+    def __getattr__(self, name):  # the rest of the interface (encode, prefix_ids, ...) is the wrapped tokenizer's
+        return getattr(self.tokenizer, name)
 
     def decode(self, ids):
         ids = list(ids)

@@ -144,6 +144,9 @@ class SampleConfig:
     dtype: str = "auto"
     use_cache: bool = True
     fast_decode: bool = False  # GPT: static KV cache + compiled one-token step (compiles first: seconds to minutes)
+    # GPT: continue each prompt's last document (from its last <|endoftext|> or [EOS]), all that a model trained
+    # with --doc_mask sees; None: as the checkpoint was trained
+    doc_mask: typing.Optional[bool] = None
     attention_dir: str = ""  # write attention maps (PNG, HTML, npz) of the first sample here
     attention_top_k: int = 8  # a long prompt's viewer keeps each query row's k largest weights (npz: all)
     ablate: str = ""  # heads to knock out while sampling: LAYER.HEAD,... e.g. 0.1,2.3

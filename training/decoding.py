@@ -10,11 +10,13 @@ from contextlib import nullcontext
 
 import torch
 
+from data.documents import document_ids, separator_id
 from data.streaming import StreamDecoder
 from lens.heatmaps import views_from_maps, write_attention
 from lens.interventions import ablate_heads, head_means, parse_heads
 from lens.recorder import AttentionRecorder, head_stats_all, stats_table
 from lens.viewer import TOP_K
+from model.documents import last_documents
 from model.fast_decode import StaticDecoder
 from model.generation import pack
 from training.config import SampleConfig
@@ -41,14 +43,37 @@ def read_prompt(start: str) -> str:
         raise ConfigError(f"cannot read prompt file {path}; give an existing UTF-8 text file after FILE:.")
 
 
+def last_documents_of(idx: torch.Tensor, mask: torch.Tensor | None, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """--doc_mask: each prompt's last document, from its last separator (<|endoftext|> or [EOS]), left-padded,
+    and its mask: all that a model trained with document masking sees (what model.generate(doc_ids=) continues)."""
+    sep = separator_id(tokenizer)
+    if sep is None:
+        raise ConfigError("--doc_mask=True splits the prompt at <|endoftext|> or [EOS], and this model's tokenizer has "
+                          "neither; drop --doc_mask.")
+    return last_documents(idx, document_ids(idx, sep), mask)
+
+
+def last_document(prompt_ids: list[int], tokenizer) -> list[int]:
+    """--doc_mask: the prompt's last document (last_documents_of), saying so on stderr when it is not the whole."""
+    last = last_documents_of(torch.tensor([prompt_ids]), None, tokenizer)[0][0].tolist()
+    if len(last) < len(prompt_ids):
+        print(f"(--doc_mask: the model continues the prompt's last document, its last {len(last)} tokens)",
+              file=sys.stderr)
+    return last
+
+
 def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> None:
-    """Continue the prompt num_samples times, streaming each token as it comes (--prompts: a batch of them)."""
+    """Continue the prompt num_samples times, streaming each token as it comes (--prompts: a batch of them).
+    With --doc_mask the model reads the prompt's last document alone (the whole prompt is printed)."""
     if cfg.prompts:
         return sample_gpt_batch(model, tokenizer, cfg, device, dtype)
     prefix = tokenizer.prefix_ids() if cfg.prompt_prefix else []
-    prompt_ids = prefix + tokenizer.encode(read_prompt(cfg.start))
+    shown_ids = tokenizer.encode(read_prompt(cfg.start), allow_specials=True)  # the text as written ([EOS] by name)
+    prompt_ids = prefix + shown_ids
     if not prompt_ids:
         raise ConfigError("the prompt is empty; pass some text with --start.")
+    if cfg.doc_mask:
+        prompt_ids = last_document(prompt_ids, tokenizer)
     block_size = model.config.block_size
     if len(prompt_ids) > block_size:
         print(f"(prompt of {len(prompt_ids)} tokens cropped to its last {block_size}, the context window)",
@@ -72,7 +97,7 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
         lambda *a, generator: model.generate_stream(*a, use_cache=cfg.use_cache, generator=generator)
     samples = []
     for n in range(cfg.num_samples):
-        sys.stdout.write(tokenizer.decode(prompt_ids[len(prefix):]))  # the text, as the user wrote it
+        sys.stdout.write(tokenizer.decode(shown_ids))
         new_ids, streamer = [], StreamDecoder(tokenizer)  # each new character once, when complete
         record = recorder if n == 0 and recorder else nullcontext()  # maps of the first sample
         with autocast(device, dtype), model.hooks(interventions), record:
@@ -98,8 +123,8 @@ def sample_gpt(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> 
 
 
 def read_prompt_lines(path: str, tokenizer, block_size: int, prefix: list[int]) -> list[list[int]]:
-    """Token ids of each line of a prompts file, after `prefix`; an empty line is an error, a long one keeps
-    its end."""
+    """Token ids of each line of a prompts file (special tokens by name, e.g. [EOS]), after `prefix`; an empty
+    line is an error, a long one keeps its end."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -109,7 +134,7 @@ def read_prompt_lines(path: str, tokenizer, block_size: int, prefix: list[int]) 
         raise ConfigError(f"prompts file {path} is empty; put one prompt per line.")
     prompts = []
     for n, line in enumerate(lines, 1):
-        ids = tokenizer.encode(line)
+        ids = tokenizer.encode(line, allow_specials=True)
         if not ids:
             raise ConfigError(f"line {n} of {path} is empty; remove it or put a prompt on it.")
         ids = prefix + ids
@@ -123,7 +148,8 @@ def read_prompt_lines(path: str, tokenizer, block_size: int, prefix: list[int]) 
 def sample_gpt_batch(model, tokenizer, cfg: SampleConfig, device: str, dtype: str) -> None:
     """Continue every line of the prompts file at once (a left-padded batch); print each one labelled.
 
-    Prompt i samples with its own generator (seed + i - 1), so it gets the same text in any batch.
+    Prompt i samples with its own generator (seed + i - 1), so it gets the same text in any batch; with
+    --doc_mask, each line continues its last document.
     """
     if cfg.attention_dir or cfg.ablate:
         raise ConfigError("--attention_dir and --ablate work on one prompt; pass it with --start instead of --prompts.")
@@ -132,6 +158,8 @@ def sample_gpt_batch(model, tokenizer, cfg: SampleConfig, device: str, dtype: st
     prefix = tokenizer.prefix_ids() if cfg.prompt_prefix else []
     prompts = read_prompt_lines(cfg.prompts, tokenizer, model.config.block_size, prefix)
     idx, mask = pack([torch.tensor(ids, dtype=torch.long, device=device) for ids in prompts])
+    if cfg.doc_mask:  # each line's last document: all that the next tokens see (then printed after the whole line)
+        idx, mask = last_documents_of(idx, mask, tokenizer)
     generators = [torch.Generator(device=device).manual_seed(cfg.seed + i) for i in range(len(prompts))]
     sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generators,
                     attention_mask=mask)

@@ -37,7 +37,7 @@ class ModelFamily:
 DOCUMENTS = ("doc_mask", "batch_align")  # data/documents.py: the batch makers of gpt and bert
 FAMILIES: dict[str, ModelFamily] = {
     "gpt": ModelFamily(GPT, GPTConfig, LMBatches, sample_gpt, "a GPT", DOCUMENTS,
-                       ("ablate", "ablate_mode", "prompts", "fast_decode", "prompt_prefix")),
+                       ("ablate", "ablate_mode", "prompts", "fast_decode", "prompt_prefix", "doc_mask")),
     "bert": ModelFamily(BERT, BERTConfig, MLMBatches, fill_mask, "a BERT (fill-mask)", DOCUMENTS, ("candidates",)),
     "seq2seq": ModelFamily(Seq2Seq, Seq2SeqConfig, PairBatches, sample_seq2seq, "an encoder-decoder", (),
                            ("decoding", "beam_size", "length_penalty")),
