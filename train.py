@@ -68,7 +68,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str):
     fused = device.startswith("cuda") or device == "cpu"  # one kernel for the whole update (CPU too since torch 2.4)
     if cfg.optimizer == "muon":
         return make_muon_adamw(model, cfg.muon_lr, cfg.learning_rate, (cfg.beta1, cfg.beta2), cfg.weight_decay,
-                               cfg.muon_momentum, cfg.muon_weight_decay, fused=fused)
+                               cfg.muon_momentum, cfg.muon_weight_decay, fused=fused, method=cfg.muon_method,
+                               bf16=cfg.muon_bf16, normuon=cfg.normuon)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]

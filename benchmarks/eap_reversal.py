@@ -11,7 +11,8 @@ Metric: the mean log-probability of the clean target (the reversed line, then EO
 Printed: each cross-attention head's anti-diagonal share (lens.detectors.alignment_scores against the
 reversal's alignment: decoder position t reads source position S - 1 - t), then, for each method, the ranks of
 the cross-attention edges (the encoder into each head's key and value, the head's query, and its best edge
-out), the top edges, and the Spearman correlation of each method's scores with exact patching.
+out), the Spearman correlation over the heads of that share with each head's encoder edge scores, the top
+edges, and the Spearman correlation of each method's scores with exact patching.
 """
 
 import argparse
@@ -96,6 +97,11 @@ def main(argv: list[str]) -> None:
                 best_out = min(edges["out"], key=s.rank)
                 cells.append(f"{s.rank(edges['k'])}, {s.rank(edges['v'])}; {best_out.split('->')[1]} ({s.rank(best_out)})")
             print(f"| x{layer}.h{head} | {float(share[layer, head]):.3f} | " + " | ".join(cells) + " |")
+    heads = [(layer, head) for layer in range(share.size(0)) for head in range(share.size(1))]
+    for name, s in scores.items():  # do the heads whose pattern is most anti-diagonal carry the strongest edges?
+        by_head = {part: torch.tensor([s[cross_edges(graph, *lh)[part]] for lh in heads]) for part in "kv"}
+        print(f"{name}: Spearman of the {len(heads)} cross heads' anti-diagonal share with |score| of encoder-><k> "
+              f"{rank_correlation(share.flatten(), by_head['k']):.2f}, <v> {rank_correlation(share.flatten(), by_head['v']):.2f}")
     for name, s in scores.items():
         print(f"\n{name} (Spearman vs exact {rank_correlation(s.values, exact.values):.3f}), top 10: "
               + ", ".join(f"{e} ({s[e]:+.3f})" for e in s.top(10)))

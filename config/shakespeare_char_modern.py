@@ -1,9 +1,12 @@
 """The modern preset at nanoGPT's GPU char size (config/shakespeare_char.py: 6 layers, 384 wide, context 256,
 batch 64, dropout 0.2) with rotary positions, RMSNorm, QK-norm, relu^2 MLPs, zero-initialised projections,
-an untied head, soft-capped logits and Muon for the blocks' matrices. See docs/benchmarks.md."""
+an untied head, soft-capped logits and Muon (Polar Express, NorMuon) for the blocks' matrices, on a
+warmup-stable-decay schedule. The CPU preset's recipe scaled: its run is 0.15 of the classic one's iterations
+(300 of 2,000), so this one is 0.15 of config/shakespeare_char.py's 5,000. Not yet measured on a GPU (see
+docs/benchmarks.md)."""
 out_dir = "out-shakespeare-char-modern"
 dataset = "shakespeare_plays_char"
-eval_interval = 250
+eval_interval = 125
 eval_iters = 200
 log_interval = 10
 always_save_checkpoint = False
@@ -26,9 +29,13 @@ logit_softcap = 30.0
 # optimizer: Muon for the blocks' matrices, AdamW (learning_rate) for embeddings, head and gains
 optimizer = "muon"
 muon_lr = 0.03
+muon_method = "polar_express"
+normuon = 0.95
 learning_rate = 3e-3
-max_iters = 5000
-lr_decay_iters = 5000
+max_iters = 750
+lr_decay_iters = 750
+lr_schedule = "wsd"
+cooldown_frac = 0.4
 min_lr = 3e-4
 beta2 = 0.99
 warmup_iters = 50

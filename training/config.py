@@ -19,6 +19,7 @@ from model.config import flatten, nested_configs, unflatten
 from model.rules import Rule, check_fields, number, one_of, size
 from data.documents import ALIGNS, Packing
 from model.sampling import Sampling
+from training.muon import ORTHOGONALIZERS
 from weights.common import ConfigError
 from weights.hf_gpt2 import HUB_MODELS
 
@@ -72,6 +73,9 @@ class TrainConfig:
     muon_lr: float = 0.02  # Muon's peak learning rate (the schedule scales it like learning_rate)
     muon_momentum: float = 0.95
     muon_weight_decay: float = 0.0
+    muon_method: str = "newton_schulz"  # orthogonaliser: 'newton_schulz' (Jordan's quintic) or 'polar_express'
+    muon_bf16: bool = False  # its products in bfloat16 on the CPU too (as always on CUDA): faster with AMX/avx512_bf16
+    normuon: float = 0.0  # NorMuon: decay of each neuron's running mean of squared updates (0.95); 0: plain Muon
     # system
     device: str = "auto"  # 'auto' picks cuda, then mps, then cpu
     dtype: str = "auto"  # 'auto': bfloat16 on CUDA where supported, else float32
@@ -97,7 +101,8 @@ class TrainConfig:
         "weight_decay": number("must be >= 0", at_least=0), "grad_clip": number("must be >= 0 (0 = no clipping)", at_least=0),
         "attn_stats_interval": size(0, "must be 0 (off) or positive"),
         "lr_schedule": one_of(("cosine", "wsd")), "cooldown_frac": number("must be in [0, 1]", at_least=0, at_most=1),
-        "optimizer": one_of(("adamw", "muon")), "batch_align": one_of(ALIGNS), "dtype": one_of(DTYPES),
+        "optimizer": one_of(("adamw", "muon")), "muon_method": one_of(ORTHOGONALIZERS),
+        "normuon": number("must be in [0, 1) (0: plain Muon)", at_least=0, below=1), "batch_align": one_of(ALIGNS), "dtype": one_of(DTYPES),
         "device": Rule(lambda v: v == "auto" or (isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda", "mps")),
                        lambda: "must be auto, cpu, cuda, cuda:N or mps"),
     }
