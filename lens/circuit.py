@@ -106,9 +106,10 @@ class Faithfulness:
 
 
 def faithfulness(model, clean, corrupted=None, metric: EdgeMetric = None, circuits=(), batch_size: int = 32,
-                 graph: EdgeGraph | None = None, ablation: str = "corrupted") -> Faithfulness:
+                 graph: EdgeGraph | None = None, ablation: str = "corrupted", all_logits: bool = False) -> Faithfulness:
     """m(circuit) for each (E,) bool mask in `circuits`, with m(full) (the clean model) and m(empty) (every edge
-    patched: the corrupted model, or every sender at its mean)."""
+    patched: the corrupted model, or every sender at its mean). all_logits=True: circuits compute the logits at
+    every position, not only where the metric reads them (read_positions)."""
     graph, pairs = prepare(model, clean, corrupted, graph)
     check_ablation(ablation)
     if metric is None:
@@ -120,21 +121,46 @@ def faithfulness(model, clean, corrupted=None, metric: EdgeMetric = None, circui
     means = mean_activations(graph, pairs, batch_size) if ablation == "mean" else None
     totals = torch.zeros(len(masks) + 2, dtype=torch.float64)
     for batch in pairs.batches(batch_size, device):
-        totals += batch_metrics(graph, batch, metric, masks, ablation, means).cpu()
+        totals += batch_metrics(graph, batch, metric, masks, ablation, means, all_logits).cpu()
     means_per_pair = (totals / len(pairs)).numpy()
     return Faithfulness(means_per_pair[1:-1], float(means_per_pair[0]), float(means_per_pair[-1]))
 
 
+def read_positions(metric: EdgeMetric, logits: torch.Tensor, batch) -> torch.Tensor | None:
+    """The positions (B, T) whose logits the metric reads, or None for all: those where its gradient on `logits` is
+    not zero, accepted only when the metric's value is unchanged with every other position's logits set to NaN
+    and, separately, to random values (so a circuit pass may compute the logits at these positions only)."""
+    leaf = logits.detach().requires_grad_(True)
+    with torch.enable_grad():
+        value = metric_values(metric, leaf, batch)
+        if not value.requires_grad:
+            return None
+        (grad,) = torch.autograd.grad(value.sum(), leaf, allow_unused=True)
+    if grad is None:
+        return None
+    rows = grad.ne(0).any(-1)  # (B, T)
+    if bool(rows.all()):
+        return None
+    for fill in (torch.full_like(logits, float("nan")), torch.randn_like(logits)):
+        probe = torch.where(rows[..., None], logits.detach(), fill)
+        if not torch.equal(metric_values(metric, probe, batch).detach(), value.detach()):
+            return None
+    return rows
+
+
 def batch_metrics(graph: EdgeGraph, batch, metric: EdgeMetric, masks: list[torch.Tensor], ablation: str,
-                  means) -> torch.Tensor:
+                  means, all_logits: bool = False) -> torch.Tensor:
     """Sums over a batch of m(full), m(circuit) for each mask, m(empty). The full model's run is the full
-    circuit's when there is one, the empty one's the corrupted run."""
+    circuit's when there is one, the empty one's the corrupted run. Circuits compute the logits only at the
+    positions the metric reads (read_positions), and again at every position if a value comes out NaN."""
     device = batch.lengths.device
     alt, alt_memory, corrupted_logits = alt_run_logits(graph, batch, ablation, means)
-    clean = metric_values(metric, record(graph, batch.clean, batch)[1], batch)
+    clean_logits = record(graph, batch.clean, batch)[1]
+    clean = metric_values(metric, clean_logits, batch)
+    rows = None if all_logits else read_positions(metric, clean_logits, batch)
     runs = [*masks, None if corrupted_logits is not None else torch.zeros(graph.valid.shape)]
     values, alt_sums = [None] * len(runs), alt.cumsum(0)  # the sums are shared by every circuit, and so is
-    workspace = None  # the memory for each circuit's differences from alt
+    shared = {}  # the memory for each circuit's differences from alt and its logits
     with torch.no_grad():
         for i, mask in enumerate(runs):
             if mask is None:
@@ -142,16 +168,18 @@ def batch_metrics(graph: EdgeGraph, batch, metric: EdgeMetric, masks: list[torch
             elif bool((mask[graph.valid] > 0).all()):  # the full circuit is the clean run
                 values[i] = clean
             else:
-                mixer = Circuit(graph, mask.to(device), alt, alt_memory, alt_sums, workspace)
-                logits = edge_forward(graph, batch.clean, mixer, keys=key_mask(graph, batch))
-                workspace = mixer.diff
-                values[i] = metric_values(metric, logits, batch)
+                for positions in ([rows, None] if rows is not None else [None]):
+                    mixer = Circuit(graph, mask.to(device), alt, alt_memory, alt_sums, shared, positions)
+                    logits = edge_forward(graph, batch.clean, mixer, keys=key_mask(graph, batch))
+                    values[i] = metric_values(metric, logits, batch)
+                    if not bool(values[i].isnan().any()):
+                        break
     return torch.stack([v.double().sum() for v in [clean, *values]])
 
 
 def faithfulness_curve(model, clean, corrupted=None, metric: EdgeMetric = None, scores: EdgeScores = None,
                        sizes=SIZES, method: str = "top", absolute: bool = True, batch_size: int = 32,
-                       ablation: str = "corrupted") -> Faithfulness:
+                       ablation: str = "corrupted", all_logits: bool = False) -> Faithfulness:
     """Faithfulness of the circuits of `scores` at each size (fractions of the edges): method "top" (the best
     edges) or "greedy" (grown from the logits, connected)."""
     if scores is None:
@@ -161,6 +189,6 @@ def faithfulness_curve(model, clean, corrupted=None, metric: EdgeMetric = None, 
         raise LensError(f"method must be one of {', '.join(builders)}, got {method!r}.")
     counts = [edge_count(scores.graph, s) for s in sizes]
     circuits = [builders[method](scores, n, absolute) for n in counts]
-    result = faithfulness(model, clean, corrupted, metric, circuits, batch_size, scores.graph, ablation)
+    result = faithfulness(model, clean, corrupted, metric, circuits, batch_size, scores.graph, ablation, all_logits)
     result.sizes, result.edges = np.asarray(sizes, dtype=float), np.asarray(counts)
     return result

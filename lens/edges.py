@@ -338,6 +338,10 @@ class Plain:
         self.keep, self.inputs_kept = keep, []
         self.total = 0.0
 
+    def logits(self, head: Callable, x: torch.Tensor) -> torch.Tensor:
+        """The logits (B, T, V) from the stream after the last block, x (B, T, C)."""
+        return head(x)
+
     def send(self, first: int, outputs: torch.Tensor) -> None:
         """Senders first.. wrote outputs (n, B, T, C)."""
         self.total = self.total + outputs.sum(0)
@@ -404,13 +408,25 @@ class Circuit(Plain):
     """
 
     def __init__(self, graph: "EdgeGraph", mask: torch.Tensor, alt: torch.Tensor, alt_memory: torch.Tensor | None = None,
-                 alt_sums: torch.Tensor | None = None, workspace: torch.Tensor | None = None):
+                 alt_sums: torch.Tensor | None = None, shared: dict | None = None, rows: torch.Tensor | None = None):
         super().__init__()
         self.valid, self.mask, self.alt, self.alt_memory = graph.valid, mask, alt, alt_memory
         self.alt_sums = alt.cumsum(0) if alt_sums is None else alt_sums  # alt's senders 0 .. s summed, (S, B|1, T, C)
-        # diff: this run's senders minus alt's, (S, B, T, C); `workspace` is memory for it that circuits of one
-        # batch share (a fresh tensor of that size costs a page fault per 4 KiB on first write)
-        self.diff, self.biases = workspace, 0.0
+        # `shared` holds memory that the circuits of one batch reuse (a fresh tensor of this size costs a page fault
+        # per 4 KiB on first write): "diff", this run's senders minus alt's, (S, B, T, C), and "logits"
+        self.shared = {} if shared is None else shared
+        self.diff, self.biases = self.shared.get("diff"), 0.0
+        self.rows = rows  # (B, T) bool: the positions whose logits are computed, the others NaN (None: all)
+
+    def logits(self, head: Callable, x: torch.Tensor) -> torch.Tensor:
+        if self.rows is None:
+            return head(x)
+        picked = head(x[self.rows])  # (n, V)
+        out = self.shared.get("logits")
+        if out is None or out.shape != (*self.rows.shape, picked.size(-1)):
+            out = self.shared["logits"] = picked.new_full((*self.rows.shape, picked.size(-1)), float("nan"))
+        out[self.rows] = picked
+        return out
 
     def send(self, first: int, outputs: torch.Tensor) -> None:
         super().send(first, outputs)
@@ -418,7 +434,7 @@ class Circuit(Plain):
         if first == 0:
             _, B, T, C = outputs.shape
             if self.diff is None or self.diff.shape != (len(self.valid), B, T, C):
-                self.diff = outputs.new_empty(len(self.valid), B, T, C)
+                self.diff = self.shared["diff"] = outputs.new_empty(len(self.valid), B, T, C)
             self.diff[1] = 0  # the encoder of an encoder-decoder (not a stream sender), or the first head
         torch.sub(outputs, self.alt[first:first + n], out=self.diff[first:first + n])
 
@@ -656,4 +672,4 @@ def edge_forward(graph: EdgeGraph, inputs: tuple, mixer: Plain, input_value: tor
                 mixer.skip(sender, 1)
             sender += 1
     head = stack.grad_head if mixer.keep and stack.grad_head is not None else stack.head
-    return head(one_input(mixer.read(next(groups))))
+    return mixer.logits(head, one_input(mixer.read(next(groups))))

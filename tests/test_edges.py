@@ -6,7 +6,7 @@ from torch import nn
 
 from lens.circuit import faithfulness, faithfulness_curve, greedy_circuit, top_circuit
 from lens.eap import eap, eap_ig, edge_patching
-from lens import edges
+from lens import circuit, edges
 from lens.edges import Circuit, EdgeGraph, Pairs, Plain, edge_forward
 from lens.ground_truth import induction_task, recovery, successor_task
 from model import BERT, GPT, BERTConfig, GPTConfig, Seq2Seq, Seq2SeqConfig
@@ -131,6 +131,33 @@ def test_circuit_projections_equal_norm_then_project(norm, monkeypatch):
     assert len(set(together.metric.round(3))) == 3  # three different circuits
     torch.testing.assert_close(torch.as_tensor(together.metric), torch.as_tensor(alone, dtype=torch.float64),
                                atol=1e-5, rtol=0)
+
+
+def test_circuits_compute_only_the_logits_the_metric_reads():
+    """A circuit pass computes the logits at the positions where the metric's gradient is not zero (the others
+    NaN) when the metric ignores the others (checked with NaN and random values there); the metrics equal
+    those of full logits. A metric reading every position, or one whose reads the gradient misses (an argmax),
+    gets full logits."""
+    model, pairs = tiny_gpt(n_layer=3), ragged_pairs()
+    graph = EdgeGraph(model)
+    g = torch.Generator().manual_seed(4)
+    circuits = [torch.rand(len(graph), generator=g) < p for p in (0.3, 0.6)]
+    saw_nan = []
+
+    def watched(logits, batch):
+        saw_nan.append(bool(logits.isnan().any()))
+        return last_logit_diff(logits, batch)
+    rows = faithfulness(model, pairs, metric=watched, circuits=circuits, batch_size=3, graph=graph)
+    assert any(saw_nan)
+    saw_nan.clear()
+    full = faithfulness(model, pairs, metric=watched, circuits=circuits, batch_size=3, graph=graph, all_logits=True)
+    assert not any(saw_nan)
+    torch.testing.assert_close(torch.as_tensor(rows.metric), torch.as_tensor(full.metric), atol=1e-6, rtol=0)
+    logits, batch = run(model, pairs.clean[0]), next(pairs.batches(len(pairs)))
+    assert circuit.read_positions(last_logit_diff, logits, batch).sum() == len(pairs)
+    assert circuit.read_positions(lambda lg, b: lg.mean((1, 2)), logits, batch) is None
+    by_argmax = lambda lg, b: lg[:, 0].gather(1, lg[:, 1].argmax(-1, keepdim=True)).squeeze(1)  # noqa: E731
+    assert circuit.read_positions(by_argmax, logits, batch) is None
 
 
 def test_padded_batches_give_each_pairs_own_scores():

@@ -73,6 +73,8 @@ def test_plot_skips_bytes_and_values_that_are_not_metrics(tmp_path):
     (["benchmarks/seq2seq.py", "--out_dir=no-such-run", "--pairs=0"], "--pairs"),
     (["benchmarks/vs_nanogpt.py", "--data_dir=no-such-data", "--seeds=,"], "--seeds"),
     (["benchmarks/modern_recipe.py", "--table", "no-such-run"], "no metrics file"),
+    (["benchmarks/reinforce_reversal.py", "no-name"], "is not NAME=OUT_DIR"),
+    (["benchmarks/reinforce_reversal.py", "run=no-such-run"], "no checkpoint at no-such-run"),
 ])
 def test_benchmark_scripts_refuse_bad_options_in_one_line(args, says):
     assert says in one_line_error(run_script(*args, check=False))
