@@ -1,8 +1,8 @@
 """The modern preset at nanoGPT's GPU char size (config/shakespeare_char.py: 6 layers, 384 wide, context 256,
 batch 64, dropout 0.2) with rotary positions, RMSNorm, QK-norm, relu^2 MLPs, zero-initialised projections,
 an untied head, soft-capped logits and Muon (Polar Express, NorMuon) for the blocks' matrices, on a
-warmup-stable-decay schedule. The CPU preset's recipe scaled: its run is 0.15 of the classic one's iterations
-(300 of 2,000), so this one is 0.15 of config/shakespeare_char.py's 5,000. Not yet measured on a GPU (see
+warmup-stable-decay schedule. The CPU preset's recipe scaled: its run is 0.165 of the classic one's iterations
+(330 of 2,000), so this one is 0.165 of config/shakespeare_char.py's 5,000. Not yet measured on a GPU (see
 docs/benchmarks.md)."""
 out_dir = "out-shakespeare-char-modern"
 dataset = "shakespeare_plays_char"
@@ -32,8 +32,8 @@ muon_lr = 0.03
 muon_method = "polar_express"
 normuon = 0.95
 learning_rate = 3e-3
-max_iters = 750
-lr_decay_iters = 750
+max_iters = 825
+lr_decay_iters = 825
 lr_schedule = "wsd"
 cooldown_frac = 0.4
 min_lr = 3e-4
